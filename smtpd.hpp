@@ -1,0 +1,286 @@
+// smtpd.hpp - an SMTP server (mail receiver) library for C++17, in two files.
+//
+// Drop smtpd.hpp and smtpd.cpp into your project and build with one line:
+//
+//     g++ -std=c++17 -O2 -pthread app.cpp smtpd.cpp -lssl -lcrypto
+//     g++ -std=c++17 -O2 -pthread -DSMTPD_NO_TLS app.cpp smtpd.cpp      (no OpenSSL)
+//
+// The smallest program:
+//
+//     smtpd::ListenAndServe("127.0.0.1:2525",
+//         [](const smtpd::Peer& peer, const std::string& from,
+//            const std::vector<std::string>& to, const std::string& data) { ... },
+//         "myapp", "");
+//
+// The library has three layers (see smtpd.cpp, which reads top to bottom as a lesson in SMTP):
+// Protocol, the socket-free RFC 5321 state machine; the Connection loop, one thread per client;
+// and Server, which listens, accepts, limits and shuts down. This header is the public API only.
+#ifndef SMTPD_HPP
+#define SMTPD_HPP
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#define SMTPD_VERSION "0.1.0"
+
+namespace smtpd {
+
+// ---------------------------------------------------------------------------------------------
+// Value types
+// ---------------------------------------------------------------------------------------------
+
+// Reply - one SMTP reply: a three-digit code, an RFC 3463 enhanced status code and text.
+// `text` may hold several lines separated by '\n'; they go out as a multi-line reply.
+// Hooks and handlers refuse something by returning or throwing a Reply (e.g. 550 "5.1.1").
+// An enhanced code that is empty or does not match the code's class is replaced by "X.0.0".
+struct Reply {
+  int code = 250;
+  std::string enhanced; // "2.1.0"; empty: derived from the code
+  std::string text;     // human-readable text; never interpreted as a format string
+
+  Reply() = default;
+  Reply(int code, std::string enhanced, std::string text)
+      : code(code), enhanced(std::move(enhanced)), text(std::move(text)) {}
+
+  bool positive() const { return code >= 200 && code < 400; }
+};
+
+// Peer - the remote end of a connection.
+struct Peer {
+  std::string ip;       // "192.0.2.1" or "2001:db8::1" (no brackets)
+  uint16_t port = 0;    // remote TCP port
+  std::string hostname; // reverse-DNS name when Options::reverse_dns found one, else empty
+
+  // "192.0.2.1:1234" or "[2001:db8::1]:1234"
+  std::string to_string() const;
+};
+
+// Params - ESMTP parameters of MAIL or RCPT (RFC 5321 §4.1.2 esmtp-param), in the order given.
+// Keywords are upper-cased; a parameter without "=value" has an empty value.
+using Params = std::vector<std::pair<std::string, std::string>>;
+
+// Envelope - one mail transaction (RFC 5321 §3.3): reset by MAIL, RSET, HELO/EHLO and after DATA.
+struct Envelope {
+  std::string from;            // reverse-path without brackets; "" for the null path <>
+  std::vector<std::string> to; // accepted forward-paths, without brackets, in order
+  Params mail_params;          // parameters of the MAIL command (SIZE, BODY, SMTPUTF8...)
+  bool smtputf8 = false;       // MAIL carried SMTPUTF8 (RFC 6531): addresses may be UTF-8
+  bool body_8bit = false;      // MAIL carried BODY=8BITMIME (RFC 6152)
+};
+
+// SessionInfo - the connection, as far as the client has told us (RFC 5321 §3: a session).
+struct SessionInfo {
+  Peer peer;
+  std::string helo;        // the HELO/EHLO argument; empty before it
+  bool esmtp = false;      // true after EHLO, false after HELO
+  bool tls = false;        // the session runs over TLS
+  std::string tls_version; // "TLSv1.3" when tls
+  std::string tls_cipher;  // "TLS_AES_256_GCM_SHA384" when tls
+  std::string auth_user;   // the authenticated identity; empty when not authenticated
+};
+
+// ---------------------------------------------------------------------------------------------
+// Hooks and handlers
+//
+// Every hook may return a Reply (or throw one) to answer with that reply instead of the
+// default; a 2xx reply accepts, a 4xx/5xx reply refuses. Returning std::nullopt accepts with
+// the default reply. Any other exception a hook throws becomes "451 4.3.0" and the session goes
+// on. Hooks run on the connection's thread, synchronously, one session at a time per thread.
+// ---------------------------------------------------------------------------------------------
+
+// Handler - called once per message, after the final dot, before the server replies. `data` is
+// the whole message, CRLF line ends, dot-unstuffed, with our Received header on top. Return
+// normally to accept (250); throw a Reply to refuse with it. Unset: messages are accepted and
+// dropped. This is the shape of mhale/smtpd's Handler.
+using Handler = std::function<void(const Peer& remote, const std::string& from,
+                                   const std::vector<std::string>& to, const std::string& data)>;
+
+// MessageHandler - the same moment as Handler, for users who need the whole session (HELO name,
+// TLS, AUTH) and envelope. Return nullopt or a 2xx Reply to accept, a 4xx/5xx Reply to refuse.
+// When set it is called instead of Handler.
+using MessageHandler = std::function<std::optional<Reply>(
+    const SessionInfo& session, const Envelope& envelope, const std::string& data)>;
+
+// ConnectHook - a client connected, before the greeting. Unset: every client is greeted.
+// A 4xx reply is sent as 421 and the connection closed; a 5xx reply is sent as the greeting
+// (554) and every later command but QUIT gets 503 (RFC 5321 §3.1).
+using ConnectHook = std::function<std::optional<Reply>(const SessionInfo& session)>;
+
+// HeloHook - the client said HELO/EHLO `name`. Unset: every name is accepted.
+using HeloHook =
+    std::function<std::optional<Reply>(const SessionInfo& session, const std::string& name)>;
+
+// MailHook - MAIL FROM:<from> with its parameters. Unset: every sender is accepted.
+using MailHook = std::function<std::optional<Reply>(
+    const SessionInfo& session, const std::string& from, const Params& params)>;
+
+// RcptHook - RCPT TO:<to> with its parameters. Unset: every recipient is accepted.
+using RcptHook = std::function<std::optional<Reply>(
+    const SessionInfo& session, const std::string& to, const Params& params)>;
+
+// LogHook - one line read from (log_read) or written to (log_write) a client, without CRLF.
+// Message content is not logged line by line: log_read gets one "<N octets of message data>"
+// line per message. Unset: nothing is logged.
+using LogHook = std::function<void(const Peer& peer, std::string_view line)>;
+
+// ErrorLog - a system-level event: accept() failures, refused connections, handler exceptions.
+// Unset: nothing is logged.
+using ErrorLog = std::function<void(std::string_view message)>;
+
+// ---------------------------------------------------------------------------------------------
+// Options - every setting of a Server (and of a Protocol), with its default. Frozen once
+// serving starts: Server copies it at construction.
+// ---------------------------------------------------------------------------------------------
+struct Options {
+  std::string addr = ":25";        // "host:port", "[v6]:port" or ":port" (all addresses)
+  std::string appname = "smtpd";   // shown in the greeting and the Received header
+  std::string hostname;            // our name in the greeting; "" = the system host name
+  Handler handler;                 // see Handler
+  MessageHandler message_handler;  // see MessageHandler; used instead of handler when set
+
+  ConnectHook on_connect; // see ConnectHook
+  HeloHook on_helo;       // see HeloHook
+  MailHook on_mail;       // see MailHook
+  RcptHook on_rcpt;       // see RcptHook
+
+  LogHook log_read;   // see LogHook
+  LogHook log_write;  // see LogHook
+  ErrorLog log_error; // see ErrorLog
+
+  std::size_t max_message_bytes = 25 * 1024 * 1024; // RFC 1870 SIZE; advertised in EHLO
+  std::size_t max_recipients = 100;                 // RFC 5321 §4.5.3.1.8: at least 100
+  std::chrono::milliseconds command_timeout = std::chrono::minutes(5); // RFC 5321 §4.5.3.2.7
+  std::chrono::milliseconds data_timeout = std::chrono::minutes(5);    // between data reads
+  std::size_t max_connections = 1000; // concurrent; beyond it: 421 and close
+  std::size_t hard_error_limit = 20;  // errors in one session before 421 and close (Postfix)
+  bool strict = false; // reject bare CR/LF in data, over-long data lines, and MAIL/RCPT syntax
+                       // that RFC 5321 §4.1.2 does not allow (e.g. "MAIL FROM: <a@b>")
+  std::size_t thread_stack_bytes = 256 * 1024; // stack of each connection thread
+  bool reverse_dns = false; // look up the client's name (on its own thread) for Received
+  std::chrono::milliseconds reverse_dns_timeout = std::chrono::seconds(2);
+};
+
+// ---------------------------------------------------------------------------------------------
+// Protocol - one SMTP session, with no socket and no thread: feed it the bytes the client
+// sent, read back the bytes to send and whether to close. Deterministic; the Connection loop,
+// the unit tests and the fuzzer all drive it the same way. Not thread-safe (one per session).
+//
+//     smtpd::Protocol p(options, session_info);
+//     send(p.take_output());                    // the greeting
+//     while (!p.should_close()) { p.feed(bytes_read); send(p.take_output()); }
+// ---------------------------------------------------------------------------------------------
+class Protocol {
+public:
+  // Starts a session: runs on_connect and queues the greeting. `options.hostname` "" means the
+  // system host name.
+  Protocol(const Options& options, SessionInfo session);
+  ~Protocol();
+  Protocol(const Protocol&) = delete;
+  Protocol& operator=(const Protocol&) = delete;
+
+  // feed - hand over bytes the client sent. Replies accumulate in the output until taken, so a
+  // pipelined burst (RFC 2920) is answered with one write. Bytes after a request to close are
+  // ignored.
+  void feed(std::string_view bytes);
+
+  // take_output - the reply bytes queued so far; the queue is emptied.
+  std::string take_output();
+
+  // has_output - whether replies are waiting to be taken.
+  bool has_output() const;
+
+  // should_close - the session is over (QUIT, 421, error limit): send the output, then close.
+  bool should_close() const;
+
+  // in_data - the client is sending message content (the data timeout applies).
+  bool in_data() const;
+
+  // idle - between transactions with no partial command: a graceful shutdown may close now.
+  bool idle() const;
+
+  // timeout - the client was silent too long: queue "421 4.4.2" and ask to close.
+  void timeout();
+
+  // shutting_down - the server is stopping: queue "421 4.3.2" and ask to close.
+  void shutting_down();
+
+  // disconnected - the client went away; a partial message is dropped, never handed over.
+  void disconnected();
+
+  const SessionInfo& session() const;
+  const Envelope& envelope() const;
+
+private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Server - listens, runs one thread per connection, enforces the limits, shuts down gracefully.
+// Errors in setting up (bad address, port in use) are thrown as std::system_error or
+// std::invalid_argument; errors while serving go to Options::log_error.
+// ---------------------------------------------------------------------------------------------
+class Server {
+public:
+  explicit Server(Options options);
+  ~Server(); // close()s and joins every thread
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // listen - bind and listen on options.addr; afterwards address() tells the bound port.
+  void listen();
+
+  // serve - accept connections on the listener from listen() until shutdown() or close().
+  void serve();
+
+  // serve - accept connections on `listening_fd` (a bound, listening socket the Server now
+  // owns) until shutdown() or close().
+  void serve(int listening_fd);
+
+  // listen_and_serve - listen() then serve().
+  void listen_and_serve();
+
+  // address - the bound address, e.g. "127.0.0.1:41234" or "[::1]:41234"; "" before listening.
+  std::string address() const;
+
+  // port - the bound port; 0 before listening.
+  uint16_t port() const;
+
+  // wait_ready - blocks until serve() is accepting or `timeout` passes; true when ready.
+  bool wait_ready(std::chrono::milliseconds timeout) const;
+
+  // shutdown - graceful: stop accepting, send 421 to idle clients, let transactions in flight
+  // finish until `deadline` passes, then cut the rest; join every thread. Callable from any
+  // thread (e.g. one that sigwait()s); not from an asynchronous signal handler.
+  void shutdown(std::chrono::milliseconds deadline = std::chrono::seconds(10));
+
+  // close - immediate: stop accepting and cut every connection; join every thread.
+  void close();
+
+  // connections - the number of connections being served now.
+  std::size_t connections() const;
+
+  const Options& options() const;
+
+private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// ListenAndServe - serve SMTP on `addr` with `handler` until the process ends (mhale/smtpd's
+// ListenAndServe). `appname` "" means "smtpd", `hostname` "" the system host name. Throws
+// std::system_error or std::invalid_argument when it cannot listen.
+void ListenAndServe(const std::string& addr, Handler handler, const std::string& appname,
+                    const std::string& hostname);
+
+} // namespace smtpd
+
+#endif // SMTPD_HPP
