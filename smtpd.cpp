@@ -1,0 +1,1672 @@
+// smtpd.cpp - the implementation of smtpd.hpp. Read it top to bottom to learn how an SMTP
+// receiver works, from "what a line means" to "how threads run it":
+//
+//   1. Limits           the numbers RFC 5321 fixes, each with its section
+//   2. Text helpers     case-insensitive compare, UTF-8 check, sanitising, dates, ids
+//   3. Parsing          paths and ESMTP parameters of MAIL and RCPT (RFC 5321 §4.1.2)
+//   4. Replies          the reply catalogue, in ascending order of code, and reply formatting
+//   5. Protocol         the socket-free session: command table, one cmd_<verb> per verb, the
+//                       DATA scanner, the Received header
+//   6. Transport        the plain socket: reads and writes under a timeout
+//   7. Connection       one thread per client: feed bytes to the Protocol, write its replies
+//   8. Server           address parsing, listen, accept, limits, graceful shutdown
+//
+// TLS lives behind `#ifndef SMTPD_NO_TLS` in section 6 only, so the header's layout never changes.
+
+#include "smtpd.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <ctime>
+#include <list>
+#include <mutex>
+#include <random>
+#include <stdexcept>
+#include <system_error>
+#include <thread>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+namespace smtpd {
+
+namespace {
+
+// =============================================================================================
+// 1. Limits
+// =============================================================================================
+
+// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets, CRLF included.
+constexpr std::size_t max_command_line = 512;
+// RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets, CRLF included (enforced in strict
+// mode only: the message buffer is bounded by max_message_bytes whatever the line length).
+constexpr std::size_t max_text_line = 1000;
+// RFC 5321 §4.5.3.1.1 and §4.5.3.1.2: local part 64 octets, domain 255 octets.
+constexpr std::size_t max_local_part = 64;
+constexpr std::size_t max_domain = 255;
+// RFC 5321 §4.5.3.1.3: a path, brackets included, is at most 256 octets.
+constexpr std::size_t max_path = 256;
+// RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets, CRLF included.
+constexpr std::size_t max_reply_line = 512;
+// Bytes read from a socket at a time; a pipelined burst normally fits in one read.
+constexpr std::size_t read_buffer_bytes = 16 * 1024;
+// A message buffer larger than this is released after the message instead of kept for reuse.
+constexpr std::size_t keep_buffer_bytes = 1024 * 1024;
+
+// =============================================================================================
+// 2. Text helpers
+// =============================================================================================
+
+// ascii_lower - lower-case an ASCII letter, leave every other byte alone.
+char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? char(c - 'A' + 'a') : c; }
+
+// iequals - ASCII case-insensitive equality (SMTP verbs and keywords, RFC 5321 §2.4).
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
+  return true;
+}
+
+// istarts_with - case-insensitive prefix test.
+bool istarts_with(std::string_view s, std::string_view prefix) {
+  return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
+}
+
+// upper - an upper-cased ASCII copy (ESMTP keywords are stored upper-cased).
+std::string upper(std::string_view s) {
+  std::string out(s);
+  for (char& c : out)
+    if (c >= 'a' && c <= 'z') c = char(c - 'a' + 'A');
+  return out;
+}
+
+bool is_alpha(unsigned char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
+bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+bool is_let_dig(unsigned char c) { return is_alpha(c) || is_digit(c); }
+
+// skip_spaces - drop leading spaces (lenient mode tolerates runs of them).
+std::string_view skip_spaces(std::string_view s) {
+  while (!s.empty() && s.front() == ' ') s.remove_prefix(1);
+  return s;
+}
+
+// trim_trailing_spaces - drop trailing spaces and tabs.
+std::string_view trim_trailing_spaces(std::string_view s) {
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+// utf8_sequence_length - the length of the well-formed UTF-8 sequence at s[0] (RFC 3629),
+// or 0 if it is not one (overlongs, surrogates and values past U+10FFFF are rejected).
+std::size_t utf8_sequence_length(std::string_view s) {
+  auto byte = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+  auto cont = [&](std::size_t i) { return i < s.size() && (byte(i) & 0xC0) == 0x80; };
+  unsigned char b = byte(0);
+  if (b < 0x80) return 1;
+  if (b >= 0xC2 && b <= 0xDF) return cont(1) ? 2 : 0;
+  if (b >= 0xE0 && b <= 0xEF) {
+    if (!cont(1) || !cont(2)) return 0;
+    if (b == 0xE0 && byte(1) < 0xA0) return 0; // overlong
+    if (b == 0xED && byte(1) > 0x9F) return 0; // surrogate
+    return 3;
+  }
+  if (b >= 0xF0 && b <= 0xF4) {
+    if (!cont(1) || !cont(2) || !cont(3)) return 0;
+    if (b == 0xF0 && byte(1) < 0x90) return 0; // overlong
+    if (b == 0xF4 && byte(1) > 0x8F) return 0; // past U+10FFFF
+    return 4;
+  }
+  return 0;
+}
+
+// sanitize_for_header - make client-supplied text safe inside a header comment: printable
+// ASCII only, no parentheses, backslashes or spaces, at most `limit` octets. This is what stops
+// a HELO name carrying CR LF from forging a header line.
+std::string sanitize_for_header(std::string_view s, std::size_t limit) {
+  std::string out;
+  for (unsigned char c : s.substr(0, limit)) {
+    bool safe = c > 0x20 && c < 0x7F && c != '(' && c != ')' && c != '\\';
+    out += safe ? char(c) : '_';
+  }
+  return out;
+}
+
+// hex - `value` as `digits` upper-case hex digits.
+std::string hex(uint64_t value, int digits) {
+  static const char alphabet[] = "0123456789ABCDEF";
+  std::string out(std::size_t(digits), '0');
+  for (int i = digits - 1; i >= 0; --i, value >>= 4) out[std::size_t(i)] = alphabet[value & 15];
+  return out;
+}
+
+// new_queue_id - a short id unique in this process and unlikely to repeat across restarts: the
+// time in seconds, then a counter that starts at a random value.
+std::string new_queue_id() {
+  static std::atomic<uint64_t> counter{std::random_device{}()};
+  uint64_t n = counter.fetch_add(1, std::memory_order_relaxed);
+  return hex(uint64_t(std::time(nullptr)), 8) + hex(n, 6);
+}
+
+// rfc5322_date - the current local time as an RFC 5322 §3.3 date-time, e.g.
+// "Sun, 22 Nov 2026 11:00:00 +0000". Names are spelled out by hand: strftime's %a and %b
+// follow the locale, and a header must be in English.
+std::string rfc5322_date(std::time_t now) {
+  static const char* const days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+  static const char* const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  struct tm t {};
+  localtime_r(&now, &t);
+  long offset_minutes = t.tm_gmtoff / 60;
+  char sign = offset_minutes < 0 ? '-' : '+';
+  offset_minutes = offset_minutes < 0 ? -offset_minutes : offset_minutes;
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%s, %d %s %d %02d:%02d:%02d %c%02ld%02ld", days[t.tm_wday],
+                t.tm_mday, months[t.tm_mon], t.tm_year + 1900, t.tm_hour, t.tm_min, t.tm_sec,
+                sign, offset_minutes / 60, offset_minutes % 60);
+  return buf;
+}
+
+// system_hostname - this machine's name, for the greeting when Options::hostname is empty.
+std::string system_hostname() {
+  char name[256] = {};
+  if (gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "localhost";
+  return name;
+}
+
+// =============================================================================================
+// 3. Parsing: paths and parameters (RFC 5321 §4.1.2)
+//
+// A small recursive-descent parser shaped like the ABNF, one function per rule. Each takes the
+// text still to parse, consumes what its rule matches and returns false when it does not match.
+// =============================================================================================
+
+// Cursor - the text still to parse, and whether 8-bit UTF-8 (RFC 6531) is allowed in it.
+struct Cursor {
+  std::string_view rest;
+  bool utf8 = false;
+
+  bool at(char c) const { return !rest.empty() && rest.front() == c; }
+  bool eat(char c) {
+    if (!at(c)) return false;
+    rest.remove_prefix(1);
+    return true;
+  }
+};
+
+// is_atext - RFC 5322 §3.2.3 atext: letters, digits and !#$%&'*+-/=?^_`{|}~
+bool is_atext(unsigned char c) {
+  return is_let_dig(c) || std::strchr("!#$%&'*+-/=?^_`{|}~", c) != nullptr;
+}
+
+// eat_utf8 - consume one UTF-8 non-ASCII character if allowed (RFC 6531 §3.3 UTF8-non-ascii).
+bool eat_utf8(Cursor& in) {
+  if (!in.utf8 || in.rest.empty() || static_cast<unsigned char>(in.rest[0]) < 0x80) return false;
+  std::size_t n = utf8_sequence_length(in.rest);
+  if (n == 0) return false;
+  in.rest.remove_prefix(n);
+  return true;
+}
+
+// parse_atom - Atom = 1*atext
+bool parse_atom(Cursor& in) {
+  std::size_t before = in.rest.size();
+  while (!in.rest.empty()) {
+    if (is_atext(static_cast<unsigned char>(in.rest[0]))) in.rest.remove_prefix(1);
+    else if (!eat_utf8(in)) break;
+  }
+  return in.rest.size() < before;
+}
+
+// parse_dot_string - Dot-string = Atom *("." Atom)
+bool parse_dot_string(Cursor& in) {
+  if (!parse_atom(in)) return false;
+  while (in.at('.')) {
+    in.eat('.');
+    if (!parse_atom(in)) return false;
+  }
+  return true;
+}
+
+// parse_quoted_string - Quoted-string = DQUOTE *(qtextSMTP / quoted-pairSMTP) DQUOTE
+bool parse_quoted_string(Cursor& in) {
+  if (!in.eat('"')) return false;
+  while (!in.rest.empty()) {
+    unsigned char c = static_cast<unsigned char>(in.rest[0]);
+    if (c == '"') {
+      in.rest.remove_prefix(1);
+      return true;
+    }
+    if (c == '\\') { // quoted-pairSMTP = "\" followed by %d32-126
+      if (in.rest.size() < 2 || in.rest[1] < 32 || in.rest[1] > 126) return false;
+      in.rest.remove_prefix(2);
+    } else if (c >= 32 && c <= 126) {
+      in.rest.remove_prefix(1);
+    } else if (!eat_utf8(in)) {
+      return false;
+    }
+  }
+  return false; // no closing quote
+}
+
+// parse_sub_domain - sub-domain = Let-dig [Ldh-str] (or a U-label under SMTPUTF8)
+bool parse_sub_domain(Cursor& in) {
+  std::size_t before = in.rest.size();
+  bool last_hyphen = false;
+  while (!in.rest.empty()) {
+    unsigned char c = static_cast<unsigned char>(in.rest[0]);
+    bool first = in.rest.size() == before;
+    if (is_let_dig(c) || (c == '-' && !first)) {
+      in.rest.remove_prefix(1);
+      last_hyphen = c == '-';
+    } else if (eat_utf8(in)) {
+      last_hyphen = false;
+    } else {
+      break;
+    }
+  }
+  return in.rest.size() < before && !last_hyphen;
+}
+
+// parse_domain - Domain = sub-domain *("." sub-domain)
+bool parse_domain(Cursor& in) {
+  std::string_view start = in.rest;
+  if (!parse_sub_domain(in)) return false;
+  while (in.at('.')) {
+    in.eat('.');
+    if (!parse_sub_domain(in)) return false;
+  }
+  return start.size() - in.rest.size() <= max_domain;
+}
+
+// parse_address_literal - "[" (IPv4 / "IPv6:" IPv6 / tag ":" dcontent) "]" (RFC 5321 §4.1.3)
+bool parse_address_literal(Cursor& in) {
+  if (!in.eat('[')) return false;
+  std::size_t close = in.rest.find(']');
+  if (close == std::string_view::npos) return false;
+  std::string inside(in.rest.substr(0, close));
+  in.rest.remove_prefix(close + 1);
+  unsigned char addr[16];
+  if (istarts_with(inside, "IPv6:")) return inet_pton(AF_INET6, inside.c_str() + 5, addr) == 1;
+  if (inet_pton(AF_INET, inside.c_str(), addr) == 1) return true;
+  // General-address-literal = Standardized-tag ":" 1*dcontent; dcontent is %d33-90 / %d94-126
+  std::size_t colon = inside.find(':');
+  if (colon == 0 || colon == std::string::npos || colon + 1 == inside.size()) return false;
+  Cursor tag{std::string_view(inside).substr(0, colon)};
+  if (!parse_sub_domain(tag) || !tag.rest.empty()) return false;
+  for (unsigned char c : inside.substr(colon + 1))
+    if (c < 33 || c > 126 || c == '[' || c == '\\' || c == ']') return false;
+  return true;
+}
+
+// parse_mailbox - Mailbox = Local-part "@" ( Domain / address-literal )
+bool parse_mailbox(Cursor& in) {
+  std::string_view start = in.rest;
+  bool local_ok = in.at('"') ? parse_quoted_string(in) : parse_dot_string(in);
+  if (!local_ok || start.size() - in.rest.size() > max_local_part) return false;
+  if (!in.eat('@')) return false;
+  return in.at('[') ? parse_address_literal(in) : parse_domain(in);
+}
+
+// parse_source_route - A-d-l = At-domain *( "," At-domain ); At-domain = "@" Domain.
+// RFC 5321 §4.1.1.3: source routes must be accepted and ignored.
+bool parse_source_route(Cursor& in) {
+  do {
+    if (!in.eat('@') || !parse_domain(in)) return false;
+  } while (in.eat(','));
+  return in.eat(':');
+}
+
+// PathError - why a path was refused; each maps to its own reply.
+enum class PathError { none, syntax, too_long, needs_smtputf8 };
+
+// has_8bit - whether any byte is outside ASCII.
+bool has_8bit(std::string_view s) {
+  return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
+}
+
+// parse_path - Path = "<" [ A-d-l ":" ] Mailbox ">" at the start of `in.rest` (RFC 5321 §4.1.2).
+// Sets `mailbox` to the address without brackets or source route. `allow_null` admits "<>"
+// (reverse-path); `allow_postmaster` admits "<Postmaster>" (RCPT, §4.1.1.3). In lenient mode
+// the brackets may be missing, as in "MAIL FROM:a@b".
+PathError parse_path(Cursor& in, bool allow_null, bool allow_postmaster, bool lenient,
+                     std::string& mailbox) {
+  std::string_view start = in.rest;
+  bool bracketed = in.eat('<');
+  if (!bracketed && !lenient) return PathError::syntax;
+  if (bracketed && allow_null && in.eat('>')) {
+    mailbox.clear();
+    return PathError::none;
+  }
+  if (bracketed && in.at('@') && !parse_source_route(in)) return PathError::syntax;
+  std::string_view box_start = in.rest;
+  bool utf8_allowed = in.utf8;
+  in.utf8 = true; // parse UTF-8 in any case so the reply can say "needs SMTPUTF8"
+  bool ok = parse_mailbox(in);
+  in.utf8 = utf8_allowed;
+  std::string_view box = box_start.substr(0, box_start.size() - in.rest.size());
+  if (!ok && allow_postmaster) {
+    Cursor word{box_start};
+    parse_atom(word);
+    std::string_view atom = box_start.substr(0, box_start.size() - word.rest.size());
+    if (iequals(atom, "postmaster")) {
+      in.rest = word.rest;
+      box = atom;
+      ok = true;
+    }
+  }
+  if (!ok) return PathError::syntax;
+  if (bracketed && !in.eat('>')) return PathError::syntax;
+  if (start.size() - in.rest.size() > max_path) return PathError::too_long;
+  if (!utf8_allowed && has_8bit(box)) return PathError::needs_smtputf8;
+  mailbox.assign(box);
+  return PathError::none;
+}
+
+// parse_params - esmtp-param *(SP esmtp-param) (RFC 5321 §4.1.2), keywords upper-cased.
+// esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-"); esmtp-value = 1*(%d33-60 / %d62-126),
+// or UTF-8 under SMTPUTF8. Lenient mode tolerates several spaces between parameters.
+bool parse_params(std::string_view text, bool utf8, bool lenient, Params& params) {
+  params.clear();
+  while (!text.empty()) {
+    if (text.front() != ' ') return false;
+    text = lenient ? skip_spaces(text) : text.substr(1);
+    if (text.empty()) return lenient;
+    std::size_t end = text.find(' ');
+    std::string_view param = text.substr(0, end);
+    text = end == std::string_view::npos ? std::string_view() : text.substr(end);
+    std::size_t eq = param.find('=');
+    std::string_view keyword = param.substr(0, eq);
+    if (keyword.empty() || !is_let_dig(static_cast<unsigned char>(keyword[0]))) return false;
+    for (unsigned char c : keyword)
+      if (!is_let_dig(c) && c != '-') return false;
+    std::string_view value;
+    if (eq != std::string_view::npos) {
+      value = param.substr(eq + 1);
+      if (value.empty()) return false;
+      for (std::size_t i = 0; i < value.size();) {
+        unsigned char c = static_cast<unsigned char>(value[i]);
+        if (c >= 33 && c <= 126 && c != '=') ++i;
+        else if (utf8 && c >= 0x80 && utf8_sequence_length(value.substr(i)) > 0)
+          i += utf8_sequence_length(value.substr(i));
+        else return false;
+      }
+    }
+    params.emplace_back(upper(keyword), std::string(value));
+  }
+  return true;
+}
+
+// parse_size - the decimal value of SIZE= (RFC 1870); values too large for 64 bits saturate.
+bool parse_size(std::string_view digits, uint64_t& size) {
+  if (digits.empty() || digits.size() > 20) return false;
+  size = 0;
+  for (char c : digits) {
+    if (!is_digit(static_cast<unsigned char>(c))) return false;
+    size = size > UINT64_MAX / 10 ? UINT64_MAX : size * 10 + uint64_t(c - '0');
+  }
+  return true;
+}
+
+// is_valid_helo_name - Domain or address-literal, as RFC 5321 §4.1.1.1 asks of HELO/EHLO.
+bool is_valid_helo_name(std::string_view name) {
+  Cursor in{name};
+  bool ok = in.at('[') ? parse_address_literal(in) : parse_domain(in);
+  return ok && in.rest.empty();
+}
+
+// =============================================================================================
+// 4. Replies (RFC 5321 §4.2, enhanced status codes RFC 3463 / RFC 2034)
+//
+// Every reply the server gives is named here once, in ascending order of code, so the README's
+// table and this list can be compared line by line. Replies are values, never format strings.
+// =============================================================================================
+
+namespace replies {
+
+Reply help() {
+  return {214, "2.0.0",
+          "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP\n"
+          "See RFC 5321"};
+}
+Reply bye() { return {221, "2.0.0", "Bye"}; }
+Reply ok() { return {250, "2.0.0", "Ok"}; }
+Reply sender_ok() { return {250, "2.1.0", "Ok"}; }
+Reply recipient_ok() { return {250, "2.1.5", "Ok"}; }
+Reply queued(const std::string& id) { return {250, "2.0.0", "Ok: queued as " + id}; }
+Reply cannot_vrfy() {
+  return {252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"};
+}
+Reply start_data() { return {354, "", "End data with <CR><LF>.<CR><LF>"}; }
+Reply too_many_connections() {
+  return {421, "4.3.2", "Too many connections, try again later"};
+}
+Reply shutting_down() { return {421, "4.3.2", "Service shutting down, try again later"}; }
+Reply timeout() { return {421, "4.4.2", "Timeout exceeded, closing connection"}; }
+Reply too_many_errors() { return {421, "4.7.0", "Too many errors, closing connection"}; }
+Reply local_error() { return {451, "4.3.0", "Local error in processing, try again later"}; }
+Reply too_many_recipients() { return {452, "4.5.3", "Too many recipients"}; }
+Reply unknown_command() { return {500, "5.5.2", "Command not recognized"}; }
+Reply line_too_long() { return {500, "5.5.2", "Line too long"}; }
+Reply bare_lf() {
+  return {500, "5.5.2", "Bare <LF> received; command lines must end with <CR><LF>"};
+}
+Reply bare_cr() { return {500, "5.5.2", "Bare <CR> received in command line"}; }
+Reply syntax(std::string usage) { return {501, "5.5.4", "Syntax: " + std::move(usage)}; }
+Reply bad_sender() { return {501, "5.1.7", "Bad sender address syntax"}; }
+Reply bad_recipient() { return {501, "5.1.3", "Bad recipient address syntax"}; }
+Reply path_too_long() { return {501, "5.5.4", "Path too long"}; }
+Reply bad_size() { return {501, "5.5.4", "Bad SIZE parameter"}; }
+Reply bad_body() { return {501, "5.5.4", "BODY must be 7BIT or 8BITMIME"}; }
+Reply not_implemented() { return {502, "5.5.1", "Command not implemented"}; }
+Reply need_helo() { return {503, "5.5.1", "Send HELO/EHLO first"}; }
+Reply nested_mail() { return {503, "5.5.1", "Sender already specified"}; }
+Reply need_mail() { return {503, "5.5.1", "Need MAIL command"}; }
+Reply need_rcpt() { return {503, "5.5.1", "Need RCPT command"}; }
+Reply refused_session() { return {503, "5.5.1", "Service refused, only QUIT allowed"}; }
+Reply message_too_big() { return {552, "5.3.4", "Message size exceeds fixed maximum message size"}; }
+Reply needs_smtputf8() {
+  return {553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter"};
+}
+Reply bare_cr_lf_in_data() {
+  return {554, "5.6.0", "Message contains bare <CR> or <LF> (RFC 5321 §2.3.8)"};
+}
+Reply data_line_too_long() { return {554, "5.6.0", "Message line longer than 1000 octets"}; }
+Reply unknown_parameter() { return {555, "5.5.4", "Unsupported MAIL/RCPT parameter"}; }
+
+} // namespace replies
+
+// is_valid_enhanced_code - "class.subject.detail" (RFC 3463 §2) whose class matches `code`.
+bool is_valid_enhanced_code(const std::string& enhanced, int code) {
+  if (enhanced.size() < 5 || enhanced[0] != char('0' + code / 100) || enhanced[1] != '.')
+    return false;
+  std::size_t dot = enhanced.find('.', 2);
+  if (dot == std::string::npos || dot == 2 || dot > 5 || dot + 1 == enhanced.size()) return false;
+  std::size_t detail = enhanced.size() - dot - 1;
+  if (detail > 3) return false;
+  for (std::size_t i = 2; i < enhanced.size(); ++i)
+    if (i != dot && !is_digit(static_cast<unsigned char>(enhanced[i]))) return false;
+  return true;
+}
+
+// normalize_user_reply - check a Reply that came from a hook or handler: its code must be
+// 2xx/4xx/5xx (anything else becomes 451 and is logged), its enhanced code must match, and its
+// text must hold no control characters. Such text is only ever copied, never interpreted.
+Reply normalize_user_reply(Reply r, const ErrorLog& log_error) {
+  int klass = r.code / 100;
+  if (r.code < 200 || r.code > 599 || klass == 3) {
+    if (log_error) log_error("smtpd: hook returned invalid reply code " + std::to_string(r.code));
+    return replies::local_error();
+  }
+  if (!is_valid_enhanced_code(r.enhanced, r.code)) r.enhanced = std::to_string(klass) + ".0.0";
+  std::string text;
+  for (char c : r.text) {
+    unsigned char u = static_cast<unsigned char>(c);
+    if (c == '\n') text += '\n';
+    else if (u >= 0x20 && u != 0x7F) text += c;
+  }
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  if (text.empty()) text = klass == 2 ? "Ok" : klass == 4 ? "Try again later" : "Rejected";
+  r.text = std::move(text);
+  return r;
+}
+
+// append_reply - format `r` onto `out` as RFC 5321 §4.2.1 reply lines: "250-..." for all lines
+// but the last, "250 ..." for the last, each carrying the enhanced code when `enhanced` is on.
+void append_reply(std::string& out, const Reply& r, bool enhanced) {
+  std::string_view text = r.text;
+  std::string prefix = std::to_string(r.code);
+  bool with_code = enhanced && !r.enhanced.empty();
+  for (;;) {
+    std::size_t nl = text.find('\n');
+    std::string_view line = text.substr(0, nl);
+    std::size_t room = max_reply_line - 2 - 4 - (with_code ? r.enhanced.size() + 1 : 0);
+    out += prefix;
+    out += nl == std::string_view::npos ? ' ' : '-';
+    if (with_code) {
+      out += r.enhanced;
+      out += ' ';
+    }
+    out += line.substr(0, room);
+    out += "\r\n";
+    if (nl == std::string_view::npos) break;
+    text.remove_prefix(nl + 1);
+  }
+}
+
+} // namespace
+
+// =============================================================================================
+// 5. Protocol - one SMTP session, socket-free
+//
+// The session moves through stages (RFC 5321 §3.3): greeted → (HELO/EHLO) ready → (MAIL) mail
+// → (RCPT...) mail with recipients → (DATA) data → (final dot) ready again. Command lines are
+// looked up in a table whose flags hold the guards every verb shares; each verb then has its own
+// cmd_<verb> function. Message content goes through an explicit scanner that finds the end of
+// data (only CRLF.CRLF), removes dot-stuffing and enforces the size limit as it reads.
+// =============================================================================================
+
+namespace {
+
+// Stage - where the session is.
+enum class Stage {
+  refused, // on_connect answered 5xx: only QUIT is accepted (RFC 5321 §3.1)
+  greeted, // the 220 greeting is out; waiting for HELO/EHLO
+  ready,   // after HELO/EHLO, no transaction open
+  mail,    // MAIL accepted; RCPTs may follow, DATA once a recipient was accepted
+  data,    // between 354 and the final dot
+  closed,  // QUIT answered or 421 sent: nothing more is read
+};
+
+// DataScan - where the DATA scanner is within a line of message content.
+enum class DataScan {
+  line_start, // just after CRLF (or right after the 354)
+  dot,        // a "." at the start of a line: dot-stuffing or the end of data
+  dot_cr,     // ".\r" at the start of a line: the end of data if LF follows
+  middle,     // inside a line
+};
+
+// Command flags: the guards shared by several verbs, checked once before cmd_<verb> runs.
+enum CommandFlag : unsigned {
+  needs_helo = 1,  // 503 before HELO/EHLO (RFC 5321 §4.1.4)
+  no_argument = 2, // 501 when an argument is given (DATA, RSET, QUIT)
+};
+
+} // namespace
+
+struct Protocol::State {
+  const Options& options;
+  SessionInfo session;
+  Envelope envelope;
+  std::string hostname; // our name, sanitised
+  std::string appname;  // sanitised
+  Stage stage = Stage::greeted;
+  std::string out;          // replies not yet taken
+  std::string partial;      // the start of a command line whose end has not arrived
+  bool discarding = false;  // skipping the rest of a refused line, up to the next CRLF
+  bool last_was_cr = false; // the last byte read was CR (a CRLF may straddle two reads)
+  std::size_t errors = 0;   // 5xx replies so far (Options::hard_error_limit)
+
+  // The message being received.
+  std::string message;        // our Received header, then the content
+  std::string queue_id;       // names the message in Received and in the 250 reply
+  std::size_t content_bytes = 0;
+  std::size_t line_bytes = 0; // octets of the current content line so far
+  DataScan scan = DataScan::line_start;
+  bool too_big = false;       // content passed max_message_bytes: drain, then 552
+  bool bare_cr_or_lf = false; // a CR or LF that was not part of CRLF (smuggling material)
+  bool long_line = false;     // a content line over 1000 octets
+
+  State(const Options& o, SessionInfo s) : options(o), session(std::move(s)) {}
+
+  // ---- the command table -------------------------------------------------------------------
+
+  struct Command {
+    std::string_view verb;
+    void (State::*run)(std::string_view argument);
+    unsigned flags;
+  };
+
+  static const Command* find_command(std::string_view verb) {
+    static const Command table[] = {
+        {"HELO", &State::cmd_helo, 0},
+        {"EHLO", &State::cmd_ehlo, 0},
+        {"MAIL", &State::cmd_mail, needs_helo},
+        {"RCPT", &State::cmd_rcpt, needs_helo},
+        {"DATA", &State::cmd_data, needs_helo | no_argument},
+        {"RSET", &State::cmd_rset, no_argument},
+        {"NOOP", &State::cmd_noop, 0},
+        {"QUIT", &State::cmd_quit, no_argument},
+        {"VRFY", &State::cmd_vrfy, 0},
+        {"EXPN", &State::cmd_not_implemented, 0},
+        {"HELP", &State::cmd_help, 0},
+        // Known to RFC 5321 or common extensions, not offered here: 502 rather than 500.
+        {"TURN", &State::cmd_not_implemented, 0},
+        {"ETRN", &State::cmd_not_implemented, 0},
+        {"ATRN", &State::cmd_not_implemented, 0},
+        {"BDAT", &State::cmd_not_implemented, 0},
+        {"SEND", &State::cmd_not_implemented, 0},
+        {"SOML", &State::cmd_not_implemented, 0},
+        {"SAML", &State::cmd_not_implemented, 0},
+        {"STARTTLS", &State::cmd_not_implemented, 0},
+        {"AUTH", &State::cmd_not_implemented, 0},
+    };
+    for (const Command& c : table)
+      if (iequals(c.verb, verb)) return &c;
+    return nullptr;
+  }
+
+  // ---- replies -----------------------------------------------------------------------------
+
+  // reply - queue `r`; enhanced codes go out once EHLO negotiated them (RFC 2034 §3).
+  void reply(const Reply& r) {
+    if (r.code >= 500) ++errors;
+    std::size_t start = out.size();
+    append_reply(out, r, session.esmtp);
+    if (options.log_write) log_lines(options.log_write, std::string_view(out).substr(start));
+  }
+
+  // log_lines - pass each CRLF-terminated line of `text` to `log`.
+  void log_lines(const LogHook& log, std::string_view text) {
+    while (!text.empty()) {
+      std::size_t end = text.find("\r\n");
+      log(session.peer, text.substr(0, end));
+      if (end == std::string_view::npos) break;
+      text.remove_prefix(end + 2);
+    }
+  }
+
+  void log_error(const std::string& message) {
+    if (options.log_error) options.log_error(message);
+  }
+
+  // consult - run a user hook at the exception boundary and return the reply to send: the
+  // hook's own (checked), or `fallback` when it returned nothing. A thrown Reply is a reply;
+  // any other exception is logged and becomes 451 4.3.0, and the session goes on.
+  template <class Fn> Reply consult(const char* what, Fn&& hook, Reply fallback) {
+    try {
+      std::optional<Reply> r = hook();
+      return r ? normalize_user_reply(std::move(*r), options.log_error) : fallback;
+    } catch (const Reply& r) {
+      return normalize_user_reply(r, options.log_error);
+    } catch (const std::exception& e) {
+      log_error(std::string("smtpd: ") + what + " threw: " + e.what());
+    } catch (...) {
+      log_error(std::string("smtpd: ") + what + " threw a non-standard exception");
+    }
+    return replies::local_error();
+  }
+
+  // ---- session start and end -----------------------------------------------------------------
+
+  // start - run on_connect and greet (RFC 5321 §4.2: "220 domain text"), or refuse.
+  void start() {
+    hostname = sanitize_for_header(
+        options.hostname.empty() ? system_hostname() : options.hostname, max_domain);
+    appname = sanitize_for_header(options.appname.empty() ? "smtpd" : options.appname, 64);
+    Reply greeting{220, "", hostname + " ESMTP " + appname};
+    Reply r = consult("on_connect", [&] {
+      return options.on_connect ? options.on_connect(session) : std::nullopt;
+    }, greeting);
+    if (r.positive()) {
+      reply(greeting);
+    } else if (r.code < 500) { // a temporary refusal closes: 421 (RFC 5321 §3.8)
+      reply({421, r.enhanced, r.text});
+      stage = Stage::closed;
+    } else { // a permanent refusal: 554, then only QUIT (RFC 5321 §3.1)
+      reply({554, r.enhanced, r.text});
+      errors = 0;
+      stage = Stage::refused;
+    }
+  }
+
+  // close_with - queue a final reply and end the session.
+  void close_with(const Reply& r) {
+    if (stage == Stage::closed) return;
+    reply(r);
+    stage = Stage::closed;
+    reset_transaction();
+  }
+
+  // reset_transaction - forget MAIL, RCPTs and any message (RFC 5321 §4.1.1.5, §4.1.4).
+  void reset_transaction() {
+    envelope = Envelope{};
+    if (message.capacity() > keep_buffer_bytes) std::string().swap(message);
+    message.clear();
+  }
+
+  // ---- reading command lines -----------------------------------------------------------------
+
+  // read_command - consume `in` up to and including the first LF, executing the command line it
+  // completes; returns the bytes consumed. A line ends only at CRLF: a bare LF is refused and
+  // the rest of that line, up to the next CRLF, discarded (RFC 5321 §2.3.8). Lines are kept
+  // within max_command_line, so a client cannot make the buffer grow.
+  std::size_t read_command(std::string_view in) {
+    const char* lf = static_cast<const char*>(std::memchr(in.data(), '\n', in.size()));
+    if (lf == nullptr) {
+      keep_partial_line(in);
+      return in.size();
+    }
+    std::size_t take = std::size_t(lf - in.data()) + 1;
+    bool crlf = take >= 2 ? in[take - 2] == '\r' : last_was_cr;
+    last_was_cr = false;
+    std::string_view line = in.substr(0, take - 1);
+    if (discarding) {
+      discarding = !crlf;
+    } else if (!partial.empty()) {
+      partial.append(line);
+      complete_line(partial, crlf);
+    } else {
+      complete_line(line, crlf);
+    }
+    partial.clear();
+    return take;
+  }
+
+  // keep_partial_line - hold the start of a line until its end arrives, within the limit.
+  void keep_partial_line(std::string_view piece) {
+    if (piece.empty()) return;
+    last_was_cr = piece.back() == '\r';
+    if (discarding) return;
+    if (partial.size() + piece.size() > max_command_line) {
+      reply(replies::line_too_long()); // RFC 5321 §4.5.3.1.4
+      partial.clear();
+      discarding = true;
+      after_command();
+      return;
+    }
+    partial.append(piece);
+  }
+
+  // complete_line - a whole line arrived (without its LF): check it, then execute it.
+  void complete_line(std::string_view line, bool crlf) {
+    if (!crlf) {
+      reply(replies::bare_lf());
+      discarding = true;
+    } else {
+      line.remove_suffix(1); // the CR
+      if (line.size() + 2 > max_command_line) reply(replies::line_too_long());
+      else if (line.find('\r') != std::string_view::npos) reply(replies::bare_cr());
+      else execute(line);
+    }
+    after_command();
+  }
+
+  // after_command - enforce the per-session error limit (Postfix's smtpd_hard_error_limit).
+  void after_command() {
+    if (errors >= options.hard_error_limit && stage != Stage::closed)
+      close_with(replies::too_many_errors());
+  }
+
+  // execute - look the verb up in the command table, apply its guards, run it.
+  void execute(std::string_view line) {
+    if (options.log_read) options.log_read(session.peer, line);
+    std::size_t space = line.find(' ');
+    std::string_view verb = line.substr(0, space);
+    std::string_view argument = space == std::string_view::npos ? "" : line.substr(space + 1);
+    if (!options.strict) argument = trim_trailing_spaces(argument);
+    const Command* command = find_command(verb);
+    if (stage == Stage::refused && !(command && command->run == &State::cmd_quit))
+      return reply(replies::refused_session());
+    if (command == nullptr) return reply(replies::unknown_command());
+    if ((command->flags & no_argument) && !argument.empty())
+      return reply(replies::syntax(std::string(command->verb)));
+    if ((command->flags & needs_helo) && stage == Stage::greeted)
+      return reply(replies::need_helo());
+    (this->*command->run)(argument);
+  }
+
+  // ---- the verbs -----------------------------------------------------------------------------
+
+  void cmd_helo(std::string_view argument) { hello(argument, false); }
+  void cmd_ehlo(std::string_view argument) { hello(argument, true); }
+
+  // hello - HELO/EHLO domain (RFC 5321 §4.1.1.1): opens the session and resets any transaction.
+  void hello(std::string_view name, bool extended) {
+    const char* usage = extended ? "EHLO domain" : "HELO domain";
+    if (name.empty()) return reply(replies::syntax(usage));
+    if (options.strict && !is_valid_helo_name(name))
+      return reply({501, "5.5.4", "Invalid domain name"});
+    std::string helo(name);
+    Reply r = consult("on_helo", [&] {
+      return options.on_helo ? options.on_helo(session, helo) : std::nullopt;
+    }, Reply{250, "", hostname});
+    if (!r.positive()) return reply(r);
+    reset_transaction();
+    session.helo = std::move(helo);
+    session.esmtp = extended;
+    stage = Stage::ready;
+    reply(extended ? ehlo_reply() : Reply{250, "", hostname});
+  }
+
+  // ehlo_reply - the greeting line and the extensions that work (RFC 5321 §4.1.1.1).
+  Reply ehlo_reply() const {
+    std::string text = hostname;
+    text += "\nSIZE " + std::to_string(options.max_message_bytes); // RFC 1870
+    text += "\n8BITMIME";                                            // RFC 6152
+    text += "\nPIPELINING";                                          // RFC 2920
+    text += "\nENHANCEDSTATUSCODES";                                 // RFC 2034
+    text += "\nSMTPUTF8";                                            // RFC 6531
+    return {250, "", text};
+  }
+
+  // cmd_mail - MAIL FROM:<reverse-path> [SP params] (RFC 5321 §4.1.1.2): opens a transaction.
+  void cmd_mail(std::string_view argument) {
+    if (stage != Stage::ready) return reply(replies::nested_mail());
+    std::string from;
+    Params params;
+    std::string_view path_and_params;
+    if (!split_keyword(argument, "FROM:", path_and_params))
+      return reply(replies::syntax("MAIL FROM:<address>"));
+    Cursor in{path_and_params};
+    PathError error = parse_path(in, true, false, !options.strict, from);
+    if (error == PathError::syntax) return reply(replies::bad_sender());
+    if (error == PathError::too_long) return reply(replies::path_too_long());
+    if (!parse_params(in.rest, false, !options.strict, params))
+      return reply(replies::syntax("MAIL FROM:<address> [parameters]"));
+    Envelope next;
+    if (std::optional<Reply> refused = apply_mail_params(params, next)) return reply(*refused);
+    if (error == PathError::needs_smtputf8 && !next.smtputf8)
+      return reply(replies::needs_smtputf8());
+    Reply r = consult("on_mail", [&] {
+      return options.on_mail ? options.on_mail(session, from, params) : std::nullopt;
+    }, replies::sender_ok());
+    if (!r.positive()) return reply(r);
+    next.from = std::move(from);
+    next.mail_params = std::move(params);
+    envelope = std::move(next);
+    stage = Stage::mail;
+    reply(r);
+  }
+
+  // split_keyword - "FROM:" or "TO:" at the start of `argument`, case-insensitive; lenient mode
+  // allows spaces after the colon ("MAIL FROM: <a@b>"), strict mode does not.
+  bool split_keyword(std::string_view argument, std::string_view keyword,
+                     std::string_view& rest) const {
+    if (!istarts_with(argument, keyword)) return false;
+    rest = argument.substr(keyword.size());
+    if (!options.strict) rest = skip_spaces(rest);
+    return true;
+  }
+
+  // apply_mail_params - SIZE (RFC 1870), BODY (RFC 6152) and SMTPUTF8 (RFC 6531); parameters
+  // are defined by EHLO extensions, so a HELO session may use none (RFC 1869 §4.2).
+  std::optional<Reply> apply_mail_params(const Params& params, Envelope& next) const {
+    for (const auto& [keyword, value] : params) {
+      if (!session.esmtp) return replies::unknown_parameter();
+      if (keyword == "SIZE") {
+        uint64_t size = 0;
+        if (!parse_size(value, size)) return replies::bad_size();
+        if (size > options.max_message_bytes) return replies::message_too_big();
+      } else if (keyword == "BODY") {
+        if (iequals(value, "8BITMIME")) next.body_8bit = true;
+        else if (!iequals(value, "7BIT")) return replies::bad_body();
+      } else if (keyword == "SMTPUTF8" && value.empty()) {
+        next.smtputf8 = true;
+      } else {
+        return replies::unknown_parameter();
+      }
+    }
+    return std::nullopt;
+  }
+
+  // cmd_rcpt - RCPT TO:<forward-path> [SP params] (RFC 5321 §4.1.1.3): adds a recipient.
+  void cmd_rcpt(std::string_view argument) {
+    if (stage != Stage::mail) return reply(replies::need_mail());
+    std::string to;
+    Params params;
+    std::string_view path_and_params;
+    if (!split_keyword(argument, "TO:", path_and_params))
+      return reply(replies::syntax("RCPT TO:<address>"));
+    Cursor in{path_and_params, false};
+    PathError error = parse_path(in, false, true, !options.strict, to);
+    if (error == PathError::syntax) return reply(replies::bad_recipient());
+    if (error == PathError::too_long) return reply(replies::path_too_long());
+    if (error == PathError::needs_smtputf8 && !envelope.smtputf8)
+      return reply(replies::needs_smtputf8());
+    if (!parse_params(in.rest, envelope.smtputf8, !options.strict, params))
+      return reply(replies::syntax("RCPT TO:<address> [parameters]"));
+    if (!params.empty()) return reply(replies::unknown_parameter());
+    if (envelope.to.size() >= options.max_recipients) // RFC 5321 §4.5.3.1.10
+      return reply(replies::too_many_recipients());
+    Reply r = consult("on_rcpt", [&] {
+      return options.on_rcpt ? options.on_rcpt(session, to, params) : std::nullopt;
+    }, replies::recipient_ok());
+    if (r.positive()) envelope.to.push_back(std::move(to));
+    reply(r);
+  }
+
+  // cmd_data - DATA (RFC 5321 §4.1.1.4): 354, then message content until CRLF.CRLF.
+  void cmd_data(std::string_view) {
+    if (stage != Stage::mail) return reply(replies::need_mail());
+    if (envelope.to.empty()) return reply(replies::need_rcpt());
+    begin_message();
+    stage = Stage::data;
+    reply(replies::start_data());
+  }
+
+  void cmd_rset(std::string_view) { // RFC 5321 §4.1.1.5
+    reset_transaction();
+    if (stage == Stage::mail) stage = Stage::ready;
+    reply(replies::ok());
+  }
+
+  void cmd_noop(std::string_view) { reply(replies::ok()); } // RFC 5321 §4.1.1.9
+
+  void cmd_quit(std::string_view) { close_with(replies::bye()); } // RFC 5321 §4.1.1.10
+
+  // cmd_vrfy - RFC 5321 §3.5.3: 252 says "not verified, but try", without revealing users.
+  void cmd_vrfy(std::string_view argument) {
+    reply(argument.empty() ? replies::syntax("VRFY address") : replies::cannot_vrfy());
+  }
+
+  void cmd_help(std::string_view) { reply(replies::help()); } // RFC 5321 §4.1.1.8
+
+  void cmd_not_implemented(std::string_view) { reply(replies::not_implemented()); }
+
+  // ---- the message ---------------------------------------------------------------------------
+
+  // begin_message - start a message buffer with our Received header on top, reserving the
+  // size the client declared (RFC 1870) so the content is appended without reallocation.
+  void begin_message() {
+    queue_id = new_queue_id();
+    message.clear();
+    uint64_t declared = 0;
+    for (const auto& [keyword, value] : envelope.mail_params)
+      if (keyword == "SIZE") parse_size(value, declared);
+    append_received_header(message);
+    if (declared > 0)
+      message.reserve(message.size() + std::min<uint64_t>(declared, options.max_message_bytes));
+    content_bytes = 0;
+    line_bytes = 0;
+    scan = DataScan::line_start;
+    too_big = bare_cr_or_lf = long_line = false;
+    last_was_cr = false;
+  }
+
+  // append_received_header - the trace header of RFC 5321 §4.4 (RFC 5322 §3.6.7):
+  //   Received: from HELO (RDNS [IP])
+  //           by HOSTNAME (APPNAME) with ESMTP id QUEUEID
+  //           for <rcpt>; DATE
+  // "for" names the recipient only when there is exactly one, so a Bcc is never revealed.
+  // Client text is sanitised, so a HELO name cannot break the line and forge a header.
+  void append_received_header(std::string& h) const {
+    const Peer& peer = session.peer;
+    bool v6 = peer.ip.find(':') != std::string::npos;
+    h += "Received: from ";
+    h += sanitize_for_header(session.helo, max_domain);
+    h += " (";
+    if (!peer.hostname.empty()) h += sanitize_for_header(peer.hostname, max_domain) + " ";
+    h += v6 ? "[IPv6:" : "[";
+    h += sanitize_for_header(peer.ip, 64) + "])\r\n\tby " + hostname + " (" + appname + ")";
+    h += " with " + protocol_name() + " id " + queue_id;
+    if (session.tls)
+      h += "\r\n\t(using " + sanitize_for_header(session.tls_version, 32) + " with cipher " +
+           sanitize_for_header(session.tls_cipher, 64) + ")";
+    if (envelope.to.size() == 1) h += "\r\n\tfor <" + envelope.to.front() + ">";
+    h += ";\r\n\t" + rfc5322_date(std::time(nullptr)) + "\r\n";
+  }
+
+  // protocol_name - the "with" keyword: SMTP, ESMTP with S for TLS and A for AUTH (RFC 3848),
+  // UTF8SMTP... when the transaction used SMTPUTF8 (RFC 6531 §3.7.3).
+  std::string protocol_name() const {
+    if (!session.esmtp) return "SMTP";
+    std::string name = envelope.smtputf8 ? "UTF8SMTP" : "ESMTP";
+    if (session.tls) name += "S";
+    if (!session.auth_user.empty()) name += "A";
+    return name;
+  }
+
+  // append_content - add message content, or only count it once past the size limit: the rest
+  // of the message is read and dropped, never buffered (RFC 5321 §4.5.3.1.10 and 552).
+  void append_content(const char* p, std::size_t n) {
+    content_bytes += n;
+    if (content_bytes > options.max_message_bytes) too_big = true;
+    if (!too_big) message.append(p, n);
+  }
+
+  // scan_data - consume message content from `in`; returns the bytes consumed, which stop just
+  // after the final CRLF.CRLF when it is found (RFC 5321 §4.1.1.4). Only CR LF "." CR LF ends the
+  // data: a "." between bare LFs or bare CRs is content (the SMTP smuggling attacks of 2023).
+  std::size_t scan_data(std::string_view in) {
+    const char* p = in.data();
+    const char* end = p + in.size();
+    while (p < end) {
+      switch (scan) {
+      case DataScan::line_start:
+        if (*p == '.') {
+          scan = DataScan::dot;
+          ++p;
+        } else {
+          scan = DataScan::middle;
+        }
+        break;
+      case DataScan::dot: // RFC 5321 §4.5.2: the leading dot is removed, whatever follows
+        if (*p == '\r') {
+          scan = DataScan::dot_cr;
+          ++p;
+        } else {
+          scan = DataScan::middle;
+        }
+        break;
+      case DataScan::dot_cr:
+        if (*p == '\n') {
+          finish_message();
+          return std::size_t(p + 1 - in.data());
+        }
+        append_content("\r", 1); // ".\r" not followed by LF: that CR is content
+        line_bytes = 1;
+        last_was_cr = true;
+        scan = DataScan::middle;
+        break;
+      case DataScan::middle:
+        p = scan_line(p, end);
+        break;
+      }
+    }
+    return in.size();
+  }
+
+  // scan_line - copy content up to and including the next LF; note bare CRs and LFs and
+  // over-long lines. memchr finds the LF, so a line costs one scan and one append.
+  const char* scan_line(const char* p, const char* end) {
+    const char* lf = static_cast<const char*>(std::memchr(p, '\n', std::size_t(end - p)));
+    const char* stop = lf ? lf : end;
+    if (last_was_cr && stop > p) bare_cr_or_lf = true; // a CR that ended the last read
+    for (const void* cr = std::memchr(p, '\r', std::size_t(stop - p)); cr != nullptr;) {
+      const char* c = static_cast<const char*>(cr);
+      if (c + 1 < stop) bare_cr_or_lf = true; // followed by something other than LF
+      cr = std::memchr(c + 1, '\r', std::size_t(stop - c - 1));
+    }
+    bool ends_with_cr = stop > p ? stop[-1] == '\r' : last_was_cr;
+    append_content(p, std::size_t(stop - p));
+    line_bytes += std::size_t(stop - p);
+    if (lf == nullptr) {
+      last_was_cr = ends_with_cr;
+      return end;
+    }
+    append_content("\n", 1);
+    last_was_cr = false;
+    if (ends_with_cr) { // CRLF: the line is complete
+      if (line_bytes + 1 > max_text_line) long_line = true;
+      line_bytes = 0;
+      scan = DataScan::line_start;
+    } else { // a bare LF is content, never a line end
+      bare_cr_or_lf = true;
+      ++line_bytes;
+    }
+    return lf + 1;
+  }
+
+  // finish_message - the final dot arrived: refuse, or hand the message to the handler and
+  // say 250 only if it accepted (RFC 5321 §4.1.1.4, §6.1).
+  void finish_message() {
+    if (options.log_read)
+      options.log_read(session.peer, "<" + std::to_string(content_bytes) + " octets of message data>");
+    stage = Stage::ready;
+    if (too_big) reply(replies::message_too_big());
+    else if (options.strict && bare_cr_or_lf) reply(replies::bare_cr_lf_in_data());
+    else if (options.strict && long_line) reply(replies::data_line_too_long());
+    else reply(deliver());
+    reset_transaction();
+    after_command();
+  }
+
+  // deliver - call the message handler at the exception boundary.
+  Reply deliver() {
+    return consult("handler", [&]() -> std::optional<Reply> {
+      if (options.message_handler) return options.message_handler(session, envelope, message);
+      if (options.handler) options.handler(session.peer, envelope.from, envelope.to, message);
+      return std::nullopt;
+    }, replies::queued(queue_id));
+  }
+};
+
+// ---- Protocol's public face: thin calls into State ------------------------------------------
+
+Protocol::Protocol(const Options& options, SessionInfo session)
+    : s_(std::make_unique<State>(options, std::move(session))) {
+  s_->start();
+}
+
+Protocol::~Protocol() = default;
+
+void Protocol::feed(std::string_view bytes) {
+  while (!bytes.empty() && s_->stage != Stage::closed) {
+    std::size_t used =
+        s_->stage == Stage::data ? s_->scan_data(bytes) : s_->read_command(bytes);
+    bytes.remove_prefix(used);
+  }
+}
+
+std::string Protocol::take_output() {
+  std::string taken;
+  taken.swap(s_->out);
+  return taken;
+}
+
+bool Protocol::has_output() const { return !s_->out.empty(); }
+bool Protocol::should_close() const { return s_->stage == Stage::closed; }
+bool Protocol::in_data() const { return s_->stage == Stage::data; }
+
+bool Protocol::idle() const {
+  bool between = s_->stage == Stage::greeted || s_->stage == Stage::ready ||
+                 s_->stage == Stage::refused;
+  return between && s_->partial.empty() && !s_->discarding;
+}
+
+void Protocol::timeout() { s_->close_with(replies::timeout()); }
+void Protocol::shutting_down() { s_->close_with(replies::shutting_down()); }
+
+void Protocol::disconnected() {
+  s_->stage = Stage::closed; // a partial message is dropped: the handler never sees it
+  s_->reset_transaction();
+}
+
+const SessionInfo& Protocol::session() const { return s_->session; }
+const Envelope& Protocol::envelope() const { return s_->envelope; }
+
+std::string Peer::to_string() const {
+  bool v6 = ip.find(':') != std::string::npos;
+  return (v6 ? "[" + ip + "]" : ip) + ":" + std::to_string(port);
+}
+
+// =============================================================================================
+// 6. Transport - the plain socket
+//
+// Sockets are non-blocking: a read is tried first and poll() is called only when it would block,
+// so a busy connection costs one syscall per read. Every wait is bounded by a timeout, so a
+// client that stops sending or stops reading costs only its own thread, and only for a while.
+// =============================================================================================
+
+namespace {
+
+// poll_ms - a duration as poll()'s int milliseconds, at least 0.
+int poll_ms(std::chrono::milliseconds d) {
+  auto ms = d.count();
+  return ms < 0 ? 0 : ms > INT_MAX ? INT_MAX : int(ms);
+}
+
+// ReadResult - what a read attempt produced.
+enum class ReadResult { data, closed, timeout, woken, error };
+
+// PlainConn - a connected TCP socket (owned by the Server's registry, which closes it).
+class PlainConn {
+public:
+  explicit PlainConn(int fd) : fd_(fd) {}
+
+  // read_some - read what is there into `buf`, waiting up to `timeout`; a byte on `wake_fd`
+  // (the server's shutdown pipe, or -1 for none) ends the wait early.
+  ReadResult read_some(char* buf, std::size_t cap, std::size_t& got,
+                       std::chrono::milliseconds timeout, int wake_fd) {
+    for (;;) {
+      ssize_t n = ::recv(fd_, buf, cap, 0);
+      if (n > 0) {
+        got = std::size_t(n);
+        return ReadResult::data;
+      }
+      if (n == 0) return ReadResult::closed;
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return ReadResult::error;
+      pollfd fds[2] = {{fd_, POLLIN, 0}, {wake_fd, POLLIN, 0}};
+      int ready = ::poll(fds, wake_fd >= 0 ? 2 : 1, poll_ms(timeout));
+      if (ready == 0) return ReadResult::timeout;
+      if (ready < 0 && errno != EINTR) return ReadResult::error;
+      if (ready > 0 && wake_fd >= 0 && (fds[1].revents & POLLIN) && !(fds[0].revents & POLLIN))
+        return ReadResult::woken;
+    }
+  }
+
+  // write_all - send every byte, waiting up to `timeout` whenever the client is not reading.
+  bool write_all(std::string_view bytes, std::chrono::milliseconds timeout) {
+    while (!bytes.empty()) {
+      ssize_t n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+      if (n > 0) {
+        bytes.remove_prefix(std::size_t(n));
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return false;
+      pollfd fd{fd_, POLLOUT, 0};
+      int ready = ::poll(&fd, 1, poll_ms(timeout));
+      if (ready == 0 || (ready < 0 && errno != EINTR)) return false; // a client that never reads
+    }
+    return true;
+  }
+
+private:
+  int fd_;
+};
+
+// =============================================================================================
+// 7. Connection - one thread per client
+//
+// The loop: write whatever replies are queued (one write per burst of pipelined commands), stop
+// if the Protocol asked to close, otherwise read and feed. This is the exception boundary of a
+// connection: hooks' exceptions are already caught in the Protocol, and anything else ends only
+// this connection.
+// =============================================================================================
+
+// ServerControl - what a connection needs from its server.
+struct ServerControl {
+  const Options& options;
+  std::atomic<bool>& stopping; // a graceful shutdown began
+  int wake_fd;                 // readable once stopping
+};
+
+// run_connection - serve one client on `fd` until either side ends the session.
+void run_connection(const ServerControl& server, int fd, const Peer& peer) {
+  SessionInfo info;
+  info.peer = peer;
+  Protocol protocol(server.options, std::move(info));
+  PlainConn conn(fd);
+  std::unique_ptr<char[]> buf(new char[read_buffer_bytes]);
+  bool saw_stopping = false;
+  for (;;) {
+    if (protocol.has_output() &&
+        !conn.write_all(protocol.take_output(), server.options.command_timeout))
+      break;
+    if (protocol.should_close()) break;
+    if (server.stopping.load(std::memory_order_relaxed)) {
+      saw_stopping = true; // from now on the wake pipe stays readable: stop polling it
+      if (protocol.idle()) {
+        protocol.shutting_down();
+        continue;
+      }
+    }
+    auto timeout =
+        protocol.in_data() ? server.options.data_timeout : server.options.command_timeout;
+    std::size_t got = 0;
+    switch (conn.read_some(buf.get(), read_buffer_bytes, got, timeout,
+                           saw_stopping ? -1 : server.wake_fd)) {
+    case ReadResult::data: protocol.feed(std::string_view(buf.get(), got)); break;
+    case ReadResult::timeout: protocol.timeout(); break;
+    case ReadResult::woken: break;
+    case ReadResult::closed:
+    case ReadResult::error: protocol.disconnected(); return;
+    }
+  }
+}
+
+// reverse_lookup - the client's host name if its PTR record resolves back to its address
+// (forward-confirmed, so a forged PTR is not shown), or "". The lookup runs on its own detached
+// thread so that `timeout` bounds the wait; a stuck resolver finishes on its own later.
+std::string reverse_lookup(const sockaddr_storage& address, socklen_t length, const Peer& peer,
+                           std::chrono::milliseconds timeout) {
+  struct Result {
+    std::mutex mu;
+    std::condition_variable done;
+    bool finished = false;
+    std::string name;
+  };
+  auto result = std::make_shared<Result>();
+  std::thread([result, address, length, ip = peer.ip] {
+    char host[NI_MAXHOST] = {};
+    std::string confirmed;
+    if (getnameinfo(reinterpret_cast<const sockaddr*>(&address), length, host, sizeof host,
+                    nullptr, 0, NI_NAMEREQD) == 0) {
+      addrinfo hints{}, *list = nullptr;
+      hints.ai_socktype = SOCK_STREAM;
+      if (getaddrinfo(host, nullptr, &hints, &list) == 0) {
+        for (addrinfo* a = list; a != nullptr && confirmed.empty(); a = a->ai_next) {
+          char numeric[NI_MAXHOST] = {};
+          if (getnameinfo(a->ai_addr, a->ai_addrlen, numeric, sizeof numeric, nullptr, 0,
+                          NI_NUMERICHOST) == 0 && ip == numeric)
+            confirmed = host;
+        }
+        freeaddrinfo(list);
+      }
+    }
+    std::lock_guard<std::mutex> lock(result->mu);
+    result->name = confirmed;
+    result->finished = true;
+    result->done.notify_all();
+  }).detach();
+  std::unique_lock<std::mutex> lock(result->mu);
+  result->done.wait_for(lock, timeout, [&] { return result->finished; });
+  return result->finished ? result->name : std::string();
+}
+
+// peer_of - the numeric address and port of a socket address; IPv4-mapped IPv6 addresses
+// (from a dual-stack listener) are shown as plain IPv4.
+Peer peer_of(const sockaddr_storage& address, socklen_t length) {
+  char host[NI_MAXHOST] = {}, port[NI_MAXSERV] = {};
+  Peer peer;
+  if (getnameinfo(reinterpret_cast<const sockaddr*>(&address), length, host, sizeof host, port,
+                  sizeof port, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    return peer;
+  peer.ip = host;
+  if (peer.ip.rfind("::ffff:", 0) == 0 && peer.ip.find('.') != std::string::npos)
+    peer.ip.erase(0, 7);
+  peer.port = uint16_t(std::atoi(port));
+  return peer;
+}
+
+// =============================================================================================
+// 8. Server - listen, accept, one thread per connection, limits, graceful shutdown
+// =============================================================================================
+
+// split_host_port - "host:port", "[v6]:port" or ":port" (RFC 3986 style brackets for IPv6).
+void split_host_port(const std::string& addr, std::string& host, std::string& port) {
+  auto bad = [&] { return std::invalid_argument("smtpd: bad address \"" + addr +
+                                                "\" (want host:port, [v6]:port or :port)"); };
+  if (!addr.empty() && addr.front() == '[') {
+    std::size_t close = addr.find(']');
+    if (close == std::string::npos || close + 1 >= addr.size() || addr[close + 1] != ':')
+      throw bad();
+    host = addr.substr(1, close - 1);
+    port = addr.substr(close + 2);
+  } else {
+    std::size_t colon = addr.rfind(':');
+    if (colon == std::string::npos || addr.find(':') != colon) throw bad();
+    host = addr.substr(0, colon);
+    port = addr.substr(colon + 1);
+  }
+  bool numeric = !port.empty() && port.size() <= 5 &&
+                 std::all_of(port.begin(), port.end(), [](char c) { return is_digit(c); });
+  if (!numeric || std::stoul(port) > 65535) throw bad();
+}
+
+// open_listener - a bound, listening, close-on-exec socket for `addr`. An empty host means all
+// addresses: IPv6 with IPv4 mapped in when the system has IPv6, else IPv4.
+int open_listener(const std::string& addr) {
+  std::string host, port;
+  split_host_port(addr, host, port);
+  addrinfo hints{}, *list = nullptr;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  hints.ai_family = host.empty() ? AF_INET6 : AF_UNSPEC;
+  int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &list);
+  if (rc != 0 && host.empty()) {
+    hints.ai_family = AF_INET;
+    rc = getaddrinfo(nullptr, port.c_str(), &hints, &list);
+  }
+  if (rc != 0)
+    throw std::invalid_argument("smtpd: cannot resolve \"" + addr + "\": " + gai_strerror(rc));
+  int last_errno = 0;
+  for (addrinfo* a = list; a != nullptr; a = a->ai_next) {
+    int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      last_errno = errno;
+      continue;
+    }
+    int on = 1, off = 0;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    if (a->ai_family == AF_INET6 && host.empty())
+      ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
+    if (::bind(fd, a->ai_addr, a->ai_addrlen) == 0 && ::listen(fd, SOMAXCONN) == 0) {
+      freeaddrinfo(list);
+      return fd;
+    }
+    last_errno = errno;
+    ::close(fd);
+  }
+  freeaddrinfo(list);
+  throw std::system_error(last_errno, std::generic_category(), "smtpd: cannot listen on " + addr);
+}
+
+// validate - refuse options that would disable a protection by accident (a zero timeout or
+// limit is a mistake, not a wish for "none").
+void validate(const Options& o) {
+  using namespace std::chrono_literals;
+  if (o.command_timeout <= 0ms || o.data_timeout <= 0ms)
+    throw std::invalid_argument("smtpd: timeouts must be positive");
+  if (o.max_message_bytes == 0 || o.max_recipients == 0 || o.max_connections == 0 ||
+      o.hard_error_limit == 0)
+    throw std::invalid_argument("smtpd: limits must be positive");
+  if (o.message_handler && o.handler)
+    throw std::invalid_argument("smtpd: set handler or message_handler, not both");
+}
+
+} // namespace
+
+struct Server::Impl {
+  Options options;
+  std::atomic<bool> stopping{false};
+  int wake[2] = {-1, -1}; // written once at shutdown; connections and accept poll wake[0]
+
+  mutable std::mutex mu;
+  mutable std::condition_variable changed;
+  int listen_fd = -1;
+  bool serving = false;
+  struct Client {
+    int fd;
+  };
+  std::list<Client> clients;       // live connections
+  std::vector<pthread_t> finished; // threads whose connection ended, not yet joined
+
+  explicit Impl(Options o) : options(std::move(o)) {
+    validate(options);
+    if (options.hostname.empty()) options.hostname = system_hostname();
+    if (::pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0)
+      throw std::system_error(errno, std::generic_category(), "smtpd: pipe");
+  }
+
+  ~Impl() {
+    if (listen_fd >= 0) ::close(listen_fd);
+    ::close(wake[0]);
+    ::close(wake[1]);
+  }
+
+  void log_error(const std::string& message) const {
+    if (options.log_error) options.log_error(message);
+  }
+
+  // Launch - what a new connection thread is given.
+  struct Launch {
+    Impl* impl;
+    std::list<Client>::iterator client;
+    sockaddr_storage address;
+    socklen_t length;
+  };
+
+  // accept_loop - accept until stopping; each client gets its own thread.
+  void accept_loop(int fd) {
+    for (;;) {
+      pollfd fds[2] = {{fd, POLLIN, 0}, {wake[0], POLLIN, 0}};
+      if (::poll(fds, 2, -1) < 0 && errno != EINTR) {
+        log_error(std::string("smtpd: poll: ") + std::strerror(errno));
+        return;
+      }
+      if (stopping.load()) return;
+      join_finished();
+      if (fds[0].revents & POLLIN) accept_one(fd);
+    }
+  }
+
+  // accept_one - take one connection: refuse it with 421 when at the connection limit,
+  // otherwise start its thread.
+  void accept_one(int fd) {
+    auto launch = std::make_unique<Launch>();
+    launch->impl = this;
+    launch->length = sizeof launch->address;
+    int client = ::accept4(fd, reinterpret_cast<sockaddr*>(&launch->address), &launch->length,
+                           SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (client < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        log_error(std::string("smtpd: accept: ") + std::strerror(errno));
+        std::this_thread::sleep_for(std::chrono::milliseconds(50)); // let descriptors free up
+      }
+      return;
+    }
+    int on = 1;
+    ::setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on); // we batch replies ourselves
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (clients.size() < options.max_connections) {
+        launch->client = clients.insert(clients.end(), Client{client});
+        if (start_thread(launch.get())) {
+          launch.release();
+          return;
+        }
+        clients.erase(launch->client);
+      }
+    }
+    refuse(client, peer_of(launch->address, launch->length));
+  }
+
+  // start_thread - a connection thread with the configured stack size.
+  bool start_thread(Launch* launch) {
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    std::size_t stack = std::max<std::size_t>(options.thread_stack_bytes, PTHREAD_STACK_MIN);
+    pthread_attr_setstacksize(&attr, stack);
+    pthread_t thread;
+    int rc = pthread_create(&thread, &attr, &Impl::connection_main, launch);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) log_error(std::string("smtpd: cannot start thread: ") + std::strerror(rc));
+    return rc == 0;
+  }
+
+  // refuse - over the connection limit (or out of threads): say 421 and close, never silently.
+  void refuse(int client, const Peer& peer) {
+    std::string line;
+    append_reply(line, replies::too_many_connections(), false);
+    (void)::send(client, line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    ::close(client);
+    log_error("smtpd: refused " + peer.to_string() + ": too many connections");
+  }
+
+  static void* connection_main(void* arg) {
+    std::unique_ptr<Launch> launch(static_cast<Launch*>(arg));
+    Impl& impl = *launch->impl;
+    try {
+      Peer peer = peer_of(launch->address, launch->length);
+      if (impl.options.reverse_dns)
+        peer.hostname = reverse_lookup(launch->address, launch->length, peer,
+                                       impl.options.reverse_dns_timeout);
+      ServerControl control{impl.options, impl.stopping, impl.wake[0]};
+      run_connection(control, launch->client->fd, peer);
+    } catch (const std::exception& e) { // e.g. std::bad_alloc: end this connection only
+      impl.log_error(std::string("smtpd: connection ended: ") + e.what());
+    }
+    impl.connection_ended(launch->client);
+    return nullptr;
+  }
+
+  // connection_ended - close the socket and queue the thread to be joined. The close happens
+  // under the lock, so cut_all() never shuts down a descriptor number already reused.
+  void connection_ended(std::list<Client>::iterator client) {
+    std::lock_guard<std::mutex> lock(mu);
+    ::close(client->fd);
+    clients.erase(client);
+    finished.push_back(pthread_self());
+    changed.notify_all();
+  }
+
+  // join_finished - join the threads of connections that have ended.
+  void join_finished() {
+    std::vector<pthread_t> done;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      done.swap(finished);
+    }
+    for (pthread_t t : done) pthread_join(t, nullptr);
+  }
+
+  // cut_all - end every connection now: their reads fail and their threads finish.
+  void cut_all() {
+    std::lock_guard<std::mutex> lock(mu);
+    for (Client& c : clients) ::shutdown(c.fd, SHUT_RDWR);
+  }
+
+  // stop - the shared part of shutdown() and close().
+  void stop(std::chrono::milliseconds deadline) {
+    auto until = std::chrono::steady_clock::now() + deadline;
+    if (!stopping.exchange(true)) (void)::write(wake[1], "x", 1);
+    std::unique_lock<std::mutex> lock(mu);
+    changed.wait(lock, [&] { return !serving; }); // the accept loop has returned
+    if (listen_fd >= 0) {
+      ::close(listen_fd); // stop accepting: new clients are refused by the kernel
+      listen_fd = -1;
+    }
+    changed.wait_until(lock, until, [&] { return clients.empty(); });
+    lock.unlock();
+    cut_all();
+    lock.lock();
+    changed.wait(lock, [&] { return clients.empty(); });
+    lock.unlock();
+    join_finished();
+  }
+};
+
+Server::Server(Options options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+
+Server::~Server() { close(); }
+
+void Server::listen() {
+  int fd = open_listener(impl_->options.addr);
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  if (impl_->listen_fd >= 0) ::close(impl_->listen_fd);
+  impl_->listen_fd = fd;
+}
+
+void Server::serve() {
+  int fd;
+  {
+    std::unique_lock<std::mutex> lock(impl_->mu);
+    if (impl_->listen_fd < 0) throw std::logic_error("smtpd: serve() before listen()");
+    if (impl_->serving) throw std::logic_error("smtpd: serve() is already running");
+    if (impl_->stopping) return;
+    fd = impl_->listen_fd;
+    impl_->serving = true;
+    impl_->changed.notify_all();
+  }
+  int flags = ::fcntl(fd, F_GETFL);
+  ::fcntl(fd, F_SETFL, flags | O_NONBLOCK); // poll said ready, but the client may be gone
+  impl_->accept_loop(fd);
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->serving = false;
+  impl_->changed.notify_all();
+}
+
+void Server::serve(int listening_fd) {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (impl_->listen_fd >= 0) ::close(impl_->listen_fd);
+    impl_->listen_fd = listening_fd;
+  }
+  ::fcntl(listening_fd, F_SETFD, FD_CLOEXEC);
+  serve();
+}
+
+void Server::listen_and_serve() {
+  listen();
+  serve();
+}
+
+std::string Server::address() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  if (impl_->listen_fd < 0) return "";
+  sockaddr_storage address{};
+  socklen_t length = sizeof address;
+  if (::getsockname(impl_->listen_fd, reinterpret_cast<sockaddr*>(&address), &length) != 0)
+    return "";
+  return peer_of(address, length).to_string();
+}
+
+uint16_t Server::port() const {
+  std::string a = address();
+  return a.empty() ? 0 : uint16_t(std::stoul(a.substr(a.rfind(':') + 1)));
+}
+
+bool Server::wait_ready(std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> lock(impl_->mu);
+  return impl_->changed.wait_for(lock, timeout, [&] { return impl_->serving; });
+}
+
+void Server::shutdown(std::chrono::milliseconds deadline) { impl_->stop(deadline); }
+
+void Server::close() { impl_->stop(std::chrono::milliseconds(0)); }
+
+std::size_t Server::connections() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->clients.size();
+}
+
+const Options& Server::options() const { return impl_->options; }
+
+void ListenAndServe(const std::string& addr, Handler handler, const std::string& appname,
+                    const std::string& hostname) {
+  Options options;
+  options.addr = addr;
+  options.handler = std::move(handler);
+  if (!appname.empty()) options.appname = appname;
+  options.hostname = hostname;
+  Server server(std::move(options));
+  server.listen_and_serve();
+}
+
+} // namespace smtpd
