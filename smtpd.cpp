@@ -338,7 +338,8 @@ bool has_8bit(std::string_view s) {
 }
 
 // parse_path - Path = "<" [ A-d-l ":" ] Mailbox ">" at the start of `in.rest` (RFC 5321 §4.1.2).
-// Sets `mailbox` to the address without brackets or source route. `allow_null` admits "<>"
+// Sets `mailbox` to the address without brackets or source route (also when the only fault is
+// UTF-8 without `in.utf8`: the caller decides whether SMTPUTF8 makes it acceptable). `allow_null` admits "<>"
 // (reverse-path); `allow_postmaster` admits "<Postmaster>" (RCPT, §4.1.1.3). In lenient mode
 // the brackets may be missing, as in "MAIL FROM:a@b".
 PathError parse_path(Cursor& in, bool allow_null, bool allow_postmaster, bool lenient,
@@ -370,9 +371,8 @@ PathError parse_path(Cursor& in, bool allow_null, bool allow_postmaster, bool le
   if (!ok) return PathError::syntax;
   if (bracketed && !in.eat('>')) return PathError::syntax;
   if (start.size() - in.rest.size() > max_path) return PathError::too_long;
-  if (!utf8_allowed && has_8bit(box)) return PathError::needs_smtputf8;
   mailbox.assign(box);
-  return PathError::none;
+  return !utf8_allowed && has_8bit(box) ? PathError::needs_smtputf8 : PathError::none;
 }
 
 // parse_params - esmtp-param *(SP esmtp-param) (RFC 5321 §4.1.2), keywords upper-cased.
@@ -1461,6 +1461,10 @@ struct Server::Impl {
         return;
       }
       if (stopping.load()) return;
+      if (fds[0].revents & (POLLERR | POLLNVAL)) {
+        log_error("smtpd: the listening socket failed; no longer accepting");
+        return;
+      }
       join_finished();
       if (fds[0].revents & POLLIN) accept_one(fd);
     }
@@ -1597,9 +1601,9 @@ void Server::serve() {
   int fd;
   {
     std::unique_lock<std::mutex> lock(impl_->mu);
+    if (impl_->stopping) return; // shut down before it began
     if (impl_->listen_fd < 0) throw std::logic_error("smtpd: serve() before listen()");
     if (impl_->serving) throw std::logic_error("smtpd: serve() is already running");
-    if (impl_->stopping) return;
     fd = impl_->listen_fd;
     impl_->serving = true;
     impl_->changed.notify_all();
