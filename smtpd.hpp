@@ -47,8 +47,8 @@ struct Reply {
   std::string text;     // human-readable text; never interpreted as a format string
 
   Reply() = default;
-  Reply(int code, std::string enhanced, std::string text)
-      : code(code), enhanced(std::move(enhanced)), text(std::move(text)) {}
+  Reply(int reply_code, std::string enhanced_code, std::string reply_text)
+      : code(reply_code), enhanced(std::move(enhanced_code)), text(std::move(reply_text)) {}
 
   bool positive() const { return code >= 200 && code < 400; }
 };
@@ -239,6 +239,8 @@ public:
   void listen();
 
   // serve - accept connections on the listener from listen() until shutdown() or close().
+  // Returns at once if shutdown() or close() came first (they are final). Throws
+  // std::logic_error when called before listen() or while already serving.
   void serve();
 
   // serve - accept connections on `listening_fd` (a bound, listening socket the Server now
