@@ -1,0 +1,146 @@
+# Makefile - builds the smtpd library object, the examples and the tests; every output goes
+# under $(BUILD). `make help` lists the targets.
+#
+#   make                   library object + build/hello + build/mailsink
+#   make test              doctest suites + interop with real clients; ends "N passed, N failed"
+#   make run               build/mailsink listening on 127.0.0.1:2525
+#   make asan | tsan       the doctest suites under sanitizers (build/asan, build/tsan)
+#   make notls             everything with TLS=0 (-DSMTPD_NO_TLS, no OpenSSL) in build/notls
+#   make TLS=0 CXX=clang++ BUILD=build/clang ...   the variables below combine freely
+
+CXX ?= g++
+CXXFLAGS ?= -std=c++17 -O2 -g -Wall -Wextra -Wpedantic
+CPPFLAGS ?=
+LDFLAGS ?=
+LDLIBS ?=
+TLS ?= 1
+BUILD ?= build
+PREFIX ?= /usr/local
+DESTDIR ?=
+CLANG_FORMAT ?= clang-format
+
+# Flags every build gets on top of the user's: threads always; TLS=0 compiles without OpenSSL.
+ALL_CPPFLAGS := $(strip -I. $(CPPFLAGS))
+ALL_CXXFLAGS := $(CXXFLAGS) -pthread
+ALL_LDLIBS := $(LDLIBS)
+ifeq ($(TLS),0)
+  ALL_CPPFLAGS += -DSMTPD_NO_TLS
+else
+  ALL_LDLIBS += -lssl -lcrypto
+endif
+
+# The Debian 12 packages that building and testing need (`make deps` installs them as root).
+DEB_PACKAGES := g++ make libssl-dev doctest-dev python3 swaks libnet-ssleay-perl curl clang
+
+LIB_OBJ := $(BUILD)/smtpd.o
+EXAMPLES := $(BUILD)/hello $(BUILD)/mailsink
+EXAMPLE_OBJS := $(BUILD)/example/hello.o $(BUILD)/example/mailsink.o
+TEST_SRCS := test/main.cpp test/header_check.cpp $(sort $(wildcard test/*_test.cpp))
+TEST_OBJS := $(TEST_SRCS:%.cpp=$(BUILD)/%.o)
+OBJS := $(LIB_OBJ) $(EXAMPLE_OBJS) $(TEST_OBJS)
+FMT_SRCS = $(wildcard smtpd.hpp smtpd.cpp example/*.cpp example/*.hpp test/*.cpp test/*.hpp)
+
+ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -O1
+TSAN_FLAGS := -fsanitize=thread -fno-omit-frame-pointer -O1
+ASAN_ENV := ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+TSAN_ENV := TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+
+.DEFAULT_GOAL := all
+.PHONY: all deps test run example asan tsan notls fmt fmt-check install clean help FORCE
+.DELETE_ON_ERROR:
+
+all: $(LIB_OBJ) $(EXAMPLES) | deps
+
+example: $(EXAMPLES)
+
+# --- compiling and linking ---------------------------------------------------------------------
+# -MMD -MP write a .d file beside each object, so editing smtpd.hpp rebuilds what includes it.
+# $(BUILD)/flags records the compiler and flags: changing them (say TLS=0 into the same BUILD)
+# rebuilds everything instead of linking stale objects. It also runs `deps` before any compile.
+FLAGS_LINE = $(subst ','\'',$(CXX) $(ALL_CPPFLAGS) $(ALL_CXXFLAGS) $(LDFLAGS) $(ALL_LDLIBS))
+$(BUILD)/flags: FORCE | deps
+	@mkdir -p $(@D)
+	@echo '$(FLAGS_LINE)' | cmp -s - $@ || echo '$(FLAGS_LINE)' > $@
+
+$(BUILD)/%.o: %.cpp $(BUILD)/flags
+	@mkdir -p $(@D)
+	$(CXX) $(ALL_CPPFLAGS) $(ALL_CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/hello: $(BUILD)/example/hello.o $(LIB_OBJ)
+$(BUILD)/mailsink: $(BUILD)/example/mailsink.o $(LIB_OBJ)
+$(BUILD)/tests: $(TEST_OBJS) $(LIB_OBJ)
+$(EXAMPLES) $(BUILD)/tests: $(BUILD)/flags
+	$(CXX) $(ALL_CXXFLAGS) $(LDFLAGS) $(filter %.o,$^) $(ALL_LDLIBS) -o $@
+
+-include $(OBJS:.o=.d)
+
+# --- dependencies ------------------------------------------------------------------------------
+# Fast when everything is installed (one dpkg-query per package, no apt). As root the missing
+# packages are installed; otherwise the command to do so is printed and the build stops.
+deps:
+	@if ! command -v dpkg-query >/dev/null 2>&1; then \
+	  echo "deps: no dpkg-query (not Debian?); make sure these are installed: $(DEB_PACKAGES)"; \
+	  exit 0; \
+	fi; \
+	missing=; \
+	for p in $(DEB_PACKAGES); do \
+	  case "$$(dpkg-query -W -f='$${Status}' $$p 2>/dev/null)" in \
+	    *" ok installed") ;; \
+	    *) missing="$$missing $$p" ;; \
+	  esac; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  echo "deps: installing:$$missing"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	else \
+	  echo "deps: missing Debian packages:$$missing" >&2; \
+	  echo "deps: install them with:  sudo apt-get update && sudo apt-get install -y$$missing" >&2; \
+	  exit 1; \
+	fi
+
+# --- running -----------------------------------------------------------------------------------
+run: $(BUILD)/mailsink
+	$(BUILD)/mailsink --listen 127.0.0.1:2525
+
+# test/run-all.sh runs $(BUILD)/tests, then test/interop.sh $(BUILD)/mailsink, and prints
+# "N passed, N failed" last.
+test: all $(BUILD)/tests | deps
+	bash test/run-all.sh $(BUILD)
+
+# Sanitizer and no-TLS builds: the same Makefile, one level down, in their own build directory.
+asan:
+	$(MAKE) --no-print-directory BUILD=$(BUILD)/asan CXXFLAGS='$(CXXFLAGS) $(ASAN_FLAGS)' \
+	  $(BUILD)/asan/tests $(BUILD)/asan/mailsink
+	$(ASAN_ENV) $(BUILD)/asan/tests
+
+tsan:
+	$(MAKE) --no-print-directory BUILD=$(BUILD)/tsan CXXFLAGS='$(CXXFLAGS) $(TSAN_FLAGS)' \
+	  $(BUILD)/tsan/tests $(BUILD)/tsan/mailsink
+	$(TSAN_ENV) $(BUILD)/tsan/tests
+
+notls:
+	$(MAKE) --no-print-directory BUILD=$(BUILD)/notls TLS=0 all $(BUILD)/notls/tests
+	$(BUILD)/notls/tests
+
+# --- formatting (clang-format 14, the .clang-format at the top) ---------------------------------
+fmt:
+	$(CLANG_FORMAT) -i $(FMT_SRCS)
+
+fmt-check:
+	$(CLANG_FORMAT) --dry-run -Werror $(FMT_SRCS)
+
+# --- installing --------------------------------------------------------------------------------
+# The library is two source files that users compile into their program: install both as
+# "headers" under include/smtpd/, and the mail catcher as a program.
+install: $(BUILD)/mailsink
+	install -d '$(DESTDIR)$(PREFIX)/include/smtpd' '$(DESTDIR)$(PREFIX)/bin'
+	install -m 644 smtpd.hpp smtpd.cpp '$(DESTDIR)$(PREFIX)/include/smtpd/'
+	install -m 755 $(BUILD)/mailsink '$(DESTDIR)$(PREFIX)/bin/'
+
+clean:
+	rm -rf $(BUILD)
+
+help:
+	@echo 'targets: all (default) deps test run example asan tsan notls fmt fmt-check install clean'
+	@echo 'variables: CXX=$(CXX) CXXFLAGS=$(CXXFLAGS) TLS=$(TLS) BUILD=$(BUILD) PREFIX=$(PREFIX)'

@@ -1,0 +1,558 @@
+// mailsink.cpp - a mail catcher for developers and scripts: an SMTP server that accepts every
+// message and prints it to stdout, or stores it in a Maildir, and never sends mail anywhere.
+//
+//     build/mailsink --help
+//     build/mailsink --listen 127.0.0.1:0 --maildir /tmp/mail
+//
+// `make example` builds it; by hand:
+//
+//     g++ -std=c++17 -O2 -pthread example/mailsink.cpp smtpd.cpp -lssl -lcrypto -o build/mailsink
+//
+// The program in five parts, in the order main() uses them:
+//   1. Command line: a table of flags, strict number parsing, --help.
+//   2. Output: stdout and stderr shared by every connection thread.
+//   3. Maildir: safe delivery into DIR/tmp, then DIR/new (the Maildir rules, see maildir(5)).
+//   4. Sink: the message handler that prints, stores or drops each message.
+//   5. main: check the setup, listen, serve on a thread, wait for SIGINT/SIGTERM, shut down.
+#include "../smtpd.hpp"
+
+#include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <ctime>
+#include <iostream>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <thread>
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace {
+
+// Exit statuses, as --help documents them.
+constexpr int exit_ok = 0;
+constexpr int exit_runtime_error = 1; // the setup failed or serving failed
+constexpr int exit_usage_error = 2;   // the command line is wrong
+
+constexpr const char *default_listen = "127.0.0.1:2525";
+constexpr unsigned long long max_timeout_seconds = 24 * 60 * 60; // one day
+
+// =============================================================================================
+// 1. Command line
+// =============================================================================================
+
+// Config - everything the command line sets. The server settings live in smtpd::Options
+// directly, so the library's own defaults apply to every flag not given.
+struct Config {
+  smtpd::Options options;
+  std::string maildir; // "" = print messages to stdout
+  bool quiet = false;
+  bool help = false;
+
+  Config() {
+    options.addr = default_listen;
+    options.appname = "mailsink";
+  }
+};
+
+// UsageError - the command line is wrong; main() prints it with "see --help" and exits 2.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// parse_count - a whole number from 1 to `max`: digits only, no sign, spaces or suffix.
+unsigned long long parse_count(const std::string &text, unsigned long long max) {
+  unsigned long long number = 0;
+  const char *end = text.data() + text.size();
+  auto [stop, error] = std::from_chars(text.data(), end, number);
+  if (error == std::errc::invalid_argument || stop != end || (error == std::errc() && number == 0))
+    throw UsageError("needs a positive whole number, not '" + text + "'");
+  if (error == std::errc::result_out_of_range || number > max)
+    throw UsageError("'" + text + "' is too large (at most " + std::to_string(max) + ")");
+  return number;
+}
+
+// parse_size - parse_count for a std::size_t setting.
+std::size_t parse_size(const std::string &text) {
+  return static_cast<std::size_t>(parse_count(text, std::numeric_limits<std::size_t>::max()));
+}
+
+// set_timeout - --timeout: one limit for a silent client, in commands and in message data.
+void set_timeout(Config &config, const std::string &text) {
+  const std::chrono::seconds timeout(parse_count(text, max_timeout_seconds));
+  config.options.command_timeout = timeout;
+  config.options.data_timeout = timeout;
+}
+
+// Flag - one command-line flag: its name, whether a value follows it, and what it sets.
+struct Flag {
+  const char *name;
+  bool takes_value;
+  void (*apply)(Config &config, const std::string &value);
+};
+
+// flags - every flag mailsink knows; print_usage() documents each one.
+const Flag flags[] = {
+    {"--listen", true, [](Config &c, const std::string &v) { c.options.addr = v; }},
+    {"--maildir", true, [](Config &c, const std::string &v) { c.maildir = v; }},
+    {"--hostname", true, [](Config &c, const std::string &v) { c.options.hostname = v; }},
+    {"--max-size", true,
+     [](Config &c, const std::string &v) { c.options.max_message_bytes = parse_size(v); }},
+    {"--max-recipients", true,
+     [](Config &c, const std::string &v) { c.options.max_recipients = parse_size(v); }},
+    {"--timeout", true, [](Config &c, const std::string &v) { set_timeout(c, v); }},
+    {"--max-connections", true,
+     [](Config &c, const std::string &v) { c.options.max_connections = parse_size(v); }},
+    {"--strict", false, [](Config &c, const std::string &) { c.options.strict = true; }},
+    {"--quiet", false, [](Config &c, const std::string &) { c.quiet = true; }},
+    {"--help", false, [](Config &c, const std::string &) { c.help = true; }},
+};
+
+// is_flag - whether a command-line argument looks like a flag ("--something").
+bool is_flag(const std::string &argument) {
+  return argument.rfind("--", 0) == 0;
+}
+
+// find_flag - the flag called `name`, or nullptr.
+const Flag *find_flag(const std::string &name) {
+  for (const Flag &flag : flags)
+    if (name == flag.name) return &flag;
+  return nullptr;
+}
+
+// parse_args - read argv strictly: "--flag value" or "--flag=value"; throws UsageError for an
+// unknown flag, a missing or empty value, a value given to a switch, or a bad number.
+Config parse_args(int argc, char **argv) {
+  Config config;
+  for (int i = 1; i < argc && !config.help; ++i) {
+    std::string name = argv[i];
+    std::optional<std::string> value;
+    std::size_t equals = name.find('=');
+    if (is_flag(name) && equals != std::string::npos) {
+      value = name.substr(equals + 1);
+      name.resize(equals);
+    }
+    const Flag *flag = find_flag(name);
+    if (flag == nullptr) throw UsageError("unknown argument '" + name + "'");
+    if (!flag->takes_value && value) throw UsageError(name + " takes no value");
+    if (flag->takes_value && !value && i + 1 < argc && !is_flag(argv[i + 1])) value = argv[++i];
+    if (flag->takes_value && (!value || value->empty())) throw UsageError(name + " needs a value");
+    try {
+      flag->apply(config, value.value_or(""));
+    } catch (const UsageError &e) { throw UsageError(name + " " + e.what()); }
+  }
+  return config;
+}
+
+// print_usage - the --help text; the defaults shown come from smtpd::Options itself.
+void print_usage(std::ostream &out) {
+  const smtpd::Options defaults;
+  const auto timeout = std::chrono::duration_cast<std::chrono::seconds>(defaults.command_timeout);
+  out << "usage: mailsink [options]\n"
+      << "\n"
+      << "A mail catcher for developers and scripts: an SMTP server that accepts every message\n"
+      << "and prints it to stdout or stores it in a Maildir. It never relays mail.\n"
+      << "\n"
+      << "options (also accepted as --flag=value):\n"
+      << "  --listen HOST:PORT    address to listen on (default " << default_listen << ");\n"
+      << "                        [::1]:PORT for IPv6, :PORT for every address, port 0 for\n"
+      << "                        any free port (the startup line tells which)\n"
+      << "  --maildir DIR         store each message as a file in DIR/new, creating DIR,\n"
+      << "                        DIR/tmp, DIR/new and DIR/cur if missing (default: print\n"
+      << "                        each message to stdout instead)\n"
+      << "  --hostname NAME       our name in the greeting and the Received header\n"
+      << "                        (default: the system host name)\n"
+      << "  --max-size BYTES      largest message accepted, advertised as SIZE\n"
+      << "                        (default " << defaults.max_message_bytes << ")\n"
+      << "  --max-recipients N    most recipients of one message (default "
+      << defaults.max_recipients << ")\n"
+      << "  --timeout SECONDS     close a connection silent this long, in commands or in\n"
+      << "                        message data; at most " << max_timeout_seconds << " (default "
+      << timeout.count() << ")\n"
+      << "  --max-connections N   clients served at once; more are refused with 421\n"
+      << "                        (default " << defaults.max_connections << ")\n"
+      << "  --strict              refuse bare CR or LF in messages, over-long lines, and\n"
+      << "                        MAIL/RCPT syntax RFC 5321 does not allow (default: lenient)\n"
+      << "  --quiet               print nothing per message and no startup line; errors\n"
+      << "                        still go to stderr (default: not quiet)\n"
+      << "  --help                print this help and exit\n"
+      << "\n"
+      << "Each message gets a summary line on stdout: time, client, <sender> -> <recipients>,\n"
+      << "size and subject, then the message itself, or with --maildir the stored file's path.\n"
+      << "SIGINT or SIGTERM stops mailsink gracefully; messages being received are finished.\n"
+      << "\n"
+      << "exit status:\n"
+      << "  " << exit_ok << "  stopped by SIGINT or SIGTERM, or --help\n"
+      << "  " << exit_runtime_error
+      << "  setup or runtime error (unusable maildir, cannot listen)\n"
+      << "  " << exit_usage_error << "  usage error (unknown flag, missing or bad value)\n";
+}
+
+// =============================================================================================
+// 2. Output
+// =============================================================================================
+
+// Output - stdout and stderr, shared by every connection thread; one lock keeps each message
+// and each error line whole.
+class Output {
+public:
+  // print - write `text` to stdout and flush, so a script reading the pipe sees it at once.
+  void print(const std::string &text) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::cout << text << std::flush;
+  }
+
+  // log - write "mailsink: `text`" as one line to stderr: errors, and the startup line.
+  void log(const std::string &text) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::cerr << "mailsink: " << text << std::endl;
+  }
+
+private:
+  std::mutex mutex_;
+};
+
+// =============================================================================================
+// 3. Maildir
+//
+// A Maildir never shows a half-written message: a delivery writes the file under a unique name
+// in DIR/tmp, syncs it to disk, then renames it into DIR/new, where mail readers look. Only after
+// the rename is on disk may the server answer 250 and the client forget the message.
+// =============================================================================================
+
+// errno_error - a std::system_error whose what() reads "`what`: No space left on device".
+std::system_error errno_error(const std::string &what, int error_number = errno) {
+  return std::system_error(error_number, std::generic_category(), what);
+}
+
+// write_all - write all of `content` to `fd`, carrying on after short writes and EINTR.
+// Returns false with errno set on failure.
+bool write_all(int fd, const std::string &content) {
+  const char *next = content.data();
+  std::size_t left = content.size();
+  while (left > 0) {
+    ssize_t written = ::write(fd, next, left);
+    if (written < 0 && errno == EINTR) continue;
+    if (written < 0) return false;
+    next += written;
+    left -= static_cast<std::size_t>(written);
+  }
+  return true;
+}
+
+// create_file - create `path`, which must not exist yet, with `content`, synced to disk.
+// On failure removes what it created and throws std::system_error.
+void create_file(const std::string &path, const std::string &content) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) throw errno_error("create " + path);
+  const char *failed_step = nullptr;
+  int failure = 0;
+  if (!write_all(fd, content)) {
+    failed_step = "write ";
+    failure = errno;
+  } else if (::fsync(fd) != 0) {
+    failed_step = "fsync ";
+    failure = errno;
+  }
+  if (::close(fd) != 0 && failed_step == nullptr) { // NFS may report a failed write only here
+    failed_step = "close ";
+    failure = errno;
+  }
+  if (failed_step == nullptr) return;
+  ::unlink(path.c_str());
+  throw errno_error(failed_step + path, failure);
+}
+
+// sync_directory - flush a directory's entries to disk, so a rename into it survives a crash.
+void sync_directory(const std::string &path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw errno_error("open " + path);
+  const bool synced = ::fsync(fd) == 0;
+  const int failure = errno;
+  ::close(fd);
+  if (!synced) throw errno_error("fsync " + path, failure);
+}
+
+// make_directory - create `path` with mode 0700 unless it exists already.
+void make_directory(const std::string &path) {
+  if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST)
+    throw errno_error("create directory " + path);
+}
+
+// maildir_host_name - the system host name, with '/' and ':' written as "\057" and "\072"
+// because a Maildir file name may not contain them (maildir(5)).
+std::string maildir_host_name() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "localhost";
+  std::string safe;
+  for (const char *c = name; *c != '\0'; ++c) {
+    if (*c == '/')
+      safe += "\\057";
+    else if (*c == ':')
+      safe += "\\072";
+    else
+      safe += *c;
+  }
+  return safe;
+}
+
+// Maildir - one Maildir directory; deliver() may be called from many threads at once.
+class Maildir {
+public:
+  explicit Maildir(std::string dir) : dir_(std::move(dir)), host_(maildir_host_name()) {}
+
+  // prepare - create DIR, DIR/tmp, DIR/new and DIR/cur if missing, and prove that a file can
+  // be created in DIR/tmp. Throws std::system_error with the path and reason.
+  void prepare() {
+    for (const char *sub : {"", "/tmp", "/new", "/cur"})
+      make_directory(dir_ + sub);
+    const std::string probe = dir_ + "/tmp/" + unique_name();
+    create_file(probe, "");
+    ::unlink(probe.c_str());
+  }
+
+  // deliver - store `message` as DIR/new/NAME and return that path, once it is safe on disk.
+  // Throws std::system_error, after removing the partial file, when it could not be stored.
+  std::string deliver(const std::string &message) {
+    const std::string name = unique_name();
+    const std::string tmp_path = dir_ + "/tmp/" + name;
+    const std::string new_path = dir_ + "/new/" + name;
+    create_file(tmp_path, message);
+    if (::rename(tmp_path.c_str(), new_path.c_str()) != 0) {
+      std::system_error error = errno_error("rename " + tmp_path + " to " + new_path);
+      ::unlink(tmp_path.c_str());
+      throw error;
+    }
+    try {
+      sync_directory(dir_ + "/new");
+    } catch (const std::system_error &) {
+      ::unlink(new_path.c_str()); // the client will be told 451 and send it again
+      throw;
+    }
+    return new_path;
+  }
+
+private:
+  // unique_name - "<seconds>.M<microseconds>P<pid>Q<counter>.<host>" (maildir(5)): unique across
+  // time (the clock), processes (the pid) and this process's threads (the atomic counter).
+  std::string unique_name() {
+    using namespace std::chrono;
+    const auto since_epoch = system_clock::now().time_since_epoch();
+    const auto whole_seconds = duration_cast<seconds>(since_epoch);
+    const auto micros = duration_cast<microseconds>(since_epoch - whole_seconds);
+    return std::to_string(whole_seconds.count()) + ".M" + std::to_string(micros.count()) + "P" +
+           std::to_string(::getpid()) + "Q" + std::to_string(++counter_) + "." + host_;
+  }
+
+  const std::string dir_;
+  const std::string host_;
+  std::atomic<unsigned long> counter_{0};
+};
+
+// =============================================================================================
+// 4. Sink - what happens to each message
+// =============================================================================================
+
+// starts_with_ignoring_case - whether `text` begins with the ASCII `prefix`, in any case.
+bool starts_with_ignoring_case(std::string_view text, std::string_view prefix) {
+  if (text.size() < prefix.size()) return false;
+  for (std::size_t i = 0; i < prefix.size(); ++i) {
+    char c = text[i];
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    if (c != prefix[i]) return false;
+  }
+  return true;
+}
+
+// subject_of - the first line of the first Subject header (RFC 5322 §3.6.5), or "" when the
+// header section, which ends at the first empty line, has none.
+std::string subject_of(const std::string &message) {
+  std::size_t start = 0;
+  while (start < message.size()) {
+    std::size_t end = message.find('\n', start);
+    if (end == std::string::npos) end = message.size();
+    std::string_view line(message.data() + start, end - start);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty()) break;
+    if (starts_with_ignoring_case(line, "subject:")) {
+      line.remove_prefix(8);
+      while (!line.empty() && (line.front() == ' ' || line.front() == '\t'))
+        line.remove_prefix(1);
+      return std::string(line);
+    }
+    start = end + 1;
+  }
+  return "";
+}
+
+// printable - `text` with control characters replaced by '?', so a hostile subject cannot
+// send escape sequences to the terminal or break the one-line summary.
+std::string printable(std::string text) {
+  for (char &c : text) {
+    const unsigned char byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7f) c = '?';
+  }
+  return text;
+}
+
+// local_time_now - the current local time as "2024-05-01 13:45:07".
+std::string local_time_now() {
+  std::time_t now = std::time(nullptr);
+  std::tm parts{};
+  ::localtime_r(&now, &parts);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%d %H:%M:%S", &parts);
+  return text;
+}
+
+// summary_line - "TIME PEER <from> -> <to>, <to> SIZE bytes, subject "SUBJECT"" without a
+// newline; "<>" is the null reverse-path of a bounce.
+std::string summary_line(const smtpd::SessionInfo &session, const smtpd::Envelope &envelope,
+                         const std::string &message) {
+  std::ostringstream line;
+  line << local_time_now() << " " << session.peer.to_string() << " <" << envelope.from << "> ->";
+  for (std::size_t i = 0; i < envelope.to.size(); ++i)
+    line << (i == 0 ? " <" : ", <") << envelope.to[i] << ">";
+  line << " " << message.size() << " bytes, subject \"" << subject_of(message) << "\"";
+  return printable(line.str());
+}
+
+// Sink - receives each message: stores it when there is a Maildir, prints it unless quiet.
+class Sink {
+public:
+  Sink(Output &output, Maildir *maildir, bool quiet)
+      : output_(output), maildir_(maildir), quiet_(quiet) {}
+
+  // receive - the smtpd::MessageHandler: nullopt accepts (250), a Reply refuses with it.
+  std::optional<smtpd::Reply> receive(const smtpd::SessionInfo &session,
+                                      const smtpd::Envelope &envelope, const std::string &message) {
+    if (maildir_ == nullptr) {
+      if (!quiet_) output_.print(summary_line(session, envelope, message) + "\n" + message + "\n");
+      return std::nullopt;
+    }
+    std::string path;
+    try {
+      path = maildir_->deliver(message);
+    } catch (const std::system_error &e) {
+      output_.log(std::string("could not store a message: ") + e.what());
+      return smtpd::Reply{451, "4.3.0", "Local error: could not store message"};
+    }
+    if (!quiet_) output_.print(summary_line(session, envelope, message) + " " + path + "\n");
+    return std::nullopt;
+  }
+
+private:
+  Output &output_;
+  Maildir *maildir_; // nullptr: print to stdout
+  bool quiet_;
+};
+
+// =============================================================================================
+// 5. main - setup, serving and shutdown
+//
+// Signals are handled the thread-safe way: SIGINT and SIGTERM are blocked before any thread
+// exists, so every thread inherits the block and none is interrupted; main() alone takes them
+// with sigwait() and then calls Server::shutdown(), which is not async-signal-safe.
+// =============================================================================================
+
+// block_stop_signals - block SIGINT and SIGTERM in this thread and the threads it starts
+// later, ignore SIGPIPE (a client gone mid-reply), and return the set for sigwait().
+sigset_t block_stop_signals() {
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  return stop_signals;
+}
+
+// server_options - the command line's options plus the message handler and the error log.
+smtpd::Options server_options(const Config &config, Sink &sink, Output &output) {
+  smtpd::Options options = config.options;
+  options.message_handler = [&sink](const smtpd::SessionInfo &session,
+                                    const smtpd::Envelope &envelope, const std::string &message) {
+    return sink.receive(session, envelope, message);
+  };
+  options.log_error = [&output](std::string_view message) { output.log(std::string(message)); };
+  return options;
+}
+
+// serve_until_signal - serve on a thread until SIGINT or SIGTERM, then shut down gracefully.
+// Returns the exit status: exit_ok, or exit_runtime_error when serving failed by itself.
+int serve_until_signal(smtpd::Server &server, const sigset_t &stop_signals, Output &output) {
+  std::atomic<bool> stopping{false};
+  std::atomic<bool> serve_ended{false};
+  std::string serve_error; // read only after join()
+  std::thread serving([&] {
+    try {
+      server.serve();
+    } catch (const std::exception &e) { serve_error = e.what(); }
+    serve_ended = true;
+    if (!stopping) { // serving failed by itself: wake main() from sigwait()
+      if (serve_error.empty()) serve_error = "the server stopped unexpectedly";
+      ::kill(::getpid(), SIGTERM);
+    }
+  });
+  // Wait until serve() accepts, so that shutdown() cannot come before it, unless it failed.
+  while (!server.wait_ready(std::chrono::milliseconds(100)) && !serve_ended) {}
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  stopping = true;
+  server.shutdown(std::chrono::seconds(10));
+  serving.join();
+  if (serve_error.empty()) return exit_ok;
+  output.log(serve_error);
+  return exit_runtime_error;
+}
+
+} // namespace
+
+// main - parse the command line, prepare the Maildir, listen, then serve until a signal.
+int main(int argc, char **argv) {
+  Config config;
+  try {
+    config = parse_args(argc, argv);
+  } catch (const UsageError &e) {
+    std::cerr << "mailsink: " << e.what() << "; see --help\n";
+    return exit_usage_error;
+  }
+  if (config.help) {
+    print_usage(std::cout);
+    return exit_ok;
+  }
+
+  const sigset_t stop_signals = block_stop_signals(); // before any thread is started
+  Output output;
+  std::optional<Maildir> maildir;
+  if (!config.maildir.empty()) {
+    try {
+      maildir.emplace(config.maildir).prepare();
+    } catch (const std::system_error &e) {
+      output.log("cannot use maildir " + config.maildir + ": " + e.what());
+      return exit_runtime_error;
+    }
+  }
+
+  Sink sink(output, maildir ? &*maildir : nullptr, config.quiet);
+  smtpd::Server server(server_options(config, sink, output));
+  try {
+    server.listen();
+  } catch (const std::exception &e) { // std::system_error or std::invalid_argument
+    output.log(e.what());             // names the address and the reason
+    return exit_runtime_error;
+  }
+  if (!config.quiet) output.log("listening on " + server.address());
+  return serve_until_signal(server, stop_signals, output);
+}

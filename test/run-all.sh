@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# run-all.sh - runs every test suite, then prints one plain line alone: "N passed, N failed".
+#
+#   test/run-all.sh [BUILD]        BUILD defaults to build; `make test` builds what it needs
+#
+# The suites, in order, each with its output left on the terminal:
+#   doctest  BUILD/tests                     counted by its "[doctest] test cases: ..." line
+#   interop  test/interop.sh BUILD/mailsink  counted by its "interop: N passed, N failed" line
+# N sums doctest test cases and interop checks. A suite that is missing, crashes, times out
+# (SUITE_TIMEOUT seconds, default 1200), prints no summary, counts nothing at all, or exits
+# non-zero with no failure counted adds one failure, so the last line never says "0 failed"
+# when something went wrong. Exit status 0 only when nothing failed.
+set -uo pipefail
+
+cd "$(dirname "$0")/.." || exit 2
+build=${1:-build}
+timeout_s=${SUITE_TIMEOUT:-1200}
+total_passed=0
+total_failed=0
+problems=()
+log=$(mktemp) || exit 2
+trap 'rm -f "$log"' EXIT
+
+# run_suite NAME PATTERN COMMAND... - runs COMMAND (no stdin, under a timeout) with its output
+# shown and kept in $log, finds the last line of the log matching the sed PATTERN (which turns
+# a summary line into "PASSED FAILED"), and adds the counts to the totals.
+run_suite() {
+  local name=$1 pattern=$2 status counts passed failed
+  shift 2
+  printf '\n=== %s: %s\n' "$name" "$*"
+  timeout --foreground -k 10 "$timeout_s" "$@" </dev/null 2>&1 | tee "$log"
+  status=${PIPESTATUS[0]}
+  # Colours (doctest's, when on a terminal) would hide the summary from the pattern.
+  counts=$(sed -e 's/\x1b\[[0-9;]*m//g' -e 's/\r$//' "$log" | sed -n "$pattern" | tail -n 1)
+  if [ -z "$counts" ]; then
+    if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+      problems+=("$name: timed out after ${timeout_s}s, no summary")
+    else
+      problems+=("$name: printed no summary line (exit status $status)")
+    fi
+    total_failed=$((total_failed + 1))
+    return
+  fi
+  read -r passed failed <<<"$counts"
+  if [ $((passed + failed)) -eq 0 ]; then
+    problems+=("$name: ran nothing (exit status $status)")
+    failed=1
+  elif [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
+    problems+=("$name: exit status $status although its summary counts no failure")
+    failed=1
+  elif [ "$failed" -gt 0 ]; then
+    problems+=("$name: $passed passed, $failed failed")
+  fi
+  total_passed=$((total_passed + passed))
+  total_failed=$((total_failed + failed))
+}
+
+# missing NAME WHAT - a suite that cannot run counts as one failure.
+missing() {
+  printf '\n=== %s: missing %s\n' "$1" "$2"
+  problems+=("$1: missing $2")
+  total_failed=$((total_failed + 1))
+}
+
+# --- doctest: every test/*_test.cpp, linked into one binary ---
+if [ -x "$build/tests" ]; then
+  colour=()
+  [ -t 1 ] && colour=(--force-colors=true)
+  run_suite doctest \
+    's/^\[doctest\] test cases: *[0-9]* *| *\([0-9]*\) passed *| *\([0-9]*\) failed.*/\1 \2/p' \
+    "$build/tests" "${colour[@]}"
+else
+  missing doctest "$build/tests (build it with: make $build/tests)"
+fi
+
+# --- interop: real SMTP clients against the mail catcher ---
+if [ ! -f test/interop.sh ]; then
+  missing interop "test/interop.sh"
+elif [ ! -x "$build/mailsink" ]; then
+  missing interop "$build/mailsink (build it with: make $build/mailsink)"
+else
+  # An absolute path, since the script may change directory.
+  mailsink="$(cd "$build" && pwd)/mailsink"
+  interop=(bash test/interop.sh)
+  [ -x test/interop.sh ] && interop=(test/interop.sh) # its own #! line
+  run_suite interop \
+    's/^interop: *\([0-9][0-9]*\) passed, *\([0-9][0-9]*\) failed[[:space:]]*$/\1 \2/p' \
+    "${interop[@]}" "$mailsink"
+fi
+
+echo
+for p in "${problems[@]}"; do echo "run-all: $p"; done
+echo "$total_passed passed, $total_failed failed"
+[ "$total_failed" -eq 0 ]
