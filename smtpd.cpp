@@ -64,6 +64,9 @@ constexpr std::size_t max_reply_line = 512;
 constexpr std::size_t read_buffer_bytes = 16 * 1024;
 // A message buffer larger than this is released after the message instead of kept for reuse.
 constexpr std::size_t keep_buffer_bytes = 1024 * 1024;
+// SIZE= is trusted for an up-front reservation only this far: a client that declares 25 MB and
+// sends nothing must not make every connection hold 25 MB.
+constexpr std::size_t max_reserve_bytes = 4 * 1024 * 1024;
 
 // =============================================================================================
 // 2. Text helpers
@@ -959,7 +962,8 @@ struct Protocol::State {
   // ---- the message ---------------------------------------------------------------------------
 
   // begin_message - start a message buffer with our Received header on top, reserving the
-  // size the client declared (RFC 1870) so the content is appended without reallocation.
+  // size the client declared (RFC 1870, up to max_reserve_bytes) so the content is appended
+  // with few reallocations.
   void begin_message() {
     queue_id = new_queue_id();
     message.clear();
@@ -968,7 +972,8 @@ struct Protocol::State {
       if (keyword == "SIZE") parse_size(value, declared);
     append_received_header(message);
     if (declared > 0)
-      message.reserve(message.size() + std::min<uint64_t>(declared, options.max_message_bytes));
+      message.reserve(message.size() + std::min<uint64_t>({declared, options.max_message_bytes,
+                                                           max_reserve_bytes}));
     content_bytes = 0;
     line_bytes = 0;
     scan = DataScan::line_start;
