@@ -799,7 +799,7 @@ struct Protocol::State {
     std::size_t space = line.find(' ');
     std::string_view verb = line.substr(0, space);
     std::string_view argument = space == std::string_view::npos ? "" : line.substr(space + 1);
-    if (!options.strict) argument = trim_trailing_spaces(argument);
+    if (!options.strict) argument = trim_trailing_spaces(skip_spaces(argument));
     const Command* command = find_command(verb);
     if (stage == Stage::refused && !(command && command->run == &State::cmd_quit))
       return reply(replies::refused_session());

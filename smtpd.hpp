@@ -110,11 +110,14 @@ using MessageHandler = std::function<std::optional<Reply>(
     const SessionInfo& session, const Envelope& envelope, const std::string& data)>;
 
 // ConnectHook - a client connected, before the greeting. Unset: every client is greeted.
+// A 2xx reply accepts, but the greeting stays "220 <hostname> ESMTP <appname>" (RFC 5321 §4.2
+// wants our domain first).
 // A 4xx reply is sent as 421 and the connection closed; a 5xx reply is sent as the greeting
 // (554) and every later command but QUIT gets 503 (RFC 5321 §3.1).
 using ConnectHook = std::function<std::optional<Reply>(const SessionInfo& session)>;
 
-// HeloHook - the client said HELO/EHLO `name`. Unset: every name is accepted.
+// HeloHook - the client said HELO/EHLO `name`. Unset: every name is accepted. A 2xx reply
+// accepts with the standard reply (our name and, for EHLO, the extension list).
 using HeloHook =
     std::function<std::optional<Reply>(const SessionInfo& session, const std::string& name)>;
 
