@@ -294,6 +294,24 @@ bool parse_domain(Cursor& in) {
   return start.size() - in.rest.size() <= max_domain;
 }
 
+// is_ipv4_literal - IPv4-address-literal = Snum 3("." Snum), Snum = 1*3DIGIT in 0..255
+// (RFC 5321 §4.1.3). Written out because inet_pton refuses leading zeros, which Snum allows.
+bool is_ipv4_literal(std::string_view s) {
+  for (int part = 0; part < 4; ++part) {
+    if (part > 0) {
+      if (s.empty() || s.front() != '.') return false;
+      s.remove_prefix(1);
+    }
+    std::size_t digits = 0;
+    int value = 0;
+    while (digits < s.size() && digits < 4 && is_digit(static_cast<unsigned char>(s[digits])))
+      value = value * 10 + (s[digits++] - '0');
+    if (digits == 0 || digits > 3 || value > 255) return false;
+    s.remove_prefix(digits);
+  }
+  return s.empty();
+}
+
 // parse_address_literal - "[" (IPv4 / "IPv6:" IPv6 / tag ":" dcontent) "]" (RFC 5321 §4.1.3)
 bool parse_address_literal(Cursor& in) {
   if (!in.eat('[')) return false;
@@ -303,7 +321,7 @@ bool parse_address_literal(Cursor& in) {
   in.rest.remove_prefix(close + 1);
   unsigned char addr[16];
   if (istarts_with(inside, "IPv6:")) return inet_pton(AF_INET6, inside.c_str() + 5, addr) == 1;
-  if (inet_pton(AF_INET, inside.c_str(), addr) == 1) return true;
+  if (is_ipv4_literal(inside)) return true;
   // General-address-literal = Standardized-tag ":" 1*dcontent; dcontent is %d33-90 / %d94-126
   std::size_t colon = inside.find(':');
   if (colon == 0 || colon == std::string::npos || colon + 1 == inside.size()) return false;
@@ -354,14 +372,15 @@ PathError parse_path(Cursor& in, bool allow_null, bool allow_postmaster, bool le
     mailbox.clear();
     return PathError::none;
   }
-  if (bracketed && in.at('@') && !parse_source_route(in)) return PathError::syntax;
-  std::string_view box_start = in.rest;
   bool utf8_allowed = in.utf8;
   in.utf8 = true; // parse UTF-8 in any case so the reply can say "needs SMTPUTF8"
+  bool routed = bracketed && in.at('@');
+  if (routed && !parse_source_route(in)) return PathError::syntax;
+  std::string_view box_start = in.rest;
   bool ok = parse_mailbox(in);
   in.utf8 = utf8_allowed;
   std::string_view box = box_start.substr(0, box_start.size() - in.rest.size());
-  if (!ok && allow_postmaster) {
+  if (!ok && allow_postmaster && !routed) { // "<Postmaster>" takes no source route
     Cursor word{box_start};
     parse_atom(word);
     std::string_view atom = box_start.substr(0, box_start.size() - word.rest.size());
@@ -373,9 +392,10 @@ PathError parse_path(Cursor& in, bool allow_null, bool allow_postmaster, bool le
   }
   if (!ok) return PathError::syntax;
   if (bracketed && !in.eat('>')) return PathError::syntax;
-  if (start.size() - in.rest.size() > max_path) return PathError::too_long;
+  std::string_view path = start.substr(0, start.size() - in.rest.size());
+  if (path.size() > max_path) return PathError::too_long;
   mailbox.assign(box);
-  return !utf8_allowed && has_8bit(box) ? PathError::needs_smtputf8 : PathError::none;
+  return !utf8_allowed && has_8bit(path) ? PathError::needs_smtputf8 : PathError::none;
 }
 
 // parse_params - esmtp-param *(SP esmtp-param) (RFC 5321 §4.1.2), keywords upper-cased.
@@ -857,7 +877,7 @@ struct Protocol::State {
     PathError error = parse_path(in, true, false, !options.strict, from);
     if (error == PathError::syntax) return reply(replies::bad_sender());
     if (error == PathError::too_long) return reply(replies::path_too_long());
-    if (!parse_params(in.rest, false, !options.strict, params))
+    if (!parse_params(in.rest, true, !options.strict, params) || !utf8_values_allowed(params))
       return reply(replies::syntax("MAIL FROM:<address> [parameters]"));
     Envelope next;
     if (std::optional<Reply> refused = apply_mail_params(params, next)) return reply(*refused);
@@ -882,6 +902,15 @@ struct Protocol::State {
     rest = argument.substr(keyword.size());
     if (!options.strict) rest = skip_spaces(rest);
     return true;
+  }
+
+  // utf8_values_allowed - parameter values may be UTF-8 only when SMTPUTF8 is among them
+  // (RFC 6531 §3.3).
+  static bool utf8_values_allowed(const Params& params) {
+    bool smtputf8 = std::any_of(params.begin(), params.end(),
+                                [](const auto& p) { return p.first == "SMTPUTF8"; });
+    return smtputf8 || std::none_of(params.begin(), params.end(),
+                                    [](const auto& p) { return has_8bit(p.second); });
   }
 
   // apply_mail_params - SIZE (RFC 1870), BODY (RFC 6152) and SMTPUTF8 (RFC 6531); parameters
