@@ -1,0 +1,404 @@
+// test_client.hpp - loopback helpers for the server tests, in the manner of cpp-httplib's:
+//
+//   TestServer  a Server on 127.0.0.1 port 0, serving on its own thread; its destructor close()s
+//               the server and joins the thread, so a failing test never leaks a server.
+//   Client      one socket with SO_RCVTIMEO and SO_SNDTIMEO, and one buffered reader: replies are
+//               read whole (multi-line included), no byte is dropped, and no call waits forever.
+//   Mailbox     a Handler that records every message it is given, under a mutex.
+//
+// Failures are reported as text ("...<timeout>", "...<eof>") so that a CHECK shows what the
+// server actually sent.
+#ifndef SMTPD_TEST_CLIENT_HPP
+#define SMTPD_TEST_CLIENT_HPP
+
+#include "../smtpd.hpp"
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+namespace test {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+// starts_with, ends_with, contains - string tests that read well inside CHECK.
+inline bool starts_with(std::string_view s, std::string_view prefix) {
+  return s.substr(0, prefix.size()) == prefix;
+}
+
+inline bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+inline bool contains(std::string_view s, std::string_view part) {
+  return s.find(part) != std::string_view::npos;
+}
+
+// printable - `s` with CR, LF and other control bytes escaped, for failure messages.
+inline std::string printable(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    unsigned char u = static_cast<unsigned char>(c);
+    if (c == '\r') out += "\\r";
+    else if (c == '\n') out += "\\n";
+    else if (u < 0x20 || u >= 0x7F) {
+      static const char hex[] = "0123456789abcdef";
+      out += "\\x";
+      out += hex[u >> 4];
+      out += hex[u & 15];
+    } else out += c;
+  }
+  return out;
+}
+
+// reply_code - the three-digit code a reply starts with, or -1.
+inline int reply_code(std::string_view reply) {
+  if (reply.size() < 3) return -1;
+  int code = 0;
+  for (char c : reply.substr(0, 3)) {
+    if (c < '0' || c > '9') return -1;
+    code = code * 10 + (c - '0');
+  }
+  return code;
+}
+
+// final_lines - how many complete reply lines in `bytes` end a reply ("250 ...", not "250-...").
+inline std::size_t final_lines(std::string_view bytes) {
+  std::size_t count = 0;
+  for (std::size_t end; (end = bytes.find("\r\n")) != std::string_view::npos;) {
+    if (end >= 4 && bytes[3] == ' ') ++count;
+    bytes.remove_prefix(end + 2);
+  }
+  return count;
+}
+
+// poll_until - call `done` every 10 ms until it returns true or `limit` passes.
+template <class Done> bool poll_until(Done done, milliseconds limit) {
+  auto until = Clock::now() + limit;
+  for (;;) {
+    if (done()) return true;
+    if (Clock::now() >= until) return false;
+    std::this_thread::sleep_for(10ms);
+  }
+}
+
+// elapsed_ms - milliseconds since `start`.
+inline long long elapsed_ms(Clock::time_point start) {
+  return std::chrono::duration_cast<milliseconds>(Clock::now() - start).count();
+}
+
+// make_address - a numeric IPv4 or IPv6 address and a port as a socket address.
+inline bool make_address(const std::string& ip, uint16_t port, sockaddr_storage& address,
+                         socklen_t& length) {
+  address = sockaddr_storage{};
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&address);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&address);
+  if (::inet_pton(AF_INET, ip.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(port);
+    length = sizeof *v4;
+    return true;
+  }
+  if (::inet_pton(AF_INET6, ip.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(port);
+    length = sizeof *v6;
+    return true;
+  }
+  return false;
+}
+
+// Client - one connection to a test server, with a buffered reader.
+class Client {
+public:
+  // Connects to ip:port; connected() tells whether it worked. `receive_buffer` > 0 sets
+  // SO_RCVBUF before connecting (a small one makes a client that never reads fill up quickly).
+  explicit Client(uint16_t port, const std::string& ip = "127.0.0.1", milliseconds timeout = 5s,
+                  int receive_buffer = 0)
+      : timeout_(timeout) {
+    sockaddr_storage address;
+    socklen_t length = 0;
+    if (!make_address(ip, port, address, length)) return;
+    fd_ = ::socket(address.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd_ < 0) return;
+    set_timeout(timeout); // SO_SNDTIMEO bounds connect() too
+    if (receive_buffer > 0)
+      ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof receive_buffer);
+    if (::connect(fd_, reinterpret_cast<sockaddr*>(&address), length) != 0) close();
+  }
+
+  ~Client() { close(); }
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  bool connected() const { return fd_ >= 0; }
+  int fd() const { return fd_; }
+
+  // close - close the socket now (an orderly FIN).
+  void close() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+  // reset - close the socket with a TCP RST instead of a FIN (SO_LINGER with zero time).
+  void reset() {
+    if (fd_ < 0) return;
+    linger hard{1, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_LINGER, &hard, sizeof hard);
+    close();
+  }
+
+  // set_timeout - how long one recv() or send() may wait, and one read_line() in all.
+  void set_timeout(milliseconds timeout) {
+    timeout_ = timeout;
+    timeval tv{};
+    tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
+    tv.tv_usec = static_cast<suseconds_t>(timeout.count() % 1000 * 1000);
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  }
+
+  // local_port - our end's port, as the server sees it.
+  uint16_t local_port() const {
+    sockaddr_storage address{};
+    socklen_t length = sizeof address;
+    if (::getsockname(fd_, reinterpret_cast<sockaddr*>(&address), &length) != 0) return 0;
+    return port_of(address);
+  }
+
+  // remote_port - the server's port, as our socket is connected to it (getpeername).
+  uint16_t remote_port() const {
+    sockaddr_storage address{};
+    socklen_t length = sizeof address;
+    if (::getpeername(fd_, reinterpret_cast<sockaddr*>(&address), &length) != 0) return 0;
+    return port_of(address);
+  }
+
+  // send - write every byte; false when the connection failed or a send() timed out. Bounded:
+  // each send() either makes progress or times out, and the whole call stops after 60 s.
+  bool send(std::string_view bytes) {
+    auto until = Clock::now() + 60s;
+    while (!bytes.empty() && fd_ >= 0) {
+      ssize_t n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+      if (n > 0) {
+        bytes.remove_prefix(std::size_t(n));
+        continue;
+      }
+      if (n < 0 && errno == EINTR && Clock::now() < until) continue;
+      return false;
+    }
+    return bytes.empty();
+  }
+
+  // recv_once - one recv() appended to the buffer: the bytes read, 0 at end of stream, -1 when
+  // the receive timeout passed or the connection failed (reset() then tells a TCP reset).
+  long recv_once() {
+    if (fd_ < 0) return -1;
+    char chunk[16 * 1024];
+    for (int tries = 0; tries < 100; ++tries) {
+      ssize_t n = ::recv(fd_, chunk, sizeof chunk, 0);
+      if (n > 0) buffer_.append(chunk, std::size_t(n));
+      if (n == 0) eof_ = true;
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == ECONNRESET) was_reset_ = true;
+      return long(n);
+    }
+    return -1;
+  }
+
+  // read_line - the next line, CRLF included. When no whole line arrives in time, returns what
+  // is buffered followed by "<eof>", "<reset>" or "<timeout>", and leaves the buffer as it was.
+  std::string read_line() {
+    auto until = Clock::now() + timeout_;
+    std::size_t end;
+    while ((end = buffer_.find("\r\n")) == std::string::npos) {
+      if (eof_) return buffer_ + "<eof>";
+      if (was_reset_) return buffer_ + "<reset>";
+      if (Clock::now() >= until || recv_once() < 0)
+        return buffer_ + (was_reset_ ? "<reset>" : "<timeout>");
+    }
+    std::string line = buffer_.substr(0, end + 2);
+    buffer_.erase(0, end + 2);
+    return line;
+  }
+
+  // read_reply - one whole reply, possibly multi-line, exactly as sent (CRLFs included): lines
+  // until one whose fourth character is not '-'. On failure the text ends with a "<...>" note.
+  std::string read_reply() {
+    std::string reply;
+    for (int lines = 0; lines < 1000; ++lines) {
+      std::string line = read_line();
+      reply += line;
+      if (!ends_with(line, "\r\n")) return reply;
+      if (line.size() < 6 || line[3] != '-') return reply;
+    }
+    return reply + "<too many lines>";
+  }
+
+  // expect - read a reply and CHECK its code; returns the reply for further checks.
+  std::string expect(int code) {
+    std::string reply = read_reply();
+    CHECK_MESSAGE(reply_code(reply) == code,
+                  "expected a " << code << " reply, got: \"" << printable(reply) << "\"");
+    return reply;
+  }
+
+  // command - send one command line (CRLF added) and read its reply.
+  std::string command(std::string_view line) {
+    send(std::string(line) + "\r\n");
+    return read_reply();
+  }
+
+  // wait_closed - wait (bounded by the timeout) for the server to close the connection: true at
+  // end of stream or on a reset. Bytes arriving first are kept in the buffer, or dropped when
+  // `discard` (a client that sent megabytes of pipelined commands).
+  bool wait_closed(bool discard = false) {
+    auto until = Clock::now() + timeout_;
+    while (!eof_ && !was_reset_) {
+      if (Clock::now() >= until) return false;
+      if (recv_once() < 0 && !was_reset_) return false;
+      if (discard) buffer_.clear();
+    }
+    return true;
+  }
+
+  // buffered - bytes received and not yet read as lines.
+  const std::string& buffered() const { return buffer_; }
+
+  bool eof() const { return eof_; }
+  bool was_reset() const { return was_reset_; }
+
+private:
+  static uint16_t port_of(const sockaddr_storage& address) {
+    if (address.ss_family == AF_INET)
+      return ntohs(reinterpret_cast<const sockaddr_in*>(&address)->sin_port);
+    if (address.ss_family == AF_INET6)
+      return ntohs(reinterpret_cast<const sockaddr_in6*>(&address)->sin6_port);
+    return 0;
+  }
+
+  int fd_ = -1;
+  milliseconds timeout_;
+  std::string buffer_;
+  bool eof_ = false;
+  bool was_reset_ = false;
+};
+
+// loopback_options - what the loopback tests start from: 127.0.0.1, an ephemeral port, and a
+// fixed host name so that replies can be compared exactly.
+inline smtpd::Options loopback_options() {
+  smtpd::Options options;
+  options.addr = "127.0.0.1:0";
+  options.hostname = "mx.test";
+  return options;
+}
+
+// TestServer - a Server listening and serving on its own thread for the length of a scope.
+class TestServer {
+public:
+  explicit TestServer(smtpd::Options options) : server_(std::move(options)) {
+    server_.listen();
+    thread_ = std::thread([this] {
+      try {
+        server_.serve();
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lock(mu_);
+        serve_error_ = e.what();
+      }
+      serve_returned_ = true;
+    });
+    if (!server_.wait_ready(5s)) {
+      stop();
+      throw std::runtime_error("test server was not ready within 5 s");
+    }
+  }
+
+  ~TestServer() { stop(); }
+  TestServer(const TestServer&) = delete;
+  TestServer& operator=(const TestServer&) = delete;
+
+  smtpd::Server& server() { return server_; }
+  uint16_t port() const { return server_.port(); }
+
+  // serve_returned - serve() has returned on the server thread.
+  bool serve_returned() const { return serve_returned_; }
+
+  // serve_error - what serve() threw, if it threw.
+  std::string serve_error() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return serve_error_;
+  }
+
+  // stop - close() the server and join its thread; safe to call more than once.
+  void stop() {
+    server_.close();
+    if (thread_.joinable()) thread_.join();
+  }
+
+private:
+  smtpd::Server server_;
+  std::thread thread_;
+  std::atomic<bool> serve_returned_{false};
+  mutable std::mutex mu_;
+  std::string serve_error_;
+};
+
+// Message - what a Handler was given.
+struct Message {
+  smtpd::Peer peer;
+  std::string from;
+  std::vector<std::string> to;
+  std::string data;
+};
+
+// Mailbox - records the messages its handler() accepts. Declare it before the TestServer that
+// uses it, so it outlives the server's threads.
+class Mailbox {
+public:
+  smtpd::Handler handler() {
+    return [this](const smtpd::Peer& peer, const std::string& from,
+                  const std::vector<std::string>& to, const std::string& data) {
+      add(Message{peer, from, to, data});
+    };
+  }
+
+  void add(Message message) {
+    std::lock_guard<std::mutex> lock(mu_);
+    messages_.push_back(std::move(message));
+  }
+
+  std::size_t size() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return messages_.size();
+  }
+
+  std::vector<Message> messages() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return messages_;
+  }
+
+private:
+  mutable std::mutex mu_;
+  std::vector<Message> messages_;
+};
+
+} // namespace test
+
+#endif // SMTPD_TEST_CLIENT_HPP
