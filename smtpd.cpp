@@ -73,7 +73,9 @@ constexpr std::size_t max_reserve_bytes = 4 * 1024 * 1024;
 // =============================================================================================
 
 // ascii_lower - lower-case an ASCII letter, leave every other byte alone.
-char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? char(c - 'A' + 'a') : c; }
+char ascii_lower(char c) {
+  return (c >= 'A' && c <= 'Z') ? char(c - 'A' + 'a') : c;
+}
 
 // iequals - ASCII case-insensitive equality (SMTP verbs and keywords, RFC 5321 §2.4).
 bool iequals(std::string_view a, std::string_view b) {
@@ -96,19 +98,29 @@ std::string upper(std::string_view s) {
   return out;
 }
 
-bool is_alpha(unsigned char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
-bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
-bool is_let_dig(unsigned char c) { return is_alpha(c) || is_digit(c); }
+bool is_alpha(unsigned char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+bool is_digit(unsigned char c) {
+  return c >= '0' && c <= '9';
+}
+
+bool is_let_dig(unsigned char c) {
+  return is_alpha(c) || is_digit(c);
+}
 
 // skip_spaces - drop leading spaces (lenient mode tolerates runs of them).
 std::string_view skip_spaces(std::string_view s) {
-  while (!s.empty() && s.front() == ' ') s.remove_prefix(1);
+  while (!s.empty() && s.front() == ' ')
+    s.remove_prefix(1);
   return s;
 }
 
 // trim_trailing_spaces - drop trailing spaces and tabs.
 std::string_view trim_trailing_spaces(std::string_view s) {
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
+    s.remove_suffix(1);
   return s;
 }
 
@@ -151,7 +163,8 @@ std::string sanitize_for_header(std::string_view s, std::size_t limit) {
 std::string hex(uint64_t value, int digits) {
   static const char alphabet[] = "0123456789ABCDEF";
   std::string out(std::size_t(digits), '0');
-  for (int i = digits - 1; i >= 0; --i, value >>= 4) out[std::size_t(i)] = alphabet[value & 15];
+  for (int i = digits - 1; i >= 0; --i, value >>= 4)
+    out[std::size_t(i)] = alphabet[value & 15];
   return out;
 }
 
@@ -170,15 +183,17 @@ std::string rfc5322_date(std::time_t now) {
   static const char* const days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
   static const char* const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                        "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-  struct tm t {};
+
+  std::tm t{};
+
   localtime_r(&now, &t);
   long offset_minutes = t.tm_gmtoff / 60;
   char sign = offset_minutes < 0 ? '-' : '+';
   offset_minutes = offset_minutes < 0 ? -offset_minutes : offset_minutes;
   char buf[64];
   std::snprintf(buf, sizeof buf, "%s, %d %s %d %02d:%02d:%02d %c%02ld%02ld", days[t.tm_wday],
-                t.tm_mday, months[t.tm_mon], t.tm_year + 1900, t.tm_hour, t.tm_min, t.tm_sec,
-                sign, offset_minutes / 60, offset_minutes % 60);
+                t.tm_mday, months[t.tm_mon], t.tm_year + 1900, t.tm_hour, t.tm_min, t.tm_sec, sign,
+                offset_minutes / 60, offset_minutes % 60);
   return buf;
 }
 
@@ -202,6 +217,7 @@ struct Cursor {
   bool utf8 = false;
 
   bool at(char c) const { return !rest.empty() && rest.front() == c; }
+
   bool eat(char c) {
     if (!at(c)) return false;
     rest.remove_prefix(1);
@@ -227,8 +243,10 @@ bool eat_utf8(Cursor& in) {
 bool parse_atom(Cursor& in) {
   std::size_t before = in.rest.size();
   while (!in.rest.empty()) {
-    if (is_atext(static_cast<unsigned char>(in.rest[0]))) in.rest.remove_prefix(1);
-    else if (!eat_utf8(in)) break;
+    if (is_atext(static_cast<unsigned char>(in.rest[0])))
+      in.rest.remove_prefix(1);
+    else if (!eat_utf8(in))
+      break;
   }
   return in.rest.size() < before;
 }
@@ -355,14 +373,15 @@ enum class PathError { none, syntax, too_long, needs_smtputf8 };
 
 // has_8bit - whether any byte is outside ASCII.
 bool has_8bit(std::string_view s) {
-  return std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
+  return std::any_of(s.begin(), s.end(),
+                     [](char c) { return static_cast<unsigned char>(c) >= 0x80; });
 }
 
 // parse_path - Path = "<" [ A-d-l ":" ] Mailbox ">" at the start of `in.rest` (RFC 5321 §4.1.2).
 // Sets `mailbox` to the address without brackets or source route (also when the only fault is
-// UTF-8 without `in.utf8`: the caller decides whether SMTPUTF8 makes it acceptable). `allow_null` admits "<>"
-// (reverse-path); `allow_postmaster` admits "<Postmaster>" (RCPT, §4.1.1.3). In lenient mode
-// the brackets may be missing, as in "MAIL FROM:a@b".
+// UTF-8 without `in.utf8`: the caller decides whether SMTPUTF8 makes it acceptable). `allow_null`
+// admits "<>" (reverse-path); `allow_postmaster` admits "<Postmaster>" (RCPT, §4.1.1.3). In lenient
+// mode the brackets may be missing, as in "MAIL FROM:a@b".
 PathError parse_path(Cursor& in, bool allow_null, bool allow_postmaster, bool lenient,
                      std::string& mailbox) {
   std::string_view start = in.rest;
@@ -421,10 +440,12 @@ bool parse_params(std::string_view text, bool utf8, bool lenient, Params& params
       if (value.empty()) return false;
       for (std::size_t i = 0; i < value.size();) {
         unsigned char c = static_cast<unsigned char>(value[i]);
-        if (c >= 33 && c <= 126 && c != '=') ++i;
+        if (c >= 33 && c <= 126 && c != '=')
+          ++i;
         else if (utf8 && c >= 0x80 && utf8_sequence_length(value.substr(i)) > 0)
           i += utf8_sequence_length(value.substr(i));
-        else return false;
+        else
+          return false;
       }
     }
     params.emplace_back(upper(keyword), std::string(value));
@@ -464,50 +485,142 @@ Reply help() {
           "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP\n"
           "See RFC 5321"};
 }
-Reply bye() { return {221, "2.0.0", "Bye"}; }
-Reply ok() { return {250, "2.0.0", "Ok"}; }
-Reply sender_ok() { return {250, "2.1.0", "Ok"}; }
-Reply recipient_ok() { return {250, "2.1.5", "Ok"}; }
-Reply queued(const std::string& id) { return {250, "2.0.0", "Ok: queued as " + id}; }
+
+Reply bye() {
+  return {221, "2.0.0", "Bye"};
+}
+
+Reply ok() {
+  return {250, "2.0.0", "Ok"};
+}
+
+Reply sender_ok() {
+  return {250, "2.1.0", "Ok"};
+}
+
+Reply recipient_ok() {
+  return {250, "2.1.5", "Ok"};
+}
+
+Reply queued(const std::string& id) {
+  return {250, "2.0.0", "Ok: queued as " + id};
+}
+
 Reply cannot_vrfy() {
   return {252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"};
 }
-Reply start_data() { return {354, "", "End data with <CR><LF>.<CR><LF>"}; }
+
+Reply start_data() {
+  return {354, "", "End data with <CR><LF>.<CR><LF>"};
+}
+
 Reply too_many_connections() {
   return {421, "4.3.2", "Too many connections, try again later"};
 }
-Reply shutting_down() { return {421, "4.3.2", "Service shutting down, try again later"}; }
-Reply timeout() { return {421, "4.4.2", "Timeout exceeded, closing connection"}; }
-Reply too_many_errors() { return {421, "4.7.0", "Too many errors, closing connection"}; }
-Reply local_error() { return {451, "4.3.0", "Local error in processing, try again later"}; }
-Reply too_many_recipients() { return {452, "4.5.3", "Too many recipients"}; }
-Reply unknown_command() { return {500, "5.5.2", "Command not recognized"}; }
-Reply line_too_long() { return {500, "5.5.2", "Line too long"}; }
+
+Reply shutting_down() {
+  return {421, "4.3.2", "Service shutting down, try again later"};
+}
+
+Reply timeout() {
+  return {421, "4.4.2", "Timeout exceeded, closing connection"};
+}
+
+Reply too_many_errors() {
+  return {421, "4.7.0", "Too many errors, closing connection"};
+}
+
+Reply local_error() {
+  return {451, "4.3.0", "Local error in processing, try again later"};
+}
+
+Reply too_many_recipients() {
+  return {452, "4.5.3", "Too many recipients"};
+}
+
+Reply unknown_command() {
+  return {500, "5.5.2", "Command not recognized"};
+}
+
+Reply line_too_long() {
+  return {500, "5.5.2", "Line too long"};
+}
+
 Reply bare_lf() {
   return {500, "5.5.2", "Bare <LF> received; command lines must end with <CR><LF>"};
 }
-Reply bare_cr() { return {500, "5.5.2", "Bare <CR> received in command line"}; }
-Reply syntax(std::string usage) { return {501, "5.5.4", "Syntax: " + std::move(usage)}; }
-Reply bad_sender() { return {501, "5.1.7", "Bad sender address syntax"}; }
-Reply bad_recipient() { return {501, "5.1.3", "Bad recipient address syntax"}; }
-Reply path_too_long() { return {501, "5.5.4", "Path too long"}; }
-Reply bad_size() { return {501, "5.5.4", "Bad SIZE parameter"}; }
-Reply bad_body() { return {501, "5.5.4", "BODY must be 7BIT or 8BITMIME"}; }
-Reply not_implemented() { return {502, "5.5.1", "Command not implemented"}; }
-Reply need_helo() { return {503, "5.5.1", "Send HELO/EHLO first"}; }
-Reply nested_mail() { return {503, "5.5.1", "Sender already specified"}; }
-Reply need_mail() { return {503, "5.5.1", "Need MAIL command"}; }
-Reply need_rcpt() { return {503, "5.5.1", "Need RCPT command"}; }
-Reply refused_session() { return {503, "5.5.1", "Service refused, only QUIT allowed"}; }
-Reply message_too_big() { return {552, "5.3.4", "Message size exceeds fixed maximum message size"}; }
+
+Reply bare_cr() {
+  return {500, "5.5.2", "Bare <CR> received in command line"};
+}
+
+Reply syntax(std::string usage) {
+  return {501, "5.5.4", "Syntax: " + std::move(usage)};
+}
+
+Reply bad_sender() {
+  return {501, "5.1.7", "Bad sender address syntax"};
+}
+
+Reply bad_recipient() {
+  return {501, "5.1.3", "Bad recipient address syntax"};
+}
+
+Reply path_too_long() {
+  return {501, "5.5.4", "Path too long"};
+}
+
+Reply bad_size() {
+  return {501, "5.5.4", "Bad SIZE parameter"};
+}
+
+Reply bad_body() {
+  return {501, "5.5.4", "BODY must be 7BIT or 8BITMIME"};
+}
+
+Reply not_implemented() {
+  return {502, "5.5.1", "Command not implemented"};
+}
+
+Reply need_helo() {
+  return {503, "5.5.1", "Send HELO/EHLO first"};
+}
+
+Reply nested_mail() {
+  return {503, "5.5.1", "Sender already specified"};
+}
+
+Reply need_mail() {
+  return {503, "5.5.1", "Need MAIL command"};
+}
+
+Reply need_rcpt() {
+  return {503, "5.5.1", "Need RCPT command"};
+}
+
+Reply refused_session() {
+  return {503, "5.5.1", "Service refused, only QUIT allowed"};
+}
+
+Reply message_too_big() {
+  return {552, "5.3.4", "Message size exceeds fixed maximum message size"};
+}
+
 Reply needs_smtputf8() {
   return {553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter"};
 }
+
 Reply bare_cr_lf_in_data() {
   return {554, "5.6.0", "Message contains bare <CR> or <LF> (RFC 5321 §2.3.8)"};
 }
-Reply data_line_too_long() { return {554, "5.6.0", "Message line longer than 1000 octets"}; }
-Reply unknown_parameter() { return {555, "5.5.4", "Unsupported MAIL/RCPT parameter"}; }
+
+Reply data_line_too_long() {
+  return {554, "5.6.0", "Message line longer than 1000 octets"};
+}
+
+Reply unknown_parameter() {
+  return {555, "5.5.4", "Unsupported MAIL/RCPT parameter"};
+}
 
 } // namespace replies
 
@@ -537,10 +650,13 @@ Reply normalize_user_reply(Reply r, const ErrorLog& log_error) {
   std::string text;
   for (char c : r.text) {
     unsigned char u = static_cast<unsigned char>(c);
-    if (c == '\n') text += '\n';
-    else if (u >= 0x20 && u != 0x7F) text += c;
+    if (c == '\n')
+      text += '\n';
+    else if (u >= 0x20 && u != 0x7F)
+      text += c;
   }
-  while (!text.empty() && text.back() == '\n') text.pop_back();
+  while (!text.empty() && text.back() == '\n')
+    text.pop_back();
   if (text.empty()) text = klass == 2 ? "Ok" : klass == 4 ? "Try again later" : "Rejected";
   r.text = std::move(text);
   return r;
@@ -623,8 +739,8 @@ struct Protocol::State {
   std::size_t errors = 0;   // 5xx replies so far (Options::hard_error_limit)
 
   // The message being received.
-  std::string message;        // our Received header, then the content
-  std::string queue_id;       // names the message in Received and in the 250 reply
+  std::string message;  // our Received header, then the content
+  std::string queue_id; // names the message in Received and in the 250 reply
   std::size_t content_bytes = 0;
   std::size_t line_bytes = 0; // octets of the current content line so far
   DataScan scan = DataScan::line_start;
@@ -706,9 +822,7 @@ struct Protocol::State {
       return normalize_user_reply(r, options.log_error);
     } catch (const std::exception& e) {
       log_error(std::string("smtpd: ") + what + " threw: " + e.what());
-    } catch (...) {
-      log_error(std::string("smtpd: ") + what + " threw a non-standard exception");
-    }
+    } catch (...) { log_error(std::string("smtpd: ") + what + " threw a non-standard exception"); }
     return replies::local_error();
   }
 
@@ -716,13 +830,13 @@ struct Protocol::State {
 
   // start - run on_connect and greet (RFC 5321 §4.2: "220 domain text"), or refuse.
   void start() {
-    hostname = sanitize_for_header(
-        options.hostname.empty() ? system_hostname() : options.hostname, max_domain);
+    hostname = sanitize_for_header(options.hostname.empty() ? system_hostname() : options.hostname,
+                                   max_domain);
     appname = sanitize_for_header(options.appname.empty() ? "smtpd" : options.appname, 64);
     Reply greeting{220, "", hostname + " ESMTP " + appname};
-    Reply r = consult("on_connect", [&] {
-      return options.on_connect ? options.on_connect(session) : std::nullopt;
-    }, greeting);
+    Reply r = consult(
+        "on_connect",
+        [&] { return options.on_connect ? options.on_connect(session) : std::nullopt; }, greeting);
     if (r.positive()) {
       reply(greeting);
     } else if (r.code < 500) { // a temporary refusal closes: 421 (RFC 5321 §3.8)
@@ -800,9 +914,12 @@ struct Protocol::State {
       discarding = true;
     } else {
       line.remove_suffix(1); // the CR
-      if (line.size() + 2 > max_command_line) reply(replies::line_too_long());
-      else if (line.find('\r') != std::string_view::npos) reply(replies::bare_cr());
-      else execute(line);
+      if (line.size() + 2 > max_command_line)
+        reply(replies::line_too_long());
+      else if (line.find('\r') != std::string_view::npos)
+        reply(replies::bare_cr());
+      else
+        execute(line);
     }
     after_command();
   }
@@ -834,6 +951,7 @@ struct Protocol::State {
   // ---- the verbs -----------------------------------------------------------------------------
 
   void cmd_helo(std::string_view argument) { hello(argument, false); }
+
   void cmd_ehlo(std::string_view argument) { hello(argument, true); }
 
   // hello - HELO/EHLO domain (RFC 5321 §4.1.1.1): opens the session and resets any transaction.
@@ -843,9 +961,9 @@ struct Protocol::State {
     if (options.strict && !is_valid_helo_name(name))
       return reply({501, "5.5.4", "Invalid domain name"});
     std::string helo(name);
-    Reply r = consult("on_helo", [&] {
-      return options.on_helo ? options.on_helo(session, helo) : std::nullopt;
-    }, Reply{250, "", hostname});
+    Reply r = consult(
+        "on_helo", [&] { return options.on_helo ? options.on_helo(session, helo) : std::nullopt; },
+        Reply{250, "", hostname});
     if (!r.positive()) return reply(r);
     reset_transaction();
     session.helo = std::move(helo);
@@ -858,10 +976,10 @@ struct Protocol::State {
   Reply ehlo_reply() const {
     std::string text = hostname;
     text += "\nSIZE " + std::to_string(options.max_message_bytes); // RFC 1870
-    text += "\n8BITMIME";                                            // RFC 6152
-    text += "\nPIPELINING";                                          // RFC 2920
-    text += "\nENHANCEDSTATUSCODES";                                 // RFC 2034
-    text += "\nSMTPUTF8";                                            // RFC 6531
+    text += "\n8BITMIME";                                          // RFC 6152
+    text += "\nPIPELINING";                                        // RFC 2920
+    text += "\nENHANCEDSTATUSCODES";                               // RFC 2034
+    text += "\nSMTPUTF8";                                          // RFC 6531
     return {250, "", text};
   }
 
@@ -883,9 +1001,10 @@ struct Protocol::State {
     if (std::optional<Reply> refused = apply_mail_params(params, next)) return reply(*refused);
     if (error == PathError::needs_smtputf8 && !next.smtputf8)
       return reply(replies::needs_smtputf8());
-    Reply r = consult("on_mail", [&] {
-      return options.on_mail ? options.on_mail(session, from, params) : std::nullopt;
-    }, replies::sender_ok());
+    Reply r = consult(
+        "on_mail",
+        [&] { return options.on_mail ? options.on_mail(session, from, params) : std::nullopt; },
+        replies::sender_ok());
     if (!r.positive()) return reply(r);
     next.from = std::move(from);
     next.mail_params = std::move(params);
@@ -923,8 +1042,10 @@ struct Protocol::State {
         if (!parse_size(value, size)) return replies::bad_size();
         if (size > options.max_message_bytes) return replies::message_too_big();
       } else if (keyword == "BODY") {
-        if (iequals(value, "8BITMIME")) next.body_8bit = true;
-        else if (!iequals(value, "7BIT")) return replies::bad_body();
+        if (iequals(value, "8BITMIME"))
+          next.body_8bit = true;
+        else if (!iequals(value, "7BIT"))
+          return replies::bad_body();
       } else if (keyword == "SMTPUTF8" && value.empty()) {
         next.smtputf8 = true;
       } else {
@@ -953,9 +1074,10 @@ struct Protocol::State {
     if (!params.empty()) return reply(replies::unknown_parameter());
     if (envelope.to.size() >= options.max_recipients) // RFC 5321 §4.5.3.1.10
       return reply(replies::too_many_recipients());
-    Reply r = consult("on_rcpt", [&] {
-      return options.on_rcpt ? options.on_rcpt(session, to, params) : std::nullopt;
-    }, replies::recipient_ok());
+    Reply r = consult(
+        "on_rcpt",
+        [&] { return options.on_rcpt ? options.on_rcpt(session, to, params) : std::nullopt; },
+        replies::recipient_ok());
     if (r.positive()) envelope.to.push_back(std::move(to));
     reply(r);
   }
@@ -1001,8 +1123,8 @@ struct Protocol::State {
       if (keyword == "SIZE") parse_size(value, declared);
     append_received_header(message);
     if (declared > 0)
-      message.reserve(message.size() + std::min<uint64_t>({declared, options.max_message_bytes,
-                                                           max_reserve_bytes}));
+      message.reserve(message.size() +
+                      std::min<uint64_t>({declared, options.max_message_bytes, max_reserve_bytes}));
     content_bytes = 0;
     line_bytes = 0;
     scan = DataScan::line_start;
@@ -1085,9 +1207,7 @@ struct Protocol::State {
         last_was_cr = true;
         scan = DataScan::middle;
         break;
-      case DataScan::middle:
-        p = scan_line(p, end);
-        break;
+      case DataScan::middle: p = scan_line(p, end); break;
       }
     }
     return in.size();
@@ -1128,23 +1248,31 @@ struct Protocol::State {
   // say 250 only if it accepted (RFC 5321 §4.1.1.4, §6.1).
   void finish_message() {
     if (options.log_read)
-      options.log_read(session.peer, "<" + std::to_string(content_bytes) + " octets of message data>");
+      options.log_read(session.peer,
+                       "<" + std::to_string(content_bytes) + " octets of message data>");
     stage = Stage::ready;
-    if (too_big) reply(replies::message_too_big());
-    else if (options.strict && bare_cr_or_lf) reply(replies::bare_cr_lf_in_data());
-    else if (options.strict && long_line) reply(replies::data_line_too_long());
-    else reply(deliver());
+    if (too_big)
+      reply(replies::message_too_big());
+    else if (options.strict && bare_cr_or_lf)
+      reply(replies::bare_cr_lf_in_data());
+    else if (options.strict && long_line)
+      reply(replies::data_line_too_long());
+    else
+      reply(deliver());
     reset_transaction();
     after_command();
   }
 
   // deliver - call the message handler at the exception boundary.
   Reply deliver() {
-    return consult("handler", [&]() -> std::optional<Reply> {
-      if (options.message_handler) return options.message_handler(session, envelope, message);
-      if (options.handler) options.handler(session.peer, envelope.from, envelope.to, message);
-      return std::nullopt;
-    }, replies::queued(queue_id));
+    return consult(
+        "handler",
+        [&]() -> std::optional<Reply> {
+          if (options.message_handler) return options.message_handler(session, envelope, message);
+          if (options.handler) options.handler(session.peer, envelope.from, envelope.to, message);
+          return std::nullopt;
+        },
+        replies::queued(queue_id));
   }
 };
 
@@ -1159,8 +1287,7 @@ Protocol::~Protocol() = default;
 
 void Protocol::feed(std::string_view bytes) {
   while (!bytes.empty() && s_->stage != Stage::closed) {
-    std::size_t used =
-        s_->stage == Stage::data ? s_->scan_data(bytes) : s_->read_command(bytes);
+    std::size_t used = s_->stage == Stage::data ? s_->scan_data(bytes) : s_->read_command(bytes);
     bytes.remove_prefix(used);
   }
 }
@@ -1171,26 +1298,44 @@ std::string Protocol::take_output() {
   return taken;
 }
 
-bool Protocol::has_output() const { return !s_->out.empty(); }
-bool Protocol::should_close() const { return s_->stage == Stage::closed; }
-bool Protocol::in_data() const { return s_->stage == Stage::data; }
+bool Protocol::has_output() const {
+  return !s_->out.empty();
+}
+
+bool Protocol::should_close() const {
+  return s_->stage == Stage::closed;
+}
+
+bool Protocol::in_data() const {
+  return s_->stage == Stage::data;
+}
 
 bool Protocol::idle() const {
-  bool between = s_->stage == Stage::greeted || s_->stage == Stage::ready ||
-                 s_->stage == Stage::refused;
+  bool between =
+      s_->stage == Stage::greeted || s_->stage == Stage::ready || s_->stage == Stage::refused;
   return between && s_->partial.empty() && !s_->discarding;
 }
 
-void Protocol::timeout() { s_->close_with(replies::timeout()); }
-void Protocol::shutting_down() { s_->close_with(replies::shutting_down()); }
+void Protocol::timeout() {
+  s_->close_with(replies::timeout());
+}
+
+void Protocol::shutting_down() {
+  s_->close_with(replies::shutting_down());
+}
 
 void Protocol::disconnected() {
   s_->stage = Stage::closed; // a partial message is dropped: the handler never sees it
   s_->reset_transaction();
 }
 
-const SessionInfo& Protocol::session() const { return s_->session; }
-const Envelope& Protocol::envelope() const { return s_->envelope; }
+const SessionInfo& Protocol::session() const {
+  return s_->session;
+}
+
+const Envelope& Protocol::envelope() const {
+  return s_->envelope;
+}
 
 std::string Peer::to_string() const {
   bool v6 = ip.find(':') != std::string::npos;
@@ -1325,19 +1470,21 @@ std::string reverse_lookup(const sockaddr_storage& address, socklen_t length, co
     bool finished = false;
     std::string name;
   };
+
   auto result = std::make_shared<Result>();
   std::thread([result, address, length, ip = peer.ip] {
     char host[NI_MAXHOST] = {};
     std::string confirmed;
-    if (getnameinfo(reinterpret_cast<const sockaddr*>(&address), length, host, sizeof host,
-                    nullptr, 0, NI_NAMEREQD) == 0) {
+    if (getnameinfo(reinterpret_cast<const sockaddr*>(&address), length, host, sizeof host, nullptr,
+                    0, NI_NAMEREQD) == 0) {
       addrinfo hints{}, *list = nullptr;
       hints.ai_socktype = SOCK_STREAM;
       if (getaddrinfo(host, nullptr, &hints, &list) == 0) {
         for (addrinfo* a = list; a != nullptr && confirmed.empty(); a = a->ai_next) {
           char numeric[NI_MAXHOST] = {};
           if (getnameinfo(a->ai_addr, a->ai_addrlen, numeric, sizeof numeric, nullptr, 0,
-                          NI_NUMERICHOST) == 0 && ip == numeric)
+                          NI_NUMERICHOST) == 0 &&
+              ip == numeric)
             confirmed = host;
         }
         freeaddrinfo(list);
@@ -1374,8 +1521,10 @@ Peer peer_of(const sockaddr_storage& address, socklen_t length) {
 
 // split_host_port - "host:port", "[v6]:port" or ":port" (RFC 3986 style brackets for IPv6).
 void split_host_port(const std::string& addr, std::string& host, std::string& port) {
-  auto bad = [&] { return std::invalid_argument("smtpd: bad address \"" + addr +
-                                                "\" (want host:port, [v6]:port or :port)"); };
+  auto bad = [&] {
+    return std::invalid_argument("smtpd: bad address \"" + addr +
+                                 "\" (want host:port, [v6]:port or :port)");
+  };
   if (!addr.empty() && addr.front() == '[') {
     std::size_t close = addr.find(']');
     if (close == std::string::npos || close + 1 >= addr.size() || addr[close + 1] != ':')
@@ -1455,9 +1604,11 @@ struct Server::Impl {
   mutable std::condition_variable changed;
   int listen_fd = -1;
   bool serving = false;
+
   struct Client {
     int fd;
   };
+
   std::list<Client> clients;       // live connections
   std::vector<pthread_t> finished; // threads whose connection ended, not yet joined
 
@@ -1563,8 +1714,8 @@ struct Server::Impl {
     try {
       Peer peer = peer_of(launch->address, launch->length);
       if (impl.options.reverse_dns)
-        peer.hostname = reverse_lookup(launch->address, launch->length, peer,
-                                       impl.options.reverse_dns_timeout);
+        peer.hostname =
+            reverse_lookup(launch->address, launch->length, peer, impl.options.reverse_dns_timeout);
       ServerControl control{impl.options, impl.stopping, impl.wake[0]};
       run_connection(control, launch->client->fd, peer);
     } catch (const std::exception& e) { // e.g. std::bad_alloc: end this connection only
@@ -1591,13 +1742,15 @@ struct Server::Impl {
       std::lock_guard<std::mutex> lock(mu);
       done.swap(finished);
     }
-    for (pthread_t t : done) pthread_join(t, nullptr);
+    for (pthread_t t : done)
+      pthread_join(t, nullptr);
   }
 
   // cut_all - end every connection now: their reads fail and their threads finish.
   void cut_all() {
     std::lock_guard<std::mutex> lock(mu);
-    for (Client& c : clients) ::shutdown(c.fd, SHUT_RDWR);
+    for (Client& c : clients)
+      ::shutdown(c.fd, SHUT_RDWR);
   }
 
   // stop - the shared part of shutdown() and close().
@@ -1622,7 +1775,9 @@ struct Server::Impl {
 
 Server::Server(Options options) : impl_(std::make_unique<Impl>(std::move(options))) {}
 
-Server::~Server() { close(); }
+Server::~Server() {
+  close();
+}
 
 void Server::listen() {
   int fd = open_listener(impl_->options.addr);
@@ -1685,16 +1840,22 @@ bool Server::wait_ready(std::chrono::milliseconds timeout) const {
   return impl_->changed.wait_for(lock, timeout, [&] { return impl_->serving; });
 }
 
-void Server::shutdown(std::chrono::milliseconds deadline) { impl_->stop(deadline); }
+void Server::shutdown(std::chrono::milliseconds deadline) {
+  impl_->stop(deadline);
+}
 
-void Server::close() { impl_->stop(std::chrono::milliseconds(0)); }
+void Server::close() {
+  impl_->stop(std::chrono::milliseconds(0));
+}
 
 std::size_t Server::connections() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   return impl_->clients.size();
 }
 
-const Options& Server::options() const { return impl_->options; }
+const Options& Server::options() const {
+  return impl_->options;
+}
 
 void ListenAndServe(const std::string& addr, Handler handler, const std::string& appname,
                     const std::string& hostname) {

@@ -47,6 +47,7 @@ struct Reply {
   std::string text;     // human-readable text; never interpreted as a format string
 
   Reply() = default;
+
   Reply(int reply_code, std::string enhanced_code, std::string reply_text)
       : code(reply_code), enhanced(std::move(enhanced_code)), text(std::move(reply_text)) {}
 
@@ -122,12 +123,12 @@ using HeloHook =
     std::function<std::optional<Reply>(const SessionInfo& session, const std::string& name)>;
 
 // MailHook - MAIL FROM:<from> with its parameters. Unset: every sender is accepted.
-using MailHook = std::function<std::optional<Reply>(
-    const SessionInfo& session, const std::string& from, const Params& params)>;
+using MailHook = std::function<std::optional<Reply>(const SessionInfo& session,
+                                                    const std::string& from, const Params& params)>;
 
 // RcptHook - RCPT TO:<to> with its parameters. Unset: every recipient is accepted.
-using RcptHook = std::function<std::optional<Reply>(
-    const SessionInfo& session, const std::string& to, const Params& params)>;
+using RcptHook = std::function<std::optional<Reply>(const SessionInfo& session,
+                                                    const std::string& to, const Params& params)>;
 
 // LogHook - one line read from (log_read) or written to (log_write) a client, without CRLF.
 // Message content is not logged line by line: log_read gets one "<N octets of message data>"
@@ -143,11 +144,11 @@ using ErrorLog = std::function<void(std::string_view message)>;
 // serving starts: Server copies it at construction.
 // ---------------------------------------------------------------------------------------------
 struct Options {
-  std::string addr = ":25";        // "host:port", "[v6]:port" or ":port" (all addresses)
-  std::string appname = "smtpd";   // shown in the greeting and the Received header
-  std::string hostname;            // our name in the greeting; "" = the system host name
-  Handler handler;                 // see Handler
-  MessageHandler message_handler;  // see MessageHandler; used instead of handler when set
+  std::string addr = ":25";       // "host:port", "[v6]:port" or ":port" (all addresses)
+  std::string appname = "smtpd";  // shown in the greeting and the Received header
+  std::string hostname;           // our name in the greeting; "" = the system host name
+  Handler handler;                // see Handler
+  MessageHandler message_handler; // see MessageHandler; used instead of handler when set
 
   ConnectHook on_connect; // see ConnectHook
   HeloHook on_helo;       // see HeloHook

@@ -11,7 +11,7 @@
 #include <strings.h> // strncasecmp
 
 // subject_of - the first "Subject:" header of a message, or "" when it has none.
-std::string subject_of(const std::string &message) {
+std::string subject_of(const std::string& message) {
   std::istringstream lines(message);
   for (std::string line; std::getline(lines, line);) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -30,16 +30,16 @@ int main() {
   try {
     smtpd::ListenAndServe(
         "127.0.0.1:2525",
-        [&](const smtpd::Peer &peer, const std::string &from, const std::vector<std::string> &to,
-            const std::string &data) {
+        [&](const smtpd::Peer& peer, const std::string& from, const std::vector<std::string>& to,
+            const std::string& data) {
           std::lock_guard<std::mutex> lock(print_mutex);
           std::cout << "From " << peer.to_string() << ": <" << from << "> to";
-          for (const std::string &recipient : to)
+          for (const std::string& recipient : to)
             std::cout << " <" << recipient << ">";
           std::cout << ", Subject: " << subject_of(data) << std::endl;
         },
         "hello", "");
-  } catch (const std::exception &e) { // port in use, bad address
+  } catch (const std::exception& e) { // port in use, bad address
     std::cerr << "hello: " << e.what() << "\n";
     return 1;
   }

@@ -45,7 +45,7 @@ constexpr int exit_ok = 0;
 constexpr int exit_runtime_error = 1; // the setup failed or serving failed
 constexpr int exit_usage_error = 2;   // the command line is wrong
 
-constexpr const char *default_listen = "127.0.0.1:2525";
+constexpr const char* default_listen = "127.0.0.1:2525";
 constexpr unsigned long long max_timeout_seconds = 24 * 60 * 60; // one day
 
 // =============================================================================================
@@ -72,9 +72,9 @@ struct UsageError : std::runtime_error {
 };
 
 // parse_count - a whole number from 1 to `max`: digits only, no sign, spaces or suffix.
-unsigned long long parse_count(const std::string &text, unsigned long long max) {
+unsigned long long parse_count(const std::string& text, unsigned long long max) {
   unsigned long long number = 0;
-  const char *end = text.data() + text.size();
+  const char* end = text.data() + text.size();
   auto [stop, error] = std::from_chars(text.data(), end, number);
   if (error == std::errc::invalid_argument || stop != end || (error == std::errc() && number == 0))
     throw UsageError("needs a positive whole number, not '" + text + "'");
@@ -84,12 +84,12 @@ unsigned long long parse_count(const std::string &text, unsigned long long max) 
 }
 
 // parse_size - parse_count for a std::size_t setting.
-std::size_t parse_size(const std::string &text) {
+std::size_t parse_size(const std::string& text) {
   return static_cast<std::size_t>(parse_count(text, std::numeric_limits<std::size_t>::max()));
 }
 
 // set_timeout - --timeout: one limit for a silent client, in commands and in message data.
-void set_timeout(Config &config, const std::string &text) {
+void set_timeout(Config& config, const std::string& text) {
   const std::chrono::seconds timeout(parse_count(text, max_timeout_seconds));
   config.options.command_timeout = timeout;
   config.options.data_timeout = timeout;
@@ -97,43 +97,43 @@ void set_timeout(Config &config, const std::string &text) {
 
 // Flag - one command-line flag: its name, whether a value follows it, and what it sets.
 struct Flag {
-  const char *name;
+  const char* name;
   bool takes_value;
-  void (*apply)(Config &config, const std::string &value);
+  void (*apply)(Config& config, const std::string& value);
 };
 
 // flags - every flag mailsink knows; print_usage() documents each one.
 const Flag flags[] = {
-    {"--listen", true, [](Config &c, const std::string &v) { c.options.addr = v; }},
-    {"--maildir", true, [](Config &c, const std::string &v) { c.maildir = v; }},
-    {"--hostname", true, [](Config &c, const std::string &v) { c.options.hostname = v; }},
+    {"--listen", true, [](Config& c, const std::string& v) { c.options.addr = v; }},
+    {"--maildir", true, [](Config& c, const std::string& v) { c.maildir = v; }},
+    {"--hostname", true, [](Config& c, const std::string& v) { c.options.hostname = v; }},
     {"--max-size", true,
-     [](Config &c, const std::string &v) { c.options.max_message_bytes = parse_size(v); }},
+     [](Config& c, const std::string& v) { c.options.max_message_bytes = parse_size(v); }},
     {"--max-recipients", true,
-     [](Config &c, const std::string &v) { c.options.max_recipients = parse_size(v); }},
-    {"--timeout", true, [](Config &c, const std::string &v) { set_timeout(c, v); }},
+     [](Config& c, const std::string& v) { c.options.max_recipients = parse_size(v); }},
+    {"--timeout", true, [](Config& c, const std::string& v) { set_timeout(c, v); }},
     {"--max-connections", true,
-     [](Config &c, const std::string &v) { c.options.max_connections = parse_size(v); }},
-    {"--strict", false, [](Config &c, const std::string &) { c.options.strict = true; }},
-    {"--quiet", false, [](Config &c, const std::string &) { c.quiet = true; }},
-    {"--help", false, [](Config &c, const std::string &) { c.help = true; }},
+     [](Config& c, const std::string& v) { c.options.max_connections = parse_size(v); }},
+    {"--strict", false, [](Config& c, const std::string&) { c.options.strict = true; }},
+    {"--quiet", false, [](Config& c, const std::string&) { c.quiet = true; }},
+    {"--help", false, [](Config& c, const std::string&) { c.help = true; }},
 };
 
 // is_flag - whether a command-line argument looks like a flag ("--something").
-bool is_flag(const std::string &argument) {
+bool is_flag(const std::string& argument) {
   return argument.rfind("--", 0) == 0;
 }
 
 // find_flag - the flag called `name`, or nullptr.
-const Flag *find_flag(const std::string &name) {
-  for (const Flag &flag : flags)
+const Flag* find_flag(const std::string& name) {
+  for (const Flag& flag : flags)
     if (name == flag.name) return &flag;
   return nullptr;
 }
 
 // parse_args - read argv strictly: "--flag value" or "--flag=value"; throws UsageError for an
 // unknown flag, a missing or empty value, a value given to a switch, or a bad number.
-Config parse_args(int argc, char **argv) {
+Config parse_args(int argc, char** argv) {
   Config config;
   for (int i = 1; i < argc && !config.help; ++i) {
     std::string name = argv[i];
@@ -143,20 +143,20 @@ Config parse_args(int argc, char **argv) {
       value = name.substr(equals + 1);
       name.resize(equals);
     }
-    const Flag *flag = find_flag(name);
+    const Flag* flag = find_flag(name);
     if (flag == nullptr) throw UsageError("unknown argument '" + name + "'");
     if (!flag->takes_value && value) throw UsageError(name + " takes no value");
     if (flag->takes_value && !value && i + 1 < argc && !is_flag(argv[i + 1])) value = argv[++i];
     if (flag->takes_value && (!value || value->empty())) throw UsageError(name + " needs a value");
     try {
       flag->apply(config, value.value_or(""));
-    } catch (const UsageError &e) { throw UsageError(name + " " + e.what()); }
+    } catch (const UsageError& e) { throw UsageError(name + " " + e.what()); }
   }
   return config;
 }
 
 // print_usage - the --help text; the defaults shown come from smtpd::Options itself.
-void print_usage(std::ostream &out) {
+void print_usage(std::ostream& out) {
   const smtpd::Options defaults;
   const auto timeout = std::chrono::duration_cast<std::chrono::seconds>(defaults.command_timeout);
   out << "usage: mailsink [options]\n"
@@ -208,13 +208,13 @@ void print_usage(std::ostream &out) {
 class Output {
 public:
   // print - write `text` to stdout and flush, so a script reading the pipe sees it at once.
-  void print(const std::string &text) {
+  void print(const std::string& text) {
     std::lock_guard<std::mutex> lock(mutex_);
     std::cout << text << std::flush;
   }
 
   // log - write "mailsink: `text`" as one line to stderr: errors, and the startup line.
-  void log(const std::string &text) {
+  void log(const std::string& text) {
     std::lock_guard<std::mutex> lock(mutex_);
     std::cerr << "mailsink: " << text << std::endl;
   }
@@ -232,14 +232,14 @@ private:
 // =============================================================================================
 
 // errno_error - a std::system_error whose what() reads "`what`: No space left on device".
-std::system_error errno_error(const std::string &what, int error_number = errno) {
+std::system_error errno_error(const std::string& what, int error_number = errno) {
   return std::system_error(error_number, std::generic_category(), what);
 }
 
 // write_all - write all of `content` to `fd`, carrying on after short writes and EINTR.
 // Returns false with errno set on failure.
-bool write_all(int fd, const std::string &content) {
-  const char *next = content.data();
+bool write_all(int fd, const std::string& content) {
+  const char* next = content.data();
   std::size_t left = content.size();
   while (left > 0) {
     ssize_t written = ::write(fd, next, left);
@@ -253,10 +253,10 @@ bool write_all(int fd, const std::string &content) {
 
 // create_file - create `path`, which must not exist yet, with `content`, synced to disk.
 // On failure removes what it created and throws std::system_error.
-void create_file(const std::string &path, const std::string &content) {
+void create_file(const std::string& path, const std::string& content) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) throw errno_error("create " + path);
-  const char *failed_step = nullptr;
+  const char* failed_step = nullptr;
   int failure = 0;
   if (!write_all(fd, content)) {
     failed_step = "write ";
@@ -275,7 +275,7 @@ void create_file(const std::string &path, const std::string &content) {
 }
 
 // sync_directory - flush a directory's entries to disk, so a rename into it survives a crash.
-void sync_directory(const std::string &path) {
+void sync_directory(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) throw errno_error("open " + path);
   const bool synced = ::fsync(fd) == 0;
@@ -285,7 +285,7 @@ void sync_directory(const std::string &path) {
 }
 
 // make_directory - create `path` with mode 0700 unless it exists already.
-void make_directory(const std::string &path) {
+void make_directory(const std::string& path) {
   if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST)
     throw errno_error("create directory " + path);
 }
@@ -296,7 +296,7 @@ std::string maildir_host_name() {
   char name[256] = {};
   if (::gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "localhost";
   std::string safe;
-  for (const char *c = name; *c != '\0'; ++c) {
+  for (const char* c = name; *c != '\0'; ++c) {
     if (*c == '/')
       safe += "\\057";
     else if (*c == ':')
@@ -315,7 +315,7 @@ public:
   // prepare - create DIR, DIR/tmp, DIR/new and DIR/cur if missing, and prove that a file can
   // be created in DIR/tmp. Throws std::system_error with the path and reason.
   void prepare() {
-    for (const char *sub : {"", "/tmp", "/new", "/cur"})
+    for (const char* sub : {"", "/tmp", "/new", "/cur"})
       make_directory(dir_ + sub);
     const std::string probe = dir_ + "/tmp/" + unique_name();
     create_file(probe, "");
@@ -324,7 +324,7 @@ public:
 
   // deliver - store `message` as DIR/new/NAME and return that path, once it is safe on disk.
   // Throws std::system_error, after removing the partial file, when it could not be stored.
-  std::string deliver(const std::string &message) {
+  std::string deliver(const std::string& message) {
     const std::string name = unique_name();
     const std::string tmp_path = dir_ + "/tmp/" + name;
     const std::string new_path = dir_ + "/new/" + name;
@@ -336,7 +336,7 @@ public:
     }
     try {
       sync_directory(dir_ + "/new");
-    } catch (const std::system_error &) {
+    } catch (const std::system_error&) {
       ::unlink(new_path.c_str()); // the client will be told 451 and send it again
       throw;
     }
@@ -377,7 +377,7 @@ bool starts_with_ignoring_case(std::string_view text, std::string_view prefix) {
 
 // subject_of - the first line of the first Subject header (RFC 5322 §3.6.5), or "" when the
 // header section, which ends at the first empty line, has none.
-std::string subject_of(const std::string &message) {
+std::string subject_of(const std::string& message) {
   std::size_t start = 0;
   while (start < message.size()) {
     std::size_t end = message.find('\n', start);
@@ -399,7 +399,7 @@ std::string subject_of(const std::string &message) {
 // printable - `text` with control characters replaced by '?', so a hostile subject cannot
 // send escape sequences to the terminal or break the one-line summary.
 std::string printable(std::string text) {
-  for (char &c : text) {
+  for (char& c : text) {
     const unsigned char byte = static_cast<unsigned char>(c);
     if (byte < 0x20 || byte == 0x7f) c = '?';
   }
@@ -418,8 +418,8 @@ std::string local_time_now() {
 
 // summary_line - "TIME PEER <from> -> <to>, <to> SIZE bytes, subject "SUBJECT"" without a
 // newline; "<>" is the null reverse-path of a bounce.
-std::string summary_line(const smtpd::SessionInfo &session, const smtpd::Envelope &envelope,
-                         const std::string &message) {
+std::string summary_line(const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
+                         const std::string& message) {
   std::ostringstream line;
   line << local_time_now() << " " << session.peer.to_string() << " <" << envelope.from << "> ->";
   for (std::size_t i = 0; i < envelope.to.size(); ++i)
@@ -431,12 +431,12 @@ std::string summary_line(const smtpd::SessionInfo &session, const smtpd::Envelop
 // Sink - receives each message: stores it when there is a Maildir, prints it unless quiet.
 class Sink {
 public:
-  Sink(Output &output, Maildir *maildir, bool quiet)
+  Sink(Output& output, Maildir* maildir, bool quiet)
       : output_(output), maildir_(maildir), quiet_(quiet) {}
 
   // receive - the smtpd::MessageHandler: nullopt accepts (250), a Reply refuses with it.
-  std::optional<smtpd::Reply> receive(const smtpd::SessionInfo &session,
-                                      const smtpd::Envelope &envelope, const std::string &message) {
+  std::optional<smtpd::Reply> receive(const smtpd::SessionInfo& session,
+                                      const smtpd::Envelope& envelope, const std::string& message) {
     if (maildir_ == nullptr) {
       if (!quiet_) output_.print(summary_line(session, envelope, message) + "\n" + message + "\n");
       return std::nullopt;
@@ -444,7 +444,7 @@ public:
     std::string path;
     try {
       path = maildir_->deliver(message);
-    } catch (const std::system_error &e) {
+    } catch (const std::system_error& e) {
       output_.log(std::string("could not store a message: ") + e.what());
       return smtpd::Reply{451, "4.3.0", "Local error: could not store message"};
     }
@@ -453,8 +453,8 @@ public:
   }
 
 private:
-  Output &output_;
-  Maildir *maildir_; // nullptr: print to stdout
+  Output& output_;
+  Maildir* maildir_; // nullptr: print to stdout
   bool quiet_;
 };
 
@@ -479,10 +479,10 @@ sigset_t block_stop_signals() {
 }
 
 // server_options - the command line's options plus the message handler and the error log.
-smtpd::Options server_options(const Config &config, Sink &sink, Output &output) {
+smtpd::Options server_options(const Config& config, Sink& sink, Output& output) {
   smtpd::Options options = config.options;
-  options.message_handler = [&sink](const smtpd::SessionInfo &session,
-                                    const smtpd::Envelope &envelope, const std::string &message) {
+  options.message_handler = [&sink](const smtpd::SessionInfo& session,
+                                    const smtpd::Envelope& envelope, const std::string& message) {
     return sink.receive(session, envelope, message);
   };
   options.log_error = [&output](std::string_view message) { output.log(std::string(message)); };
@@ -491,14 +491,14 @@ smtpd::Options server_options(const Config &config, Sink &sink, Output &output) 
 
 // serve_until_signal - serve on a thread until SIGINT or SIGTERM, then shut down gracefully.
 // Returns the exit status: exit_ok, or exit_runtime_error when serving failed by itself.
-int serve_until_signal(smtpd::Server &server, const sigset_t &stop_signals, Output &output) {
+int serve_until_signal(smtpd::Server& server, const sigset_t& stop_signals, Output& output) {
   std::atomic<bool> stopping{false};
   std::atomic<bool> serve_ended{false};
   std::string serve_error; // read only after join()
   std::thread serving([&] {
     try {
       server.serve();
-    } catch (const std::exception &e) { serve_error = e.what(); }
+    } catch (const std::exception& e) { serve_error = e.what(); }
     serve_ended = true;
     if (!stopping) { // serving failed by itself: wake main() from sigwait()
       if (serve_error.empty()) serve_error = "the server stopped unexpectedly";
@@ -520,11 +520,11 @@ int serve_until_signal(smtpd::Server &server, const sigset_t &stop_signals, Outp
 } // namespace
 
 // main - parse the command line, prepare the Maildir, listen, then serve until a signal.
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   Config config;
   try {
     config = parse_args(argc, argv);
-  } catch (const UsageError &e) {
+  } catch (const UsageError& e) {
     std::cerr << "mailsink: " << e.what() << "; see --help\n";
     return exit_usage_error;
   }
@@ -539,7 +539,7 @@ int main(int argc, char **argv) {
   if (!config.maildir.empty()) {
     try {
       maildir.emplace(config.maildir).prepare();
-    } catch (const std::system_error &e) {
+    } catch (const std::system_error& e) {
       output.log("cannot use maildir " + config.maildir + ": " + e.what());
       return exit_runtime_error;
     }
@@ -549,7 +549,7 @@ int main(int argc, char **argv) {
   smtpd::Server server(server_options(config, sink, output));
   try {
     server.listen();
-  } catch (const std::exception &e) { // std::system_error or std::invalid_argument
+  } catch (const std::exception& e) { // std::system_error or std::invalid_argument
     output.log(e.what());             // names the address and the reason
     return exit_runtime_error;
   }

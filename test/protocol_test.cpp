@@ -93,7 +93,8 @@ std::string mask_ids(std::string replies) {
 // crlf_lines - `lines`, each followed by CRLF: the exact bytes of those reply lines.
 std::string crlf_lines(const std::vector<std::string>& lines) {
   std::string out;
-  for (const std::string& l : lines) out += l + "\r\n";
+  for (const std::string& l : lines)
+    out += l + "\r\n";
   return out;
 }
 
@@ -108,10 +109,14 @@ std::string printable(std::string_view bytes) {
   static const char digits[] = "0123456789abcdef";
   std::string out;
   for (unsigned char c : bytes) {
-    if (c == '\r') out += "\\r";
-    else if (c == '\n') out += "\\n";
-    else if (c < 0x20 || c >= 0x7F) out += "\\x"s + digits[c >> 4] + digits[c & 15];
-    else out += char(c);
+    if (c == '\r')
+      out += "\\r";
+    else if (c == '\n')
+      out += "\\n";
+    else if (c < 0x20 || c >= 0x7F)
+      out += "\\x"s + digits[c >> 4] + digits[c & 15];
+    else
+      out += char(c);
   }
   return out;
 }
@@ -159,104 +164,94 @@ void script(std::initializer_list<std::string_view> dialogue) {
 
 TEST_SUITE("protocol") {
 
-// =============================================================================================
-// The greeting and HELO/EHLO (RFC 5321 §4.2, §4.1.1.1)
-// =============================================================================================
+  // =============================================================================================
+  // The greeting and HELO/EHLO (RFC 5321 §4.2, §4.1.1.1)
+  // =============================================================================================
 
-TEST_CASE("RFC 5321 §4.2: the greeting is \"220 domain ESMTP appname\", without enhanced code") {
-  script({"S: 220 mx.test ESMTP smtpd"});
-  smtpd::Options o;
-  o.appname = "myapp";
-  Session s(o);
-  CHECK(s.greeting == "220 mx.test ESMTP myapp\r\n");
-  CHECK_FALSE(s.closed());
-}
-
-TEST_CASE("RFC 5321 §4.1.1.1: EHLO lists our name and the extensions, without enhanced codes") {
-  Session s;
-  CHECK(printable(s.line(ehlo_client)) == printable(crlf_lines(ehlo_reply_lines)));
-  CHECK(s.protocol.session().helo == "client.test");
-  CHECK(s.protocol.session().esmtp);
-}
-
-TEST_CASE("RFC 1870: EHLO advertises SIZE as Options::max_message_bytes") {
-  smtpd::Options o;
-  o.max_message_bytes = 1000;
-  Session s(o);
-  std::vector<std::string> lines = ehlo_reply_lines;
-  lines[1] = "250-SIZE 1000";
-  CHECK(printable(s.line(ehlo_client)) == printable(crlf_lines(lines)));
-}
-
-TEST_CASE("RFC 5321 §4.1.1.1: HELO gets \"250 domain\" and no enhanced codes afterwards") {
-  Session s;
-  script(s, {"S: 220 mx.test ESMTP smtpd",
-             "C: HELO client.test",
-             "S: 250 mx.test",
-             "C: MAIL FROM:<a@b.test>",
-             "S: 250 Ok",
-             "C: RCPT TO:<c@d.test>",
-             "S: 250 Ok",
-             "C: FOO",
-             "S: 500 Command not recognized"});
-  CHECK(s.protocol.session().helo == "client.test");
-  CHECK_FALSE(s.protocol.session().esmtp);
-}
-
-TEST_CASE("RFC 5321 §4.1.1.1: HELO or EHLO without a domain gets 501") {
-  script({"C: HELO", "S: 501 Syntax: HELO domain",
-          "C: EHLO", "S: 501 Syntax: EHLO domain",
-          "C: EHLO   ", "S: 501 Syntax: EHLO domain",
-          "C: MAIL FROM:<a@b.test>", "S: 503 Send HELO/EHLO first"});
-  // After EHLO the same refusal carries its enhanced code.
-  script({"C: EHLO client.test", "S: 250-mx.test", "S: 250-SIZE 26214400", "S: 250-8BITMIME",
-          "S: 250-PIPELINING", "S: 250-ENHANCEDSTATUSCODES", "S: 250 SMTPUTF8",
-          "C: EHLO", "S: 501 5.5.4 Syntax: EHLO domain",
-          "C: HELO", "S: 501 5.5.4 Syntax: HELO domain"});
-}
-
-TEST_CASE("RFC 5321 §4.1.1.1: strict mode refuses a HELO name that is no domain with 501") {
-  smtpd::Options o;
-  o.strict = true;
-  for (const char* name : {"bad_name!", "-dash.test", "a..b", "[1.2.3]", "client test"}) {
-    CAPTURE(name);
+  TEST_CASE("RFC 5321 §4.2: the greeting is \"220 domain ESMTP appname\", without enhanced code") {
+    script({"S: 220 mx.test ESMTP smtpd"});
+    smtpd::Options o;
+    o.appname = "myapp";
     Session s(o);
-    CHECK(s.line("HELO "s + name) == "501 Invalid domain name\r\n");
-    CHECK(s.line("EHLO "s + name) == "501 Invalid domain name\r\n");
-    CHECK(s.line("MAIL FROM:<a@b.test>") == "503 Send HELO/EHLO first\r\n");
+    CHECK(s.greeting == "220 mx.test ESMTP myapp\r\n");
+    CHECK_FALSE(s.closed());
   }
-  for (const char* name : {"client.test", "[192.0.2.1]", "[IPv6:2001:db8::1]", "localhost"}) {
-    CAPTURE(name);
+
+  TEST_CASE("RFC 5321 §4.1.1.1: EHLO lists our name and the extensions, without enhanced codes") {
+    Session s;
+    CHECK(printable(s.line(ehlo_client)) == printable(crlf_lines(ehlo_reply_lines)));
+    CHECK(s.protocol.session().helo == "client.test");
+    CHECK(s.protocol.session().esmtp);
+  }
+
+  TEST_CASE("RFC 1870: EHLO advertises SIZE as Options::max_message_bytes") {
+    smtpd::Options o;
+    o.max_message_bytes = 1000;
     Session s(o);
-    CHECK(s.line("HELO "s + name) == "250 mx.test\r\n");
+    std::vector<std::string> lines = ehlo_reply_lines;
+    lines[1] = "250-SIZE 1000";
+    CHECK(printable(s.line(ehlo_client)) == printable(crlf_lines(lines)));
   }
-}
 
-TEST_CASE("RFC 5321 §4.1.4: a second EHLO resets the transaction") {
-  Session s;
-  s.line(ehlo_client);
-  script(s, {"C: MAIL FROM:<a@b.test>", "S: 250 2.1.0 Ok",
-             "C: RCPT TO:<c@d.test>", "S: 250 2.1.5 Ok"});
-  CHECK(s.line(ehlo_client) == crlf_lines(ehlo_reply_lines));
-  CHECK(s.protocol.envelope().from.empty());
-  CHECK(s.protocol.envelope().to.empty());
-  script(s, {"C: RCPT TO:<c@d.test>", "S: 503 5.5.1 Need MAIL command",
-             "C: DATA", "S: 503 5.5.1 Need MAIL command",
-             "C: MAIL FROM:<a@b.test>", "S: 250 2.1.0 Ok"});
-}
+  TEST_CASE("RFC 5321 §4.1.1.1: HELO gets \"250 domain\" and no enhanced codes afterwards") {
+    Session s;
+    script(s, {"S: 220 mx.test ESMTP smtpd", "C: HELO client.test", "S: 250 mx.test",
+               "C: MAIL FROM:<a@b.test>", "S: 250 Ok", "C: RCPT TO:<c@d.test>", "S: 250 Ok",
+               "C: FOO", "S: 500 Command not recognized"});
+    CHECK(s.protocol.session().helo == "client.test");
+    CHECK_FALSE(s.protocol.session().esmtp);
+  }
 
-TEST_CASE("RFC 2034: HELO after EHLO resets the transaction and turns enhanced codes off") {
-  Session s;
-  s.line(ehlo_client);
-  script(s, {"C: MAIL FROM:<a@b.test>", "S: 250 2.1.0 Ok",
-             "C: HELO client.test", "S: 250 mx.test",
-             "C: RCPT TO:<c@d.test>", "S: 503 Need MAIL command"});
-  CHECK_FALSE(s.protocol.session().esmtp);
-}
+  TEST_CASE("RFC 5321 §4.1.1.1: HELO or EHLO without a domain gets 501") {
+    script({"C: HELO", "S: 501 Syntax: HELO domain", "C: EHLO", "S: 501 Syntax: EHLO domain",
+            "C: EHLO   ", "S: 501 Syntax: EHLO domain", "C: MAIL FROM:<a@b.test>",
+            "S: 503 Send HELO/EHLO first"});
+    // After EHLO the same refusal carries its enhanced code.
+    script({"C: EHLO client.test", "S: 250-mx.test", "S: 250-SIZE 26214400", "S: 250-8BITMIME",
+            "S: 250-PIPELINING", "S: 250-ENHANCEDSTATUSCODES", "S: 250 SMTPUTF8", "C: EHLO",
+            "S: 501 5.5.4 Syntax: EHLO domain", "C: HELO", "S: 501 5.5.4 Syntax: HELO domain"});
+  }
 
-// =============================================================================================
-// Every command in every state (RFC 5321 §4.1.1, §4.1.4, §3.3)
-// =============================================================================================
+  TEST_CASE("RFC 5321 §4.1.1.1: strict mode refuses a HELO name that is no domain with 501") {
+    smtpd::Options o;
+    o.strict = true;
+    for (const char* name : {"bad_name!", "-dash.test", "a..b", "[1.2.3]", "client test"}) {
+      CAPTURE(name);
+      Session s(o);
+      CHECK(s.line("HELO "s + name) == "501 Invalid domain name\r\n");
+      CHECK(s.line("EHLO "s + name) == "501 Invalid domain name\r\n");
+      CHECK(s.line("MAIL FROM:<a@b.test>") == "503 Send HELO/EHLO first\r\n");
+    }
+    for (const char* name : {"client.test", "[192.0.2.1]", "[IPv6:2001:db8::1]", "localhost"}) {
+      CAPTURE(name);
+      Session s(o);
+      CHECK(s.line("HELO "s + name) == "250 mx.test\r\n");
+    }
+  }
+
+  TEST_CASE("RFC 5321 §4.1.4: a second EHLO resets the transaction") {
+    Session s;
+    s.line(ehlo_client);
+    script(s, {"C: MAIL FROM:<a@b.test>", "S: 250 2.1.0 Ok", "C: RCPT TO:<c@d.test>",
+               "S: 250 2.1.5 Ok"});
+    CHECK(s.line(ehlo_client) == crlf_lines(ehlo_reply_lines));
+    CHECK(s.protocol.envelope().from.empty());
+    CHECK(s.protocol.envelope().to.empty());
+    script(s, {"C: RCPT TO:<c@d.test>", "S: 503 5.5.1 Need MAIL command", "C: DATA",
+               "S: 503 5.5.1 Need MAIL command", "C: MAIL FROM:<a@b.test>", "S: 250 2.1.0 Ok"});
+  }
+
+  TEST_CASE("RFC 2034: HELO after EHLO resets the transaction and turns enhanced codes off") {
+    Session s;
+    s.line(ehlo_client);
+    script(s, {"C: MAIL FROM:<a@b.test>", "S: 250 2.1.0 Ok", "C: HELO client.test",
+               "S: 250 mx.test", "C: RCPT TO:<c@d.test>", "S: 503 Need MAIL command"});
+    CHECK_FALSE(s.protocol.session().esmtp);
+  }
+
+  // =============================================================================================
+  // Every command in every state (RFC 5321 §4.1.1, §4.1.4, §3.3)
+  // =============================================================================================
 
 } // TEST_SUITE("protocol")
 
@@ -267,6 +262,7 @@ struct State {
   const char* name;
   std::vector<std::string> setup;
 };
+
 const State greeted{"greeted", {}};
 const State helo{"HELO", {helo_client}};
 const State ehlo{"EHLO", {ehlo_client}};
@@ -374,143 +370,142 @@ void enter(Session& s, const State& state) {
 
 TEST_SUITE("protocol") {
 
-TEST_CASE("RFC 5321 §4.1.4: every command in every state gets its exact reply") {
-  for (const Verb& v : verbs) {
-    CAPTURE(v.state.name);
-    CAPTURE(v.command);
-    Session s;
-    enter(s, v.state);
-    CHECK(printable(s.line(v.command)) == printable(v.reply + "\r\n"));
+  TEST_CASE("RFC 5321 §4.1.4: every command in every state gets its exact reply") {
+    for (const Verb& v : verbs) {
+      CAPTURE(v.state.name);
+      CAPTURE(v.command);
+      Session s;
+      enter(s, v.state);
+      CHECK(printable(s.line(v.command)) == printable(v.reply + "\r\n"));
+    }
   }
-}
 
-TEST_CASE("RFC 5321 §4.1.1.10: QUIT gets 221 and closes; later bytes are ignored") {
-  Session s;
-  enter(s, rcpt);
-  CHECK(s.line("QUIT") == "221 2.0.0 Bye\r\n");
-  CHECK(s.closed());
-  CHECK(s.send("NOOP\r\nMAIL FROM:<a@b.test>\r\n") == "");
-  CHECK_FALSE(s.protocol.has_output());
-  CHECK(s.protocol.envelope().to.empty());
-}
+  TEST_CASE("RFC 5321 §4.1.1.10: QUIT gets 221 and closes; later bytes are ignored") {
+    Session s;
+    enter(s, rcpt);
+    CHECK(s.line("QUIT") == "221 2.0.0 Bye\r\n");
+    CHECK(s.closed());
+    CHECK(s.send("NOOP\r\nMAIL FROM:<a@b.test>\r\n") == "");
+    CHECK_FALSE(s.protocol.has_output());
+    CHECK(s.protocol.envelope().to.empty());
+  }
 
-TEST_CASE("RFC 5321 §4.1.1.5: RSET gets 250 and resets the transaction, not the session") {
-  Session s;
-  enter(s, rcpt);
-  script(s, {"C: RSET", "S: 250 2.0.0 Ok",
-             "C: RCPT TO:<c@d.test>", "S: 503 5.5.1 Need MAIL command",
-             "C: DATA", "S: 503 5.5.1 Need MAIL command",
-             "C: MAIL FROM:<x@y.test>", "S: 250 2.1.0 Ok",
-             "C: RCPT TO:<e@f.test>", "S: 250 2.1.5 Ok"});
-  CHECK(s.protocol.session().helo == "client.test");
-  CHECK(s.protocol.envelope().from == "x@y.test");
-  CHECK(s.protocol.envelope().to == std::vector<std::string>{"e@f.test"});
-}
+  TEST_CASE("RFC 5321 §4.1.1.5: RSET gets 250 and resets the transaction, not the session") {
+    Session s;
+    enter(s, rcpt);
+    script(s,
+           {"C: RSET", "S: 250 2.0.0 Ok", "C: RCPT TO:<c@d.test>", "S: 503 5.5.1 Need MAIL command",
+            "C: DATA", "S: 503 5.5.1 Need MAIL command", "C: MAIL FROM:<x@y.test>",
+            "S: 250 2.1.0 Ok", "C: RCPT TO:<e@f.test>", "S: 250 2.1.5 Ok"});
+    CHECK(s.protocol.session().helo == "client.test");
+    CHECK(s.protocol.envelope().from == "x@y.test");
+    CHECK(s.protocol.envelope().to == std::vector<std::string>{"e@f.test"});
+  }
 
-TEST_CASE("RFC 5321 §4.1.1.3: DATA without an accepted recipient gets 503, even after refusals") {
-  smtpd::Options o;
-  o.on_rcpt = [](const smtpd::SessionInfo&, const std::string&,
-                 const smtpd::Params&) -> std::optional<smtpd::Reply> {
-    return smtpd::Reply{550, "5.1.1", "No such user"};
-  };
-  Session s(o);
-  enter(s, mail);
-  script(s, {"C: RCPT TO:<c@d.test>", "S: 550 5.1.1 No such user",
-             "C: DATA", "S: 503 5.5.1 Need RCPT command"});
-}
-
-// =============================================================================================
-// MAIL and RCPT parameters, the basics (RFC 1869 §4.2, RFC 1870; tables in parse_test.cpp)
-// =============================================================================================
-
-TEST_CASE("RFC 1870: SIZE is checked at MAIL; over the limit gets 552 5.3.4") {
-  smtpd::Options o;
-  o.max_message_bytes = 1000;
-  struct Row {
-    const char* mail;
-    const char* reply;
-  };
-  const Row rows[] = {
-      {"MAIL FROM:<a@b.test> SIZE=1001", "552 5.3.4 Message size exceeds fixed maximum message size"},
-      {"MAIL FROM:<a@b.test> SIZE=99999999999999999999", // 20 digits, past 64 bits
-       "552 5.3.4 Message size exceeds fixed maximum message size"},
-      {"MAIL FROM:<a@b.test> SIZE=1000", "250 2.1.0 Ok"},
-      {"MAIL FROM:<a@b.test> SIZE=0", "250 2.1.0 Ok"},
-      {"MAIL FROM:<a@b.test> size=10", "250 2.1.0 Ok"},
-      {"MAIL FROM:<a@b.test> Size=10 body=8bitmime", "250 2.1.0 Ok"},
-      {"MAIL FROM:<a@b.test> SIZE=ten", "501 5.5.4 Bad SIZE parameter"},
-      {"MAIL FROM:<a@b.test> SIZE=100000000000000000000", "501 5.5.4 Bad SIZE parameter"},
-      {"MAIL FROM:<a@b.test> FOO=bar", "555 5.5.4 Unsupported MAIL/RCPT parameter"},
-      {"MAIL FROM:<a@b.test> SIZE=10 FOO", "555 5.5.4 Unsupported MAIL/RCPT parameter"},
-  };
-  for (const Row& row : rows) {
-    CAPTURE(row.mail);
+  TEST_CASE("RFC 5321 §4.1.1.3: DATA without an accepted recipient gets 503, even after refusals") {
+    smtpd::Options o;
+    o.on_rcpt = [](const smtpd::SessionInfo&, const std::string&,
+                   const smtpd::Params&) -> std::optional<smtpd::Reply> {
+      return smtpd::Reply{550, "5.1.1", "No such user"};
+    };
     Session s(o);
-    s.line(ehlo_client);
-    CHECK(s.line(row.mail) == row.reply + "\r\n"s);
-    // A refused MAIL opens no transaction.
-    bool accepted = row.reply[0] == '2';
-    CHECK(s.line("RCPT TO:<c@d.test>") ==
-          (accepted ? "250 2.1.5 Ok\r\n" : "503 5.5.1 Need MAIL command\r\n"));
+    enter(s, mail);
+    script(s, {"C: RCPT TO:<c@d.test>", "S: 550 5.1.1 No such user", "C: DATA",
+               "S: 503 5.5.1 Need RCPT command"});
   }
-}
 
-TEST_CASE("RFC 1869 §4.2: a HELO session may use no MAIL parameter at all: 555") {
-  for (const char* param : {"SIZE=10", "BODY=8BITMIME", "SMTPUTF8", "FOO=bar"}) {
-    CAPTURE(param);
+  // =============================================================================================
+  // MAIL and RCPT parameters, the basics (RFC 1869 §4.2, RFC 1870; tables in parse_test.cpp)
+  // =============================================================================================
+
+  TEST_CASE("RFC 1870: SIZE is checked at MAIL; over the limit gets 552 5.3.4") {
+    smtpd::Options o;
+    o.max_message_bytes = 1000;
+
+    struct Row {
+      const char* mail;
+      const char* reply;
+    };
+
+    const Row rows[] = {
+        {"MAIL FROM:<a@b.test> SIZE=1001",
+         "552 5.3.4 Message size exceeds fixed maximum message size"},
+        {"MAIL FROM:<a@b.test> SIZE=99999999999999999999", // 20 digits, past 64 bits
+         "552 5.3.4 Message size exceeds fixed maximum message size"},
+        {"MAIL FROM:<a@b.test> SIZE=1000", "250 2.1.0 Ok"},
+        {"MAIL FROM:<a@b.test> SIZE=0", "250 2.1.0 Ok"},
+        {"MAIL FROM:<a@b.test> size=10", "250 2.1.0 Ok"},
+        {"MAIL FROM:<a@b.test> Size=10 body=8bitmime", "250 2.1.0 Ok"},
+        {"MAIL FROM:<a@b.test> SIZE=ten", "501 5.5.4 Bad SIZE parameter"},
+        {"MAIL FROM:<a@b.test> SIZE=100000000000000000000", "501 5.5.4 Bad SIZE parameter"},
+        {"MAIL FROM:<a@b.test> FOO=bar", "555 5.5.4 Unsupported MAIL/RCPT parameter"},
+        {"MAIL FROM:<a@b.test> SIZE=10 FOO", "555 5.5.4 Unsupported MAIL/RCPT parameter"},
+    };
+    for (const Row& row : rows) {
+      CAPTURE(row.mail);
+      Session s(o);
+      s.line(ehlo_client);
+      CHECK(s.line(row.mail) == row.reply + "\r\n"s);
+      // A refused MAIL opens no transaction.
+      bool accepted = row.reply[0] == '2';
+      CHECK(s.line("RCPT TO:<c@d.test>") ==
+            (accepted ? "250 2.1.5 Ok\r\n" : "503 5.5.1 Need MAIL command\r\n"));
+    }
+  }
+
+  TEST_CASE("RFC 1869 §4.2: a HELO session may use no MAIL parameter at all: 555") {
+    for (const char* param : {"SIZE=10", "BODY=8BITMIME", "SMTPUTF8", "FOO=bar"}) {
+      CAPTURE(param);
+      Session s;
+      s.line(helo_client);
+      CHECK(s.line("MAIL FROM:<a@b.test> "s + param) == "555 Unsupported MAIL/RCPT parameter\r\n");
+      CHECK(s.line("MAIL FROM:<a@b.test>") == "250 Ok\r\n");
+    }
+  }
+
+  TEST_CASE("RFC 5321 §4.1.1.3: RCPT parameters are not supported: 555, nothing added") {
     Session s;
-    s.line(helo_client);
-    CHECK(s.line("MAIL FROM:<a@b.test> "s + param) ==
-          "555 Unsupported MAIL/RCPT parameter\r\n");
-    CHECK(s.line("MAIL FROM:<a@b.test>") == "250 Ok\r\n");
+    enter(s, mail);
+    script(s, {"C: RCPT TO:<c@d.test> NOTIFY=NEVER", "S: 555 5.5.4 Unsupported MAIL/RCPT parameter",
+               "C: RCPT TO:<c@d.test> ORCPT=rfc822;c@d.test",
+               "S: 555 5.5.4 Unsupported MAIL/RCPT parameter", "C: DATA",
+               "S: 503 5.5.1 Need RCPT command"});
+    CHECK(s.protocol.envelope().to.empty());
   }
-}
 
-TEST_CASE("RFC 5321 §4.1.1.3: RCPT parameters are not supported: 555, nothing added") {
-  Session s;
-  enter(s, mail);
-  script(s, {"C: RCPT TO:<c@d.test> NOTIFY=NEVER", "S: 555 5.5.4 Unsupported MAIL/RCPT parameter",
-             "C: RCPT TO:<c@d.test> ORCPT=rfc822;c@d.test",
-             "S: 555 5.5.4 Unsupported MAIL/RCPT parameter",
-             "C: DATA", "S: 503 5.5.1 Need RCPT command"});
-  CHECK(s.protocol.envelope().to.empty());
-}
+  // =============================================================================================
+  // Limits: recipients, line length, bare CR and LF, the error limit (RFC 5321 §4.5.3, §2.3.8)
+  // =============================================================================================
 
-// =============================================================================================
-// Limits: recipients, line length, bare CR and LF, the error limit (RFC 5321 §4.5.3, §2.3.8)
-// =============================================================================================
+  TEST_CASE("RFC 5321 §4.5.3.1.10: past max_recipients RCPT gets 452 4.5.3") {
+    smtpd::Options o;
+    o.max_recipients = 3;
+    Session s(o);
+    enter(s, mail);
+    script(s, {"C: RCPT TO:<r1@d.test>", "S: 250 2.1.5 Ok", "C: RCPT TO:<r2@d.test>",
+               "S: 250 2.1.5 Ok", "C: RCPT TO:<r3@d.test>", "S: 250 2.1.5 Ok",
+               "C: RCPT TO:<r4@d.test>", "S: 452 4.5.3 Too many recipients",
+               "C: RCPT TO:<r5@d.test>", "S: 452 4.5.3 Too many recipients", "C: DATA",
+               "S: 354 End data with <CR><LF>.<CR><LF>"});
+    CHECK(s.protocol.envelope().to ==
+          std::vector<std::string>{"r1@d.test", "r2@d.test", "r3@d.test"});
+  }
 
-TEST_CASE("RFC 5321 §4.5.3.1.10: past max_recipients RCPT gets 452 4.5.3") {
-  smtpd::Options o;
-  o.max_recipients = 3;
-  Session s(o);
-  enter(s, mail);
-  script(s, {"C: RCPT TO:<r1@d.test>", "S: 250 2.1.5 Ok",
-             "C: RCPT TO:<r2@d.test>", "S: 250 2.1.5 Ok",
-             "C: RCPT TO:<r3@d.test>", "S: 250 2.1.5 Ok",
-             "C: RCPT TO:<r4@d.test>", "S: 452 4.5.3 Too many recipients",
-             "C: RCPT TO:<r5@d.test>", "S: 452 4.5.3 Too many recipients",
-             "C: DATA", "S: 354 End data with <CR><LF>.<CR><LF>"});
-  CHECK(s.protocol.envelope().to ==
-        std::vector<std::string>{"r1@d.test", "r2@d.test", "r3@d.test"});
-}
-
-TEST_CASE("RFC 5321 §4.5.3.1.10: refused recipients do not count towards max_recipients") {
-  smtpd::Options o;
-  o.max_recipients = 2;
-  o.on_rcpt = [](const smtpd::SessionInfo&, const std::string& to,
-                 const smtpd::Params&) -> std::optional<smtpd::Reply> {
-    if (to.rfind("bad", 0) == 0) return smtpd::Reply{550, "5.1.1", "No such user"};
-    return std::nullopt;
-  };
-  Session s(o);
-  enter(s, mail);
-  script(s, {"C: RCPT TO:<bad1@d.test>", "S: 550 5.1.1 No such user",
-             "C: RCPT TO:<bad2@d.test>", "S: 550 5.1.1 No such user",
-             "C: RCPT TO:<r1@d.test>", "S: 250 2.1.5 Ok",
-             "C: RCPT TO:<r2@d.test>", "S: 250 2.1.5 Ok",
-             "C: RCPT TO:<r3@d.test>", "S: 452 4.5.3 Too many recipients"});
-}
+  TEST_CASE("RFC 5321 §4.5.3.1.10: refused recipients do not count towards max_recipients") {
+    smtpd::Options o;
+    o.max_recipients = 2;
+    o.on_rcpt = [](const smtpd::SessionInfo&, const std::string& to,
+                   const smtpd::Params&) -> std::optional<smtpd::Reply> {
+      if (to.rfind("bad", 0) == 0) return smtpd::Reply{550, "5.1.1", "No such user"};
+      return std::nullopt;
+    };
+    Session s(o);
+    enter(s, mail);
+    script(s, {"C: RCPT TO:<bad1@d.test>", "S: 550 5.1.1 No such user", "C: RCPT TO:<bad2@d.test>",
+               "S: 550 5.1.1 No such user", "C: RCPT TO:<r1@d.test>", "S: 250 2.1.5 Ok",
+               "C: RCPT TO:<r2@d.test>", "S: 250 2.1.5 Ok", "C: RCPT TO:<r3@d.test>",
+               "S: 452 4.5.3 Too many recipients"});
+  }
 
 } // TEST_SUITE("protocol")
 
@@ -526,141 +521,144 @@ std::string padded_noop(std::size_t octets) {
 // feed_pieces - `bytes` fed in reads of `piece` octets; all the replies.
 std::string feed_pieces(Session& s, const std::string& bytes, std::size_t piece) {
   std::string out;
-  for (std::size_t at = 0; at < bytes.size(); at += piece) out += s.send(bytes.substr(at, piece));
+  for (std::size_t at = 0; at < bytes.size(); at += piece)
+    out += s.send(bytes.substr(at, piece));
   return out;
 }
 
 const std::string too_long = "500 5.5.2 Line too long\r\n";
-const std::string bare_lf = "500 5.5.2 Bare <LF> received; command lines must end with <CR><LF>\r\n";
+const std::string bare_lf =
+    "500 5.5.2 Bare <LF> received; command lines must end with <CR><LF>\r\n";
 const std::string bare_cr = "500 5.5.2 Bare <CR> received in command line\r\n";
 
 } // namespace
 
 TEST_SUITE("protocol") {
 
-TEST_CASE("RFC 5321 §4.5.3.1.4: a command line of 512 octets with CRLF is accepted, 513 is not") {
-  REQUIRE(padded_noop(512).size() == 512);
-  for (std::size_t piece : {std::size_t(100000), std::size_t(1), std::size_t(7), std::size_t(511)}) {
-    CAPTURE(piece);
+  TEST_CASE("RFC 5321 §4.5.3.1.4: a command line of 512 octets with CRLF is accepted, 513 is not") {
+    REQUIRE(padded_noop(512).size() == 512);
+    for (std::size_t piece :
+         {std::size_t(100000), std::size_t(1), std::size_t(7), std::size_t(511)}) {
+      CAPTURE(piece);
+      Session s;
+      s.line(ehlo_client);
+      CHECK(feed_pieces(s, padded_noop(512), piece) == "250 2.0.0 Ok\r\n");
+      CHECK(feed_pieces(s, padded_noop(513), piece) == too_long);
+      CHECK(feed_pieces(s, padded_noop(514), piece) == too_long);
+      CHECK(feed_pieces(s, padded_noop(2000), piece) == too_long);
+      CHECK(s.line("NOOP") == "250 2.0.0 Ok\r\n");
+    }
+  }
+
+  TEST_CASE(
+      "RFC 5321 §4.5.3.1.4: a 100 KB line without CRLF gets one 500, then the session works") {
     Session s;
     s.line(ehlo_client);
-    CHECK(feed_pieces(s, padded_noop(512), piece) == "250 2.0.0 Ok\r\n");
-    CHECK(feed_pieces(s, padded_noop(513), piece) == too_long);
-    CHECK(feed_pieces(s, padded_noop(514), piece) == too_long);
-    CHECK(feed_pieces(s, padded_noop(2000), piece) == too_long);
+    std::string out = feed_pieces(s, std::string(100 * 1024, 'A'), 1024);
+    CHECK(out == too_long);
+    CHECK_FALSE(s.closed());
+    CHECK_FALSE(s.protocol.idle());                 // still discarding up to the next CRLF
+    CHECK(s.send("tail of the long line\r") == ""); // CRLF split between reads
+    CHECK(s.send("\n") == "");
+    CHECK(s.protocol.idle());
+    script(s, {"C: MAIL FROM:<a@b.test>", "S: 250 2.1.0 Ok"});
+  }
+
+  TEST_CASE("RFC 5321 §2.3.8: a bare LF ends nothing: 500, and the rest up to CRLF is discarded") {
+    Session s;
+    s.line(ehlo_client);
+    CHECK(s.send("MAIL FROM:<a@b.test>\nRCPT TO:<c@d.test>\r\n") == bare_lf);
+    CHECK(s.protocol.envelope().from.empty());
+    // Neither command ran: there is no transaction to add a recipient to.
+    script(s, {"C: RCPT TO:<c@d.test>", "S: 503 5.5.1 Need MAIL command"});
+    // Split anywhere, the same.
+    std::string input = "MAIL FROM:<a@b.test>\nRCPT TO:<c@d.test>\r\nNOOP\r\n";
+    for (std::size_t at = 0; at <= input.size(); ++at) {
+      CAPTURE(at);
+      Session t;
+      t.line(ehlo_client);
+      std::string out = t.send(input.substr(0, at));
+      out += t.send(input.substr(at));
+      CHECK(out == bare_lf + "250 2.0.0 Ok\r\n");
+    }
+  }
+
+  TEST_CASE("RFC 5321 §2.3.8: a line of only LF, and LF after a split CR, are bare LFs too") {
+    Session s;
+    s.line(ehlo_client);
+    CHECK(s.send("\n") == bare_lf);
+    CHECK(s.send("NOOP\r\n") == ""); // the rest of the refused line
+    CHECK(s.send("NOOP\r\n") == "250 2.0.0 Ok\r\n");
+    CHECK(s.send("NOOP") == "");
+    CHECK(s.send("\n") == bare_lf);
+    CHECK(s.send("\r\n") == "");
+    CHECK(s.send("NOOP\r") == "");
+    CHECK(s.send("\n") == "250 2.0.0 Ok\r\n");
+  }
+
+  TEST_CASE("RFC 5321 §2.3.8: a bare CR inside a command line gets 500") {
+    Session s;
+    s.line(ehlo_client);
+    CHECK(s.send("MAIL FROM:<a@b.test>\rRCPT TO:<c@d.test>\r\n") == bare_cr);
+    CHECK(s.send("NOOP\r\r\n") == bare_cr);
+    CHECK(s.send("\rNOOP\r\n") == bare_cr);
+    CHECK(s.protocol.envelope().from.empty());
     CHECK(s.line("NOOP") == "250 2.0.0 Ok\r\n");
   }
-}
 
-TEST_CASE("RFC 5321 §4.5.3.1.4: a 100 KB line without CRLF gets one 500, then the session works") {
-  Session s;
-  s.line(ehlo_client);
-  std::string out = feed_pieces(s, std::string(100 * 1024, 'A'), 1024);
-  CHECK(out == too_long);
-  CHECK_FALSE(s.closed());
-  CHECK_FALSE(s.protocol.idle()); // still discarding up to the next CRLF
-  CHECK(s.send("tail of the long line\r") == ""); // CRLF split between reads
-  CHECK(s.send("\n") == "");
-  CHECK(s.protocol.idle());
-  script(s, {"C: MAIL FROM:<a@b.test>", "S: 250 2.1.0 Ok"});
-}
-
-TEST_CASE("RFC 5321 §2.3.8: a bare LF ends nothing: 500, and the rest up to CRLF is discarded") {
-  Session s;
-  s.line(ehlo_client);
-  CHECK(s.send("MAIL FROM:<a@b.test>\nRCPT TO:<c@d.test>\r\n") == bare_lf);
-  CHECK(s.protocol.envelope().from.empty());
-  // Neither command ran: there is no transaction to add a recipient to.
-  script(s, {"C: RCPT TO:<c@d.test>", "S: 503 5.5.1 Need MAIL command"});
-  // Split anywhere, the same.
-  std::string input = "MAIL FROM:<a@b.test>\nRCPT TO:<c@d.test>\r\nNOOP\r\n";
-  for (std::size_t at = 0; at <= input.size(); ++at) {
-    CAPTURE(at);
-    Session t;
-    t.line(ehlo_client);
-    std::string out = t.send(input.substr(0, at));
-    out += t.send(input.substr(at));
-    CHECK(out == bare_lf + "250 2.0.0 Ok\r\n");
+  TEST_CASE("RFC 5321 §2.3.8: a bare CR is found wherever the reads are split") {
+    const std::string input = "MAIL FROM:<a@b.test>\rX\r\nNOOP\r\n";
+    for (std::size_t at = 0; at <= input.size(); ++at) {
+      CAPTURE(at);
+      Session s;
+      s.line(ehlo_client);
+      std::string out = s.send(input.substr(0, at));
+      out += s.send(input.substr(at));
+      CHECK(out == bare_cr + "250 2.0.0 Ok\r\n");
+      CHECK(s.protocol.envelope().from.empty());
+    }
   }
-}
 
-TEST_CASE("RFC 5321 §2.3.8: a line of only LF, and LF after a split CR, are bare LFs too") {
-  Session s;
-  s.line(ehlo_client);
-  CHECK(s.send("\n") == bare_lf);
-  CHECK(s.send("NOOP\r\n") == ""); // the rest of the refused line
-  CHECK(s.send("NOOP\r\n") == "250 2.0.0 Ok\r\n");
-  CHECK(s.send("NOOP") == "");
-  CHECK(s.send("\n") == bare_lf);
-  CHECK(s.send("\r\n") == "");
-  CHECK(s.send("NOOP\r") == "");
-  CHECK(s.send("\n") == "250 2.0.0 Ok\r\n");
-}
-
-TEST_CASE("RFC 5321 §2.3.8: a bare CR inside a command line gets 500") {
-  Session s;
-  s.line(ehlo_client);
-  CHECK(s.send("MAIL FROM:<a@b.test>\rRCPT TO:<c@d.test>\r\n") == bare_cr);
-  CHECK(s.send("NOOP\r\r\n") == bare_cr);
-  CHECK(s.send("\rNOOP\r\n") == bare_cr);
-  CHECK(s.protocol.envelope().from.empty());
-  CHECK(s.line("NOOP") == "250 2.0.0 Ok\r\n");
-}
-
-TEST_CASE("RFC 5321 §2.3.8: a bare CR is found wherever the reads are split") {
-  const std::string input = "MAIL FROM:<a@b.test>\rX\r\nNOOP\r\n";
-  for (std::size_t at = 0; at <= input.size(); ++at) {
-    CAPTURE(at);
-    Session s;
+  TEST_CASE("Postfix hard_error_limit: after 3 errors 421 4.7.0 and close; later bytes ignored") {
+    smtpd::Options o;
+    o.hard_error_limit = 3;
+    Session s(o);
     s.line(ehlo_client);
-    std::string out = s.send(input.substr(0, at));
-    out += s.send(input.substr(at));
-    CHECK(out == bare_cr + "250 2.0.0 Ok\r\n");
-    CHECK(s.protocol.envelope().from.empty());
+    script(s, {"C: FOO", "S: 500 5.5.2 Command not recognized", "C: NOOP",
+               "S: 250 2.0.0 Ok", // successes do not reset the count
+               "C: RCPT TO:<c@d.test>", "S: 503 5.5.1 Need MAIL command", "C: VRFY",
+               "S: 501 5.5.4 Syntax: VRFY address",
+               "S: 421 4.7.0 Too many errors, closing connection"});
+    CHECK(s.closed());
+    CHECK(s.send("NOOP\r\nQUIT\r\n") == "");
+    CHECK_FALSE(s.protocol.has_output());
   }
-}
 
-TEST_CASE("Postfix hard_error_limit: after 3 errors 421 4.7.0 and close; later bytes ignored") {
-  smtpd::Options o;
-  o.hard_error_limit = 3;
-  Session s(o);
-  s.line(ehlo_client);
-  script(s, {"C: FOO", "S: 500 5.5.2 Command not recognized",
-             "C: NOOP", "S: 250 2.0.0 Ok", // successes do not reset the count
-             "C: RCPT TO:<c@d.test>", "S: 503 5.5.1 Need MAIL command",
-             "C: VRFY", "S: 501 5.5.4 Syntax: VRFY address",
-             "S: 421 4.7.0 Too many errors, closing connection"});
-  CHECK(s.closed());
-  CHECK(s.send("NOOP\r\nQUIT\r\n") == "");
-  CHECK_FALSE(s.protocol.has_output());
-}
+  TEST_CASE("Postfix hard_error_limit: a pipelined burst stops at the limit, before EHLO too") {
+    smtpd::Options o;
+    o.hard_error_limit = 3;
+    Session s(o);
+    CHECK(s.send("A\r\nB\r\n\nC\r\nNOOP\r\nD\r\n") ==
+          "500 Command not recognized\r\n500 Command not recognized\r\n" + bare_lf.substr(0, 4) +
+              bare_lf.substr(10) + "421 Too many errors, closing connection\r\n");
+    CHECK(s.closed());
+  }
 
-TEST_CASE("Postfix hard_error_limit: a pipelined burst stops at the limit, before EHLO too") {
-  smtpd::Options o;
-  o.hard_error_limit = 3;
-  Session s(o);
-  CHECK(s.send("A\r\nB\r\n\nC\r\nNOOP\r\nD\r\n") ==
-        "500 Command not recognized\r\n500 Command not recognized\r\n" +
-            bare_lf.substr(0, 4) + bare_lf.substr(10) +
-            "421 Too many errors, closing connection\r\n");
-  CHECK(s.closed());
-}
+  TEST_CASE("Postfix hard_error_limit: over-long lines count as errors") {
+    smtpd::Options o;
+    o.hard_error_limit = 2;
+    Session s(o);
+    s.line(ehlo_client);
+    CHECK(feed_pieces(s, std::string(3000, 'x'), 1000) == too_long);
+    CHECK(s.send("\r\n") == "");
+    CHECK(feed_pieces(s, std::string(3000, 'x'), 1000) ==
+          too_long + "421 4.7.0 Too many errors, closing connection\r\n");
+    CHECK(s.closed());
+  }
 
-TEST_CASE("Postfix hard_error_limit: over-long lines count as errors") {
-  smtpd::Options o;
-  o.hard_error_limit = 2;
-  Session s(o);
-  s.line(ehlo_client);
-  CHECK(feed_pieces(s, std::string(3000, 'x'), 1000) == too_long);
-  CHECK(s.send("\r\n") == "");
-  CHECK(feed_pieces(s, std::string(3000, 'x'), 1000) ==
-        too_long + "421 4.7.0 Too many errors, closing connection\r\n");
-  CHECK(s.closed());
-}
-
-// =============================================================================================
-// Hooks: on_connect, on_helo, on_mail, on_rcpt and how their replies are checked
-// =============================================================================================
+  // =============================================================================================
+  // Hooks: on_connect, on_helo, on_mail, on_rcpt and how their replies are checked
+  // =============================================================================================
 
 } // TEST_SUITE("protocol")
 
@@ -687,134 +685,134 @@ smtpd::Options mail_hook_options(const smtpd::Reply& r, bool thrown) {
 
 TEST_SUITE("protocol") {
 
-TEST_CASE("RFC 5321 §3.8: on_connect answering 4xx sends 421 with its text and closes") {
-  for (bool thrown : {false, true}) {
-    CAPTURE(thrown);
+  TEST_CASE("RFC 5321 §3.8: on_connect answering 4xx sends 421 with its text and closes") {
+    for (bool thrown : {false, true}) {
+      CAPTURE(thrown);
+      smtpd::Options o;
+      o.on_connect =
+          reply_from<smtpd::SessionInfo>({450, "4.7.1", "Busy, come back later"}, thrown);
+      Session s(o);
+      CHECK(s.greeting == "421 Busy, come back later\r\n");
+      CHECK(s.closed());
+      CHECK(s.send("EHLO client.test\r\nQUIT\r\n") == "");
+    }
+  }
+
+  TEST_CASE("RFC 5321 §3.1: on_connect answering 5xx greets with 554, then only QUIT works") {
+    for (bool thrown : {false, true}) {
+      CAPTURE(thrown);
+      smtpd::Options o;
+      o.on_connect = reply_from<smtpd::SessionInfo>({550, "5.7.1", "Go away"}, thrown);
+      Session s(o);
+      script(s,
+             {"S: 554 Go away", "C: EHLO client.test", "S: 503 Service refused, only QUIT allowed",
+              "C: MAIL FROM:<a@b.test>", "S: 503 Service refused, only QUIT allowed", "C: NOOP",
+              "S: 503 Service refused, only QUIT allowed", "C: QUIT", "S: 221 Bye"});
+      CHECK(s.closed());
+      CHECK_FALSE(s.protocol.session().esmtp);
+    }
+  }
+
+  TEST_CASE("RFC 5321 §3.1: a refused session still closes at the error limit") {
     smtpd::Options o;
-    o.on_connect = reply_from<smtpd::SessionInfo>({450, "4.7.1", "Busy, come back later"}, thrown);
+    o.hard_error_limit = 2;
+    o.on_connect = reply_from<smtpd::SessionInfo>({554, "5.7.1", "No"}, false);
     Session s(o);
-    CHECK(s.greeting == "421 Busy, come back later\r\n");
+    CHECK(s.send("NOOP\r\nNOOP\r\nNOOP\r\n") ==
+          "503 Service refused, only QUIT allowed\r\n503 Service refused, only QUIT allowed\r\n"
+          "421 Too many errors, closing connection\r\n");
     CHECK(s.closed());
-    CHECK(s.send("EHLO client.test\r\nQUIT\r\n") == "");
   }
-}
 
-TEST_CASE("RFC 5321 §3.1: on_connect answering 5xx greets with 554, then only QUIT works") {
-  for (bool thrown : {false, true}) {
-    CAPTURE(thrown);
+  TEST_CASE("RFC 5321 §4.1.1.1: on_helo refusing leaves the session without HELO") {
+    for (bool thrown : {false, true}) {
+      CAPTURE(thrown);
+      smtpd::Options o;
+      o.on_helo = reply_from<smtpd::SessionInfo, std::string>({550, "5.7.1", "Not you"}, thrown);
+      Session s(o);
+      // EHLO was refused, so no enhanced codes were negotiated.
+      script(s, {"C: EHLO client.test", "S: 550 Not you", "C: MAIL FROM:<a@b.test>",
+                 "S: 503 Send HELO/EHLO first", "C: HELO client.test", "S: 550 Not you"});
+      CHECK(s.protocol.session().helo.empty());
+      CHECK_FALSE(s.protocol.session().esmtp);
+    }
+  }
+
+  TEST_CASE("RFC 5321 §4.1.1.2: on_mail refusing opens no transaction") {
+    for (bool thrown : {false, true}) {
+      CAPTURE(thrown);
+      Session s(mail_hook_options({550, "5.7.1", "Sender blocked"}, thrown));
+      s.line(ehlo_client);
+      script(s, {"C: MAIL FROM:<a@b.test>", "S: 550 5.7.1 Sender blocked", "C: RCPT TO:<c@d.test>",
+                 "S: 503 5.5.1 Need MAIL command"});
+      Session t(mail_hook_options({451, "4.7.1", "Greylisted"}, thrown));
+      t.line(ehlo_client);
+      script(t, {"C: MAIL FROM:<a@b.test>", "S: 451 4.7.1 Greylisted"});
+    }
+  }
+
+  TEST_CASE("RFC 5321 §4.1.1.3: on_rcpt refusing adds no recipient") {
+    for (bool thrown : {false, true}) {
+      CAPTURE(thrown);
+      smtpd::Options o;
+      o.on_rcpt = reply_from<smtpd::SessionInfo, std::string, smtpd::Params>(
+          {550, "5.1.1", "No such user here"}, thrown);
+      Session s(o);
+      enter(s, mail);
+      script(s, {"C: RCPT TO:<c@d.test>", "S: 550 5.1.1 No such user here", "C: DATA",
+                 "S: 503 5.5.1 Need RCPT command"});
+      CHECK(s.protocol.envelope().to.empty());
+      CHECK(s.protocol.envelope().from == "a@b.test");
+    }
+  }
+
+  TEST_CASE("RFC 5321 §4.2: a hook's 2xx reply accepts with its own text") {
     smtpd::Options o;
-    o.on_connect = reply_from<smtpd::SessionInfo>({550, "5.7.1", "Go away"}, thrown);
-    Session s(o);
-    script(s, {"S: 554 Go away",
-               "C: EHLO client.test", "S: 503 Service refused, only QUIT allowed",
-               "C: MAIL FROM:<a@b.test>", "S: 503 Service refused, only QUIT allowed",
-               "C: NOOP", "S: 503 Service refused, only QUIT allowed",
-               "C: QUIT", "S: 221 Bye"});
-    CHECK(s.closed());
-    CHECK_FALSE(s.protocol.session().esmtp);
-  }
-}
-
-TEST_CASE("RFC 5321 §3.1: a refused session still closes at the error limit") {
-  smtpd::Options o;
-  o.hard_error_limit = 2;
-  o.on_connect = reply_from<smtpd::SessionInfo>({554, "5.7.1", "No"}, false);
-  Session s(o);
-  CHECK(s.send("NOOP\r\nNOOP\r\nNOOP\r\n") ==
-        "503 Service refused, only QUIT allowed\r\n503 Service refused, only QUIT allowed\r\n"
-        "421 Too many errors, closing connection\r\n");
-  CHECK(s.closed());
-}
-
-TEST_CASE("RFC 5321 §4.1.1.1: on_helo refusing leaves the session without HELO") {
-  for (bool thrown : {false, true}) {
-    CAPTURE(thrown);
-    smtpd::Options o;
-    o.on_helo = reply_from<smtpd::SessionInfo, std::string>({550, "5.7.1", "Not you"}, thrown);
-    Session s(o);
-    // EHLO was refused, so no enhanced codes were negotiated.
-    script(s, {"C: EHLO client.test", "S: 550 Not you",
-               "C: MAIL FROM:<a@b.test>", "S: 503 Send HELO/EHLO first",
-               "C: HELO client.test", "S: 550 Not you"});
-    CHECK(s.protocol.session().helo.empty());
-    CHECK_FALSE(s.protocol.session().esmtp);
-  }
-}
-
-TEST_CASE("RFC 5321 §4.1.1.2: on_mail refusing opens no transaction") {
-  for (bool thrown : {false, true}) {
-    CAPTURE(thrown);
-    Session s(mail_hook_options({550, "5.7.1", "Sender blocked"}, thrown));
-    s.line(ehlo_client);
-    script(s, {"C: MAIL FROM:<a@b.test>", "S: 550 5.7.1 Sender blocked",
-               "C: RCPT TO:<c@d.test>", "S: 503 5.5.1 Need MAIL command"});
-    Session t(mail_hook_options({451, "4.7.1", "Greylisted"}, thrown));
-    t.line(ehlo_client);
-    script(t, {"C: MAIL FROM:<a@b.test>", "S: 451 4.7.1 Greylisted"});
-  }
-}
-
-TEST_CASE("RFC 5321 §4.1.1.3: on_rcpt refusing adds no recipient") {
-  for (bool thrown : {false, true}) {
-    CAPTURE(thrown);
-    smtpd::Options o;
+    o.on_mail = reply_from<smtpd::SessionInfo, std::string, smtpd::Params>(
+        {250, "2.1.0", "Sender looks fine"}, false);
     o.on_rcpt = reply_from<smtpd::SessionInfo, std::string, smtpd::Params>(
-        {550, "5.1.1", "No such user here"}, thrown);
+        {251, "2.1.5", "User not local; will forward"}, false);
     Session s(o);
-    enter(s, mail);
-    script(s, {"C: RCPT TO:<c@d.test>", "S: 550 5.1.1 No such user here",
-               "C: DATA", "S: 503 5.5.1 Need RCPT command"});
-    CHECK(s.protocol.envelope().to.empty());
-    CHECK(s.protocol.envelope().from == "a@b.test");
+    s.line(ehlo_client);
+    script(s, {"C: MAIL FROM:<a@b.test>", "S: 250 2.1.0 Sender looks fine", "C: RCPT TO:<c@d.test>",
+               "S: 251 2.1.5 User not local; will forward", "C: DATA",
+               "S: 354 End data with <CR><LF>.<CR><LF>"});
+    CHECK(s.protocol.envelope().to == std::vector<std::string>{"c@d.test"});
   }
-}
 
-TEST_CASE("RFC 5321 §4.2: a hook's 2xx reply accepts with its own text") {
-  smtpd::Options o;
-  o.on_mail = reply_from<smtpd::SessionInfo, std::string, smtpd::Params>(
-      {250, "2.1.0", "Sender looks fine"}, false);
-  o.on_rcpt = reply_from<smtpd::SessionInfo, std::string, smtpd::Params>(
-      {251, "2.1.5", "User not local; will forward"}, false);
-  Session s(o);
-  s.line(ehlo_client);
-  script(s, {"C: MAIL FROM:<a@b.test>", "S: 250 2.1.0 Sender looks fine",
-             "C: RCPT TO:<c@d.test>", "S: 251 2.1.5 User not local; will forward",
-             "C: DATA", "S: 354 End data with <CR><LF>.<CR><LF>"});
-  CHECK(s.protocol.envelope().to == std::vector<std::string>{"c@d.test"});
-}
+  TEST_CASE(
+      "hooks: an exception that is not a Reply becomes 451 4.3.0, logged; the session goes on") {
+    std::vector<std::string> errors;
+    int calls = 0;
+    smtpd::Options o;
+    o.log_error = [&](std::string_view m) { errors.emplace_back(m); };
+    o.on_mail = [&](const smtpd::SessionInfo&, const std::string&, const smtpd::Params&) -> Hook {
+      if (++calls == 1) throw std::runtime_error("database down");
+      if (calls == 2) throw 42;
+      return std::nullopt;
+    };
+    Session s(o);
+    s.line(ehlo_client);
+    script(s, {"C: MAIL FROM:<a@b.test>", "S: 451 4.3.0 Local error in processing, try again later",
+               "C: MAIL FROM:<a@b.test>", "S: 451 4.3.0 Local error in processing, try again later",
+               "C: MAIL FROM:<a@b.test>", "S: 250 2.1.0 Ok"});
+    CHECK_FALSE(s.closed());
+    REQUIRE(errors.size() == 2);
+    CHECK(errors[0].find("on_mail") != std::string::npos);
+    CHECK(errors[0].find("database down") != std::string::npos);
+    CHECK(errors[1].find("on_mail") != std::string::npos);
+  }
 
-TEST_CASE("hooks: an exception that is not a Reply becomes 451 4.3.0, logged; the session goes on") {
-  std::vector<std::string> errors;
-  int calls = 0;
-  smtpd::Options o;
-  o.log_error = [&](std::string_view m) { errors.emplace_back(m); };
-  o.on_mail = [&](const smtpd::SessionInfo&, const std::string&, const smtpd::Params&) -> Hook {
-    if (++calls == 1) throw std::runtime_error("database down");
-    if (calls == 2) throw 42;
-    return std::nullopt;
-  };
-  Session s(o);
-  s.line(ehlo_client);
-  script(s, {"C: MAIL FROM:<a@b.test>", "S: 451 4.3.0 Local error in processing, try again later",
-             "C: MAIL FROM:<a@b.test>", "S: 451 4.3.0 Local error in processing, try again later",
-             "C: MAIL FROM:<a@b.test>", "S: 250 2.1.0 Ok"});
-  CHECK_FALSE(s.closed());
-  REQUIRE(errors.size() == 2);
-  CHECK(errors[0].find("on_mail") != std::string::npos);
-  CHECK(errors[0].find("database down") != std::string::npos);
-  CHECK(errors[1].find("on_mail") != std::string::npos);
-}
-
-TEST_CASE("hooks: on_connect throwing std::runtime_error closes with 421, logged") {
-  std::vector<std::string> errors;
-  smtpd::Options o;
-  o.log_error = [&](std::string_view m) { errors.emplace_back(m); };
-  o.on_connect = [](const smtpd::SessionInfo&) -> Hook { throw std::runtime_error("boom"); };
-  Session s(o);
-  CHECK(s.greeting == "421 Local error in processing, try again later\r\n");
-  CHECK(s.closed());
-  CHECK(errors.size() == 1);
-}
+  TEST_CASE("hooks: on_connect throwing std::runtime_error closes with 421, logged") {
+    std::vector<std::string> errors;
+    smtpd::Options o;
+    o.log_error = [&](std::string_view m) { errors.emplace_back(m); };
+    o.on_connect = [](const smtpd::SessionInfo&) -> Hook { throw std::runtime_error("boom"); };
+    Session s(o);
+    CHECK(s.greeting == "421 Local error in processing, try again later\r\n");
+    CHECK(s.closed());
+    CHECK(errors.size() == 1);
+  }
 
 } // TEST_SUITE("protocol")
 
@@ -853,7 +851,11 @@ const std::vector<Checked> checked_replies = {
     {{550, "5.7.1\r\n", "No"}, "550 5.0.0 No"},
     {{550, "5.999.999", "No"}, "550 5.999.999 No"},
     // Control characters are removed (CR, tab, DEL, NUL...); only "\n" separates lines.
-    {{550, "5.7.1", "a\x01" "b\tc\x7f" "d\r"}, "550 5.7.1 abcd"},
+    {{550, "5.7.1",
+      "a\x01"
+      "b\tc\x7f"
+      "d\r"},
+     "550 5.7.1 abcd"},
     {{550, "5.7.1", "evil\r\n250 2.0.0 Ok"}, "550-5.7.1 evil\r\n550 5.7.1 250 2.0.0 Ok"},
     {{550, "5.7.1", std::string("nul\0byte", 8)}, "550 5.7.1 nulbyte"},
     // Text left empty gets a default for its class.
@@ -869,157 +871,156 @@ const std::vector<Checked> checked_replies = {
 
 TEST_SUITE("protocol") {
 
-TEST_CASE("RFC 5321 §4.2 / RFC 3463: a hook's reply is checked before it goes out") {
-  for (const Checked& c : checked_replies) {
-    for (bool thrown : {false, true}) {
-      CAPTURE(c.given.code);
-      CAPTURE(printable(c.given.enhanced));
-      CAPTURE(printable(c.given.text));
-      CAPTURE(thrown);
-      std::vector<std::string> errors;
-      smtpd::Options o = mail_hook_options(c.given, thrown);
-      o.log_error = [&](std::string_view m) { errors.emplace_back(m); };
-      Session s(o);
-      s.line(ehlo_client);
-      CHECK(printable(s.line("MAIL FROM:<a@b.test>")) == printable(c.sent + "\r\n"));
-      // An invalid code is the program's mistake: it is logged.
-      CHECK(errors.size() == (c.sent == local_error ? 1u : 0u));
-      CHECK_FALSE(s.closed());
+  TEST_CASE("RFC 5321 §4.2 / RFC 3463: a hook's reply is checked before it goes out") {
+    for (const Checked& c : checked_replies) {
+      for (bool thrown : {false, true}) {
+        CAPTURE(c.given.code);
+        CAPTURE(printable(c.given.enhanced));
+        CAPTURE(printable(c.given.text));
+        CAPTURE(thrown);
+        std::vector<std::string> errors;
+        smtpd::Options o = mail_hook_options(c.given, thrown);
+        o.log_error = [&](std::string_view m) { errors.emplace_back(m); };
+        Session s(o);
+        s.line(ehlo_client);
+        CHECK(printable(s.line("MAIL FROM:<a@b.test>")) == printable(c.sent + "\r\n"));
+        // An invalid code is the program's mistake: it is logged.
+        CHECK(errors.size() == (c.sent == local_error ? 1u : 0u));
+        CHECK_FALSE(s.closed());
+      }
     }
   }
-}
 
-TEST_CASE("RFC 5321 §4.5.3.1.5: a long hook text is cut to a 512-octet reply line") {
-  Session s(mail_hook_options({550, "5.7.1", std::string(2000, 'x')}, false));
-  s.line(ehlo_client);
-  std::string out = s.line("MAIL FROM:<a@b.test>");
-  CHECK(out.size() == 512);
-  CHECK(out.rfind("550 5.7.1 xxx", 0) == 0);
-  CHECK(out.substr(out.size() - 3) == "x\r\n");
-  CHECK(out.find('\r') == 510);
-}
+  TEST_CASE("RFC 5321 §4.5.3.1.5: a long hook text is cut to a 512-octet reply line") {
+    Session s(mail_hook_options({550, "5.7.1", std::string(2000, 'x')}, false));
+    s.line(ehlo_client);
+    std::string out = s.line("MAIL FROM:<a@b.test>");
+    CHECK(out.size() == 512);
+    CHECK(out.rfind("550 5.7.1 xxx", 0) == 0);
+    CHECK(out.substr(out.size() - 3) == "x\r\n");
+    CHECK(out.find('\r') == 510);
+  }
 
-TEST_CASE("hooks: they see the SessionInfo as the client made it so far") {
-  std::vector<std::string> seen;
-  smtpd::Options o;
-  o.on_connect = [&](const smtpd::SessionInfo& si) -> Hook {
-    seen.push_back("connect " + si.peer.ip + " " + std::to_string(si.peer.port) + " [" +
-                   si.helo + "] " + std::to_string(si.esmtp));
-    return std::nullopt;
-  };
-  o.on_helo = [&](const smtpd::SessionInfo& si, const std::string& name) -> Hook {
-    seen.push_back("helo " + name + " [" + si.helo + "] " + std::to_string(si.esmtp));
-    return std::nullopt;
-  };
-  o.on_mail = [&](const smtpd::SessionInfo& si, const std::string& from,
-                  const smtpd::Params&) -> Hook {
-    seen.push_back("mail " + from + " [" + si.helo + "] " + std::to_string(si.esmtp) + " " +
-                   si.peer.ip);
-    return std::nullopt;
-  };
-  o.on_rcpt = [&](const smtpd::SessionInfo& si, const std::string& to,
-                  const smtpd::Params& params) -> Hook {
-    seen.push_back("rcpt " + to + " [" + si.helo + "] " + std::to_string(params.size()));
-    return std::nullopt;
-  };
-  Session s(o);
-  s.send("EHLO first.test\r\nHELO second.test\r\nMAIL FROM:<>\r\nRCPT TO:<Postmaster>\r\n"
-         "EHLO third.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\n");
-  CHECK(seen == std::vector<std::string>{
-                    "connect 192.0.2.1 4321 [] 0",
-                    "helo first.test [] 0",
-                    "helo second.test [first.test] 1",
-                    "mail  [second.test] 0 192.0.2.1",
-                    "rcpt Postmaster [second.test] 0",
-                    "helo third.test [second.test] 0",
-                    "mail a@b.test [third.test] 1 192.0.2.1",
-                    "rcpt c@d.test [third.test] 0",
-                });
-}
+  TEST_CASE("hooks: they see the SessionInfo as the client made it so far") {
+    std::vector<std::string> seen;
+    smtpd::Options o;
+    o.on_connect = [&](const smtpd::SessionInfo& si) -> Hook {
+      seen.push_back("connect " + si.peer.ip + " " + std::to_string(si.peer.port) + " [" + si.helo +
+                     "] " + std::to_string(si.esmtp));
+      return std::nullopt;
+    };
+    o.on_helo = [&](const smtpd::SessionInfo& si, const std::string& name) -> Hook {
+      seen.push_back("helo " + name + " [" + si.helo + "] " + std::to_string(si.esmtp));
+      return std::nullopt;
+    };
+    o.on_mail = [&](const smtpd::SessionInfo& si, const std::string& from,
+                    const smtpd::Params&) -> Hook {
+      seen.push_back("mail " + from + " [" + si.helo + "] " + std::to_string(si.esmtp) + " " +
+                     si.peer.ip);
+      return std::nullopt;
+    };
+    o.on_rcpt = [&](const smtpd::SessionInfo& si, const std::string& to,
+                    const smtpd::Params& params) -> Hook {
+      seen.push_back("rcpt " + to + " [" + si.helo + "] " + std::to_string(params.size()));
+      return std::nullopt;
+    };
+    Session s(o);
+    s.send("EHLO first.test\r\nHELO second.test\r\nMAIL FROM:<>\r\nRCPT TO:<Postmaster>\r\n"
+           "EHLO third.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\n");
+    CHECK(seen == std::vector<std::string>{
+                      "connect 192.0.2.1 4321 [] 0",
+                      "helo first.test [] 0",
+                      "helo second.test [first.test] 1",
+                      "mail  [second.test] 0 192.0.2.1",
+                      "rcpt Postmaster [second.test] 0",
+                      "helo third.test [second.test] 0",
+                      "mail a@b.test [third.test] 1 192.0.2.1",
+                      "rcpt c@d.test [third.test] 0",
+                  });
+  }
 
-TEST_CASE("RFC 1869: on_mail sees the parameters in order, keywords upper-cased") {
-  smtpd::Params got;
-  std::string from;
-  smtpd::Options o;
-  o.on_mail = [&](const smtpd::SessionInfo&, const std::string& f,
-                  const smtpd::Params& params) -> Hook {
-    from = f;
-    got = params;
-    return std::nullopt;
-  };
-  Session s(o);
-  s.line(ehlo_client);
-  CHECK(s.line("MAIL FROM:<a@b.test> size=10 Body=8BITMIME smtputf8") == "250 2.1.0 Ok\r\n");
-  CHECK(from == "a@b.test");
-  CHECK(got == smtpd::Params{{"SIZE", "10"}, {"BODY", "8BITMIME"}, {"SMTPUTF8", ""}});
-  CHECK(s.protocol.envelope().mail_params == got);
-  CHECK(s.protocol.envelope().smtputf8);
-  CHECK(s.protocol.envelope().body_8bit);
-}
+  TEST_CASE("RFC 1869: on_mail sees the parameters in order, keywords upper-cased") {
+    smtpd::Params got;
+    std::string from;
+    smtpd::Options o;
+    o.on_mail = [&](const smtpd::SessionInfo&, const std::string& f,
+                    const smtpd::Params& params) -> Hook {
+      from = f;
+      got = params;
+      return std::nullopt;
+    };
+    Session s(o);
+    s.line(ehlo_client);
+    CHECK(s.line("MAIL FROM:<a@b.test> size=10 Body=8BITMIME smtputf8") == "250 2.1.0 Ok\r\n");
+    CHECK(from == "a@b.test");
+    CHECK(got == smtpd::Params{{"SIZE", "10"}, {"BODY", "8BITMIME"}, {"SMTPUTF8", ""}});
+    CHECK(s.protocol.envelope().mail_params == got);
+    CHECK(s.protocol.envelope().smtputf8);
+    CHECK(s.protocol.envelope().body_8bit);
+  }
 
-TEST_CASE("hooks: a refused hook is not consulted for commands refused before it") {
-  int mails = 0, rcpts = 0;
-  smtpd::Options o;
-  o.on_mail = [&](const smtpd::SessionInfo&, const std::string&, const smtpd::Params&) -> Hook {
-    ++mails;
-    return std::nullopt;
-  };
-  o.on_rcpt = [&](const smtpd::SessionInfo&, const std::string&, const smtpd::Params&) -> Hook {
-    ++rcpts;
-    return std::nullopt;
-  };
-  o.max_recipients = 1;
-  Session s(o);
-  s.send("MAIL FROM:<a@b.test>\r\nEHLO client.test\r\nRCPT TO:<c@d.test>\r\n"
-         "MAIL FROM:<a@b.test> FOO=1\r\nMAIL FROM:<a@b.test>\r\nMAIL FROM:<a@b.test>\r\n"
-         "RCPT TO:<c@d.test> X=1\r\nRCPT TO:<c@d.test>\r\nRCPT TO:<e@f.test>\r\n");
-  CHECK(mails == 1);
-  CHECK(rcpts == 1);
-}
+  TEST_CASE("hooks: a refused hook is not consulted for commands refused before it") {
+    int mails = 0, rcpts = 0;
+    smtpd::Options o;
+    o.on_mail = [&](const smtpd::SessionInfo&, const std::string&, const smtpd::Params&) -> Hook {
+      ++mails;
+      return std::nullopt;
+    };
+    o.on_rcpt = [&](const smtpd::SessionInfo&, const std::string&, const smtpd::Params&) -> Hook {
+      ++rcpts;
+      return std::nullopt;
+    };
+    o.max_recipients = 1;
+    Session s(o);
+    s.send("MAIL FROM:<a@b.test>\r\nEHLO client.test\r\nRCPT TO:<c@d.test>\r\n"
+           "MAIL FROM:<a@b.test> FOO=1\r\nMAIL FROM:<a@b.test>\r\nMAIL FROM:<a@b.test>\r\n"
+           "RCPT TO:<c@d.test> X=1\r\nRCPT TO:<c@d.test>\r\nRCPT TO:<e@f.test>\r\n");
+    CHECK(mails == 1);
+    CHECK(rcpts == 1);
+  }
 
-// =============================================================================================
-// Logging: log_read and log_write get every line, without CRLF
-// =============================================================================================
+  // =============================================================================================
+  // Logging: log_read and log_write get every line, without CRLF
+  // =============================================================================================
 
-TEST_CASE("log hooks: log_read gets each command, log_write each reply line, without CRLF") {
-  std::vector<std::string> read, written;
-  smtpd::Options o;
-  o.log_read = [&](const smtpd::Peer& peer, std::string_view l) {
-    CHECK(peer.ip == "192.0.2.1");
-    read.emplace_back(l);
-  };
-  o.log_write = [&](const smtpd::Peer& peer, std::string_view l) {
-    CHECK(peer.port == 4321);
-    written.emplace_back(l);
-  };
-  Session s(o);
-  s.send("EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nhelp\r\nFOO\r\nQUIT\r\n");
-  CHECK(read == std::vector<std::string>{"EHLO client.test", "MAIL FROM:<a@b.test>", "help",
-                                         "FOO", "QUIT"});
-  std::vector<std::string> expected = {greeting_line};
-  expected.insert(expected.end(), ehlo_reply_lines.begin(), ehlo_reply_lines.end());
-  for (const char* l : {"250 2.1.0 Ok",
-                        "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
-                        "214 2.0.0 See RFC 5321", "500 5.5.2 Command not recognized",
-                        "221 2.0.0 Bye"})
-    expected.emplace_back(l);
-  CHECK(written == expected);
-}
+  TEST_CASE("log hooks: log_read gets each command, log_write each reply line, without CRLF") {
+    std::vector<std::string> read, written;
+    smtpd::Options o;
+    o.log_read = [&](const smtpd::Peer& peer, std::string_view l) {
+      CHECK(peer.ip == "192.0.2.1");
+      read.emplace_back(l);
+    };
+    o.log_write = [&](const smtpd::Peer& peer, std::string_view l) {
+      CHECK(peer.port == 4321);
+      written.emplace_back(l);
+    };
+    Session s(o);
+    s.send("EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nhelp\r\nFOO\r\nQUIT\r\n");
+    CHECK(read == std::vector<std::string>{"EHLO client.test", "MAIL FROM:<a@b.test>", "help",
+                                           "FOO", "QUIT"});
+    std::vector<std::string> expected = {greeting_line};
+    expected.insert(expected.end(), ehlo_reply_lines.begin(), ehlo_reply_lines.end());
+    for (const char* l :
+         {"250 2.1.0 Ok", "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+          "214 2.0.0 See RFC 5321", "500 5.5.2 Command not recognized", "221 2.0.0 Bye"})
+      expected.emplace_back(l);
+    CHECK(written == expected);
+  }
 
-TEST_CASE("log hooks: closing replies are logged too") {
-  std::vector<std::string> written;
-  smtpd::Options o;
-  o.hard_error_limit = 1;
-  o.log_write = [&](const smtpd::Peer&, std::string_view l) { written.emplace_back(l); };
-  Session s(o);
-  s.line("FOO");
-  CHECK(written == std::vector<std::string>{greeting_line, "500 Command not recognized",
-                                            "421 Too many errors, closing connection"});
-}
+  TEST_CASE("log hooks: closing replies are logged too") {
+    std::vector<std::string> written;
+    smtpd::Options o;
+    o.hard_error_limit = 1;
+    o.log_write = [&](const smtpd::Peer&, std::string_view l) { written.emplace_back(l); };
+    Session s(o);
+    s.line("FOO");
+    CHECK(written == std::vector<std::string>{greeting_line, "500 Command not recognized",
+                                              "421 Too many errors, closing connection"});
+  }
 
-// =============================================================================================
-// The Received header (RFC 5321 §4.4), as a handler sees it
-// =============================================================================================
+  // =============================================================================================
+  // The Received header (RFC 5321 §4.4), as a handler sees it
+  // =============================================================================================
 
 } // TEST_SUITE("protocol")
 
@@ -1040,8 +1041,7 @@ Received receive(smtpd::Options o, smtpd::SessionInfo info, const std::string& h
   o.handler = [&](const smtpd::Peer&, const std::string&, const std::vector<std::string>&,
                   const std::string& data) { datas.push_back(data); };
   Session s(std::move(o), std::move(info));
-  std::string out = s.send(hello + "\r\n" + mail + "\r\n" + rcpts + "DATA\r\n" + content +
-                           ".\r\n");
+  std::string out = s.send(hello + "\r\n" + mail + "\r\n" + rcpts + "DATA\r\n" + content + ".\r\n");
   const std::string marker = "250 2.0.0 Ok: queued as ";
   std::size_t at = out.find(marker);
   if (at == std::string::npos) at = out.find("250 Ok: queued as ");
@@ -1058,11 +1058,10 @@ Received receive(smtpd::Options o, smtpd::SessionInfo info, const std::string& h
 
 // The end of the header after "id ": the queue id, "for <rcpt>" when there is one recipient,
 // then ";" and an RFC 5322 §3.3 date such as "Sun, 22 Nov 2026 11:00:00 +0000".
-const std::regex received_tail(
-    "([0-9A-F]{14})(\r\n\tfor <[^<>\r\n]*>)?;\r\n\t"
-    "(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [1-9][0-9]? "
-    "(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
-    "([01][0-9]|2[0-3]):[0-5][0-9]:[0-6][0-9] [+-][0-9]{4}\r\n");
+const std::regex received_tail("([0-9A-F]{14})(\r\n\tfor <[^<>\r\n]*>)?;\r\n\t"
+                               "(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [1-9][0-9]? "
+                               "(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
+                               "([01][0-9]|2[0-3]):[0-5][0-9]:[0-6][0-9] [+-][0-9]{4}\r\n");
 
 // check_received - `r.header` is `top`, then the tail above with r's queue id and `for_rcpt`.
 void check_received(const Received& r, const std::string& top, const std::string& for_rcpt) {
@@ -1112,13 +1111,15 @@ const std::vector<ReceivedRow> received_rows = {
     {"appname shown after our name", "192.0.2.1", "", "myapp", "EHLO client.test",
      "MAIL FROM:<a@b.test>",
      "Received: from client.test ([192.0.2.1])\r\n\tby mx.test (myapp) with ESMTP id "},
-    {"address-literal HELO name", "192.0.2.1", "", "", "EHLO [192.0.2.1]",
-     "MAIL FROM:<a@b.test>", "Received: from [192.0.2.1] ([192.0.2.1])" + by_esmtp},
+    {"address-literal HELO name", "192.0.2.1", "", "", "EHLO [192.0.2.1]", "MAIL FROM:<a@b.test>",
+     "Received: from [192.0.2.1] ([192.0.2.1])" + by_esmtp},
     // Client-supplied text cannot close the comment, add controls or break the line.
-    {"HELO name with parentheses and a control character", "192.0.2.1", "", "",
-     "HELO evil)\x01(x", "MAIL FROM:<a@b.test>",
+    {"HELO name with parentheses and a control character", "192.0.2.1", "", "", "HELO evil)\x01(x",
+     "MAIL FROM:<a@b.test>",
      "Received: from evil___x ([192.0.2.1])\r\n\tby mx.test (smtpd) with SMTP id "},
-    {"HELO name with backslash and DEL", "192.0.2.1", "", "", "EHLO a\\b\x7f" "c",
+    {"HELO name with backslash and DEL", "192.0.2.1", "", "",
+     "EHLO a\\b\x7f"
+     "c",
      "MAIL FROM:<a@b.test>", "Received: from a_b_c ([192.0.2.1])" + by_esmtp},
     {"reverse DNS name with parentheses and CR LF", "192.0.2.1", "a(b)\r\nX-Forged: 1", "",
      "EHLO client.test", "MAIL FROM:<a@b.test>",
@@ -1129,37 +1130,37 @@ const std::vector<ReceivedRow> received_rows = {
 
 TEST_SUITE("protocol") {
 
-TEST_CASE("RFC 5321 §4.4: the Received header names the client, us, the protocol and a date") {
-  for (const ReceivedRow& row : received_rows) {
-    CAPTURE(row.what);
-    smtpd::Options o;
-    if (!row.appname.empty()) o.appname = row.appname;
-    Received r = receive(o, client_info(row.ip, row.rdns), row.hello, row.mail);
-    check_received(r, row.top, "\r\n\tfor <c@d.test>");
+  TEST_CASE("RFC 5321 §4.4: the Received header names the client, us, the protocol and a date") {
+    for (const ReceivedRow& row : received_rows) {
+      CAPTURE(row.what);
+      smtpd::Options o;
+      if (!row.appname.empty()) o.appname = row.appname;
+      Received r = receive(o, client_info(row.ip, row.rdns), row.hello, row.mail);
+      check_received(r, row.top, "\r\n\tfor <c@d.test>");
+    }
   }
-}
 
-TEST_CASE("RFC 5321 §4.4: a Received header with several recipients names none of them") {
-  Received r = receive({}, client_info(), "EHLO client.test", "MAIL FROM:<a@b.test>",
-                       "RCPT TO:<c@d.test>\r\nRCPT TO:<e@f.test>\r\n");
-  check_received(r, "Received: from client.test ([192.0.2.1])" + by_esmtp, "");
-}
-
-TEST_CASE("RFC 5321 §4.4: the sanitised HELO name leaves only our own parentheses") {
-  Received r = receive({}, client_info(), "HELO evil)\x01(x", "MAIL FROM:<a@b.test>");
-  std::size_t open = 0, close = 0;
-  for (char c : r.header) {
-    open += c == '(';
-    close += c == ')';
+  TEST_CASE("RFC 5321 §4.4: a Received header with several recipients names none of them") {
+    Received r = receive({}, client_info(), "EHLO client.test", "MAIL FROM:<a@b.test>",
+                         "RCPT TO:<c@d.test>\r\nRCPT TO:<e@f.test>\r\n");
+    check_received(r, "Received: from client.test ([192.0.2.1])" + by_esmtp, "");
   }
-  CHECK(open == 2); // "([192.0.2.1])" and "(smtpd)"
-  CHECK(close == 2);
-  CHECK(r.header.find('\x01') == std::string::npos);
-}
 
-// =============================================================================================
-// Timeout, shutdown and idle() (RFC 5321 §4.5.3.2, §3.8)
-// =============================================================================================
+  TEST_CASE("RFC 5321 §4.4: the sanitised HELO name leaves only our own parentheses") {
+    Received r = receive({}, client_info(), "HELO evil)\x01(x", "MAIL FROM:<a@b.test>");
+    std::size_t open = 0, close = 0;
+    for (char c : r.header) {
+      open += c == '(';
+      close += c == ')';
+    }
+    CHECK(open == 2); // "([192.0.2.1])" and "(smtpd)"
+    CHECK(close == 2);
+    CHECK(r.header.find('\x01') == std::string::npos);
+  }
+
+  // =============================================================================================
+  // Timeout, shutdown and idle() (RFC 5321 §4.5.3.2, §3.8)
+  // =============================================================================================
 
 } // TEST_SUITE("protocol")
 
@@ -1188,130 +1189,133 @@ const std::vector<EndingRow> ending_rows = {
 
 TEST_SUITE("protocol") {
 
-TEST_CASE("RFC 5321 §4.5.3.2: timeout() sends 421 4.4.2, shutting_down() 421 4.3.2; both close") {
-  for (const EndingRow& row : ending_rows) {
-    CAPTURE(row.state.name);
-    CAPTURE(row.ending == Ending::timeout ? "timeout" : "shutdown");
+  TEST_CASE("RFC 5321 §4.5.3.2: timeout() sends 421 4.4.2, shutting_down() 421 4.3.2; both close") {
+    for (const EndingRow& row : ending_rows) {
+      CAPTURE(row.state.name);
+      CAPTURE(row.ending == Ending::timeout ? "timeout" : "shutdown");
+      Session s;
+      enter(s, row.state);
+      if (row.ending == Ending::timeout)
+        s.protocol.timeout();
+      else
+        s.protocol.shutting_down();
+      CHECK(s.protocol.take_output() == row.reply + "\r\n");
+      CHECK(s.closed());
+      CHECK(s.protocol.envelope().to.empty());
+      // Once closed, nothing more is said or read.
+      s.protocol.timeout();
+      s.protocol.shutting_down();
+      CHECK(s.send("QUIT\r\n") == "");
+    }
+  }
+
+  TEST_CASE("RFC 5321 §4.5.3.2: a partial command line is dropped when the session times out") {
     Session s;
-    enter(s, row.state);
-    if (row.ending == Ending::timeout) s.protocol.timeout();
-    else s.protocol.shutting_down();
-    CHECK(s.protocol.take_output() == row.reply + "\r\n");
-    CHECK(s.closed());
-    CHECK(s.protocol.envelope().to.empty());
-    // Once closed, nothing more is said or read.
+    s.line(ehlo_client);
+    CHECK(s.send("MAIL FROM:<a@b") == "");
     s.protocol.timeout();
-    s.protocol.shutting_down();
-    CHECK(s.send("QUIT\r\n") == "");
+    CHECK(s.protocol.take_output() == "421 4.4.2 Timeout exceeded, closing connection\r\n");
+    CHECK(s.send(".test>\r\n") == "");
+    CHECK(s.protocol.envelope().from.empty());
   }
-}
 
-TEST_CASE("RFC 5321 §4.5.3.2: a partial command line is dropped when the session times out") {
-  Session s;
-  s.line(ehlo_client);
-  CHECK(s.send("MAIL FROM:<a@b") == "");
-  s.protocol.timeout();
-  CHECK(s.protocol.take_output() == "421 4.4.2 Timeout exceeded, closing connection\r\n");
-  CHECK(s.send(".test>\r\n") == "");
-  CHECK(s.protocol.envelope().from.empty());
-}
+  TEST_CASE("graceful shutdown: idle() between transactions only, never with a partial line") {
+    Session s;
+    CHECK(s.protocol.idle()); // after the greeting
+    s.line(ehlo_client);
+    CHECK(s.protocol.idle());
+    s.send("NOO");
+    CHECK_FALSE(s.protocol.idle()); // a partial command line is buffered
+    s.send("P\r");
+    CHECK_FALSE(s.protocol.idle());
+    CHECK(s.send("\n") == "250 2.0.0 Ok\r\n");
+    CHECK(s.protocol.idle());
+    s.line("MAIL FROM:<a@b.test>");
+    CHECK_FALSE(s.protocol.idle()); // a transaction is open
+    s.line("RCPT TO:<c@d.test>");
+    CHECK_FALSE(s.protocol.idle());
+    CHECK(s.line("DATA") == "354 End data with <CR><LF>.<CR><LF>\r\n");
+    CHECK_FALSE(s.protocol.idle()); // in DATA
+    CHECK(s.protocol.in_data());
+    s.send("Subject: x\r\n\r\nbody\r\n");
+    CHECK_FALSE(s.protocol.idle());
+    CHECK(mask_ids(s.send(".\r\n")) == "250 2.0.0 Ok: queued as XXXX\r\n");
+    CHECK(s.protocol.idle()); // between transactions again
+    CHECK_FALSE(s.protocol.in_data());
+    s.line("MAIL FROM:<a@b.test>");
+    CHECK_FALSE(s.protocol.idle());
+    s.line("RSET");
+    CHECK(s.protocol.idle()); // RSET closed the transaction
+    s.send("\n");             // bare LF: the rest of the line is being discarded
+    CHECK_FALSE(s.protocol.idle());
+    s.send("\r\n");
+    CHECK(s.protocol.idle());
+  }
 
-TEST_CASE("graceful shutdown: idle() between transactions only, never with a partial line") {
-  Session s;
-  CHECK(s.protocol.idle()); // after the greeting
-  s.line(ehlo_client);
-  CHECK(s.protocol.idle());
-  s.send("NOO");
-  CHECK_FALSE(s.protocol.idle()); // a partial command line is buffered
-  s.send("P\r");
-  CHECK_FALSE(s.protocol.idle());
-  CHECK(s.send("\n") == "250 2.0.0 Ok\r\n");
-  CHECK(s.protocol.idle());
-  s.line("MAIL FROM:<a@b.test>");
-  CHECK_FALSE(s.protocol.idle()); // a transaction is open
-  s.line("RCPT TO:<c@d.test>");
-  CHECK_FALSE(s.protocol.idle());
-  CHECK(s.line("DATA") == "354 End data with <CR><LF>.<CR><LF>\r\n");
-  CHECK_FALSE(s.protocol.idle()); // in DATA
-  CHECK(s.protocol.in_data());
-  s.send("Subject: x\r\n\r\nbody\r\n");
-  CHECK_FALSE(s.protocol.idle());
-  CHECK(mask_ids(s.send(".\r\n")) == "250 2.0.0 Ok: queued as XXXX\r\n");
-  CHECK(s.protocol.idle()); // between transactions again
-  CHECK_FALSE(s.protocol.in_data());
-  s.line("MAIL FROM:<a@b.test>");
-  CHECK_FALSE(s.protocol.idle());
-  s.line("RSET");
-  CHECK(s.protocol.idle()); // RSET closed the transaction
-  s.send("\n"); // bare LF: the rest of the line is being discarded
-  CHECK_FALSE(s.protocol.idle());
-  s.send("\r\n");
-  CHECK(s.protocol.idle());
-}
+  // =============================================================================================
+  // Replay: one whole session, fed whole, byte by byte and split in two at every offset
+  // =============================================================================================
 
-// =============================================================================================
-// Replay: one whole session, fed whole, byte by byte and split in two at every offset
-// =============================================================================================
-
-TEST_CASE("RFC 2920: a full session gives the same replies however the reads are split") {
-  const std::string input =
-      "EHLO client.test\r\n"
-      "MAIL FROM:<alice@a.test> SIZE=40\r\n"
-      "RCPT TO:<bob@b.test>\r\n"
-      "RCPT TO:<carol@c.test>\r\n"
-      "DATA\r\n"
-      "Subject: replay\r\n"
-      "\r\n"
-      "..a stuffed line\r\n"
-      ".\r\n"
-      "RSET\r\n"
-      "NOOP\r\n"
-      "QUIT\r\n";
-  const std::string expected = crlf_lines(ehlo_reply_lines) +
-                               "250 2.1.0 Ok\r\n"
-                               "250 2.1.5 Ok\r\n"
-                               "250 2.1.5 Ok\r\n"
-                               "354 End data with <CR><LF>.<CR><LF>\r\n"
-                               "250 2.0.0 Ok: queued as XXXX\r\n"
-                               "250 2.0.0 Ok\r\n"
-                               "250 2.0.0 Ok\r\n"
-                               "221 2.0.0 Bye\r\n";
-  // run - a session fed `pieces`; its replies (ids masked) and the messages delivered.
-  auto run = [](const std::vector<std::string>& pieces) {
-    std::vector<std::string> datas;
-    smtpd::Options o;
-    o.handler = [&](const smtpd::Peer&, const std::string&, const std::vector<std::string>&,
-                    const std::string& data) {
-      datas.push_back(data.substr(data.find(";\r\n\t") + 4)); // past the id in Received
+  TEST_CASE("RFC 2920: a full session gives the same replies however the reads are split") {
+    const std::string input = "EHLO client.test\r\n"
+                              "MAIL FROM:<alice@a.test> SIZE=40\r\n"
+                              "RCPT TO:<bob@b.test>\r\n"
+                              "RCPT TO:<carol@c.test>\r\n"
+                              "DATA\r\n"
+                              "Subject: replay\r\n"
+                              "\r\n"
+                              "..a stuffed line\r\n"
+                              ".\r\n"
+                              "RSET\r\n"
+                              "NOOP\r\n"
+                              "QUIT\r\n";
+    const std::string expected = crlf_lines(ehlo_reply_lines) +
+                                 "250 2.1.0 Ok\r\n"
+                                 "250 2.1.5 Ok\r\n"
+                                 "250 2.1.5 Ok\r\n"
+                                 "354 End data with <CR><LF>.<CR><LF>\r\n"
+                                 "250 2.0.0 Ok: queued as XXXX\r\n"
+                                 "250 2.0.0 Ok\r\n"
+                                 "250 2.0.0 Ok\r\n"
+                                 "221 2.0.0 Bye\r\n";
+    // run - a session fed `pieces`; its replies (ids masked) and the messages delivered.
+    auto run = [](const std::vector<std::string>& pieces) {
+      std::vector<std::string> datas;
+      smtpd::Options o;
+      o.handler = [&](const smtpd::Peer&, const std::string&, const std::vector<std::string>&,
+                      const std::string& data) {
+        datas.push_back(data.substr(data.find(";\r\n\t") + 4)); // past the id in Received
+      };
+      Session s(o);
+      std::string out;
+      for (const std::string& piece : pieces)
+        out += s.send(piece);
+      CHECK(s.closed());
+      return std::make_pair(mask_ids(out), datas);
     };
-    Session s(o);
-    std::string out;
-    for (const std::string& piece : pieces) out += s.send(piece);
-    CHECK(s.closed());
-    return std::make_pair(mask_ids(out), datas);
-  };
-  auto whole = run({input});
-  CHECK(printable(whole.first) == printable(expected));
-  REQUIRE(whole.second.size() == 1);
-  CHECK(whole.second[0].find("\r\nSubject: replay\r\n\r\n.a stuffed line\r\n") !=
-        std::string::npos);
+    auto whole = run({input});
+    CHECK(printable(whole.first) == printable(expected));
+    REQUIRE(whole.second.size() == 1);
+    CHECK(whole.second[0].find("\r\nSubject: replay\r\n\r\n.a stuffed line\r\n") !=
+          std::string::npos);
 
-  std::vector<std::string> bytes;
-  for (char c : input) bytes.emplace_back(1, c);
-  auto byte_by_byte = run(bytes);
-  CHECK(printable(byte_by_byte.first) == printable(expected));
-  CHECK(byte_by_byte.second.size() == 1);
+    std::vector<std::string> bytes;
+    for (char c : input)
+      bytes.emplace_back(1, c);
+    auto byte_by_byte = run(bytes);
+    CHECK(printable(byte_by_byte.first) == printable(expected));
+    CHECK(byte_by_byte.second.size() == 1);
 
-  for (std::size_t at = 0; at <= input.size(); ++at) {
-    CAPTURE(at);
-    auto split = run({input.substr(0, at), input.substr(at)});
-    CHECK(printable(split.first) == printable(expected));
-    REQUIRE(split.second.size() == 1);
-    // The date line may differ by a second; the content after it may not.
-    const std::string& a = whole.second[0];
-    const std::string& b = split.second[0];
-    CHECK(a.substr(a.find("\r\n")) == b.substr(b.find("\r\n")));
+    for (std::size_t at = 0; at <= input.size(); ++at) {
+      CAPTURE(at);
+      auto split = run({input.substr(0, at), input.substr(at)});
+      CHECK(printable(split.first) == printable(expected));
+      REQUIRE(split.second.size() == 1);
+      // The date line may differ by a second; the content after it may not.
+      const std::string& a = whole.second[0];
+      const std::string& b = split.second[0];
+      CHECK(a.substr(a.find("\r\n")) == b.substr(b.find("\r\n")));
+    }
   }
-}
 
 } // TEST_SUITE("protocol")

@@ -56,14 +56,17 @@ inline std::string printable(std::string_view s) {
   std::string out;
   for (char c : s) {
     unsigned char u = static_cast<unsigned char>(c);
-    if (c == '\r') out += "\\r";
-    else if (c == '\n') out += "\\n";
+    if (c == '\r')
+      out += "\\r";
+    else if (c == '\n')
+      out += "\\n";
     else if (u < 0x20 || u >= 0x7F) {
       static const char hex[] = "0123456789abcdef";
       out += "\\x";
       out += hex[u >> 4];
       out += hex[u & 15];
-    } else out += c;
+    } else
+      out += c;
   }
   return out;
 }
@@ -145,10 +148,12 @@ public:
   }
 
   ~Client() { close(); }
+
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
   bool connected() const { return fd_ >= 0; }
+
   int fd() const { return fd_; }
 
   // close - close the socket now (an orderly FIN).
@@ -283,6 +288,7 @@ public:
   const std::string& buffered() const { return buffer_; }
 
   bool eof() const { return eof_; }
+
   bool was_reset() const { return was_reset_; }
 
 private:
@@ -331,10 +337,12 @@ public:
   }
 
   ~TestServer() { stop(); }
+
   TestServer(const TestServer&) = delete;
   TestServer& operator=(const TestServer&) = delete;
 
   smtpd::Server& server() { return server_; }
+
   uint16_t port() const { return server_.port(); }
 
   // serve_returned - serve() has returned on the server thread.
