@@ -183,9 +183,7 @@ std::string rfc5322_date(std::time_t now) {
   static const char* const days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
   static const char* const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                        "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-
-  std::tm t{};
-
+  std::tm t = {};
   localtime_r(&now, &t);
   long offset_minutes = t.tm_gmtoff / 60;
   char sign = offset_minutes < 0 ? '-' : '+';
