@@ -4,6 +4,7 @@
 // reading (RFC 1870, §4.5.3.1.10), long lines (§4.5.3.1.6), 8-bit content, timeouts and
 // disconnects, handler failures and the Received header (§4.4).
 #include "../smtpd.hpp"
+#include "protocol_helpers.hpp"
 
 #include <doctest/doctest.h>
 
@@ -32,6 +33,9 @@ template <> struct StringMaker<std::vector<std::string>> {
 
 namespace {
 
+using test::client_info;
+using test::printable;
+
 // ---- the session under test --------------------------------------------------------------
 
 // Delivered - one message as the Handler received it.
@@ -53,13 +57,6 @@ const std::vector<std::string> accepted_transaction = {"250 2.1.0 Ok", "250 2.1.
                                                        "354 End data with <CR><LF>.<CR><LF>",
                                                        "250 2.0.0 Ok: queued as <id>"};
 const std::string bye = "221 2.0.0 Bye";
-
-smtpd::SessionInfo client_info() {
-  smtpd::SessionInfo info;
-  info.peer.ip = "192.0.2.1";
-  info.peer.port = 4321;
-  return info;
-}
 
 // Session - a Protocol with Options.hostname "mx.test" whose handler (unless the test sets its
 // own) records every message in `delivered`. Built in place: the handler points back at it.
@@ -102,16 +99,8 @@ private:
 // ---- reading what came back --------------------------------------------------------------
 
 // normalize_ids - "queued as 65A1B2C3D4E5F6" becomes "queued as <id>": ids differ per message.
-std::string normalize_ids(std::string replies) {
-  const std::string marker = "queued as ";
-  for (std::size_t at = replies.find(marker); at != std::string::npos;
-       at = replies.find(marker, at + 1)) {
-    std::size_t start = at + marker.size(), end = start;
-    while (end < replies.size() && std::isxdigit(static_cast<unsigned char>(replies[end])))
-      ++end;
-    if (end > start) replies.replace(start, end - start, "<id>"); // not yet normalised
-  }
-  return replies;
+std::string normalize_ids(const std::string& replies) {
+  return test::mask_ids(replies, "<id>");
 }
 
 // reply_lines - the CRLF-terminated reply lines, queue ids normalised. A missing final CRLF
@@ -158,23 +147,6 @@ std::size_t received_end(const std::string& data) {
 std::string content_of(const std::string& data) {
   REQUIRE(data.rfind("Received: ", 0) == 0);
   return data.substr(received_end(data));
-}
-
-// printable - bytes with CR, LF, NUL and other controls escaped, for failure messages.
-std::string printable(std::string_view bytes) {
-  static const char digits[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : bytes) {
-    if (c == '\r')
-      out += "\\r";
-    else if (c == '\n')
-      out += "\\n";
-    else if (c < 0x20 || c >= 0x7F)
-      out += "\\x"s + digits[c >> 4] + digits[c & 15];
-    else
-      out += char(c);
-  }
-  return out;
 }
 
 // ---- feeding in pieces -------------------------------------------------------------------

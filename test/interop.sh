@@ -215,11 +215,13 @@ check_stored() {
   return 0
 }
 
-# deliver NAME EXPECTED FOR_MODE CMD...: run the client CMD (bounded by timeout), then require
-# exactly one new file in md/new and check it against EXPECTED.
-deliver() {
-  local name=$1 expected=$2 formode=$3 rc n f why
-  shift 3
+# run_client NAME COUNT CMD...: run the client CMD (bounded by timeout) with its output in
+# $TMP/NAME.log, then require exactly COUNT new files in md/new, listed in $TMP/NAME.new.
+# Returns 1 after reporting the FAIL when the client failed or the count is wrong.
+run_client() {
+  local name=$1 count=$2 rc n files=files
+  shift 2
+  [ "$count" -eq 1 ] && files=file
   snapshot > "$TMP/$name.before"
   "$@" > "$TMP/$name.log" 2>&1; rc=$?
   if [ $rc -ne 0 ]; then
@@ -229,15 +231,24 @@ deliver() {
       fail "$name" "client exited with status $rc"
     fi
     note "$TMP/$name.log"
-    return
+    return 1
   fi
   new_files "$TMP/$name.before" > "$TMP/$name.new"
   n=$(wc -l < "$TMP/$name.new")
-  if [ "$n" -ne 1 ]; then
-    fail "$name" "expected exactly 1 new file in md/new, found $n"
+  if [ "$n" -ne "$count" ]; then
+    fail "$name" "expected exactly $count new $files in md/new, found $n"
     note "$TMP/$name.log"
-    return
+    return 1
   fi
+  return 0
+}
+
+# deliver NAME EXPECTED FOR_MODE CMD...: run the client CMD (bounded by timeout), then require
+# exactly one new file in md/new and check it against EXPECTED.
+deliver() {
+  local name=$1 expected=$2 formode=$3 f why
+  shift 3
+  run_client "$name" 1 "$@" || return
   f=$MD/new/$(cat "$TMP/$name.new")
   if why=$(check_stored "$name" "$f" "$expected" "$formode"); then
     ok "$name"
@@ -285,45 +296,27 @@ fi
 name=python-smtplib-two-messages
 if [ -z "$PY" ]; then
   fail "$name" "python3 not found (neither /usr/bin/python3 nor python3 on PATH)"
-else
-  snapshot > "$TMP/$name.before"
-  "${T[@]}" "$PY" smtplib-send.py "$PORT" "$FROM" "$RCPT" msg-two-1.eml msg-two-2.eml > "$TMP/$name.log" 2>&1
-  rc=$?
-  if [ $rc -ne 0 ]; then
-    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
-      fail "$name" "client timed out after 30 s"
-    else
-      fail "$name" "client exited with status $rc"
-    fi
-    note "$TMP/$name.log"
-  else
-    new_files "$TMP/$name.before" > "$TMP/$name.new"
-    n=$(wc -l < "$TMP/$name.new")
-    if [ "$n" -ne 2 ]; then
-      fail "$name" "expected exactly 2 new files in md/new, found $n"
-    else
-      # Each message must match exactly one of the two files (they differ in Subject etc.).
-      bad=
-      for m in 1 2; do
-        matched=0
-        while IFS= read -r f; do
-          if check_stored "$name-$m" "$MD/new/$f" "msg-two-$m.eml" one > "$TMP/$name-$m.why"; then
-            matched=$((matched + 1))
-          fi
-        done < "$TMP/$name.new"
-        if [ $matched -ne 1 ]; then bad="message $m matched $matched of the 2 stored files"; break; fi
-      done
-      if [ -z "$bad" ]; then
-        ok "$name"
-      else
-        fail "$name" "$bad"
-        # Show why each file failed against this message.
-        while IFS= read -r f; do
-          echo "# $f vs msg-two-$m.eml:"
-          check_stored "$name-x" "$MD/new/$f" "msg-two-$m.eml" one | sed 's/^/#   /'
-        done < "$TMP/$name.new"
+elif run_client "$name" 2 "${T[@]}" "$PY" smtplib-send.py "$PORT" "$FROM" "$RCPT" msg-two-1.eml msg-two-2.eml; then
+  # Each message must match exactly one of the two files (they differ in Subject etc.).
+  bad=
+  for m in 1 2; do
+    matched=0
+    while IFS= read -r f; do
+      if check_stored "$name-$m" "$MD/new/$f" "msg-two-$m.eml" one > "$TMP/$name-$m.why"; then
+        matched=$((matched + 1))
       fi
-    fi
+    done < "$TMP/$name.new"
+    if [ $matched -ne 1 ]; then bad="message $m matched $matched of the 2 stored files"; break; fi
+  done
+  if [ -z "$bad" ]; then
+    ok "$name"
+  else
+    fail "$name" "$bad"
+    # Show why each file failed against this message.
+    while IFS= read -r f; do
+      echo "# $f vs msg-two-$m.eml:"
+      check_stored "$name-x" "$MD/new/$f" "msg-two-$m.eml" one | sed 's/^/#   /'
+    done < "$TMP/$name.new"
   fi
 fi
 

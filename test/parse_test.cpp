@@ -5,6 +5,7 @@
 // (RFC 1870), BODY (RFC 6152) and HELO/EHLO names in strict mode (§4.1.1.1). The parsers are
 // internal, so every row goes through a fresh Protocol (no sockets).
 #include "../smtpd.hpp"
+#include "protocol_helpers.hpp"
 
 #include <doctest/doctest.h>
 
@@ -32,13 +33,6 @@ struct Outcome {
   std::string line;     // the whole first reply line, for messages
 };
 
-smtpd::SessionInfo parse_client() {
-  smtpd::SessionInfo info;
-  info.peer.ip = "192.0.2.7";
-  info.peer.port = 2500;
-  return info;
-}
-
 // ParseSession - a Protocol (hostname "mx.test") whose hooks record what they see. Options are
 // kept alive here: the Protocol refers to them.
 class ParseSession {
@@ -48,7 +42,8 @@ public:
   std::vector<std::string> helos;
 
   explicit ParseSession(bool strict = false, std::size_t max_message_bytes = 0)
-      : options_(prepare(strict, max_message_bytes)), protocol_(options_, parse_client()) {
+      : options_(prepare(strict, max_message_bytes)),
+        protocol_(options_, test::client_info("192.0.2.7", "", 2500)) {
     greeting_ = protocol_.take_output();
   }
 
@@ -118,25 +113,34 @@ const char* mode_name(Mode m) {
   return m == strict ? "strict" : "lenient";
 }
 
-// check_mail_row - a fresh session, EHLO, then the row's MAIL line.
-void check_mail_row(const Row& row) {
-  CAPTURE(row.line);
-  INFO("mode: " << mode_name(row.mode));
-  ParseSession s(row.mode == strict);
+// check_mail_line - a fresh session (`mode`, `max_message_bytes`), EHLO, then the MAIL `line`:
+// its reply must carry `code` and `enhanced`. After a 2xx reply the on_mail hook must have run
+// once, and `check_accepted(session)` checks what it saw; after any other, not at all.
+template <class CheckAccepted>
+void check_mail_line(const std::string& line, Mode mode, std::size_t max_message_bytes, int code,
+                     const std::string& enhanced, CheckAccepted check_accepted) {
+  CAPTURE(line);
+  INFO("mode: " << mode_name(mode));
+  ParseSession s(mode == strict, max_message_bytes);
   s.ehlo();
-  Outcome o = s.command(row.line);
+  Outcome o = s.command(line);
   INFO("reply: ", o.line);
-  CHECK(o.code == row.code);
-  CHECK(o.enhanced == row.enhanced);
-  if (row.code / 100 == 2) {
+  CHECK(o.code == code);
+  CHECK(o.enhanced == enhanced);
+  if (code / 100 == 2) {
     CHECK(s.mails.size() == 1);
-    if (s.mails.size() == 1) {
-      CHECK(s.mails[0].address == row.recorded);
-      CHECK(s.protocol().envelope().from == row.recorded);
-    }
+    if (s.mails.size() == 1) check_accepted(s);
   } else {
     CHECK(s.mails.empty());
   }
+}
+
+// check_mail_row - a fresh session, EHLO, then the row's MAIL line.
+void check_mail_row(const Row& row) {
+  check_mail_line(row.line, row.mode, 0, row.code, row.enhanced, [&](const ParseSession& s) {
+    CHECK(s.mails[0].address == row.recorded);
+    CHECK(s.protocol().envelope().from == row.recorded);
+  });
 }
 
 // check_rcpt_row - a fresh session, EHLO, `mail` (must be accepted), then the row's RCPT line.
@@ -192,25 +196,12 @@ struct ParamRow {
 };
 
 void check_param_row(const ParamRow& row, std::size_t max_message_bytes = 0) {
-  std::string line = "MAIL FROM:<a@b.test>" + row.params;
-  CAPTURE(line);
-  INFO("mode: " << mode_name(row.mode));
-  ParseSession s(row.mode == strict, max_message_bytes);
-  s.ehlo();
-  Outcome o = s.command(line);
-  INFO("reply: ", o.line);
-  CHECK(o.code == row.code);
-  CHECK(o.enhanced == row.enhanced);
-  if (row.code / 100 == 2) {
-    CHECK(s.mails.size() == 1);
-    if (s.mails.size() == 1) {
-      CHECK(s.mails[0].address == "a@b.test");
-      CHECK(s.mails[0].params == row.recorded);
-      CHECK(s.protocol().envelope().mail_params == row.recorded);
-    }
-  } else {
-    CHECK(s.mails.empty());
-  }
+  check_mail_line("MAIL FROM:<a@b.test>" + row.params, row.mode, max_message_bytes, row.code,
+                  row.enhanced, [&](const ParseSession& s) {
+                    CHECK(s.mails[0].address == "a@b.test");
+                    CHECK(s.mails[0].params == row.recorded);
+                    CHECK(s.protocol().envelope().mail_params == row.recorded);
+                  });
 }
 
 // HeloRow - an HELO/EHLO line, its reply code, and the name on_helo must see when accepted.

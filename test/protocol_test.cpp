@@ -7,6 +7,7 @@
 // Enhanced status codes (RFC 2034) appear only once EHLO negotiated them: never in a HELO
 // session or before EHLO, never on 220, 354 or the HELO/EHLO replies.
 #include "../smtpd.hpp"
+#include "protocol_helpers.hpp"
 
 #include <doctest/doctest.h>
 
@@ -25,6 +26,10 @@ using namespace std::string_literals;
 
 namespace {
 
+using test::client_info;
+using test::mask_ids; // with the default mask: "queued as XXXX"
+using test::printable;
+
 // ---- fixed texts ---------------------------------------------------------------------------
 
 const std::string greeting_line = "220 mx.test ESMTP smtpd";
@@ -38,14 +43,6 @@ const std::vector<std::string> ehlo_reply_lines = {
 };
 
 // ---- the session under test --------------------------------------------------------------
-
-smtpd::SessionInfo client_info(std::string ip = "192.0.2.1", std::string hostname = "") {
-  smtpd::SessionInfo info;
-  info.peer.ip = std::move(ip);
-  info.peer.port = 4321;
-  info.peer.hostname = std::move(hostname);
-  return info;
-}
 
 smtpd::Options with_hostname(smtpd::Options o) {
   o.hostname = "mx.test";
@@ -77,19 +74,6 @@ struct Session {
 
 // ---- reading what came back --------------------------------------------------------------
 
-// mask_ids - "queued as 65A1B2C3D4E5F6" becomes "queued as XXXX": ids change per message.
-std::string mask_ids(std::string replies) {
-  const std::string marker = "queued as ";
-  for (std::size_t at = replies.find(marker); at != std::string::npos;
-       at = replies.find(marker, at + marker.size())) {
-    std::size_t start = at + marker.size(), end = start;
-    while (end < replies.size() && std::isxdigit(static_cast<unsigned char>(replies[end])))
-      ++end;
-    replies.replace(start, end - start, "XXXX");
-  }
-  return replies;
-}
-
 // crlf_lines - `lines`, each followed by CRLF: the exact bytes of those reply lines.
 std::string crlf_lines(const std::vector<std::string>& lines) {
   std::string out;
@@ -102,23 +86,6 @@ std::string crlf_lines(const std::vector<std::string>& lines) {
 std::string joined(const std::vector<std::string>& lines) {
   std::string all = crlf_lines(lines);
   return all.substr(0, all.size() - 2);
-}
-
-// printable - bytes with CR, LF and other controls escaped, for failure messages.
-std::string printable(std::string_view bytes) {
-  static const char digits[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : bytes) {
-    if (c == '\r')
-      out += "\\r";
-    else if (c == '\n')
-      out += "\\n";
-    else if (c < 0x20 || c >= 0x7F)
-      out += "\\x"s + digits[c >> 4] + digits[c & 15];
-    else
-      out += char(c);
-  }
-  return out;
 }
 
 // script - run a dialogue written as in RFC 5321 Appendix D. "C: " lines are sent, CRLF added;

@@ -22,6 +22,20 @@ bool greet(Client& c, const std::string& name = "client.example") {
   return reply_code(c.command("EHLO " + name)) == 250;
 }
 
+// require_greeted - `c` must be connected, greeted (220) and past EHLO (250).
+void require_greeted(Client& c) {
+  REQUIRE(c.connected());
+  REQUIRE(greet(c));
+}
+
+// start_data - MAIL FROM:<a@example.org>, RCPT TO:<b@example.net> and DATA, a command at a time,
+// each reply CHECKed (250, 250, 354): the message content comes next.
+void start_data(Client& c) {
+  CHECK(reply_code(c.command("MAIL FROM:<a@example.org>")) == 250);
+  CHECK(reply_code(c.command("RCPT TO:<b@example.net>")) == 250);
+  CHECK(reply_code(c.command("DATA")) == 354);
+}
+
 // send_message - one whole transaction, a command at a time; returns the reply to the final dot
 // (or the first reply that was not the expected one).
 std::string send_message(Client& c, const std::string& from, const std::string& to,
@@ -116,8 +130,7 @@ TEST_SUITE("server") {
     TestServer ts(options);
 
     Client c(ts.port());
-    REQUIRE(c.connected());
-    REQUIRE(greet(c));
+    require_greeted(c);
 
     // A burst of four commands in one write; DATA ends the group (RFC 2920 §3.1).
     REQUIRE(c.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n"
@@ -176,8 +189,7 @@ TEST_SUITE("server") {
     TestServer ts(options);
 
     Client c(ts.port());
-    REQUIRE(c.connected());
-    REQUIRE(greet(c));
+    require_greeted(c);
     REQUIRE(c.send("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n"
                    "RCPT TO:<slow@example.net>\r\nDATA\r\n"));
     CHECK(c.recv_once() > 0);
@@ -248,8 +260,7 @@ TEST_SUITE("server") {
     TestServer ts(options);
 
     Client c(ts.port());
-    REQUIRE(c.connected());
-    REQUIRE(greet(c));
+    require_greeted(c);
     auto start = Clock::now();
     CHECK(c.read_reply() == timeout_421);
     CHECK(c.wait_closed());
@@ -274,11 +285,8 @@ TEST_SUITE("server") {
     TestServer ts(options);
 
     Client c(ts.port());
-    REQUIRE(c.connected());
-    REQUIRE(greet(c));
-    CHECK(reply_code(c.command("MAIL FROM:<a@example.org>")) == 250);
-    CHECK(reply_code(c.command("RCPT TO:<b@example.net>")) == 250);
-    CHECK(reply_code(c.command("DATA")) == 354);
+    require_greeted(c);
+    start_data(c);
     REQUIRE(c.send("Subject: never finished\r\n\r\nhalf a li"));
     auto start = Clock::now();
     CHECK(c.read_reply() == timeout_421);
@@ -350,26 +358,19 @@ TEST_SUITE("server") {
 
     { // closes in the middle of a command line
       Client c(ts.port());
-      REQUIRE(c.connected());
-      REQUIRE(greet(c));
+      require_greeted(c);
       REQUIRE(c.send("MAIL FROM:<a@exam"));
     }
     { // closes in the middle of DATA
       Client c(ts.port());
-      REQUIRE(c.connected());
-      REQUIRE(greet(c));
-      CHECK(reply_code(c.command("MAIL FROM:<a@example.org>")) == 250);
-      CHECK(reply_code(c.command("RCPT TO:<b@example.net>")) == 250);
-      CHECK(reply_code(c.command("DATA")) == 354);
+      require_greeted(c);
+      start_data(c);
       REQUIRE(c.send("Subject: cut\r\n\r\nthe first half\r\n"));
     }
     { // resets (RST) in the middle of DATA
       Client c(ts.port());
-      REQUIRE(c.connected());
-      REQUIRE(greet(c));
-      CHECK(reply_code(c.command("MAIL FROM:<a@example.org>")) == 250);
-      CHECK(reply_code(c.command("RCPT TO:<b@example.net>")) == 250);
-      CHECK(reply_code(c.command("DATA")) == 354);
+      require_greeted(c);
+      start_data(c);
       REQUIRE(c.send("Subject: reset\r\n\r\nthe first half\r\n"));
       c.reset();
     }
@@ -386,8 +387,7 @@ TEST_SUITE("server") {
 
     // The server is unharmed.
     Client c(ts.port());
-    REQUIRE(c.connected());
-    REQUIRE(greet(c));
+    require_greeted(c);
     CHECK(
         starts_with(send_message(c, "a@example.org", "b@example.net", "Subject: ok\r\n\r\nok\r\n"),
                     queued_prefix));
@@ -416,8 +416,7 @@ TEST_SUITE("server") {
     CHECK(poll_until([&] { return ts.server().connections() >= 1; }, 2s));
     {
       Client c(ts.port());
-      REQUIRE(c.connected());
-      REQUIRE(greet(c));
+      require_greeted(c);
       CHECK(starts_with(
           send_message(c, "a@example.org", "b@example.net", "Subject: meanwhile\r\n\r\nhi\r\n"),
           queued_prefix));
@@ -451,8 +450,7 @@ TEST_SUITE("server") {
     TestServer ts(options);
 
     Client c(ts.port());
-    REQUIRE(c.connected());
-    REQUIRE(greet(c));
+    require_greeted(c);
     CHECK(send_message(c, "a@example.org", "nobody@example.net", "x\r\n") ==
           "550 5.1.1 no such user\r\n");
     CHECK(
@@ -475,14 +473,10 @@ TEST_SUITE("server") {
     uint16_t port = ts.port();
 
     Client idle(port);
-    REQUIRE(idle.connected());
-    REQUIRE(greet(idle));
+    require_greeted(idle);
     Client busy(port);
-    REQUIRE(busy.connected());
-    REQUIRE(greet(busy));
-    CHECK(reply_code(busy.command("MAIL FROM:<a@example.org>")) == 250);
-    CHECK(reply_code(busy.command("RCPT TO:<b@example.net>")) == 250);
-    CHECK(reply_code(busy.command("DATA")) == 354);
+    require_greeted(busy);
+    start_data(busy);
     REQUIRE(busy.send("Subject: in flight\r\n\r\nfirst half\r\n"));
 
     auto stopped = std::async(std::launch::async, [&] { ts.server().shutdown(5s); });
@@ -518,11 +512,8 @@ TEST_SUITE("server") {
     TestServer ts(options);
 
     Client busy(ts.port());
-    REQUIRE(busy.connected());
-    REQUIRE(greet(busy));
-    CHECK(reply_code(busy.command("MAIL FROM:<a@example.org>")) == 250);
-    CHECK(reply_code(busy.command("RCPT TO:<b@example.net>")) == 250);
-    CHECK(reply_code(busy.command("DATA")) == 354);
+    require_greeted(busy);
+    start_data(busy);
     REQUIRE(busy.send("Subject: too slow\r\n\r\nnever ends"));
 
     auto start = Clock::now();
@@ -549,14 +540,10 @@ TEST_SUITE("server") {
     REQUIRE(before_ehlo.connected());
     before_ehlo.expect(220);
     Client after_ehlo(port);
-    REQUIRE(after_ehlo.connected());
-    REQUIRE(greet(after_ehlo));
+    require_greeted(after_ehlo);
     Client in_data(port);
-    REQUIRE(in_data.connected());
-    REQUIRE(greet(in_data));
-    CHECK(reply_code(in_data.command("MAIL FROM:<a@example.org>")) == 250);
-    CHECK(reply_code(in_data.command("RCPT TO:<b@example.net>")) == 250);
-    CHECK(reply_code(in_data.command("DATA")) == 354);
+    require_greeted(in_data);
+    start_data(in_data);
     REQUIRE(in_data.send("Subject: cut\r\n\r\nhalf"));
     CHECK(ts.server().connections() == 3);
 
@@ -601,8 +588,7 @@ TEST_SUITE("server") {
     CHECK(ts.server().address() == "[::1]:" + std::to_string(ts.port()));
 
     Client c(ts.port(), "::1");
-    REQUIRE(c.connected());
-    REQUIRE(greet(c));
+    require_greeted(c);
     CHECK(starts_with(send_message(c, "a@example.org", "b@example.net", "x\r\n"), queued_prefix));
     std::vector<Message> got = box.messages();
     REQUIRE(got.size() == 1);
@@ -754,8 +740,7 @@ TEST_SUITE("server") {
     TestServer ts(options);
 
     Client c(ts.port());
-    REQUIRE(c.connected());
-    REQUIRE(greet(c));
+    require_greeted(c);
     CHECK(
         starts_with(send_message(c, "a@example.org", "b@example.net", "Subject: x\r\n\r\nbody\r\n"),
                     queued_prefix));

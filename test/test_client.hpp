@@ -12,6 +12,7 @@
 #define SMTPD_TEST_CLIENT_HPP
 
 #include "../smtpd.hpp"
+#include "protocol_helpers.hpp"
 
 #include <doctest/doctest.h>
 
@@ -49,26 +50,6 @@ inline bool ends_with(std::string_view s, std::string_view suffix) {
 
 inline bool contains(std::string_view s, std::string_view part) {
   return s.find(part) != std::string_view::npos;
-}
-
-// printable - `s` with CR, LF and other control bytes escaped, for failure messages.
-inline std::string printable(std::string_view s) {
-  std::string out;
-  for (char c : s) {
-    unsigned char u = static_cast<unsigned char>(c);
-    if (c == '\r')
-      out += "\\r";
-    else if (c == '\n')
-      out += "\\n";
-    else if (u < 0x20 || u >= 0x7F) {
-      static const char hex[] = "0123456789abcdef";
-      out += "\\x";
-      out += hex[u >> 4];
-      out += hex[u & 15];
-    } else
-      out += c;
-  }
-  return out;
 }
 
 // reply_code - the three-digit code a reply starts with, or -1.
