@@ -38,7 +38,14 @@
 #include <pthread.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <signal.h>
 #include <unistd.h>
+
+#ifndef SMTPD_NO_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#endif
 
 namespace smtpd {
 
@@ -67,6 +74,13 @@ constexpr std::size_t keep_buffer_bytes = 1024 * 1024;
 // SIZE= is trusted for an up-front reservation only this far: a client that declares 25 MB and
 // sends nothing must not make every connection hold 25 MB.
 constexpr std::size_t max_reserve_bytes = 4 * 1024 * 1024;
+
+// Whether this build has TLS: compiled without -DSMTPD_NO_TLS.
+#ifdef SMTPD_NO_TLS
+constexpr bool tls_compiled = false;
+#else
+constexpr bool tls_compiled = true;
+#endif
 
 // =============================================================================================
 // 2. Text helpers
@@ -508,6 +522,10 @@ Reply cannot_vrfy() {
   return {252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"};
 }
 
+Reply ready_to_start_tls() {
+  return {220, "2.0.0", "Ready to start TLS"};
+}
+
 Reply start_data() {
   return {354, "", "End data with <CR><LF>.<CR><LF>"};
 }
@@ -592,12 +610,24 @@ Reply need_mail() {
   return {503, "5.5.1", "Need MAIL command"};
 }
 
+Reply tls_already_active() {
+  return {503, "5.5.1", "TLS already active"};
+}
+
+Reply transaction_in_progress() {
+  return {503, "5.5.1", "MAIL transaction in progress"};
+}
+
 Reply need_rcpt() {
   return {503, "5.5.1", "Need RCPT command"};
 }
 
 Reply refused_session() {
   return {503, "5.5.1", "Service refused, only QUIT allowed"};
+}
+
+Reply must_starttls() {
+  return {530, "5.7.0", "Must issue a STARTTLS command first"};
 }
 
 Reply message_too_big() {
@@ -719,6 +749,7 @@ enum class DataScan {
 enum CommandFlag : unsigned {
   needs_helo = 1,  // 503 before HELO/EHLO (RFC 5321 §4.1.4)
   no_argument = 2, // 501 when an argument is given (DATA, RSET, QUIT)
+  before_tls = 4,  // allowed before STARTTLS when tls_required (RFC 3207 §4)
 };
 
 } // namespace
@@ -733,6 +764,7 @@ struct Protocol::State {
   std::string out;          // replies not yet taken
   std::string partial;      // the start of a command line whose end has not arrived
   bool discarding = false;  // skipping the rest of a refused line, up to the next CRLF
+  bool starttls_pending = false; // STARTTLS accepted; waiting for the owner's handshake
   bool last_was_cr = false; // the last byte read was CR (a CRLF may straddle two reads)
   std::size_t errors = 0;   // 5xx replies so far (Options::hard_error_limit)
 
@@ -758,14 +790,15 @@ struct Protocol::State {
 
   static const Command* find_command(std::string_view verb) {
     static const Command table[] = {
-        {"HELO", &State::cmd_helo, 0},
-        {"EHLO", &State::cmd_ehlo, 0},
+        {"HELO", &State::cmd_helo, before_tls},
+        {"EHLO", &State::cmd_ehlo, before_tls},
         {"MAIL", &State::cmd_mail, needs_helo},
         {"RCPT", &State::cmd_rcpt, needs_helo},
         {"DATA", &State::cmd_data, needs_helo | no_argument},
-        {"RSET", &State::cmd_rset, no_argument},
-        {"NOOP", &State::cmd_noop, 0},
-        {"QUIT", &State::cmd_quit, no_argument},
+        {"RSET", &State::cmd_rset, no_argument | before_tls},
+        {"NOOP", &State::cmd_noop, before_tls},
+        {"QUIT", &State::cmd_quit, no_argument | before_tls},
+        {"STARTTLS", &State::cmd_starttls, no_argument | before_tls},
         {"VRFY", &State::cmd_vrfy, 0},
         {"EXPN", &State::cmd_not_implemented, 0},
         {"HELP", &State::cmd_help, 0},
@@ -777,7 +810,6 @@ struct Protocol::State {
         {"SEND", &State::cmd_not_implemented, 0},
         {"SOML", &State::cmd_not_implemented, 0},
         {"SAML", &State::cmd_not_implemented, 0},
-        {"STARTTLS", &State::cmd_not_implemented, 0},
         {"AUTH", &State::cmd_not_implemented, 0},
     };
     for (const Command& c : table)
@@ -939,6 +971,8 @@ struct Protocol::State {
     if (stage == Stage::refused && !(command && command->run == &State::cmd_quit))
       return reply(replies::refused_session());
     if (command == nullptr) return reply(replies::unknown_command());
+    if (options.tls_required && !session.tls && !(command->flags & before_tls))
+      return reply(replies::must_starttls());
     if ((command->flags & no_argument) && !argument.empty())
       return reply(replies::syntax(std::string(command->verb)));
     if ((command->flags & needs_helo) && stage == Stage::greeted)
@@ -978,6 +1012,7 @@ struct Protocol::State {
     text += "\nPIPELINING";                                        // RFC 2920
     text += "\nENHANCEDSTATUSCODES";                               // RFC 2034
     text += "\nSMTPUTF8";                                          // RFC 6531
+    if (tls_offered()) text += "\nSTARTTLS";                       // RFC 3207
     return {250, "", text};
   }
 
@@ -1087,6 +1122,41 @@ struct Protocol::State {
     begin_message();
     stage = Stage::data;
     reply(replies::start_data());
+  }
+
+  // tls_offered - STARTTLS is configured, compiled in, and not in effect yet (RFC 3207 §4).
+  bool tls_offered() const {
+    bool configured = options.tls_context != nullptr || !options.tls_cert_file.empty();
+    return tls_compiled && configured && !session.tls;
+  }
+
+  // cmd_starttls - STARTTLS (RFC 3207 §4): say 220, then the owner runs the handshake. Whatever
+  // the client pipelined behind it is discarded by feed(), never executed in the TLS session.
+  void cmd_starttls(std::string_view) {
+    if (session.tls) return reply(replies::tls_already_active());
+    if (!tls_offered()) return reply(replies::not_implemented());
+    if (stage == Stage::greeted) return reply(replies::need_helo()); // an EHLO extension
+    if (stage == Stage::mail) return reply(replies::transaction_in_progress());
+    reply(replies::ready_to_start_tls());
+    starttls_pending = true;
+  }
+
+  // tls_started - RFC 3207 §4.2: after the handshake the server forgets all it knew from the
+  // client (HELO name, transaction, authentication) and waits for a new EHLO, with no greeting.
+  void tls_started(std::string version, std::string cipher, std::string peer_subject) {
+    session.tls = true;
+    session.tls_version = std::move(version);
+    session.tls_cipher = std::move(cipher);
+    session.tls_peer_subject = std::move(peer_subject);
+    session.helo.clear();
+    session.esmtp = false;
+    session.auth_user.clear();
+    reset_transaction();
+    stage = Stage::greeted;
+    partial.clear();
+    discarding = false;
+    last_was_cr = false;
+    starttls_pending = false;
   }
 
   void cmd_rset(std::string_view) { // RFC 5321 §4.1.1.5
@@ -1284,7 +1354,8 @@ Protocol::Protocol(const Options& options, SessionInfo session)
 Protocol::~Protocol() = default;
 
 void Protocol::feed(std::string_view bytes) {
-  while (!bytes.empty() && s_->stage != Stage::closed) {
+  // After STARTTLS the rest of `bytes` is plaintext injected before the handshake: dropped.
+  while (!bytes.empty() && s_->stage != Stage::closed && !s_->starttls_pending) {
     std::size_t used = s_->stage == Stage::data ? s_->scan_data(bytes) : s_->read_command(bytes);
     bytes.remove_prefix(used);
   }
@@ -1312,6 +1383,14 @@ bool Protocol::idle() const {
   bool between =
       s_->stage == Stage::greeted || s_->stage == Stage::ready || s_->stage == Stage::refused;
   return between && s_->partial.empty() && !s_->discarding;
+}
+
+bool Protocol::starttls_requested() const {
+  return s_->starttls_pending;
+}
+
+void Protocol::tls_started(std::string version, std::string cipher, std::string peer_subject) {
+  s_->tls_started(std::move(version), std::move(cipher), std::move(peer_subject));
 }
 
 void Protocol::timeout() {

@@ -31,6 +31,10 @@
 
 #define SMTPD_VERSION "0.1.0"
 
+// OpenSSL's SSL_CTX, declared (not defined) so this header needs no OpenSSL headers and has the
+// same layout with and without TLS.
+struct ssl_ctx_st;
+
 namespace smtpd {
 
 // ---------------------------------------------------------------------------------------------
@@ -85,7 +89,8 @@ struct SessionInfo {
   bool tls = false;        // the session runs over TLS
   std::string tls_version; // "TLSv1.3" when tls
   std::string tls_cipher;  // "TLS_AES_256_GCM_SHA384" when tls
-  std::string auth_user;   // the authenticated identity; empty when not authenticated
+  std::string tls_peer_subject; // the verified client certificate's subject (RFC 2253), or ""
+  std::string auth_user;        // the authenticated identity; empty when not authenticated
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -168,6 +173,19 @@ struct Options {
   bool strict = false; // reject bare CR/LF in data, over-long data lines, and MAIL/RCPT syntax
                        // that RFC 5321 §4.1.2 does not allow (e.g. "MAIL FROM: <a@b>")
   std::size_t thread_stack_bytes = 256 * 1024; // stack of each connection thread
+
+  // TLS (RFC 3207 STARTTLS, RFC 8314 implicit TLS). Setting a certificate (or a context) turns
+  // STARTTLS on. In a build with SMTPD_NO_TLS, setting any of these makes Server throw.
+  std::string tls_cert_file;       // PEM certificate chain (leaf first)
+  std::string tls_key_file;        // PEM private key
+  std::string tls_key_password;    // passphrase of an encrypted key; "" for none
+  ssl_ctx_st* tls_context = nullptr; // your own SSL_CTX instead of the files (you keep your
+                                     // reference; the options below that shape it are not used)
+  bool tls_required = false; // before STARTTLS only EHLO HELO NOOP RSET STARTTLS QUIT: 530
+  bool tls_implicit = false; // handshake on connect, before the greeting (port 465 style)
+  std::string tls_client_ca_file;          // ask clients for a certificate, verify it with these
+                                           // CAs; a client without one is still served
+  std::string tls_min_version = "TLSv1.2"; // "TLSv1.2" or "TLSv1.3"
   bool reverse_dns = false; // look up the client's name (on its own thread) for Received
   std::chrono::milliseconds reverse_dns_timeout = std::chrono::seconds(2);
 };
@@ -209,6 +227,15 @@ public:
 
   // idle - between transactions with no partial command: a graceful shutdown may close now.
   bool idle() const;
+
+  // starttls_requested - STARTTLS was accepted: send the output, then run the TLS handshake and
+  // call tls_started(). Input fed after the STARTTLS line was discarded (RFC 3207 §4.2 and the
+  // command-injection attacks of CVE-2011-0411), and nothing more is read until then.
+  bool starttls_requested() const;
+
+  // tls_started - the handshake succeeded: record it in the session and forget everything the
+  // client said before, back to the state right after the greeting (RFC 3207 §4.2).
+  void tls_started(std::string version, std::string cipher, std::string peer_subject);
 
   // timeout - the client was silent too long: queue "421 4.4.2" and ask to close.
   void timeout();
@@ -271,6 +298,11 @@ public:
   // close - immediate: stop accepting and cut every connection; join every thread.
   void close();
 
+  // reload_tls - read tls_cert_file and tls_key_file again (certificates rotate); new
+  // connections use them, current ones keep theirs. Throws std::runtime_error, keeping the old
+  // certificate, when the files are unusable.
+  void reload_tls();
+
   // connections - the number of connections being served now.
   std::size_t connections() const;
 
@@ -286,6 +318,11 @@ private:
 // std::system_error or std::invalid_argument when it cannot listen.
 void ListenAndServe(const std::string& addr, Handler handler, const std::string& appname,
                     const std::string& hostname);
+
+// ListenAndServeTLS - the same with STARTTLS offered, using a PEM certificate chain and key.
+void ListenAndServeTLS(const std::string& addr, const std::string& cert_file,
+                       const std::string& key_file, Handler handler, const std::string& appname,
+                       const std::string& hostname);
 
 } // namespace smtpd
 
