@@ -36,9 +36,9 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/types.h>
-#include <signal.h>
 #include <unistd.h>
 
 #ifndef SMTPD_NO_TLS
@@ -752,6 +752,11 @@ enum CommandFlag : unsigned {
   before_tls = 4,  // allowed before STARTTLS when tls_required (RFC 3207 §4)
 };
 
+// tls_configured - whether Options ask for TLS at all (a context, or certificate files).
+bool tls_configured(const Options& o) {
+  return o.tls_context != nullptr || !o.tls_cert_file.empty();
+}
+
 } // namespace
 
 struct Protocol::State {
@@ -761,12 +766,12 @@ struct Protocol::State {
   std::string hostname; // our name, sanitised
   std::string appname;  // sanitised
   Stage stage = Stage::greeted;
-  std::string out;          // replies not yet taken
-  std::string partial;      // the start of a command line whose end has not arrived
-  bool discarding = false;  // skipping the rest of a refused line, up to the next CRLF
+  std::string out;               // replies not yet taken
+  std::string partial;           // the start of a command line whose end has not arrived
+  bool discarding = false;       // skipping the rest of a refused line, up to the next CRLF
   bool starttls_pending = false; // STARTTLS accepted; waiting for the owner's handshake
-  bool last_was_cr = false; // the last byte read was CR (a CRLF may straddle two reads)
-  std::size_t errors = 0;   // 5xx replies so far (Options::hard_error_limit)
+  bool last_was_cr = false;      // the last byte read was CR (a CRLF may straddle two reads)
+  std::size_t errors = 0;        // 5xx replies so far (Options::hard_error_limit)
 
   // The message being received.
   std::string message;  // our Received header, then the content
@@ -1125,10 +1130,7 @@ struct Protocol::State {
   }
 
   // tls_offered - STARTTLS is configured, compiled in, and not in effect yet (RFC 3207 §4).
-  bool tls_offered() const {
-    bool configured = options.tls_context != nullptr || !options.tls_cert_file.empty();
-    return tls_compiled && configured && !session.tls;
-  }
+  bool tls_offered() const { return tls_compiled && tls_configured(options) && !session.tls; }
 
   // cmd_starttls - STARTTLS (RFC 3207 §4): say 220, then the owner runs the handshake. Whatever
   // the client pipelined behind it is discarded by feed(), never executed in the TLS session.
@@ -1420,11 +1422,13 @@ std::string Peer::to_string() const {
 }
 
 // =============================================================================================
-// 6. Transport - the plain socket
+// 6. Transport - the plain socket, and TLS
 //
 // Sockets are non-blocking: a read is tried first and poll() is called only when it would block,
 // so a busy connection costs one syscall per read. Every wait is bounded by a timeout, so a
 // client that stops sending or stops reading costs only its own thread, and only for a while.
+// A Transport is a plain socket at first; STARTTLS (or implicit TLS) replaces it with a TLS one
+// over the same descriptor. The socket itself belongs to the Server's registry, which closes it.
 // =============================================================================================
 
 namespace {
@@ -1435,18 +1439,50 @@ int poll_ms(std::chrono::milliseconds d) {
   return ms < 0 ? 0 : ms > INT_MAX ? INT_MAX : int(ms);
 }
 
-// ReadResult - what a read attempt produced.
+// ReadResult - what a read (or a wait) produced.
 enum class ReadResult { data, closed, timeout, woken, error };
 
-// PlainConn - a connected TCP socket (owned by the Server's registry, which closes it).
-class PlainConn {
+// wait_for - wait until `fd` is ready for `events` (POLLIN or POLLOUT): `data` when it is,
+// `timeout` after `timeout`, `woken` when `wake_fd` (the server's shutdown pipe, or -1 for none)
+// became readable first.
+ReadResult wait_for(int fd, short events, std::chrono::milliseconds timeout, int wake_fd) {
+  for (;;) {
+    pollfd fds[2] = {{fd, events, 0}, {wake_fd, POLLIN, 0}};
+    int ready = ::poll(fds, wake_fd >= 0 ? 2 : 1, poll_ms(timeout));
+    if (ready == 0) return ReadResult::timeout;
+    if (ready < 0) {
+      if (errno == EINTR) continue;
+      return ReadResult::error;
+    }
+    if (fds[0].revents != 0) return ReadResult::data; // ready, or an error the next call reports
+    return ReadResult::woken;
+  }
+}
+
+// Transport - how the connection loop reads and writes, whatever carries the bytes.
+class Transport {
+public:
+  virtual ~Transport() = default;
+
+  // read_some - read what is there into `buf`, waiting up to `timeout`; a byte on `wake_fd`
+  // ends the wait early with `woken`.
+  virtual ReadResult read_some(char* buf, std::size_t cap, std::size_t& got,
+                               std::chrono::milliseconds timeout, int wake_fd) = 0;
+
+  // write_all - send every byte, waiting up to `timeout` whenever the client is not reading.
+  virtual bool write_all(std::string_view bytes, std::chrono::milliseconds timeout) = 0;
+
+  // close_gracefully - say goodbye at this layer before the socket closes (TLS close_notify).
+  virtual void close_gracefully() {}
+};
+
+// PlainConn - a connected TCP socket.
+class PlainConn final : public Transport {
 public:
   explicit PlainConn(int fd) : fd_(fd) {}
 
-  // read_some - read what is there into `buf`, waiting up to `timeout`; a byte on `wake_fd`
-  // (the server's shutdown pipe, or -1 for none) ends the wait early.
   ReadResult read_some(char* buf, std::size_t cap, std::size_t& got,
-                       std::chrono::milliseconds timeout, int wake_fd) {
+                       std::chrono::milliseconds timeout, int wake_fd) override {
     for (;;) {
       ssize_t n = ::recv(fd_, buf, cap, 0);
       if (n > 0) {
@@ -1456,28 +1492,23 @@ public:
       if (n == 0) return ReadResult::closed;
       if (errno == EINTR) continue;
       if (errno != EAGAIN && errno != EWOULDBLOCK) return ReadResult::error;
-      pollfd fds[2] = {{fd_, POLLIN, 0}, {wake_fd, POLLIN, 0}};
-      int ready = ::poll(fds, wake_fd >= 0 ? 2 : 1, poll_ms(timeout));
-      if (ready == 0) return ReadResult::timeout;
-      if (ready < 0 && errno != EINTR) return ReadResult::error;
-      if (ready > 0 && wake_fd >= 0 && (fds[1].revents & POLLIN) && !(fds[0].revents & POLLIN))
-        return ReadResult::woken;
+      ReadResult waited = wait_for(fd_, POLLIN, timeout, wake_fd);
+      if (waited != ReadResult::data) return waited;
     }
   }
 
-  // write_all - send every byte, waiting up to `timeout` whenever the client is not reading.
-  bool write_all(std::string_view bytes, std::chrono::milliseconds timeout) {
+  bool write_all(std::string_view bytes, std::chrono::milliseconds timeout) override {
     while (!bytes.empty()) {
       ssize_t n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
       if (n > 0) {
         bytes.remove_prefix(std::size_t(n));
+      } else if (n < 0 && errno == EINTR) {
         continue;
+      } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (wait_for(fd_, POLLOUT, timeout, -1) != ReadResult::data) return false; // not reading
+      } else {
+        return false;
       }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) return false;
-      pollfd fd{fd_, POLLOUT, 0};
-      int ready = ::poll(&fd, 1, poll_ms(timeout));
-      if (ready == 0 || (ready < 0 && errno != EINTR)) return false; // a client that never reads
     }
     return true;
   }
@@ -1486,13 +1517,216 @@ private:
   int fd_;
 };
 
+// TlsDetails - what a finished handshake tells the session.
+struct TlsDetails {
+  std::string version;      // "TLSv1.3"
+  std::string cipher;       // "TLS_AES_256_GCM_SHA384"
+  std::string peer_subject; // the verified client certificate's subject, or ""
+};
+
+// TlsContext - a shared, reference-counted SSL_CTX: a connection keeps the one it started with
+// even when reload_tls() installs a new one.
+using TlsContext = std::shared_ptr<ssl_ctx_st>;
+
+#ifndef SMTPD_NO_TLS
+
+// openssl_errors - OpenSSL's error queue for this thread as text, emptied.
+std::string openssl_errors() {
+  std::string text;
+  while (unsigned long code = ERR_get_error()) {
+    char buf[256];
+    ERR_error_string_n(code, buf, sizeof buf);
+    text += text.empty() ? "" : "; ";
+    text += buf;
+  }
+  return text.empty() ? "no details from OpenSSL" : text;
+}
+
+// tls_error - an exception naming what failed and why, for configuration errors.
+std::runtime_error tls_error(const std::string& what) {
+  return std::runtime_error("smtpd: " + what + ": " + openssl_errors());
+}
+
+// key_password - OpenSSL's passphrase callback: copy the configured password.
+int key_password(char* buf, int size, int, void* userdata) {
+  const std::string& password = *static_cast<const std::string*>(userdata);
+  if (password.size() > std::size_t(size)) return -1;
+  std::memcpy(buf, password.data(), password.size());
+  return int(password.size());
+}
+
+// make_tls_context - the SSL_CTX that Options describe: the user's own, or one built from the
+// certificate and key files with TLS 1.2 as the floor, no compression or renegotiation (known
+// attacks: CRIME, renegotiation DoS), and client certificates verified when a CA file is set.
+TlsContext make_tls_context(const Options& o) {
+  if (o.tls_context != nullptr) {
+    SSL_CTX_up_ref(o.tls_context);
+    return TlsContext(o.tls_context, SSL_CTX_free);
+  }
+  ERR_clear_error();
+  TlsContext ctx(SSL_CTX_new(TLS_server_method()), SSL_CTX_free);
+  if (!ctx) throw tls_error("cannot create a TLS context");
+  SSL_CTX* c = ctx.get();
+  SSL_CTX_set_min_proto_version(c,
+                                o.tls_min_version == "TLSv1.3" ? TLS1_3_VERSION : TLS1_2_VERSION);
+  SSL_CTX_set_options(c, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                             SSL_OP_CIPHER_SERVER_PREFERENCE);
+  SSL_CTX_set_default_passwd_cb(c, key_password);
+  SSL_CTX_set_default_passwd_cb_userdata(c, const_cast<std::string*>(&o.tls_key_password));
+  bool loaded = SSL_CTX_use_certificate_chain_file(c, o.tls_cert_file.c_str()) == 1 &&
+                SSL_CTX_use_PrivateKey_file(c, o.tls_key_file.c_str(), SSL_FILETYPE_PEM) == 1 &&
+                SSL_CTX_check_private_key(c) == 1;
+  SSL_CTX_set_default_passwd_cb_userdata(c, nullptr); // only needed while loading
+  if (!loaded)
+    throw tls_error("cannot load certificate " + o.tls_cert_file + " and key " + o.tls_key_file);
+  if (!o.tls_client_ca_file.empty()) {
+    if (SSL_CTX_load_verify_locations(c, o.tls_client_ca_file.c_str(), nullptr) != 1)
+      throw tls_error("cannot load client CA file " + o.tls_client_ca_file);
+    if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(o.tls_client_ca_file.c_str()))
+      SSL_CTX_set_client_CA_list(c, names);
+    SSL_CTX_set_verify(c, SSL_VERIFY_PEER, nullptr); // a certificate that fails: refused
+  }
+  static const unsigned char session_context[] = "smtpd";
+  SSL_CTX_set_session_id_context(c, session_context, sizeof session_context - 1);
+  return ctx;
+}
+
+// subject_of - a certificate's subject as an RFC 2253 string.
+std::string subject_of(X509* certificate) {
+  BIO* bio = BIO_new(BIO_s_mem());
+  if (bio == nullptr) return "";
+  X509_NAME_print_ex(bio, X509_get_subject_name(certificate), 0, XN_FLAG_RFC2253);
+  char* text = nullptr;
+  long length = BIO_get_mem_data(bio, &text);
+  std::string subject(text, length > 0 ? std::size_t(length) : 0);
+  BIO_free(bio);
+  return subject;
+}
+
+// TlsConn - TLS over a connected socket (OpenSSL), after a finished handshake.
+class TlsConn final : public Transport {
+public:
+  TlsConn(int fd, SSL* ssl) : fd_(fd), ssl_(ssl) {}
+
+  ~TlsConn() override { SSL_free(ssl_); }
+
+  TlsConn(const TlsConn&) = delete;
+  TlsConn& operator=(const TlsConn&) = delete;
+
+  ReadResult read_some(char* buf, std::size_t cap, std::size_t& got,
+                       std::chrono::milliseconds timeout, int wake_fd) override {
+    for (;;) {
+      ERR_clear_error();
+      int n = SSL_read(ssl_, buf, int(std::min<std::size_t>(cap, INT_MAX)));
+      if (n > 0) {
+        got = std::size_t(n);
+        return ReadResult::data;
+      }
+      int error = SSL_get_error(ssl_, n);
+      if (error == SSL_ERROR_ZERO_RETURN) return ReadResult::closed; // the client's close_notify
+      ReadResult waited = wait_after(error, timeout, wake_fd);
+      if (waited != ReadResult::data) return waited;
+    }
+  }
+
+  bool write_all(std::string_view bytes, std::chrono::milliseconds timeout) override {
+    while (!bytes.empty()) {
+      ERR_clear_error();
+      int n = SSL_write(ssl_, bytes.data(), int(std::min<std::size_t>(bytes.size(), INT_MAX)));
+      if (n > 0) {
+        bytes.remove_prefix(std::size_t(n));
+      } else if (wait_after(SSL_get_error(ssl_, n), timeout, -1) != ReadResult::data) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // close_gracefully - send our close_notify (RFC 8446 §6.1); we do not wait for the client's.
+  void close_gracefully() override {
+    ERR_clear_error();
+    SSL_shutdown(ssl_);
+  }
+
+  // handshake - SSL_accept under a deadline: a client that sends garbage, stalls or vanishes
+  // costs only this thread, and only until `timeout`.
+  bool handshake(std::chrono::milliseconds timeout, TlsDetails& details, std::string& error) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+      ERR_clear_error();
+      int rc = SSL_accept(ssl_);
+      if (rc == 1) break;
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      int code = SSL_get_error(ssl_, rc);
+      if (code != SSL_ERROR_WANT_READ && code != SSL_ERROR_WANT_WRITE) {
+        error = "TLS handshake failed: " + openssl_errors();
+        return false;
+      }
+      if (left.count() <= 0 || wait_after(code, left, -1) != ReadResult::data) {
+        error = "TLS handshake timed out";
+        return false;
+      }
+    }
+    details.version = SSL_get_version(ssl_);
+    details.cipher = SSL_get_cipher_name(ssl_);
+    if (X509* peer = SSL_get1_peer_certificate(ssl_)) {
+      if (SSL_get_verify_result(ssl_) == X509_V_OK) details.peer_subject = subject_of(peer);
+      X509_free(peer);
+    }
+    return true;
+  }
+
+private:
+  // wait_after - after an SSL call returned `error`: wait for what OpenSSL wants (`data` when
+  // ready), or report the end of the connection.
+  ReadResult wait_after(int error, std::chrono::milliseconds timeout, int wake_fd) {
+    if (error == SSL_ERROR_WANT_READ) return wait_for(fd_, POLLIN, timeout, wake_fd);
+    if (error == SSL_ERROR_WANT_WRITE) return wait_for(fd_, POLLOUT, timeout, wake_fd);
+    if (error == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) return ReadResult::closed;
+    return ReadResult::error;
+  }
+
+  int fd_;
+  SSL* ssl_;
+};
+
+// start_tls - run the server side of a TLS handshake on `fd`; nullptr (and `error`) on failure.
+std::unique_ptr<Transport> start_tls(int fd, const TlsContext& context,
+                                     std::chrono::milliseconds timeout, TlsDetails& details,
+                                     std::string& error) {
+  SSL* ssl = context ? SSL_new(context.get()) : nullptr;
+  if (ssl == nullptr || SSL_set_fd(ssl, fd) != 1) {
+    SSL_free(ssl);
+    error = "cannot start TLS: " + openssl_errors();
+    return nullptr;
+  }
+  auto conn = std::make_unique<TlsConn>(fd, ssl);
+  if (!conn->handshake(timeout, details, error)) return nullptr;
+  return conn;
+}
+
+#else // SMTPD_NO_TLS: the same names, refusing.
+
+TlsContext make_tls_context(const Options&) {
+  throw std::invalid_argument("smtpd: built with SMTPD_NO_TLS: TLS options cannot be used");
+}
+
+std::unique_ptr<Transport> start_tls(int, const TlsContext&, std::chrono::milliseconds, TlsDetails&,
+                                     std::string& error) {
+  error = "built with SMTPD_NO_TLS";
+  return nullptr;
+}
+
+#endif // SMTPD_NO_TLS
+
 // =============================================================================================
 // 7. Connection - one thread per client
 //
-// The loop: write whatever replies are queued (one write per burst of pipelined commands), stop
-// if the Protocol asked to close, otherwise read and feed. This is the exception boundary of a
-// connection: hooks' exceptions are already caught in the Protocol, and anything else ends only
-// this connection.
+// The loop: write whatever replies are queued (one write per burst of pipelined commands), run
+// the TLS handshake when the Protocol accepted STARTTLS, stop if it asked to close, otherwise
+// read and feed. This is the exception boundary of a connection: hooks' exceptions are already
+// caught in the Protocol, and anything else ends only this connection.
 // =============================================================================================
 
 // ServerControl - what a connection needs from its server.
@@ -1500,20 +1734,38 @@ struct ServerControl {
   const Options& options;
   std::atomic<bool>& stopping; // a graceful shutdown began
   int wake_fd;                 // readable once stopping
+  TlsContext tls;              // the TLS context at the time the client connected, or null
+  std::function<void(const std::string&)> log_error;
 };
 
 // run_connection - serve one client on `fd` until either side ends the session.
 void run_connection(const ServerControl& server, int fd, const Peer& peer) {
+  const Options& options = server.options;
   SessionInfo info;
   info.peer = peer;
-  Protocol protocol(server.options, std::move(info));
-  PlainConn conn(fd);
+  std::unique_ptr<Transport> conn = std::make_unique<PlainConn>(fd);
+  std::string error;
+  TlsDetails tls;
+  if (options.tls_implicit) { // RFC 8314 §3.3: TLS first, then the greeting inside it
+    conn = start_tls(fd, server.tls, options.command_timeout, tls, error);
+    if (!conn) return server.log_error("smtpd: " + peer.to_string() + ": " + error);
+    info.tls = true;
+    info.tls_version = tls.version;
+    info.tls_cipher = tls.cipher;
+    info.tls_peer_subject = tls.peer_subject;
+  }
+  Protocol protocol(options, std::move(info));
   std::unique_ptr<char[]> buf(new char[read_buffer_bytes]);
   bool saw_stopping = false;
   for (;;) {
-    if (protocol.has_output() &&
-        !conn.write_all(protocol.take_output(), server.options.command_timeout))
+    if (protocol.has_output() && !conn->write_all(protocol.take_output(), options.command_timeout))
       break;
+    if (protocol.starttls_requested()) { // RFC 3207 §4: handshake right after our 220
+      conn = start_tls(fd, server.tls, options.command_timeout, tls, error);
+      if (!conn) return server.log_error("smtpd: " + peer.to_string() + ": " + error);
+      protocol.tls_started(tls.version, tls.cipher, tls.peer_subject);
+      continue;
+    }
     if (protocol.should_close()) break;
     if (server.stopping.load(std::memory_order_relaxed)) {
       saw_stopping = true; // from now on the wake pipe stays readable: stop polling it
@@ -1522,11 +1774,10 @@ void run_connection(const ServerControl& server, int fd, const Peer& peer) {
         continue;
       }
     }
-    auto timeout =
-        protocol.in_data() ? server.options.data_timeout : server.options.command_timeout;
+    auto timeout = protocol.in_data() ? options.data_timeout : options.command_timeout;
     std::size_t got = 0;
-    switch (conn.read_some(buf.get(), read_buffer_bytes, got, timeout,
-                           saw_stopping ? -1 : server.wake_fd)) {
+    switch (conn->read_some(buf.get(), read_buffer_bytes, got, timeout,
+                            saw_stopping ? -1 : server.wake_fd)) {
     case ReadResult::data: protocol.feed(std::string_view(buf.get(), got)); break;
     case ReadResult::timeout: protocol.timeout(); break;
     case ReadResult::woken: break;
@@ -1534,6 +1785,7 @@ void run_connection(const ServerControl& server, int fd, const Peer& peer) {
     case ReadResult::error: protocol.disconnected(); return;
     }
   }
+  conn->close_gracefully();
 }
 
 // reverse_lookup - the client's host name if its PTR record resolves back to its address
@@ -1668,6 +1920,17 @@ void validate(const Options& o) {
     throw std::invalid_argument("smtpd: limits must be positive");
   if (o.message_handler && o.handler)
     throw std::invalid_argument("smtpd: set handler or message_handler, not both");
+  bool files = !o.tls_cert_file.empty() || !o.tls_key_file.empty();
+  bool tls = files || o.tls_context != nullptr;
+  if (!tls_compiled && (tls || o.tls_required || o.tls_implicit || !o.tls_client_ca_file.empty()))
+    throw std::invalid_argument("smtpd: built with SMTPD_NO_TLS: TLS options cannot be used");
+  if (files && (o.tls_cert_file.empty() || o.tls_key_file.empty()))
+    throw std::invalid_argument("smtpd: tls_cert_file and tls_key_file go together");
+  if (!tls && (o.tls_required || o.tls_implicit || !o.tls_client_ca_file.empty()))
+    throw std::invalid_argument(
+        "smtpd: TLS options need tls_cert_file/tls_key_file or tls_context");
+  if (o.tls_min_version != "TLSv1.2" && o.tls_min_version != "TLSv1.3")
+    throw std::invalid_argument("smtpd: tls_min_version must be TLSv1.2 or TLSv1.3");
 }
 
 } // namespace
@@ -1688,9 +1951,11 @@ struct Server::Impl {
 
   std::list<Client> clients;       // live connections
   std::vector<pthread_t> finished; // threads whose connection ended, not yet joined
+  TlsContext tls_context;          // for new connections; replaced by reload_tls()
 
   explicit Impl(Options o) : options(std::move(o)) {
     validate(options);
+    if (tls_configured(options)) tls_context = make_tls_context(options);
     if (options.hostname.empty()) options.hostname = system_hostname();
     if (::pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0)
       throw std::system_error(errno, std::generic_category(), "smtpd: pipe");
@@ -1788,12 +2053,24 @@ struct Server::Impl {
   static void* connection_main(void* arg) {
     std::unique_ptr<Launch> launch(static_cast<Launch*>(arg));
     Impl& impl = *launch->impl;
+    // OpenSSL writes with write(), which raises SIGPIPE on a closed connection: keep that
+    // signal pending on this thread instead of letting it kill the process.
+    sigset_t pipe_signal;
+    sigemptyset(&pipe_signal);
+    sigaddset(&pipe_signal, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
     try {
       Peer peer = peer_of(launch->address, launch->length);
       if (impl.options.reverse_dns)
         peer.hostname =
             reverse_lookup(launch->address, launch->length, peer, impl.options.reverse_dns_timeout);
-      ServerControl control{impl.options, impl.stopping, impl.wake[0]};
+      TlsContext tls;
+      {
+        std::lock_guard<std::mutex> lock(impl.mu);
+        tls = impl.tls_context;
+      }
+      ServerControl control{impl.options, impl.stopping, impl.wake[0], std::move(tls),
+                            [&impl](const std::string& m) { impl.log_error(m); }};
       run_connection(control, launch->client->fd, peer);
     } catch (const std::exception& e) { // e.g. std::bad_alloc: end this connection only
       impl.log_error(std::string("smtpd: connection ended: ") + e.what());
@@ -1925,6 +2202,15 @@ void Server::close() {
   impl_->stop(std::chrono::milliseconds(0));
 }
 
+void Server::reload_tls() {
+  if (impl_->options.tls_context != nullptr)
+    throw std::logic_error("smtpd: reload_tls() reloads files; a tls_context is yours to change");
+  if (!tls_configured(impl_->options)) throw std::logic_error("smtpd: TLS is not configured");
+  TlsContext fresh = make_tls_context(impl_->options); // throws, keeping the old one
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->tls_context = std::move(fresh);
+}
+
 std::size_t Server::connections() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   return impl_->clients.size();
@@ -1936,11 +2222,19 @@ const Options& Server::options() const {
 
 void ListenAndServe(const std::string& addr, Handler handler, const std::string& appname,
                     const std::string& hostname) {
+  ListenAndServeTLS(addr, "", "", std::move(handler), appname, hostname); // no files: no TLS
+}
+
+void ListenAndServeTLS(const std::string& addr, const std::string& cert_file,
+                       const std::string& key_file, Handler handler, const std::string& appname,
+                       const std::string& hostname) {
   Options options;
   options.addr = addr;
   options.handler = std::move(handler);
   if (!appname.empty()) options.appname = appname;
   options.hostname = hostname;
+  options.tls_cert_file = cert_file;
+  options.tls_key_file = key_file;
   Server server(std::move(options));
   server.listen_and_serve();
 }

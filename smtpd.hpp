@@ -84,11 +84,11 @@ struct Envelope {
 // SessionInfo - the connection, as far as the client has told us (RFC 5321 §3: a session).
 struct SessionInfo {
   Peer peer;
-  std::string helo;        // the HELO/EHLO argument; empty before it
-  bool esmtp = false;      // true after EHLO, false after HELO
-  bool tls = false;        // the session runs over TLS
-  std::string tls_version; // "TLSv1.3" when tls
-  std::string tls_cipher;  // "TLS_AES_256_GCM_SHA384" when tls
+  std::string helo;             // the HELO/EHLO argument; empty before it
+  bool esmtp = false;           // true after EHLO, false after HELO
+  bool tls = false;             // the session runs over TLS
+  std::string tls_version;      // "TLSv1.3" when tls
+  std::string tls_cipher;       // "TLS_AES_256_GCM_SHA384" when tls
   std::string tls_peer_subject; // the verified client certificate's subject (RFC 2253), or ""
   std::string auth_user;        // the authenticated identity; empty when not authenticated
 };
@@ -176,15 +176,15 @@ struct Options {
 
   // TLS (RFC 3207 STARTTLS, RFC 8314 implicit TLS). Setting a certificate (or a context) turns
   // STARTTLS on. In a build with SMTPD_NO_TLS, setting any of these makes Server throw.
-  std::string tls_cert_file;       // PEM certificate chain (leaf first)
-  std::string tls_key_file;        // PEM private key
-  std::string tls_key_password;    // passphrase of an encrypted key; "" for none
+  std::string tls_cert_file;         // PEM certificate chain (leaf first)
+  std::string tls_key_file;          // PEM private key
+  std::string tls_key_password;      // passphrase of an encrypted key; "" for none
   ssl_ctx_st* tls_context = nullptr; // your own SSL_CTX instead of the files (you keep your
                                      // reference; the options below that shape it are not used)
-  bool tls_required = false; // before STARTTLS only EHLO HELO NOOP RSET STARTTLS QUIT: 530
-  bool tls_implicit = false; // handshake on connect, before the greeting (port 465 style)
-  std::string tls_client_ca_file;          // ask clients for a certificate, verify it with these
-                                           // CAs; a client without one is still served
+  bool tls_required = false;         // before STARTTLS only EHLO HELO NOOP RSET STARTTLS QUIT: 530
+  bool tls_implicit = false;         // handshake on connect, before the greeting (port 465 style)
+  std::string tls_client_ca_file;    // ask clients for a certificate, verify it with these
+                                     // CAs; a client without one is still served
   std::string tls_min_version = "TLSv1.2"; // "TLSv1.2" or "TLSv1.3"
   bool reverse_dns = false; // look up the client's name (on its own thread) for Received
   std::chrono::milliseconds reverse_dns_timeout = std::chrono::seconds(2);
