@@ -16,8 +16,10 @@
 #include "smtpd.hpp"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <ctime>
@@ -57,6 +59,8 @@ namespace {
 
 // RFC 5321 §4.5.3.1.4: a command line is at most 512 octets, CRLF included.
 constexpr std::size_t max_command_line = 512;
+// RFC 4954 §4: AUTH command and response lines may be up to 12288 octets, CRLF included.
+constexpr std::size_t max_auth_line = 12288;
 // RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets, CRLF included (enforced in strict
 // mode only: the message buffer is bounded by max_message_bytes whatever the line length).
 constexpr std::size_t max_text_line = 1000;
@@ -207,6 +211,134 @@ std::string rfc5322_date(std::time_t now) {
                 t.tm_mday, months[t.tm_mon], t.tm_year + 1900, t.tm_hour, t.tm_min, t.tm_sec, sign,
                 offset_minutes / 60, offset_minutes % 60);
   return buf;
+}
+
+// base64_encode - RFC 4648 §4 base64 with padding (AUTH challenges, RFC 4954 §4).
+std::string base64_encode(std::string_view bytes) {
+  static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  for (std::size_t i = 0; i < bytes.size(); i += 3) {
+    uint32_t group = uint32_t(static_cast<unsigned char>(bytes[i])) << 16;
+    if (i + 1 < bytes.size()) group |= uint32_t(static_cast<unsigned char>(bytes[i + 1])) << 8;
+    if (i + 2 < bytes.size()) group |= static_cast<unsigned char>(bytes[i + 2]);
+    out += alphabet[(group >> 18) & 63];
+    out += alphabet[(group >> 12) & 63];
+    out += i + 1 < bytes.size() ? alphabet[(group >> 6) & 63] : '=';
+    out += i + 2 < bytes.size() ? alphabet[group & 63] : '=';
+  }
+  return out;
+}
+
+// base64_value - the 6-bit value of a base64 character, or -1.
+int base64_value(char c) {
+  if (c >= 'A' && c <= 'Z') return c - 'A';
+  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+  if (c >= '0' && c <= '9') return c - '0' + 52;
+  if (c == '+') return 62;
+  if (c == '/') return 63;
+  return -1;
+}
+
+// base64_decode - strict RFC 4648 §4 decoding: whole groups of four, padding only at the end.
+// Anything else is refused, as RFC 4954 §4 asks (501 5.5.2).
+std::optional<std::string> base64_decode(std::string_view text) {
+  if (text.size() % 4 != 0) return std::nullopt;
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); i += 4) {
+    bool last = i + 4 == text.size();
+    int pad = last ? (text[i + 3] == '=') + (text[i + 2] == '=' && text[i + 3] == '=') : 0;
+    uint32_t group = 0;
+    for (int j = 0; j < 4; ++j) {
+      int v = j >= 4 - pad ? 0 : base64_value(text[i + std::size_t(j)]);
+      if (v < 0) return std::nullopt;
+      group = group << 6 | uint32_t(v);
+    }
+    out += char(group >> 16);
+    if (pad < 2) out += char(group >> 8 & 0xFF);
+    if (pad < 1) out += char(group & 0xFF);
+  }
+  return out;
+}
+
+// md5 - the RFC 1321 digest of `message` (16 raw bytes). Used only inside HMAC-MD5 for
+// CRAM-MD5 (RFC 2195), which the protocol fixes; written out so a build without OpenSSL has it.
+std::string md5(std::string_view message) {
+  static const auto k = [] { // K[i] = floor(|sin(i + 1)| * 2^32), RFC 1321 §3.4
+    std::array<uint32_t, 64> table{};
+    for (int i = 0; i < 64; ++i)
+      table[std::size_t(i)] = uint32_t(std::floor(std::fabs(std::sin(i + 1.0)) * 4294967296.0));
+    return table;
+  }();
+  static const int shift[4][4] = {
+      {7, 12, 17, 22}, {5, 9, 14, 20}, {4, 11, 16, 23}, {6, 10, 15, 21}};
+  std::string padded(message);
+  padded += char(0x80);
+  while (padded.size() % 64 != 56)
+    padded += '\0';
+  uint64_t bits = uint64_t(message.size()) * 8;
+  for (int i = 0; i < 8; ++i)
+    padded += char(bits >> (8 * i));
+  uint32_t h[4] = {0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476};
+  for (std::size_t block = 0; block < padded.size(); block += 64) {
+    uint32_t w[16];
+    for (std::size_t i = 0; i < 16; ++i) {
+      w[i] = 0;
+      for (std::size_t b = 0; b < 4; ++b)
+        w[i] |= uint32_t(static_cast<unsigned char>(padded[block + 4 * i + b])) << (8 * b);
+    }
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3];
+    for (int i = 0; i < 64; ++i) {
+      int round = i / 16;
+      uint32_t f = round == 0   ? (b & c) | (~b & d)
+                   : round == 1 ? (d & b) | (~d & c)
+                   : round == 2 ? b ^ c ^ d
+                                : c ^ (b | ~d);
+      int g = round == 0   ? i
+              : round == 1 ? (5 * i + 1) % 16
+              : round == 2 ? (3 * i + 5) % 16
+                           : (7 * i) % 16;
+      uint32_t x = a + f + k[std::size_t(i)] + w[g];
+      int n = shift[round][i % 4];
+      a = d;
+      d = c;
+      c = b;
+      b = b + ((x << n) | (x >> (32 - n)));
+    }
+    h[0] += a;
+    h[1] += b;
+    h[2] += c;
+    h[3] += d;
+  }
+  std::string digest;
+  for (uint32_t word : h)
+    for (int i = 0; i < 4; ++i)
+      digest += char(word >> (8 * i));
+  return digest;
+}
+
+// hmac_md5_hex - HMAC-MD5 (RFC 2104) of `message` under `key`, as lower-case hex (RFC 2195).
+std::string hmac_md5_hex(std::string_view key, std::string_view message) {
+  std::string block = key.size() > 64 ? md5(key) : std::string(key);
+  block.resize(64, '\0');
+  std::string inner(64, '\0'), outer(64, '\0');
+  for (std::size_t i = 0; i < 64; ++i) {
+    inner[i] = char(block[i] ^ 0x36);
+    outer[i] = char(block[i] ^ 0x5c);
+  }
+  std::string digest = md5(outer + md5(inner + std::string(message)));
+  std::string out;
+  for (unsigned char c : digest)
+    out += "0123456789abcdef"[c >> 4], out += "0123456789abcdef"[c & 15];
+  return out;
+}
+
+// constant_time_equals - compare secrets without an early exit, so the time taken tells an
+// attacker nothing about how much of a guess was right.
+bool constant_time_equals(std::string_view a, std::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i)
+    diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
 }
 
 // system_hostname - this machine's name, for the greeting when Options::hostname is empty.
@@ -498,6 +630,10 @@ Reply help() {
           "See RFC 5321"};
 }
 
+Reply auth_successful() {
+  return {235, "2.7.0", "Authentication successful"};
+}
+
 Reply bye() {
   return {221, "2.0.0", "Bye"};
 }
@@ -546,12 +682,20 @@ Reply too_many_errors() {
   return {421, "4.7.0", "Too many errors, closing connection"};
 }
 
+Reply too_many_auth_failures() {
+  return {421, "4.7.0", "Too many authentication failures, closing connection"};
+}
+
 Reply local_error() {
   return {451, "4.3.0", "Local error in processing, try again later"};
 }
 
 Reply too_many_recipients() {
   return {452, "4.5.3", "Too many recipients"};
+}
+
+Reply auth_temporary_failure() {
+  return {454, "4.7.0", "Temporary authentication failure"};
 }
 
 Reply unknown_command() {
@@ -568,6 +712,18 @@ Reply bare_lf() {
 
 Reply bare_cr() {
   return {500, "5.5.2", "Bare <CR> received in command line"};
+}
+
+Reply auth_line_too_long() {
+  return {500, "5.5.6", "Authentication exchange line is too long"};
+}
+
+Reply auth_cancelled() {
+  return {501, "5.0.0", "Authentication cancelled"};
+}
+
+Reply cannot_decode() {
+  return {501, "5.5.2", "Cannot decode response"};
 }
 
 Reply syntax(std::string usage) {
@@ -610,6 +766,10 @@ Reply need_mail() {
   return {503, "5.5.1", "Need MAIL command"};
 }
 
+Reply already_authenticated() {
+  return {503, "5.5.1", "Already authenticated"};
+}
+
 Reply tls_already_active() {
   return {503, "5.5.1", "TLS already active"};
 }
@@ -626,8 +786,24 @@ Reply refused_session() {
   return {503, "5.5.1", "Service refused, only QUIT allowed"};
 }
 
+Reply unknown_mechanism() {
+  return {504, "5.5.4", "Unrecognized authentication type"};
+}
+
+Reply must_authenticate() {
+  return {530, "5.7.0", "Authentication required"};
+}
+
 Reply must_starttls() {
   return {530, "5.7.0", "Must issue a STARTTLS command first"};
+}
+
+Reply invalid_credentials() {
+  return {535, "5.7.8", "Authentication credentials invalid"};
+}
+
+Reply encryption_required() {
+  return {538, "5.7.11", "Encryption required for requested authentication mechanism"};
 }
 
 Reply message_too_big() {
@@ -750,6 +926,7 @@ enum CommandFlag : unsigned {
   needs_helo = 1,  // 503 before HELO/EHLO (RFC 5321 §4.1.4)
   no_argument = 2, // 501 when an argument is given (DATA, RSET, QUIT)
   before_tls = 4,  // allowed before STARTTLS when tls_required (RFC 3207 §4)
+  before_auth = 8, // allowed before AUTH when auth_required (RFC 4954 §6)
 };
 
 // tls_configured - whether Options ask for TLS at all (a context, or certificate files).
@@ -770,8 +947,19 @@ struct Protocol::State {
   std::string partial;           // the start of a command line whose end has not arrived
   bool discarding = false;       // skipping the rest of a refused line, up to the next CRLF
   bool starttls_pending = false; // STARTTLS accepted; waiting for the owner's handshake
-  bool last_was_cr = false;      // the last byte read was CR (a CRLF may straddle two reads)
-  std::size_t errors = 0;        // 5xx replies so far (Options::hard_error_limit)
+
+  // AuthExchange - an AUTH dialogue in progress (RFC 4954 §4): lines are responses, not commands.
+  struct AuthExchange {
+    std::string mechanism; // "PLAIN", "LOGIN" or "CRAM-MD5"
+    std::string username;  // LOGIN: the name given in the first step
+    std::string challenge; // CRAM-MD5: the challenge sent
+  };
+
+  std::optional<AuthExchange> auth;
+  std::size_t auth_failures = 0;
+  std::chrono::milliseconds reply_delay{0}; // see Protocol::take_reply_delay
+  bool last_was_cr = false; // the last byte read was CR (a CRLF may straddle two reads)
+  std::size_t errors = 0;   // 5xx replies so far (Options::hard_error_limit)
 
   // The message being received.
   std::string message;  // our Received header, then the content
@@ -795,15 +983,16 @@ struct Protocol::State {
 
   static const Command* find_command(std::string_view verb) {
     static const Command table[] = {
-        {"HELO", &State::cmd_helo, before_tls},
-        {"EHLO", &State::cmd_ehlo, before_tls},
+        {"HELO", &State::cmd_helo, before_tls | before_auth},
+        {"EHLO", &State::cmd_ehlo, before_tls | before_auth},
         {"MAIL", &State::cmd_mail, needs_helo},
         {"RCPT", &State::cmd_rcpt, needs_helo},
         {"DATA", &State::cmd_data, needs_helo | no_argument},
-        {"RSET", &State::cmd_rset, no_argument | before_tls},
-        {"NOOP", &State::cmd_noop, before_tls},
-        {"QUIT", &State::cmd_quit, no_argument | before_tls},
-        {"STARTTLS", &State::cmd_starttls, no_argument | before_tls},
+        {"RSET", &State::cmd_rset, no_argument | before_tls | before_auth},
+        {"NOOP", &State::cmd_noop, before_tls | before_auth},
+        {"QUIT", &State::cmd_quit, no_argument | before_tls | before_auth},
+        {"STARTTLS", &State::cmd_starttls, no_argument | before_tls | before_auth},
+        {"AUTH", &State::cmd_auth, needs_helo | before_auth},
         {"VRFY", &State::cmd_vrfy, 0},
         {"EXPN", &State::cmd_not_implemented, 0},
         {"HELP", &State::cmd_help, 0},
@@ -815,7 +1004,6 @@ struct Protocol::State {
         {"SEND", &State::cmd_not_implemented, 0},
         {"SOML", &State::cmd_not_implemented, 0},
         {"SAML", &State::cmd_not_implemented, 0},
-        {"AUTH", &State::cmd_not_implemented, 0},
     };
     for (const Command& c : table)
       if (iequals(c.verb, verb)) return &c;
@@ -849,7 +1037,9 @@ struct Protocol::State {
   // consult - run a user hook at the exception boundary and return the reply to send: the
   // hook's own (checked), or `fallback` when it returned nothing. A thrown Reply is a reply;
   // any other exception is logged and becomes 451 4.3.0, and the session goes on.
-  template <class Fn> Reply consult(const char* what, Fn&& hook, Reply fallback) {
+  template <class Fn>
+  Reply consult(const char* what, Fn&& hook, Reply fallback,
+                const Reply& on_exception = replies::local_error()) {
     try {
       std::optional<Reply> r = hook();
       return r ? normalize_user_reply(std::move(*r), options.log_error) : fallback;
@@ -858,7 +1048,7 @@ struct Protocol::State {
     } catch (const std::exception& e) {
       log_error(std::string("smtpd: ") + what + " threw: " + e.what());
     } catch (...) { log_error(std::string("smtpd: ") + what + " threw a non-standard exception"); }
-    return replies::local_error();
+    return on_exception;
   }
 
   // ---- session start and end -----------------------------------------------------------------
@@ -932,8 +1122,8 @@ struct Protocol::State {
     if (piece.empty()) return;
     last_was_cr = piece.back() == '\r';
     if (discarding) return;
-    if (partial.size() + piece.size() > max_command_line) {
-      reply(replies::line_too_long()); // RFC 5321 §4.5.3.1.4
+    if (partial.size() + piece.size() > line_limit(partial.empty() ? piece : partial)) {
+      reply(too_long_reply()); // RFC 5321 §4.5.3.1.4, RFC 4954 §4
       partial.clear();
       discarding = true;
       after_command();
@@ -942,21 +1132,40 @@ struct Protocol::State {
     partial.append(piece);
   }
 
-  // complete_line - a whole line arrived (without its LF): check it, then execute it.
+  // complete_line - a whole line arrived (without its LF): check it, then execute it, or pass
+  // it to the AUTH dialogue in progress. A refused line also ends that dialogue.
   void complete_line(std::string_view line, bool crlf) {
+    std::optional<Reply> refused;
     if (!crlf) {
-      reply(replies::bare_lf());
+      refused = replies::bare_lf();
       discarding = true;
     } else {
       line.remove_suffix(1); // the CR
-      if (line.size() + 2 > max_command_line)
-        reply(replies::line_too_long());
+      if (line.size() + 2 > line_limit(line))
+        refused = too_long_reply();
       else if (line.find('\r') != std::string_view::npos)
-        reply(replies::bare_cr());
-      else
-        execute(line);
+        refused = replies::bare_cr();
+    }
+    if (refused) {
+      auth.reset();
+      reply(*refused);
+    } else if (auth) {
+      if (options.log_read) options.log_read(session.peer, "****"); // a password, maybe
+      auth_response(line);
+    } else {
+      execute(line);
     }
     after_command();
+  }
+
+  // line_limit - the longest line allowed, judged from its start: AUTH lines and AUTH responses
+  // may be longer than other commands (RFC 4954 §4).
+  std::size_t line_limit(std::string_view start) const {
+    return auth || istarts_with(start, "AUTH ") ? max_auth_line : max_command_line;
+  }
+
+  Reply too_long_reply() const {
+    return auth ? replies::auth_line_too_long() : replies::line_too_long();
   }
 
   // after_command - enforce the per-session error limit (Postfix's smtpd_hard_error_limit).
@@ -967,7 +1176,7 @@ struct Protocol::State {
 
   // execute - look the verb up in the command table, apply its guards, run it.
   void execute(std::string_view line) {
-    if (options.log_read) options.log_read(session.peer, line);
+    if (options.log_read) options.log_read(session.peer, mask_auth(line));
     std::size_t space = line.find(' ');
     std::string_view verb = line.substr(0, space);
     std::string_view argument = space == std::string_view::npos ? "" : line.substr(space + 1);
@@ -978,6 +1187,8 @@ struct Protocol::State {
     if (command == nullptr) return reply(replies::unknown_command());
     if (options.tls_required && !session.tls && !(command->flags & before_tls))
       return reply(replies::must_starttls());
+    if (options.auth_required && session.auth_user.empty() && !(command->flags & before_auth))
+      return reply(replies::must_authenticate());
     if ((command->flags & no_argument) && !argument.empty())
       return reply(replies::syntax(std::string(command->verb)));
     if ((command->flags & needs_helo) && stage == Stage::greeted)
@@ -1018,6 +1229,8 @@ struct Protocol::State {
     text += "\nENHANCEDSTATUSCODES";                               // RFC 2034
     text += "\nSMTPUTF8";                                          // RFC 6531
     if (tls_offered()) text += "\nSTARTTLS";                       // RFC 3207
+    std::string mechanisms = usable_mechanisms();
+    if (!mechanisms.empty()) text += "\nAUTH " + mechanisms; // RFC 4954
     return {250, "", text};
   }
 
@@ -1084,6 +1297,8 @@ struct Protocol::State {
           next.body_8bit = true;
         else if (!iequals(value, "7BIT"))
           return replies::bad_body();
+      } else if (keyword == "AUTH" && auth_configured()) {
+        // RFC 4954 §5: accepted; we do not trust an identity we did not authenticate ourselves.
       } else if (keyword == "SMTPUTF8" && value.empty()) {
         next.smtputf8 = true;
       } else {
@@ -1153,12 +1368,178 @@ struct Protocol::State {
     session.helo.clear();
     session.esmtp = false;
     session.auth_user.clear();
+    auth.reset();
     reset_transaction();
     stage = Stage::greeted;
     partial.clear();
     discarding = false;
     last_was_cr = false;
     starttls_pending = false;
+  }
+
+  // ---- AUTH (RFC 4954) ------------------------------------------------------------------------
+
+  // auth_configured - some mechanism has its callback.
+  bool auth_configured() const { return options.on_auth || options.auth_secret; }
+
+  // mechanism_enabled - `mechanism` has its callback and is among auth_mechanisms (if given).
+  bool mechanism_enabled(std::string_view mechanism) const {
+    bool has_callback = mechanism == "CRAM-MD5" ? bool(options.auth_secret)
+                                                : (mechanism == "PLAIN" || mechanism == "LOGIN") &&
+                                                      bool(options.on_auth);
+    const auto& chosen = options.auth_mechanisms;
+    return has_callback &&
+           (chosen.empty() || std::any_of(chosen.begin(), chosen.end(), [&](const std::string& m) {
+              return iequals(m, mechanism);
+            }));
+  }
+
+  // mechanism_secure_now - PLAIN and LOGIN send the password itself: only under TLS, unless the
+  // user allowed it (RFC 4954 §4, 538).
+  bool mechanism_secure_now(std::string_view mechanism) const {
+    return mechanism == "CRAM-MD5" || session.tls || options.auth_insecure;
+  }
+
+  // usable_mechanisms - what EHLO advertises now, space-separated, in a fixed order.
+  std::string usable_mechanisms() const {
+    static const char* const known[] = {"PLAIN", "LOGIN", "CRAM-MD5"};
+    std::vector<std::string> order(options.auth_mechanisms);
+    if (order.empty()) order.assign(std::begin(known), std::end(known));
+    std::string list;
+    for (const std::string& m : order) {
+      std::string name = upper(m);
+      if (!mechanism_enabled(name) || !mechanism_secure_now(name)) continue;
+      list += list.empty() ? "" : " ";
+      list += name;
+    }
+    return list;
+  }
+
+  // mask_auth - a command line fit for the log: AUTH's initial response holds a password.
+  static std::string mask_auth(std::string_view line) {
+    std::size_t response = istarts_with(line, "AUTH ") ? line.find(' ', 5) : std::string::npos;
+    if (response == std::string_view::npos) return std::string(line);
+    return std::string(line.substr(0, response)) + " ****";
+  }
+
+  // cmd_auth - AUTH mechanism [initial-response] (RFC 4954 §4).
+  void cmd_auth(std::string_view argument) {
+    if (!auth_configured()) return reply(replies::not_implemented());
+    if (!session.auth_user.empty()) return reply(replies::already_authenticated());
+    if (stage == Stage::mail) return reply(replies::transaction_in_progress());
+    std::size_t space = argument.find(' ');
+    std::string mechanism = upper(argument.substr(0, space));
+    if (mechanism.empty()) return reply(replies::syntax("AUTH mechanism [initial-response]"));
+    if (!mechanism_enabled(mechanism)) return reply(replies::unknown_mechanism());
+    if (!mechanism_secure_now(mechanism)) return reply(replies::encryption_required());
+    auth = AuthExchange{mechanism, "", ""};
+    if (space == std::string_view::npos) return auth_challenge();
+    if (mechanism == "CRAM-MD5") { // the server speaks first in CRAM-MD5 (RFC 2195)
+      auth.reset();
+      return reply(replies::syntax("AUTH CRAM-MD5"));
+    }
+    std::string_view initial = argument.substr(space + 1);
+    auth_response(initial == "=" ? std::string_view() : initial); // "=": empty (RFC 4954 §4)
+  }
+
+  // auth_challenge - the first 334 of a mechanism started without an initial response.
+  void auth_challenge() {
+    if (auth->mechanism == "LOGIN") return reply({334, "", base64_encode("Username:")});
+    if (auth->mechanism == "CRAM-MD5") {
+      // RFC 2195: a fresh, unpredictable challenge per attempt, never reused.
+      uint64_t random = (uint64_t(std::random_device{}()) << 32) | std::random_device{}();
+      auth->challenge = "<" + std::to_string(random) + "." + std::to_string(std::time(nullptr)) +
+                        "@" + hostname + ">";
+      return reply({334, "", base64_encode(auth->challenge)});
+    }
+    reply({334, "", ""}); // PLAIN: an empty challenge
+  }
+
+  // auth_response - one base64 line from the client during AUTH; "*" cancels (RFC 4954 §4).
+  void auth_response(std::string_view line) {
+    if (line == "*") {
+      auth.reset();
+      return reply(replies::auth_cancelled());
+    }
+    std::optional<std::string> decoded = base64_decode(line);
+    if (!decoded) {
+      auth.reset();
+      return reply(replies::cannot_decode());
+    }
+    if (auth->mechanism == "PLAIN") return auth_plain(*decoded);
+    if (auth->mechanism == "LOGIN") return auth_login(*decoded);
+    auth_cram_md5(*decoded);
+  }
+
+  // auth_plain - RFC 4616: authzid NUL authcid NUL passwd.
+  void auth_plain(const std::string& message) {
+    std::size_t first = message.find('\0');
+    std::size_t second = first == std::string::npos ? first : message.find('\0', first + 1);
+    if (second == std::string::npos || message.find('\0', second + 1) != std::string::npos) {
+      auth.reset();
+      return reply(replies::cannot_decode());
+    }
+    std::string authzid = message.substr(0, first);
+    std::string username = message.substr(first + 1, second - first - 1);
+    check_password(username, message.substr(second + 1), authzid);
+  }
+
+  // auth_login - the LOGIN mechanism: user name, then password, each after a 334 prompt.
+  void auth_login(std::string value) {
+    if (auth->username.empty()) {
+      auth->username = std::move(value);
+      return reply({334, "", base64_encode("Password:")});
+    }
+    check_password(auth->username, value, "");
+  }
+
+  // check_password - ask on_auth about a PLAIN or LOGIN user name and password.
+  void check_password(const std::string& username, const std::string& password,
+                      const std::string& authzid) {
+    std::string mechanism = auth->mechanism;
+    Reply r = consult(
+        "on_auth",
+        [&]() -> std::optional<Reply> {
+          if (options.on_auth(session, mechanism, username, password, authzid)) return std::nullopt;
+          return replies::invalid_credentials();
+        },
+        replies::auth_successful(), replies::auth_temporary_failure());
+    finish_auth(r, username);
+  }
+
+  // auth_cram_md5 - RFC 2195: "user hex(HMAC-MD5(secret, challenge))", compared in constant time.
+  void auth_cram_md5(const std::string& answer) {
+    std::size_t space = answer.rfind(' ');
+    std::string username = answer.substr(0, space);
+    std::string digest = space == std::string::npos ? "" : answer.substr(space + 1);
+    std::string challenge = auth->challenge;
+    Reply r = consult(
+        "auth_secret",
+        [&]() -> std::optional<Reply> {
+          std::optional<std::string> secret = options.auth_secret(session, username);
+          bool ok = secret && constant_time_equals(hmac_md5_hex(*secret, challenge), digest);
+          if (ok) return std::nullopt;
+          return replies::invalid_credentials();
+        },
+        replies::auth_successful(), replies::auth_temporary_failure());
+    finish_auth(r, username);
+  }
+
+  // finish_auth - success: the session is authenticated (235). Failure: counted and slowed
+  // down, and after auth_max_failures the connection is closed, so a script cannot try
+  // thousands of passwords on one connection.
+  void finish_auth(const Reply& r, const std::string& username) {
+    auth.reset();
+    if (r.positive()) {
+      session.auth_user = username;
+      return reply(r);
+    }
+    if (r.code == 535) {
+      ++auth_failures;
+      reply_delay = options.auth_failure_delay;
+    }
+    reply(r);
+    if (auth_failures >= options.auth_max_failures) close_with(replies::too_many_auth_failures());
   }
 
   void cmd_rset(std::string_view) { // RFC 5321 §4.1.1.5
@@ -1385,6 +1766,10 @@ bool Protocol::idle() const {
   bool between =
       s_->stage == Stage::greeted || s_->stage == Stage::ready || s_->stage == Stage::refused;
   return between && s_->partial.empty() && !s_->discarding;
+}
+
+std::chrono::milliseconds Protocol::take_reply_delay() {
+  return std::exchange(s_->reply_delay, std::chrono::milliseconds(0));
 }
 
 bool Protocol::starttls_requested() const {
@@ -1758,6 +2143,8 @@ void run_connection(const ServerControl& server, int fd, const Peer& peer) {
   std::unique_ptr<char[]> buf(new char[read_buffer_bytes]);
   bool saw_stopping = false;
   for (;;) {
+    auto delay = protocol.take_reply_delay(); // a failed AUTH: slow the guesser down
+    if (delay.count() > 0) wait_for(server.wake_fd, POLLIN, delay, -1); // ends early at shutdown
     if (protocol.has_output() && !conn->write_all(protocol.take_output(), options.command_timeout))
       break;
     if (protocol.starttls_requested()) { // RFC 3207 §4: handshake right after our 220
@@ -1909,6 +2296,20 @@ int open_listener(const std::string& addr) {
   throw std::system_error(last_errno, std::generic_category(), "smtpd: cannot listen on " + addr);
 }
 
+// validate_auth - every chosen mechanism is known and has its callback; auth_required needs one.
+void validate_auth(const Options& o) {
+  for (const std::string& m : o.auth_mechanisms) {
+    bool password = (iequals(m, "PLAIN") || iequals(m, "LOGIN")) && o.on_auth;
+    bool secret = iequals(m, "CRAM-MD5") && o.auth_secret;
+    if (!password && !secret)
+      throw std::invalid_argument("smtpd: auth mechanism " + m +
+                                  " is unknown or lacks its callback (on_auth / auth_secret)");
+  }
+  if (o.auth_required && !o.on_auth && !o.auth_secret)
+    throw std::invalid_argument("smtpd: auth_required needs on_auth or auth_secret");
+  if (o.auth_max_failures == 0) throw std::invalid_argument("smtpd: limits must be positive");
+}
+
 // validate - refuse options that would disable a protection by accident (a zero timeout or
 // limit is a mistake, not a wish for "none").
 void validate(const Options& o) {
@@ -1931,6 +2332,7 @@ void validate(const Options& o) {
         "smtpd: TLS options need tls_cert_file/tls_key_file or tls_context");
   if (o.tls_min_version != "TLSv1.2" && o.tls_min_version != "TLSv1.3")
     throw std::invalid_argument("smtpd: tls_min_version must be TLSv1.2 or TLSv1.3");
+  validate_auth(o);
 }
 
 } // namespace

@@ -135,9 +135,23 @@ using MailHook = std::function<std::optional<Reply>(const SessionInfo& session,
 using RcptHook = std::function<std::optional<Reply>(const SessionInfo& session,
                                                     const std::string& to, const Params& params)>;
 
+// AuthHook - check a user name and password sent with AUTH PLAIN or LOGIN (RFC 4954). Return
+// true to accept. `authzid` is PLAIN's authorization identity ("" when absent); the session's
+// auth_user becomes `username`. Throwing a Reply answers with it (e.g. 454 4.7.0); any other
+// exception becomes "454 4.7.0". Unset (and no auth_secret): AUTH is not offered.
+using AuthHook = std::function<bool(const SessionInfo& session, const std::string& mechanism,
+                                    const std::string& username, const std::string& password,
+                                    const std::string& authzid)>;
+
+// SecretLookup - the plaintext secret of `username` for CRAM-MD5 (RFC 2195), which needs it to
+// check the client's answer; nullopt for an unknown user. CRAM-MD5 is offered only when set.
+using SecretLookup = std::function<std::optional<std::string>(const SessionInfo& session,
+                                                              const std::string& username)>;
+
 // LogHook - one line read from (log_read) or written to (log_write) a client, without CRLF.
 // Message content is not logged line by line: log_read gets one "<N octets of message data>"
-// line per message. Unset: nothing is logged.
+// line per message, and AUTH exchanges are masked ("AUTH PLAIN ****"), so no password is ever
+// logged. Unset: nothing is logged.
 using LogHook = std::function<void(const Peer& peer, std::string_view line)>;
 
 // ErrorLog - a system-level event: accept() failures, refused connections, handler exceptions.
@@ -186,6 +200,16 @@ struct Options {
   std::string tls_client_ca_file;    // ask clients for a certificate, verify it with these
                                      // CAs; a client without one is still served
   std::string tls_min_version = "TLSv1.2"; // "TLSv1.2" or "TLSv1.3"
+
+  // AUTH (RFC 4954). Offered when on_auth (PLAIN, LOGIN) or auth_secret (CRAM-MD5) is set.
+  AuthHook on_auth;                         // see AuthHook
+  SecretLookup auth_secret;                 // see SecretLookup
+  std::vector<std::string> auth_mechanisms; // offered, in this order; empty: every one possible
+                                            // ("PLAIN", "LOGIN", "CRAM-MD5")
+  bool auth_required = false;        // before AUTH only AUTH EHLO HELO NOOP RSET STARTTLS QUIT: 530
+  bool auth_insecure = false;        // offer PLAIN and LOGIN without TLS (tests on loopback only)
+  std::size_t auth_max_failures = 3; // failed AUTH attempts in a session before 421 and close
+  std::chrono::milliseconds auth_failure_delay = std::chrono::seconds(1); // before each 535
   bool reverse_dns = false; // look up the client's name (on its own thread) for Received
   std::chrono::milliseconds reverse_dns_timeout = std::chrono::seconds(2);
 };
@@ -236,6 +260,10 @@ public:
   // tls_started - the handshake succeeded: record it in the session and forget everything the
   // client said before, back to the state right after the greeting (RFC 3207 §4.2).
   void tls_started(std::string version, std::string cipher, std::string peer_subject);
+
+  // take_reply_delay - how long to wait before sending the queued output (after a failed AUTH,
+  // to slow down password guessing); zero almost always. Reading it resets it.
+  std::chrono::milliseconds take_reply_delay();
 
   // timeout - the client was silent too long: queue "421 4.4.2" and ask to close.
   void timeout();
