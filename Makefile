@@ -30,7 +30,7 @@ else
 endif
 
 # The Debian 12 packages that building and testing need (`make deps` installs them as root).
-DEB_PACKAGES := g++ make libssl-dev doctest-dev python3 swaks libnet-ssleay-perl curl clang clang-format
+DEB_PACKAGES := g++ make libssl-dev openssl doctest-dev python3 swaks libnet-ssleay-perl curl clang clang-format
 
 LIB_OBJ := $(BUILD)/smtpd.o
 EXAMPLES := $(BUILD)/hello $(BUILD)/mailsink

@@ -3,13 +3,14 @@
 //
 //     build/mailsink --help
 //     build/mailsink --listen 127.0.0.1:0 --maildir /tmp/mail
+//     build/mailsink --tls-cert cert.pem --tls-key key.pem       (STARTTLS offered)
 //
 // `make example` builds it; by hand:
 //
 //     g++ -std=c++17 -O2 -pthread example/mailsink.cpp smtpd.cpp -lssl -lcrypto -o build/mailsink
 //
 // The program in five parts, in the order main() uses them:
-//   1. Command line: a table of flags, strict number parsing, --help.
+//   1. Command line: a table of flags, strict number parsing, TLS flag rules, --help.
 //   2. Output: stdout and stderr shared by every connection thread.
 //   3. Maildir: safe delivery into DIR/tmp, then DIR/new (the Maildir rules, see maildir(5)).
 //   4. Sink: the message handler that prints, stores or drops each message.
@@ -115,6 +116,14 @@ const Flag flags[] = {
     {"--max-connections", true,
      [](Config& c, const std::string& v) { c.options.max_connections = parse_size(v); }},
     {"--strict", false, [](Config& c, const std::string&) { c.options.strict = true; }},
+    {"--tls-cert", true, [](Config& c, const std::string& v) { c.options.tls_cert_file = v; }},
+    {"--tls-key", true, [](Config& c, const std::string& v) { c.options.tls_key_file = v; }},
+    {"--tls-key-password", true,
+     [](Config& c, const std::string& v) { c.options.tls_key_password = v; }},
+    {"--tls-required", false, [](Config& c, const std::string&) { c.options.tls_required = true; }},
+    {"--tls-implicit", false, [](Config& c, const std::string&) { c.options.tls_implicit = true; }},
+    {"--tls-client-ca", true,
+     [](Config& c, const std::string& v) { c.options.tls_client_ca_file = v; }},
     {"--quiet", false, [](Config& c, const std::string&) { c.quiet = true; }},
     {"--help", false, [](Config& c, const std::string&) { c.help = true; }},
 };
@@ -131,8 +140,29 @@ const Flag* find_flag(const std::string& name) {
   return nullptr;
 }
 
+// check_tls_flags - the TLS flags need each other: --tls-cert and --tls-key go together, and
+// every other --tls-* flag needs both. Throws UsageError naming the first flag that is alone.
+void check_tls_flags(const smtpd::Options& options) {
+  const bool has_cert = !options.tls_cert_file.empty();
+  const bool has_key = !options.tls_key_file.empty();
+  if (has_cert && !has_key) throw UsageError("--tls-cert needs --tls-key");
+  if (has_key && !has_cert) throw UsageError("--tls-key needs --tls-cert");
+  if (has_cert) return;
+  const char* alone = nullptr;
+  if (!options.tls_key_password.empty())
+    alone = "--tls-key-password";
+  else if (options.tls_required)
+    alone = "--tls-required";
+  else if (options.tls_implicit)
+    alone = "--tls-implicit";
+  else if (!options.tls_client_ca_file.empty())
+    alone = "--tls-client-ca";
+  if (alone != nullptr) throw UsageError(std::string(alone) + " needs --tls-cert and --tls-key");
+}
+
 // parse_args - read argv strictly: "--flag value" or "--flag=value"; throws UsageError for an
-// unknown flag, a missing or empty value, a value given to a switch, or a bad number.
+// unknown flag, a missing or empty value, a value given to a switch, a bad number, or a TLS
+// flag without the certificate and key it needs.
 Config parse_args(int argc, char** argv) {
   Config config;
   for (int i = 1; i < argc && !config.help; ++i) {
@@ -152,6 +182,7 @@ Config parse_args(int argc, char** argv) {
       flag->apply(config, value.value_or(""));
     } catch (const UsageError& e) { throw UsageError(name + " " + e.what()); }
   }
+  if (!config.help) check_tls_flags(config.options);
   return config;
 }
 
@@ -184,19 +215,36 @@ void print_usage(std::ostream& out) {
       << "                        (default " << defaults.max_connections << ")\n"
       << "  --strict              refuse bare CR or LF in messages, over-long lines, and\n"
       << "                        MAIL/RCPT syntax RFC 5321 does not allow (default: lenient)\n"
+      << "  --tls-cert FILE       offer STARTTLS (RFC 3207) with this PEM certificate chain,\n"
+      << "                        leaf first; needs --tls-key (default: no TLS)\n"
+      << "  --tls-key FILE        the PEM private key of --tls-cert\n"
+      << "  --tls-key-password PASS\n"
+      << "                        passphrase of an encrypted --tls-key (default: none)\n"
+      << "  --tls-required        refuse mail until the client has said STARTTLS (530);\n"
+      << "                        needs --tls-cert and --tls-key (default: TLS optional)\n"
+      << "  --tls-implicit        TLS from the first byte, before the greeting (RFC 8314,\n"
+      << "                        port 465 style) instead of STARTTLS; needs --tls-cert\n"
+      << "                        and --tls-key\n"
+      << "  --tls-client-ca FILE  ask clients for a certificate and verify it with the PEM\n"
+      << "                        CAs in FILE; clients without one are still served; needs\n"
+      << "                        --tls-cert and --tls-key (default: no client certificates)\n"
       << "  --quiet               print nothing per message and no startup line; errors\n"
       << "                        still go to stderr (default: not quiet)\n"
       << "  --help                print this help and exit\n"
       << "\n"
-      << "Each message gets a summary line on stdout: time, client, <sender> -> <recipients>,\n"
-      << "size and subject, then the message itself, or with --maildir the stored file's path.\n"
+      << "Each message gets a summary line on stdout: time, client, the TLS version when the\n"
+      << "session used TLS, <sender> -> <recipients>, size and subject, then the message\n"
+      << "itself, or with --maildir the stored file's path.\n"
       << "SIGINT or SIGTERM stops mailsink gracefully; messages being received are finished.\n"
       << "\n"
       << "exit status:\n"
       << "  " << exit_ok << "  stopped by SIGINT or SIGTERM, or --help\n"
       << "  " << exit_runtime_error
-      << "  setup or runtime error (unusable maildir, cannot listen)\n"
-      << "  " << exit_usage_error << "  usage error (unknown flag, missing or bad value)\n";
+      << "  setup or runtime error (unusable maildir, TLS certificate or key, or\n"
+      << "     address to listen on)\n"
+      << "  " << exit_usage_error
+      << "  usage error (unknown flag, missing or bad value, a TLS flag\n"
+      << "     without --tls-cert and --tls-key)\n";
 }
 
 // =============================================================================================
@@ -416,12 +464,15 @@ std::string local_time_now() {
   return text;
 }
 
-// summary_line - "TIME PEER <from> -> <to>, <to> SIZE bytes, subject "SUBJECT"" without a
-// newline; "<>" is the null reverse-path of a bounce.
+// summary_line - "TIME PEER [TLSv1.3] <from> -> <to>, <to> SIZE bytes, subject "SUBJECT"" without
+// a newline; the TLS version only when the session used TLS; "<>" is the null reverse-path of a
+// bounce.
 std::string summary_line(const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
                          const std::string& message) {
   std::ostringstream line;
-  line << local_time_now() << " " << session.peer.to_string() << " <" << envelope.from << "> ->";
+  line << local_time_now() << " " << session.peer.to_string();
+  if (session.tls) line << " " << session.tls_version;
+  line << " <" << envelope.from << "> ->";
   for (std::size_t i = 0; i < envelope.to.size(); ++i)
     line << (i == 0 ? " <" : ", <") << envelope.to[i] << ">";
   line << " " << message.size() << " bytes, subject \"" << subject_of(message) << "\"";
@@ -546,13 +597,19 @@ int main(int argc, char** argv) {
   }
 
   Sink sink(output, maildir ? &*maildir : nullptr, config.quiet);
-  smtpd::Server server(server_options(config, sink, output));
+  std::optional<smtpd::Server> server; // constructed here: it reads the TLS files at once
   try {
-    server.listen();
+    server.emplace(server_options(config, sink, output));
+  } catch (const std::exception& e) { // an unreadable or mismatched certificate or key
+    output.log(std::string("cannot start: ") + e.what());
+    return exit_runtime_error;
+  }
+  try {
+    server->listen();
   } catch (const std::exception& e) { // std::system_error or std::invalid_argument
     output.log(e.what());             // names the address and the reason
     return exit_runtime_error;
   }
-  if (!config.quiet) output.log("listening on " + server.address());
-  return serve_until_signal(server, stop_signals, output);
+  if (!config.quiet) output.log("listening on " + server->address());
+  return serve_until_signal(*server, stop_signals, output);
 }

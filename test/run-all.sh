@@ -5,7 +5,7 @@
 #
 # The suites, in order, each with its output left on the terminal:
 #   doctest  BUILD/tests                     counted by its "[doctest] test cases: ..." line
-#   interop  test/interop.sh BUILD/mailsink  counted by its "interop: N passed, N failed" line
+#   interop  test/interop*.sh BUILD/mailsink counted by their "NAME: N passed, N failed" lines
 # N sums doctest test cases and interop checks. A suite that is missing, crashes, times out
 # (SUITE_TIMEOUT seconds, default 1200), prints no summary, counts nothing at all, or exits
 # non-zero with no failure counted adds one failure, so the last line never says "0 failed"
@@ -73,19 +73,24 @@ else
   missing doctest "$build/tests (build it with: make $build/tests)"
 fi
 
-# --- interop: real SMTP clients against the mail catcher ---
-if [ ! -f test/interop.sh ]; then
-  missing interop "test/interop.sh"
-elif [ ! -x "$build/mailsink" ]; then
+# --- interop: real SMTP clients against the mail catcher, one script per theme ---
+# Each test/interop*.sh takes the mailsink path and ends with "NAME: N passed, N failed".
+interop_scripts=(test/interop.sh test/interop_tls.sh)
+if [ ! -x "$build/mailsink" ]; then
   missing interop "$build/mailsink (build it with: make $build/mailsink)"
 else
-  # An absolute path, since the script may change directory.
+  # An absolute path, since the scripts change directory.
   mailsink="$(cd "$build" && pwd)/mailsink"
-  interop=(bash test/interop.sh)
-  [ -x test/interop.sh ] && interop=(test/interop.sh) # its own #! line
-  run_suite interop \
-    's/^interop: *\([0-9][0-9]*\) passed, *\([0-9][0-9]*\) failed[[:space:]]*$/\1 \2/p' \
-    "${interop[@]}" "$mailsink"
+  for script in "${interop_scripts[@]}"; do
+    name=$(basename "$script" .sh)
+    if [ ! -f "$script" ]; then
+      missing "$name" "$script"
+      continue
+    fi
+    run_suite "$name" \
+      's/^[a-z-]*: *\([0-9][0-9]*\) passed, *\([0-9][0-9]*\) failed[[:space:]]*$/\1 \2/p' \
+      bash "$script" "$mailsink"
+  done
 fi
 
 echo
