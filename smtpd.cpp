@@ -630,12 +630,16 @@ Reply help() {
           "See RFC 5321"};
 }
 
-Reply auth_successful() {
-  return {235, "2.7.0", "Authentication successful"};
+Reply ready_to_start_tls() {
+  return {220, "2.0.0", "Ready to start TLS"};
 }
 
 Reply bye() {
   return {221, "2.0.0", "Bye"};
+}
+
+Reply auth_successful() {
+  return {235, "2.7.0", "Authentication successful"};
 }
 
 Reply ok() {
@@ -656,10 +660,6 @@ Reply queued(const std::string& id) {
 
 Reply cannot_vrfy() {
   return {252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"};
-}
-
-Reply ready_to_start_tls() {
-  return {220, "2.0.0", "Ready to start TLS"};
 }
 
 Reply start_data() {
