@@ -1765,7 +1765,7 @@ bool Protocol::in_data() const {
 bool Protocol::idle() const {
   bool between =
       s_->stage == Stage::greeted || s_->stage == Stage::ready || s_->stage == Stage::refused;
-  return between && s_->partial.empty() && !s_->discarding;
+  return between && s_->partial.empty() && !s_->discarding && !s_->auth && !s_->starttls_pending;
 }
 
 std::chrono::milliseconds Protocol::take_reply_delay() {
