@@ -4,17 +4,19 @@
 //     build/mailsink --help
 //     build/mailsink --listen 127.0.0.1:0 --maildir /tmp/mail
 //     build/mailsink --tls-cert cert.pem --tls-key key.pem       (STARTTLS offered)
+//     build/mailsink --tls-cert cert.pem --tls-key key.pem --auth-file users --auth-required
 //
 // `make example` builds it; by hand:
 //
 //     g++ -std=c++17 -O2 -pthread example/mailsink.cpp smtpd.cpp -lssl -lcrypto -o build/mailsink
 //
-// The program in five parts, in the order main() uses them:
-//   1. Command line: a table of flags, strict number parsing, TLS flag rules, --help.
+// The program in six parts, in the order main() uses them:
+//   1. Command line: a table of flags, strict number parsing, TLS and AUTH flag rules, --help.
 //   2. Output: stdout and stderr shared by every connection thread.
 //   3. Maildir: safe delivery into DIR/tmp, then DIR/new (the Maildir rules, see maildir(5)).
 //   4. Sink: the message handler that prints, stores or drops each message.
-//   5. main: check the setup, listen, serve on a thread, wait for SIGINT/SIGTERM, shut down.
+//   5. Users: the AUTH accounts from --auth and --auth-file, and the password check.
+//   6. main: check the setup, listen, serve on a thread, wait for SIGINT/SIGTERM, shut down.
 #include "../smtpd.hpp"
 
 #include <atomic>
@@ -22,8 +24,11 @@
 #include <charconv>
 #include <chrono>
 #include <ctime>
+#include <fstream>
 #include <iostream>
 #include <limits>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -32,6 +37,8 @@
 #include <string_view>
 #include <system_error>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -53,11 +60,16 @@ constexpr unsigned long long max_timeout_seconds = 24 * 60 * 60; // one day
 // 1. Command line
 // =============================================================================================
 
+// Users - the AUTH accounts: user name -> password.
+using Users = std::map<std::string, std::string>;
+
 // Config - everything the command line sets. The server settings live in smtpd::Options
 // directly, so the library's own defaults apply to every flag not given.
 struct Config {
   smtpd::Options options;
-  std::string maildir; // "" = print messages to stdout
+  std::string maildir;                 // "" = print messages to stdout
+  Users users;                         // from --auth; main() adds those of the --auth-files
+  std::vector<std::string> auth_files; // --auth-file, read by main() before listening
   bool quiet = false;
   bool help = false;
 
@@ -96,6 +108,27 @@ void set_timeout(Config& config, const std::string& text) {
   config.options.data_timeout = timeout;
 }
 
+// parse_account - "USER:PASSWORD" split at the first ':', so the password may hold ':'. Throws
+// UsageError for a missing ':', an empty user or an empty password; `what` names the text in
+// the message ("the value", "the line"), which never quotes it: it holds a password.
+std::pair<std::string, std::string> parse_account(const std::string& text, const char* what) {
+  const std::size_t colon = text.find(':');
+  if (colon == std::string::npos)
+    throw UsageError(std::string("needs USER:PASSWORD, but ") + what + " has no ':'");
+  if (colon == 0)
+    throw UsageError(std::string("needs USER:PASSWORD, but ") + what + " has no user name");
+  if (colon + 1 == text.size())
+    throw UsageError(std::string("needs USER:PASSWORD, but ") + what + " has no password");
+  return {text.substr(0, colon), text.substr(colon + 1)};
+}
+
+// add_account - add the account "USER:PASSWORD" to `users`; a user given twice is an error.
+void add_account(Users& users, const std::string& text, const char* what) {
+  auto [user, password] = parse_account(text, what);
+  if (!users.emplace(user, std::move(password)).second)
+    throw UsageError("gives user '" + user + "' a second time");
+}
+
 // Flag - one command-line flag: its name, whether a value follows it, and what it sets.
 struct Flag {
   const char* name;
@@ -124,6 +157,12 @@ const Flag flags[] = {
     {"--tls-implicit", false, [](Config& c, const std::string&) { c.options.tls_implicit = true; }},
     {"--tls-client-ca", true,
      [](Config& c, const std::string& v) { c.options.tls_client_ca_file = v; }},
+    {"--auth", true, [](Config& c, const std::string& v) { add_account(c.users, v, "the value"); }},
+    {"--auth-file", true, [](Config& c, const std::string& v) { c.auth_files.push_back(v); }},
+    {"--auth-required", false,
+     [](Config& c, const std::string&) { c.options.auth_required = true; }},
+    {"--auth-insecure", false,
+     [](Config& c, const std::string&) { c.options.auth_insecure = true; }},
     {"--quiet", false, [](Config& c, const std::string&) { c.quiet = true; }},
     {"--help", false, [](Config& c, const std::string&) { c.help = true; }},
 };
@@ -160,9 +199,17 @@ void check_tls_flags(const smtpd::Options& options) {
   if (alone != nullptr) throw UsageError(std::string(alone) + " needs --tls-cert and --tls-key");
 }
 
+// check_auth_flags - --auth-required and --auth-insecure need a user from --auth or
+// --auth-file. Throws UsageError naming the first flag that is alone.
+void check_auth_flags(const Config& config) {
+  if (!config.users.empty() || !config.auth_files.empty()) return;
+  if (config.options.auth_required) throw UsageError("--auth-required needs --auth or --auth-file");
+  if (config.options.auth_insecure) throw UsageError("--auth-insecure needs --auth or --auth-file");
+}
+
 // parse_args - read argv strictly: "--flag value" or "--flag=value"; throws UsageError for an
-// unknown flag, a missing or empty value, a value given to a switch, a bad number, or a TLS
-// flag without the certificate and key it needs.
+// unknown flag, a missing or empty value, a value given to a switch, a bad number or account,
+// a TLS flag without the certificate and key it needs, or an AUTH flag without a user.
 Config parse_args(int argc, char** argv) {
   Config config;
   for (int i = 1; i < argc && !config.help; ++i) {
@@ -182,7 +229,10 @@ Config parse_args(int argc, char** argv) {
       flag->apply(config, value.value_or(""));
     } catch (const UsageError& e) { throw UsageError(name + " " + e.what()); }
   }
-  if (!config.help) check_tls_flags(config.options);
+  if (!config.help) {
+    check_tls_flags(config.options);
+    check_auth_flags(config);
+  }
   return config;
 }
 
@@ -228,23 +278,37 @@ void print_usage(std::ostream& out) {
       << "  --tls-client-ca FILE  ask clients for a certificate and verify it with the PEM\n"
       << "                        CAs in FILE; clients without one are still served; needs\n"
       << "                        --tls-cert and --tls-key (default: no client certificates)\n"
+      << "  --auth USER:PASSWORD  offer AUTH (RFC 4954: PLAIN, LOGIN, CRAM-MD5) and accept USER\n"
+      << "                        with PASSWORD; split at the first ':', so the password may\n"
+      << "                        hold ':'; repeat for more users. Any local user can read a\n"
+      << "                        command line with ps: prefer --auth-file (default: no AUTH)\n"
+      << "  --auth-file FILE      read users from FILE, one USER:PASSWORD a line; blank lines\n"
+      << "                        and lines starting with '#' are ignored; repeatable. A bad\n"
+      << "                        line stops mailsink before it listens\n"
+      << "  --auth-required       refuse mail until the client has authenticated (530); needs\n"
+      << "                        --auth or --auth-file (default: AUTH optional)\n"
+      << "  --auth-insecure       offer PLAIN and LOGIN without TLS too, which sends passwords\n"
+      << "                        in clear: for tests on loopback only; needs --auth or\n"
+      << "                        --auth-file (default: before STARTTLS only CRAM-MD5)\n"
       << "  --quiet               print nothing per message and no startup line; errors\n"
       << "                        still go to stderr (default: not quiet)\n"
       << "  --help                print this help and exit\n"
       << "\n"
       << "Each message gets a summary line on stdout: time, client, the TLS version when the\n"
-      << "session used TLS, <sender> -> <recipients>, size and subject, then the message\n"
-      << "itself, or with --maildir the stored file's path.\n"
+      << "session used TLS, auth=USER when the client authenticated, <sender> -> <recipients>,\n"
+      << "size and subject, then the message itself, or with --maildir the stored file's path.\n"
+      << "A client that fails AUTH " << defaults.auth_max_failures
+      << " times in one session is disconnected.\n"
       << "SIGINT or SIGTERM stops mailsink gracefully; messages being received are finished.\n"
       << "\n"
       << "exit status:\n"
       << "  " << exit_ok << "  stopped by SIGINT or SIGTERM, or --help\n"
       << "  " << exit_runtime_error
-      << "  setup or runtime error (unusable maildir, TLS certificate or key, or\n"
-      << "     address to listen on)\n"
+      << "  setup or runtime error (unusable maildir, TLS certificate or key,\n"
+      << "     --auth-file, or address to listen on)\n"
       << "  " << exit_usage_error
       << "  usage error (unknown flag, missing or bad value, a TLS flag\n"
-      << "     without --tls-cert and --tls-key)\n";
+      << "     without --tls-cert and --tls-key, an AUTH flag without --auth or --auth-file)\n";
 }
 
 // =============================================================================================
@@ -464,14 +528,15 @@ std::string local_time_now() {
   return text;
 }
 
-// summary_line - "TIME PEER [TLSv1.3] <from> -> <to>, <to> SIZE bytes, subject "SUBJECT"" without
-// a newline; the TLS version only when the session used TLS; "<>" is the null reverse-path of a
-// bounce.
+// summary_line - "TIME PEER [TLSv1.3] [auth=USER] <from> -> <to>, <to> SIZE bytes, subject
+// "SUBJECT"" without a newline; the TLS version only when the session used TLS, the user only
+// when the client authenticated; "<>" is the null reverse-path of a bounce.
 std::string summary_line(const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
                          const std::string& message) {
   std::ostringstream line;
   line << local_time_now() << " " << session.peer.to_string();
   if (session.tls) line << " " << session.tls_version;
+  if (!session.auth_user.empty()) line << " auth=" << session.auth_user;
   line << " <" << envelope.from << "> ->";
   for (std::size_t i = 0; i < envelope.to.size(); ++i)
     line << (i == 0 ? " <" : ", <") << envelope.to[i] << ">";
@@ -510,7 +575,77 @@ private:
 };
 
 // =============================================================================================
-// 5. main - setup, serving and shutdown
+// 5. Users - the AUTH accounts and the password check
+// =============================================================================================
+
+// is_blank - whether `line` holds nothing but spaces and tabs.
+bool is_blank(const std::string& line) {
+  return line.find_first_not_of(" \t") == std::string::npos;
+}
+
+// load_auth_file - add the accounts in `path` to `users`: one USER:PASSWORD a line (a CR before
+// the LF is dropped), blank lines and lines starting with '#' ignored. Throws
+// std::runtime_error naming the file, and the line when one is bad; a file with no account is
+// an error too, since it would leave AUTH off without a word.
+void load_auth_file(const std::string& path, Users& users) {
+  std::ifstream file(path);
+  if (!file) throw errno_error("cannot read --auth-file " + path);
+  std::string line;
+  unsigned long number = 0;
+  std::size_t accounts = 0;
+  while (std::getline(file, line)) {
+    ++number;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (is_blank(line) || line.front() == '#') continue;
+    try {
+      add_account(users, line, "the line");
+    } catch (const UsageError& e) {
+      throw std::runtime_error("--auth-file " + path + ", line " + std::to_string(number) + ": " +
+                               e.what());
+    }
+    ++accounts;
+  }
+  if (file.bad()) throw errno_error("cannot read --auth-file " + path);
+  if (accounts == 0) throw std::runtime_error("--auth-file " + path + " has no USER:PASSWORD line");
+}
+
+// constant_time_equals - whether `given` equals `expected`, in a time that depends on their
+// lengths but never on their contents: every byte of `given` is compared with no early exit,
+// and a length difference is folded into the result instead of returning at once, so the time
+// tells nothing about how much of a guess was right.
+bool constant_time_equals(const std::string& given, const std::string& expected) {
+  std::size_t difference = given.size() ^ expected.size();
+  for (std::size_t i = 0; i < given.size(); ++i) {
+    const unsigned char want = i < expected.size() ? static_cast<unsigned char>(expected[i]) : 0;
+    difference |= static_cast<unsigned char>(given[i]) ^ want;
+  }
+  return difference == 0;
+}
+
+// install_auth - offer AUTH when there is any user: on_auth checks PLAIN and LOGIN passwords,
+// auth_secret gives CRAM-MD5 the password it needs. Both hold their own copy of the users.
+void install_auth(smtpd::Options& options, const Users& accounts) {
+  if (accounts.empty()) return;
+  auto users = std::make_shared<const Users>(accounts);
+  options.on_auth = [users](const smtpd::SessionInfo&, const std::string&, const std::string& user,
+                            const std::string& password, const std::string&) {
+    auto found = users->find(user);
+    // An unknown user still costs one comparison, like a known user with a wrong password.
+    static const std::string no_password(16, '\0');
+    const std::string& expected = found == users->end() ? no_password : found->second;
+    const bool matches = constant_time_equals(password, expected);
+    return matches && found != users->end();
+  };
+  options.auth_secret = [users](const smtpd::SessionInfo&,
+                                const std::string& user) -> std::optional<std::string> {
+    auto found = users->find(user);
+    if (found == users->end()) return std::nullopt;
+    return found->second;
+  };
+}
+
+// =============================================================================================
+// 6. main - setup, serving and shutdown
 //
 // Signals are handled the thread-safe way: SIGINT and SIGTERM are blocked before any thread
 // exists, so every thread inherits the block and none is interrupted; main() alone takes them
@@ -529,7 +664,8 @@ sigset_t block_stop_signals() {
   return stop_signals;
 }
 
-// server_options - the command line's options plus the message handler and the error log.
+// server_options - the command line's options plus the message handler, the error log and,
+// when there are users, the AUTH checks.
 smtpd::Options server_options(const Config& config, Sink& sink, Output& output) {
   smtpd::Options options = config.options;
   options.message_handler = [&sink](const smtpd::SessionInfo& session,
@@ -537,6 +673,7 @@ smtpd::Options server_options(const Config& config, Sink& sink, Output& output) 
     return sink.receive(session, envelope, message);
   };
   options.log_error = [&output](std::string_view message) { output.log(std::string(message)); };
+  install_auth(options, config.users);
   return options;
 }
 
@@ -570,7 +707,8 @@ int serve_until_signal(smtpd::Server& server, const sigset_t& stop_signals, Outp
 
 } // namespace
 
-// main - parse the command line, prepare the Maildir, listen, then serve until a signal.
+// main - parse the command line, read the --auth-files, prepare the Maildir, listen, then serve
+// until a signal.
 int main(int argc, char** argv) {
   Config config;
   try {
@@ -586,6 +724,13 @@ int main(int argc, char** argv) {
 
   const sigset_t stop_signals = block_stop_signals(); // before any thread is started
   Output output;
+  try {
+    for (const std::string& path : config.auth_files)
+      load_auth_file(path, config.users);
+  } catch (const std::runtime_error& e) { // std::system_error too: an unreadable file
+    output.log(e.what());
+    return exit_runtime_error;
+  }
   std::optional<Maildir> maildir;
   if (!config.maildir.empty()) {
     try {
