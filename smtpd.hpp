@@ -226,7 +226,7 @@ struct Options {
 class Protocol {
 public:
   // Starts a session: runs on_connect and queues the greeting. `options.hostname` "" means the
-  // system host name.
+  // system host name. `options` is referred to, not copied: it must outlive the Protocol.
   Protocol(const Options& options, SessionInfo session);
   ~Protocol();
   Protocol(const Protocol&) = delete;
