@@ -951,6 +951,7 @@ struct Protocol::State {
   // AuthExchange - an AUTH dialogue in progress (RFC 4954 §4): lines are responses, not commands.
   struct AuthExchange {
     std::string mechanism; // "PLAIN", "LOGIN" or "CRAM-MD5"
+    bool have_username;    // LOGIN: the first step (the user name) is done
     std::string username;  // LOGIN: the name given in the first step
     std::string challenge; // CRAM-MD5: the challenge sent
   };
@@ -1122,14 +1123,14 @@ struct Protocol::State {
     if (piece.empty()) return;
     last_was_cr = piece.back() == '\r';
     if (discarding) return;
-    if (partial.size() + piece.size() > line_limit(partial.empty() ? piece : partial)) {
+    partial.append(piece);
+    if (partial.size() > line_limit(partial)) {
       reply(too_long_reply()); // RFC 5321 §4.5.3.1.4, RFC 4954 §4
+      auth.reset();
       partial.clear();
       discarding = true;
       after_command();
-      return;
     }
-    partial.append(piece);
   }
 
   // complete_line - a whole line arrived (without its LF): check it, then execute it, or pass
@@ -1432,7 +1433,7 @@ struct Protocol::State {
     if (mechanism.empty()) return reply(replies::syntax("AUTH mechanism [initial-response]"));
     if (!mechanism_enabled(mechanism)) return reply(replies::unknown_mechanism());
     if (!mechanism_secure_now(mechanism)) return reply(replies::encryption_required());
-    auth = AuthExchange{mechanism, "", ""};
+    auth = AuthExchange{mechanism, false, "", ""};
     if (space == std::string_view::npos) return auth_challenge();
     if (mechanism == "CRAM-MD5") { // the server speaks first in CRAM-MD5 (RFC 2195)
       auth.reset();
@@ -1486,16 +1487,20 @@ struct Protocol::State {
 
   // auth_login - the LOGIN mechanism: user name, then password, each after a 334 prompt.
   void auth_login(std::string value) {
-    if (auth->username.empty()) {
+    if (!auth->have_username) {
+      auth->have_username = true;
       auth->username = std::move(value);
       return reply({334, "", base64_encode("Password:")});
     }
     check_password(auth->username, value, "");
   }
 
-  // check_password - ask on_auth about a PLAIN or LOGIN user name and password.
+  // check_password - ask on_auth about a PLAIN or LOGIN user name and password. An empty name
+  // or password is never valid (RFC 4616: 1*SAFE): an empty auth_user means "not logged in".
   void check_password(const std::string& username, const std::string& password,
                       const std::string& authzid) {
+    if (username.empty() || password.empty())
+      return finish_auth(replies::invalid_credentials(), "");
     std::string mechanism = auth->mechanism;
     Reply r = consult(
         "on_auth",
@@ -1517,7 +1522,8 @@ struct Protocol::State {
         "auth_secret",
         [&]() -> std::optional<Reply> {
           std::optional<std::string> secret = options.auth_secret(session, username);
-          bool ok = secret && constant_time_equals(hmac_md5_hex(*secret, challenge), digest);
+          bool ok = !username.empty() && secret &&
+                    constant_time_equals(hmac_md5_hex(*secret, challenge), digest);
           if (ok) return std::nullopt;
           return replies::invalid_credentials();
         },
