@@ -1416,9 +1416,11 @@ struct Protocol::State {
     return list;
   }
 
-  // mask_auth - a command line fit for the log: AUTH's initial response holds a password.
+  // mask_auth - a command line fit for the log: AUTH's initial response holds a password. Any
+  // line that starts like AUTH but is not "AUTH mechanism" is masked whole after the verb.
   static std::string mask_auth(std::string_view line) {
-    std::size_t response = istarts_with(line, "AUTH ") ? line.find(' ', 5) : std::string::npos;
+    if (!istarts_with(line, "AUTH") || line.size() == 4) return std::string(line);
+    std::size_t response = line[4] == ' ' ? line.find(' ', 5) : 4;
     if (response == std::string_view::npos) return std::string(line);
     return std::string(line.substr(0, response)) + " ****";
   }
