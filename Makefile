@@ -78,26 +78,7 @@ $(EXAMPLES) $(BUILD)/tests: $(BUILD)/flags
 # Fast when everything is installed (one dpkg-query per package, no apt). As root the missing
 # packages are installed; otherwise the command to do so is printed and the build stops.
 deps:
-	@if ! command -v dpkg-query >/dev/null 2>&1; then \
-	  echo "deps: no dpkg-query (not Debian?); make sure these are installed: $(DEB_PACKAGES)"; \
-	  exit 0; \
-	fi; \
-	missing=; \
-	for p in $(DEB_PACKAGES); do \
-	  case "$$(dpkg-query -W -f='$${Status}' $$p 2>/dev/null)" in \
-	    *" ok installed") ;; \
-	    *) missing="$$missing $$p" ;; \
-	  esac; \
-	done; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ]; then \
-	  echo "deps: installing:$$missing"; \
-	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
-	else \
-	  echo "deps: missing Debian packages:$$missing" >&2; \
-	  echo "deps: install them with:  sudo apt-get update && sudo apt-get install -y$$missing" >&2; \
-	  exit 1; \
-	fi
+	@bash .ci/deps.sh deps $(DEB_PACKAGES)
 
 # --- running -----------------------------------------------------------------------------------
 run: $(BUILD)/mailsink
@@ -144,3 +125,30 @@ clean:
 help:
 	@echo 'targets: all (default) deps test run example asan tsan notls fmt fmt-check install clean'
 	@echo 'variables: CXX=$(CXX) CXXFLAGS=$(CXXFLAGS) TLS=$(TLS) BUILD=$(BUILD) PREFIX=$(PREFIX)'
+
+# --- benchmark ---------------------------------------------------------------------------------
+# `make bench [ROUNDS=3]`: our server (build/bench/sink, the library with a no-op handler)
+# against Postfix's smtp-sink and aiosmtpd, run alternately; bench/run.py says what each case
+# measures. Prints a table, writes $(BUILD)/bench/results.jsonl and bench/throughput.png.
+# The anchors come from Debian; as root the missing ones are installed (Postfix preseeded to
+# "No configuration" so it neither writes main.cf nor starts a daemon).
+ROUNDS ?= 3
+BENCH_PYTHON ?= /usr/bin/python3
+BENCH_PACKAGES := postfix python3-aiosmtpd gnuplot-nox
+BENCH_OBJS := $(BUILD)/bench/sink.o $(BUILD)/bench/loadgen.o
+BENCH_BINS := $(BUILD)/bench/sink $(BUILD)/bench/loadgen
+.PHONY: bench bench-deps
+
+bench: $(BENCH_BINS) | bench-deps
+	$(BENCH_PYTHON) bench/run.py --build $(BUILD) --rounds $(ROUNDS)
+
+$(BUILD)/bench/sink: $(BUILD)/bench/sink.o $(LIB_OBJ)
+	$(CXX) $(ALL_CXXFLAGS) $(LDFLAGS) $(filter %.o,$^) $(ALL_LDLIBS) -o $@
+
+$(BUILD)/bench/loadgen: $(BUILD)/bench/loadgen.o
+	$(CXX) $(ALL_CXXFLAGS) $(LDFLAGS) $(filter %.o,$^) $(LDLIBS) -o $@
+
+bench-deps:
+	@bash .ci/deps.sh bench-deps $(BENCH_PACKAGES)
+
+-include $(BENCH_OBJS:.o=.d)

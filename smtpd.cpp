@@ -686,6 +686,10 @@ Reply too_many_auth_failures() {
   return {421, "4.7.0", "Too many authentication failures, closing connection"};
 }
 
+Reply hook_failed_early() {
+  return {421, "4.3.0", "Local error in processing, closing connection"};
+}
+
 Reply local_error() {
   return {451, "4.3.0", "Local error in processing, try again later"};
 }
@@ -822,6 +826,18 @@ Reply data_line_too_long() {
   return {554, "5.6.0", "Message line longer than 1000 octets"};
 }
 
+Reply not_smtp() {
+  return {554, "5.7.0", "This is an SMTP server, not a web server; closing"};
+}
+
+Reply early_talker() {
+  return {554, "5.5.1", "Protocol error: input before the greeting; closing"};
+}
+
+Reply unauthorized_pipelining() {
+  return {554, "5.5.1", "Protocol error: commands pipelined before EHLO; closing"};
+}
+
 Reply unknown_parameter() {
   return {555, "5.5.4", "Unsupported MAIL/RCPT parameter"};
 }
@@ -927,6 +943,7 @@ enum CommandFlag : unsigned {
   no_argument = 2, // 501 when an argument is given (DATA, RSET, QUIT)
   before_tls = 4,  // allowed before STARTTLS when tls_required (RFC 3207 §4)
   before_auth = 8, // allowed before AUTH when auth_required (RFC 4954 §6)
+  junk = 16,       // counts toward junk_command_limit (Postfix smtpd_junk_command_limit)
 };
 
 // tls_configured - whether Options ask for TLS at all (a context, or certificate files).
@@ -959,8 +976,10 @@ struct Protocol::State {
   std::optional<AuthExchange> auth;
   std::size_t auth_failures = 0;
   std::chrono::milliseconds reply_delay{0}; // see Protocol::take_reply_delay
-  bool last_was_cr = false; // the last byte read was CR (a CRLF may straddle two reads)
-  std::size_t errors = 0;   // 5xx replies so far (Options::hard_error_limit)
+  bool last_was_cr = false;        // the last byte read was CR (a CRLF may straddle two reads)
+  std::size_t errors = 0;          // 5xx replies so far (Options::hard_error_limit)
+  std::size_t junk_commands = 0;   // NOOP RSET VRFY HELP since the last message
+  std::size_t lines_completed = 0; // whole lines read (see Protocol::lines_completed)
 
   // The message being received.
   std::string message;  // our Received header, then the content
@@ -989,14 +1008,21 @@ struct Protocol::State {
         {"MAIL", &State::cmd_mail, needs_helo},
         {"RCPT", &State::cmd_rcpt, needs_helo},
         {"DATA", &State::cmd_data, needs_helo | no_argument},
-        {"RSET", &State::cmd_rset, no_argument | before_tls | before_auth},
-        {"NOOP", &State::cmd_noop, before_tls | before_auth},
+        {"RSET", &State::cmd_rset, no_argument | before_tls | before_auth | junk},
+        {"NOOP", &State::cmd_noop, before_tls | before_auth | junk},
         {"QUIT", &State::cmd_quit, no_argument | before_tls | before_auth},
         {"STARTTLS", &State::cmd_starttls, no_argument | before_tls | before_auth},
         {"AUTH", &State::cmd_auth, needs_helo | before_auth},
-        {"VRFY", &State::cmd_vrfy, 0},
+        // A web browser or proxy that reached the SMTP port: no dialogue, close (Postfix's
+        // smtpd_forbidden_commands).
+        {"GET", &State::cmd_http, before_tls | before_auth},
+        {"POST", &State::cmd_http, before_tls | before_auth},
+        {"HEAD", &State::cmd_http, before_tls | before_auth},
+        {"PUT", &State::cmd_http, before_tls | before_auth},
+        {"CONNECT", &State::cmd_http, before_tls | before_auth},
+        {"VRFY", &State::cmd_vrfy, junk},
         {"EXPN", &State::cmd_not_implemented, 0},
-        {"HELP", &State::cmd_help, 0},
+        {"HELP", &State::cmd_help, junk},
         // Known to RFC 5321 or common extensions, not offered here: 502 rather than 500.
         {"TURN", &State::cmd_not_implemented, 0},
         {"ETRN", &State::cmd_not_implemented, 0},
@@ -1015,10 +1041,17 @@ struct Protocol::State {
 
   // reply - queue `r`; enhanced codes go out once EHLO negotiated them (RFC 2034 §3).
   void reply(const Reply& r) {
-    if (r.code >= 500) ++errors;
+    if (r.code >= 500) count_error();
     std::size_t start = out.size();
     append_reply(out, r, session.esmtp);
     if (options.log_write) log_lines(options.log_write, std::string_view(out).substr(start));
+  }
+
+  // count_error - one more error: past soft_error_limit each one is answered slowly (a tarpit,
+  // Postfix's smtpd_error_sleep_time); at hard_error_limit the session ends (after_command).
+  void count_error() {
+    if (++errors > options.soft_error_limit)
+      reply_delay = std::max(reply_delay, options.error_delay);
   }
 
   // log_lines - pass each CRLF-terminated line of `text` to `log`.
@@ -1142,6 +1175,7 @@ struct Protocol::State {
       discarding = true;
     } else {
       line.remove_suffix(1); // the CR
+      ++lines_completed;
       if (line.size() + 2 > line_limit(line))
         refused = too_long_reply();
       else if (line.find('\r') != std::string_view::npos)
@@ -1194,6 +1228,7 @@ struct Protocol::State {
       return reply(replies::syntax(std::string(command->verb)));
     if ((command->flags & needs_helo) && stage == Stage::greeted)
       return reply(replies::need_helo());
+    if ((command->flags & junk) && ++junk_commands > options.junk_command_limit) count_error();
     (this->*command->run)(argument);
   }
 
@@ -1212,7 +1247,8 @@ struct Protocol::State {
     std::string helo(name);
     Reply r = consult(
         "on_helo", [&] { return options.on_helo ? options.on_helo(session, helo) : std::nullopt; },
-        Reply{250, "", hostname});
+        Reply{250, "", hostname}, replies::hook_failed_early());
+    if (r.code == 421) return close_with(r); // the hook failed before any mail: give up
     if (!r.positive()) return reply(r);
     reset_transaction();
     session.helo = std::move(helo);
@@ -1343,6 +1379,14 @@ struct Protocol::State {
     begin_message();
     stage = Stage::data;
     reply(replies::start_data());
+  }
+
+  // pipelining_forbidden - more commands arrived before the reply to the last one, though
+  // PIPELINING was not advertised (no EHLO yet, or HELO): RFC 2920 §3.1 says the client must
+  // wait. Spammers' bulk tools do this; real clients do not.
+  bool pipelining_forbidden() const {
+    bool commands = stage != Stage::data && stage != Stage::closed && !starttls_pending;
+    return options.reject_unauthorized_pipelining && commands && !session.esmtp;
   }
 
   // tls_offered - STARTTLS is configured, compiled in, and not in effect yet (RFC 3207 §4).
@@ -1544,7 +1588,7 @@ struct Protocol::State {
     }
     if (r.code == 535) {
       ++auth_failures;
-      reply_delay = options.auth_failure_delay;
+      reply_delay = std::max(reply_delay, options.auth_failure_delay);
     }
     reply(r);
     if (auth_failures >= options.auth_max_failures) close_with(replies::too_many_auth_failures());
@@ -1568,6 +1612,8 @@ struct Protocol::State {
   void cmd_help(std::string_view) { reply(replies::help()); } // RFC 5321 §4.1.1.8
 
   void cmd_not_implemented(std::string_view) { reply(replies::not_implemented()); }
+
+  void cmd_http(std::string_view) { close_with(replies::not_smtp()); }
 
   // ---- the message ---------------------------------------------------------------------------
 
@@ -1717,9 +1763,16 @@ struct Protocol::State {
     else if (options.strict && long_line)
       reply(replies::data_line_too_long());
     else
-      reply(deliver());
+      deliver_and_reply();
     reset_transaction();
     after_command();
+  }
+
+  // deliver_and_reply - hand the message over; a delivered message resets the junk count.
+  void deliver_and_reply() {
+    Reply r = deliver();
+    if (r.positive()) junk_commands = 0;
+    reply(r);
   }
 
   // deliver - call the message handler at the exception boundary.
@@ -1747,8 +1800,11 @@ Protocol::~Protocol() = default;
 void Protocol::feed(std::string_view bytes) {
   // After STARTTLS the rest of `bytes` is plaintext injected before the handshake: dropped.
   while (!bytes.empty() && s_->stage != Stage::closed && !s_->starttls_pending) {
-    std::size_t used = s_->stage == Stage::data ? s_->scan_data(bytes) : s_->read_command(bytes);
+    bool command = s_->stage != Stage::data;
+    std::size_t used = command ? s_->read_command(bytes) : s_->scan_data(bytes);
     bytes.remove_prefix(used);
+    if (command && !bytes.empty() && s_->pipelining_forbidden())
+      s_->close_with(replies::unauthorized_pipelining());
   }
 }
 
@@ -1786,6 +1842,15 @@ bool Protocol::starttls_requested() const {
 
 void Protocol::tls_started(std::string version, std::string cipher, std::string peer_subject) {
   s_->tls_started(std::move(version), std::move(cipher), std::move(peer_subject));
+}
+
+std::size_t Protocol::lines_completed() const {
+  return s_->lines_completed;
+}
+
+void Protocol::early_talker() {
+  s_->out.clear(); // the greeting is not sent
+  s_->close_with(replies::early_talker());
 }
 
 void Protocol::timeout() {

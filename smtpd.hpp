@@ -210,6 +210,21 @@ struct Options {
   bool auth_insecure = false;        // offer PLAIN and LOGIN without TLS (tests on loopback only)
   std::size_t auth_max_failures = 3; // failed AUTH attempts in a session before 421 and close
   std::chrono::milliseconds auth_failure_delay = std::chrono::seconds(1); // before each 535
+
+  // Abuse limits (defaults follow Postfix's smtpd). Per-client limits do not apply to clients
+  // in limit_exempt_networks, as Postfix exempts mynetworks: local proxies, tests, benchmarks.
+  std::size_t soft_error_limit = 10; // errors after which each error reply waits error_delay
+  std::chrono::milliseconds error_delay = std::chrono::seconds(1); // the tarpit
+  std::size_t junk_command_limit = 100; // NOOP RSET VRFY HELP per message before each one
+                                        // counts as an error
+  std::size_t min_data_rate = 500;     // bytes/s: DATA may take data_timeout + size/rate
+  std::chrono::milliseconds max_session_duration = std::chrono::hours(1); // then 421 4.4.2
+  std::size_t max_connections_per_ip = 50; // concurrent, per client address: then 421 4.7.0
+  std::vector<std::string> limit_exempt_networks = {"127.0.0.0/8", "::1/128"}; // CIDR
+  std::chrono::milliseconds greeting_delay = std::chrono::milliseconds(0); // wait before 220
+  bool reject_early_talkers = true; // input before our 220: 554 and close
+  bool reject_unauthorized_pipelining = true; // a burst of commands before PIPELINING was
+                                              // advertised (no EHLO yet): 554 and close
   bool reverse_dns = false; // look up the client's name (on its own thread) for Received
   std::chrono::milliseconds reverse_dns_timeout = std::chrono::seconds(2);
 };
@@ -252,6 +267,14 @@ public:
   // idle - between transactions with no partial command: a graceful shutdown may close now.
   bool idle() const;
 
+  // lines_completed - how many whole lines (commands, AUTH responses) have been read; an owner
+  // enforcing a deadline per command line restarts it when this changes.
+  std::size_t lines_completed() const;
+
+  // early_talker - the client sent something before the greeting was sent: queue "554" and ask
+  // to close (used when Options::reject_early_talkers).
+  void early_talker();
+
   // starttls_requested - STARTTLS was accepted: send the output, then run the TLS handshake and
   // call tls_started(). Input fed after the STARTTLS line was discarded (RFC 3207 §4.2 and the
   // command-injection attacks of CVE-2011-0411), and nothing more is read until then.
@@ -262,7 +285,7 @@ public:
   void tls_started(std::string version, std::string cipher, std::string peer_subject);
 
   // take_reply_delay - how long to wait before sending the queued output (after a failed AUTH,
-  // to slow down password guessing); zero almost always. Reading it resets it.
+  // or an error past soft_error_limit: a tarpit); zero almost always. Reading it resets it.
   std::chrono::milliseconds take_reply_delay();
 
   // timeout - the client was silent too long: queue "421 4.4.2" and ask to close.

@@ -604,6 +604,7 @@ TEST_SUITE("protocol") {
   TEST_CASE("Postfix hard_error_limit: a pipelined burst stops at the limit, before EHLO too") {
     smtpd::Options o;
     o.hard_error_limit = 3;
+    o.reject_unauthorized_pipelining = false; // this burst comes before EHLO on purpose
     Session s(o);
     CHECK(s.send("A\r\nB\r\n\nC\r\nNOOP\r\nD\r\n") ==
           "500 Command not recognized\r\n500 Command not recognized\r\n" + bare_lf.substr(0, 4) +
@@ -684,6 +685,7 @@ TEST_SUITE("protocol") {
     smtpd::Options o;
     o.hard_error_limit = 2;
     o.on_connect = reply_from<smtpd::SessionInfo>({554, "5.7.1", "No"}, false);
+    o.reject_unauthorized_pipelining = false; // a burst before EHLO on purpose
     Session s(o);
     CHECK(s.send("NOOP\r\nNOOP\r\nNOOP\r\n") ==
           "503 Service refused, only QUIT allowed\r\n503 Service refused, only QUIT allowed\r\n"
@@ -891,6 +893,7 @@ TEST_SUITE("protocol") {
       seen.push_back("rcpt " + to + " [" + si.helo + "] " + std::to_string(params.size()));
       return std::nullopt;
     };
+    o.reject_unauthorized_pipelining = false; // the HELO part is pipelined on purpose
     Session s(o);
     s.send("EHLO first.test\r\nHELO second.test\r\nMAIL FROM:<>\r\nRCPT TO:<Postmaster>\r\n"
            "EHLO third.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\n");
@@ -938,6 +941,7 @@ TEST_SUITE("protocol") {
       return std::nullopt;
     };
     o.max_recipients = 1;
+    o.reject_unauthorized_pipelining = false; // MAIL before EHLO in the same burst on purpose
     Session s(o);
     s.send("MAIL FROM:<a@b.test>\r\nEHLO client.test\r\nRCPT TO:<c@d.test>\r\n"
            "MAIL FROM:<a@b.test> FOO=1\r\nMAIL FROM:<a@b.test>\r\nMAIL FROM:<a@b.test>\r\n"
@@ -989,6 +993,78 @@ TEST_SUITE("protocol") {
   // The Received header (RFC 5321 §4.4), as a handler sees it
   // =============================================================================================
 
+  TEST_CASE("RFC 2920 §3.1: commands pipelined before PIPELINING was advertised: 554, close") {
+    Session before_ehlo;
+    CHECK(before_ehlo.send("HELO client.test\r\nMAIL FROM:<a@b.test>\r\n") ==
+          "250 mx.test\r\n554 Protocol error: commands pipelined before EHLO; closing\r\n");
+    CHECK(before_ehlo.closed());
+    Session after_ehlo; // EHLO advertised PIPELINING: a burst after it is fine
+    CHECK(after_ehlo.send("EHLO client.test\r\nMAIL FROM:<a@b.test>\r\nNOOP\r\n")
+              .find("250 2.1.0 Ok\r\n250 2.0.0 Ok\r\n") != std::string::npos);
+    CHECK_FALSE(after_ehlo.closed());
+    smtpd::Options lenient;
+    lenient.reject_unauthorized_pipelining = false;
+    Session allowed(lenient);
+    CHECK(allowed.send("HELO client.test\r\nNOOP\r\n") == "250 mx.test\r\n250 Ok\r\n");
+  }
+
+  TEST_CASE(
+      "Postfix smtpd_forbidden_commands: an HTTP request gets 554 and the connection closes") {
+    for (const char* request : {"GET / HTTP/1.1", "POST /x HTTP/1.0", "CONNECT a:25 HTTP/1.1"}) {
+      CAPTURE(request);
+      Session s;
+      CHECK(s.line(request) == "554 This is an SMTP server, not a web server; closing\r\n");
+      CHECK(s.closed());
+    }
+  }
+
+  TEST_CASE("Postfix smtpd_junk_command_limit: junk past the limit counts as errors") {
+    smtpd::Options o;
+    o.junk_command_limit = 2;
+    o.hard_error_limit = 2;
+    Session s(o);
+    s.line(ehlo_client);
+    CHECK(s.line("NOOP") == "250 2.0.0 Ok\r\n");
+    CHECK(s.line("RSET") == "250 2.0.0 Ok\r\n");
+    CHECK(s.line("NOOP") == "250 2.0.0 Ok\r\n"); // the third: one error
+    CHECK_FALSE(s.closed());
+    CHECK(s.line("HELP").find("421 4.7.0 Too many errors") != std::string::npos);
+    CHECK(s.closed());
+  }
+
+  TEST_CASE("Postfix smtpd_soft_error_limit: past it every error reply is delayed") {
+    smtpd::Options o;
+    o.soft_error_limit = 2;
+    o.error_delay = std::chrono::milliseconds(250);
+    Session s(o);
+    s.line(ehlo_client);
+    for (int i = 0; i < 2; ++i) {
+      s.line("BOGUS");
+      CHECK(s.protocol.take_reply_delay().count() == 0);
+    }
+    s.line("BOGUS");
+    CHECK(s.protocol.take_reply_delay().count() == 250);
+    CHECK(s.line("NOOP") == "250 2.0.0 Ok\r\n");
+    CHECK(s.protocol.take_reply_delay().count() == 0); // successes are not delayed
+  }
+
+  TEST_CASE("issue 7: an on_helo hook that throws ends the session with 421") {
+    smtpd::Options o;
+    o.on_helo = [](const smtpd::SessionInfo&, const std::string&) -> Hook {
+      throw std::runtime_error("database down");
+    };
+    Session s(o);
+    CHECK(s.line(ehlo_client) == "421 Local error in processing, closing connection\r\n");
+    CHECK(s.closed());
+  }
+
+  TEST_CASE("early_talker(): the greeting is withdrawn, 554, close") {
+    Session s;
+    s.protocol.early_talker();
+    CHECK(s.protocol.take_output() == "554 Protocol error: input before the greeting; closing\r\n");
+    CHECK(s.closed());
+  }
+
 } // TEST_SUITE("protocol")
 
 namespace {
@@ -1007,6 +1083,7 @@ Received receive(smtpd::Options o, smtpd::SessionInfo info, const std::string& h
   std::vector<std::string> datas;
   o.handler = [&](const smtpd::Peer&, const std::string&, const std::vector<std::string>&,
                   const std::string& data) { datas.push_back(data); };
+  o.reject_unauthorized_pipelining = false; // HELO sessions come in one feed too
   Session s(std::move(o), std::move(info));
   std::string out = s.send(hello + "\r\n" + mail + "\r\n" + rcpts + "DATA\r\n" + content + ".\r\n");
   const std::string marker = "250 2.0.0 Ok: queued as ";
