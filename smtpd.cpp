@@ -2196,57 +2196,145 @@ struct ServerControl {
   std::function<void(const std::string&)> log_error;
 };
 
-// run_connection - serve one client on `fd` until either side ends the session.
-void run_connection(const ServerControl& server, int fd, const Peer& peer) {
-  const Options& options = server.options;
-  SessionInfo info;
-  info.peer = peer;
-  std::unique_ptr<Transport> conn = std::make_unique<PlainConn>(fd);
-  std::string error;
-  TlsDetails tls;
-  if (options.tls_implicit) { // RFC 8314 §3.3: TLS first, then the greeting inside it
-    conn = start_tls(fd, server.tls, options.command_timeout, tls, error);
-    if (!conn) return server.log_error("smtpd: " + peer.to_string() + ": " + error);
+// Connection - one client's session on its thread: the transport, the Protocol, the clocks.
+class Connection {
+public:
+  Connection(const ServerControl& server, int fd, const Peer& peer)
+      : server_(server), options_(server.options), fd_(fd), peer_(peer),
+        conn_(std::make_unique<PlainConn>(fd)) {}
+
+  // run - serve the client until either side ends the session.
+  void run() {
+    SessionInfo info;
+    info.peer = peer_;
+    if (options_.tls_implicit && !implicit_tls(info)) return; // RFC 8314 §3.3: TLS first
+    Protocol protocol(options_, std::move(info));
+    if (options_.reject_early_talkers && !options_.tls_implicit && talked_first())
+      protocol.early_talker();
+    session_end_ = Clock::now() + options_.max_session_duration;
+    line_deadline_ = Clock::now() + options_.command_timeout;
+    std::unique_ptr<char[]> buf(new char[read_buffer_bytes]);
+    for (;;) {
+      if (!flush(protocol)) return;
+      if (protocol.starttls_requested()) { // RFC 3207 §4: the handshake right after our 220
+        TlsDetails tls;
+        if (!upgrade(tls)) return;
+        protocol.tls_started(tls.version, tls.cipher, tls.peer_subject);
+        continue;
+      }
+      if (protocol.should_close()) break;
+      if (server_.stopping.load(std::memory_order_relaxed)) {
+        saw_stopping_ = true; // from now on the wake pipe stays readable: stop polling it
+        if (protocol.idle()) {
+          protocol.shutting_down();
+          continue;
+        }
+      }
+      if (!read_and_feed(protocol, buf.get())) return;
+    }
+    conn_->close_gracefully();
+  }
+
+private:
+  using Clock = std::chrono::steady_clock;
+
+  // implicit_tls - the handshake before the greeting; the session learns the TLS details.
+  bool implicit_tls(SessionInfo& info) {
+    TlsDetails tls;
+    if (!upgrade(tls)) return false;
     info.tls = true;
     info.tls_version = tls.version;
     info.tls_cipher = tls.cipher;
     info.tls_peer_subject = tls.peer_subject;
+    return true;
   }
-  Protocol protocol(options, std::move(info));
-  std::unique_ptr<char[]> buf(new char[read_buffer_bytes]);
-  bool saw_stopping = false;
-  for (;;) {
-    auto delay = protocol.take_reply_delay(); // a failed AUTH: slow the guesser down
-    if (delay.count() > 0) wait_for(server.wake_fd, POLLIN, delay, -1); // ends early at shutdown
-    if (protocol.has_output() && !conn->write_all(protocol.take_output(), options.command_timeout))
-      break;
-    if (protocol.starttls_requested()) { // RFC 3207 §4: handshake right after our 220
-      conn = start_tls(fd, server.tls, options.command_timeout, tls, error);
-      if (!conn) return server.log_error("smtpd: " + peer.to_string() + ": " + error);
-      protocol.tls_started(tls.version, tls.cipher, tls.peer_subject);
-      continue;
+
+  // upgrade - replace the plain transport with TLS over the same socket.
+  bool upgrade(TlsDetails& tls) {
+    std::string error;
+    conn_ = start_tls(fd_, server_.tls, options_.command_timeout, tls, error);
+    if (!conn_) server_.log_error("smtpd: " + peer_.to_string() + ": " + error);
+    return conn_ != nullptr;
+  }
+
+  // talked_first - whether the client sent anything before our greeting (after waiting
+  // greeting_delay for it, if set): bulk-mail tools do, real clients wait (RFC 5321 §3.1).
+  bool talked_first() {
+    if (options_.greeting_delay.count() > 0 &&
+        wait_for(fd_, POLLIN, options_.greeting_delay, server_.wake_fd) != ReadResult::data)
+      return false;
+    char byte;
+    return ::recv(fd_, &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+  }
+
+  // flush - send the queued replies in one write, after the delay the Protocol asks for (a
+  // failed AUTH or an error past the soft limit: a tarpit that shutdown cuts short).
+  bool flush(Protocol& protocol) {
+    auto delay = protocol.take_reply_delay();
+    if (delay.count() > 0) wait_for(server_.wake_fd, POLLIN, delay, -1);
+    return !protocol.has_output() ||
+           conn_->write_all(protocol.take_output(), options_.command_timeout);
+  }
+
+  // read_and_feed - one read under the current deadline, fed to the Protocol; false when the
+  // client went away.
+  bool read_and_feed(Protocol& protocol, char* buf) {
+    auto timeout =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline(protocol) - Clock::now());
+    if (timeout.count() <= 0) {
+      protocol.timeout();
+      return true;
     }
-    if (protocol.should_close()) break;
-    if (server.stopping.load(std::memory_order_relaxed)) {
-      saw_stopping = true; // from now on the wake pipe stays readable: stop polling it
-      if (protocol.idle()) {
-        protocol.shutting_down();
-        continue;
-      }
-    }
-    auto timeout = protocol.in_data() ? options.data_timeout : options.command_timeout;
     std::size_t got = 0;
-    switch (conn->read_some(buf.get(), read_buffer_bytes, got, timeout,
-                            saw_stopping ? -1 : server.wake_fd)) {
-    case ReadResult::data: protocol.feed(std::string_view(buf.get(), got)); break;
-    case ReadResult::timeout: protocol.timeout(); break;
-    case ReadResult::woken: break;
+    switch (conn_->read_some(buf, read_buffer_bytes, got, timeout,
+                             saw_stopping_ ? -1 : server_.wake_fd)) {
+    case ReadResult::data:
+      last_read_ = Clock::now();
+      if (protocol.in_data()) data_bytes_ += got;
+      protocol.feed(std::string_view(buf, got));
+      return true;
+    case ReadResult::timeout: protocol.timeout(); return true;
+    case ReadResult::woken: return true;
     case ReadResult::closed:
-    case ReadResult::error: protocol.disconnected(); return;
+    case ReadResult::error: break;
     }
+    protocol.disconnected();
+    return false;
   }
-  conn->close_gracefully();
-}
+
+  // deadline - when the client must have sent more. A command line must arrive whole within
+  // command_timeout (RFC 5321 §4.5.3.2.7), however slowly it trickles in; message content may
+  // pause data_timeout at most, and the whole of it may take data_timeout plus its size at
+  // min_data_rate (Postfix's smtpd_min_data_rate); no session outlives max_session_duration.
+  Clock::time_point deadline(const Protocol& protocol) {
+    Clock::time_point now = Clock::now();
+    bool data = protocol.in_data();
+    if (protocol.lines_completed() != lines_seen_ || (in_data_ && !data)) {
+      lines_seen_ = protocol.lines_completed(); // a new command line may start now
+      line_deadline_ = now + options_.command_timeout;
+    }
+    if (data && !in_data_) {
+      data_start_ = last_read_ = now;
+      data_bytes_ = 0;
+    }
+    in_data_ = data;
+    if (!data) return std::min(line_deadline_, session_end_);
+    auto allowance = std::chrono::milliseconds(data_bytes_ * 1000 / options_.min_data_rate);
+    return std::min({last_read_ + options_.data_timeout,
+                     data_start_ + options_.data_timeout + allowance, session_end_});
+  }
+
+  const ServerControl& server_;
+  const Options& options_;
+  int fd_;
+  Peer peer_;
+  std::unique_ptr<Transport> conn_;
+  bool saw_stopping_ = false;
+  Clock::time_point session_end_, line_deadline_, data_start_, last_read_;
+  std::size_t lines_seen_ = 0;
+  bool in_data_ = false;
+  std::size_t data_bytes_ = 0;
+};
 
 // reverse_lookup - the client's host name if its PTR record resolves back to its address
 // (forward-confirmed, so a forged PTR is not shown), or "". The lookup runs on its own detached
@@ -2390,7 +2478,8 @@ void validate(const Options& o) {
   if (o.command_timeout <= 0ms || o.data_timeout <= 0ms)
     throw std::invalid_argument("smtpd: timeouts must be positive");
   if (o.max_message_bytes == 0 || o.max_recipients == 0 || o.max_connections == 0 ||
-      o.hard_error_limit == 0)
+      o.hard_error_limit == 0 || o.min_data_rate == 0 || o.max_connections_per_ip == 0 ||
+      o.max_session_duration <= 0ms)
     throw std::invalid_argument("smtpd: limits must be positive");
   if (o.message_handler && o.handler)
     throw std::invalid_argument("smtpd: set handler or message_handler, not both");
@@ -2546,7 +2635,7 @@ struct Server::Impl {
       }
       ServerControl control{impl.options, impl.stopping, impl.wake[0], std::move(tls),
                             [&impl](const std::string& m) { impl.log_error(m); }};
-      run_connection(control, launch->client->fd, peer);
+      Connection(control, launch->client->fd, peer).run();
     } catch (const std::exception& e) { // e.g. std::bad_alloc: end this connection only
       impl.log_error(std::string("smtpd: connection ended: ") + e.what());
     }
