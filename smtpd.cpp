@@ -23,12 +23,14 @@
 #include <condition_variable>
 #include <cstring>
 #include <ctime>
+#include <deque>
 #include <list>
 #include <mutex>
 #include <random>
 #include <stdexcept>
 #include <system_error>
 #include <thread>
+#include <unordered_map>
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -664,6 +666,10 @@ Reply cannot_vrfy() {
 
 Reply start_data() {
   return {354, "", "End data with <CR><LF>.<CR><LF>"};
+}
+
+Reply too_many_from_ip() {
+  return {421, "4.7.0", "Too many connections from your address, try again later"};
 }
 
 Reply too_many_connections() {
@@ -2339,8 +2345,7 @@ private:
 // reverse_lookup - the client's host name if its PTR record resolves back to its address
 // (forward-confirmed, so a forged PTR is not shown), or "". The lookup runs on its own detached
 // thread so that `timeout` bounds the wait; a stuck resolver finishes on its own later.
-std::string reverse_lookup(const sockaddr_storage& address, socklen_t length, const Peer& peer,
-                           std::chrono::milliseconds timeout) {
+std::string reverse_lookup(const Peer& peer, std::chrono::milliseconds timeout) {
   struct Result {
     std::mutex mu;
     std::condition_variable done;
@@ -2349,11 +2354,22 @@ std::string reverse_lookup(const sockaddr_storage& address, socklen_t length, co
   };
 
   auto result = std::make_shared<Result>();
-  std::thread([result, address, length, ip = peer.ip] {
+  std::thread([result, ip = peer.ip] {
     char host[NI_MAXHOST] = {};
     std::string confirmed;
-    if (getnameinfo(reinterpret_cast<const sockaddr*>(&address), length, host, sizeof host, nullptr,
-                    0, NI_NAMEREQD) == 0) {
+    sockaddr_storage address{};
+    socklen_t length = 0;
+    auto* v4 = reinterpret_cast<sockaddr_in*>(&address);
+    auto* v6 = reinterpret_cast<sockaddr_in6*>(&address);
+    if (inet_pton(AF_INET, ip.c_str(), &v4->sin_addr) == 1) {
+      v4->sin_family = AF_INET;
+      length = sizeof *v4;
+    } else if (inet_pton(AF_INET6, ip.c_str(), &v6->sin6_addr) == 1) {
+      v6->sin6_family = AF_INET6;
+      length = sizeof *v6;
+    }
+    if (length > 0 && getnameinfo(reinterpret_cast<const sockaddr*>(&address), length, host,
+                                  sizeof host, nullptr, 0, NI_NAMEREQD) == 0) {
       addrinfo hints{}, *list = nullptr;
       hints.ai_socktype = SOCK_STREAM;
       if (getaddrinfo(host, nullptr, &hints, &list) == 0) {
@@ -2497,28 +2513,82 @@ void validate(const Options& o) {
   validate_auth(o);
 }
 
+// Network - an address range from limit_exempt_networks, e.g. 127.0.0.0/8 or ::1/128.
+struct Network {
+  int family = AF_INET;
+  unsigned char bytes[16] = {};
+  int prefix_bits = 0;
+};
+
+// parse_network - "address/prefix" (or a bare address: one host).
+Network parse_network(const std::string& cidr) {
+  Network n;
+  std::size_t slash = cidr.find('/');
+  std::string address = cidr.substr(0, slash);
+  n.family = address.find(':') != std::string::npos ? AF_INET6 : AF_INET;
+  int max_bits = n.family == AF_INET6 ? 128 : 32;
+  bool ok = inet_pton(n.family, address.c_str(), n.bytes) == 1;
+  n.prefix_bits = max_bits;
+  if (ok && slash != std::string::npos) {
+    std::string bits = cidr.substr(slash + 1);
+    ok = !bits.empty() && bits.size() <= 3 &&
+         std::all_of(bits.begin(), bits.end(), [](char c) { return is_digit(c); }) &&
+         std::stoi(bits) <= max_bits;
+    if (ok) n.prefix_bits = std::stoi(bits);
+  }
+  if (!ok) throw std::invalid_argument("smtpd: bad network \"" + cidr + "\" (want addr/bits)");
+  return n;
+}
+
+// in_network - whether the numeric address `ip` lies in `n`.
+bool in_network(const Network& n, const std::string& ip) {
+  unsigned char bytes[16];
+  if (inet_pton(n.family, ip.c_str(), bytes) != 1) return false;
+  int whole = n.prefix_bits / 8, rest = n.prefix_bits % 8;
+  if (std::memcmp(bytes, n.bytes, std::size_t(whole)) != 0) return false;
+  unsigned char mask = static_cast<unsigned char>(0xFF << (8 - rest));
+  return rest == 0 || ((bytes[whole] ^ n.bytes[whole]) & mask) == 0;
+}
+
 } // namespace
 
-struct Server::Impl {
+// Server::Impl - the listener, the connection registry and the worker threads. Each connection
+// runs on a worker thread of its own; when it ends, the worker parks for a while (at most
+// max_idle_threads of them) so that the next connection needs no thread creation. Connection
+// threads hold the Impl by shared_ptr: one stuck in user code past a shutdown deadline is
+// detached and keeps it alive until it returns.
+struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   Options options;
+  std::vector<Network> exempt; // limit_exempt_networks, parsed
   std::atomic<bool> stopping{false};
   int wake[2] = {-1, -1}; // written once at shutdown; connections and accept poll wake[0]
 
   mutable std::mutex mu;
-  mutable std::condition_variable changed;
+  mutable std::condition_variable changed; // serving, clients or threads changed
+  std::condition_variable work;            // a connection is pending, or stopping
   int listen_fd = -1;
   bool serving = false;
+  TlsContext tls_context; // for new connections; replaced by reload_tls()
 
+  // Client - a connection being served.
   struct Client {
     int fd;
+    Peer peer;
+    pthread_t thread{};    // the worker serving it, once it started
+    bool detached = false; // left behind by a shutdown (stuck in user code)
   };
 
-  std::list<Client> clients;       // live connections
-  std::vector<pthread_t> finished; // threads whose connection ended, not yet joined
-  TlsContext tls_context;          // for new connections; replaced by reload_tls()
+  std::list<Client> clients;                           // live connections
+  std::unordered_map<std::string, std::size_t> per_ip; // live connections by address
+  std::deque<std::list<Client>::iterator> pending;     // accepted, for a parked worker
+  std::size_t parked = 0;          // workers waiting for a connection, not yet reserved
+  std::size_t threads = 0;         // worker threads alive (not detached)
+  std::vector<pthread_t> finished; // workers that ended, to be joined
 
   explicit Impl(Options o) : options(std::move(o)) {
     validate(options);
+    for (const std::string& cidr : options.limit_exempt_networks)
+      exempt.push_back(parse_network(cidr));
     if (tls_configured(options)) tls_context = make_tls_context(options);
     if (options.hostname.empty()) options.hostname = system_hostname();
     if (::pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0)
@@ -2535,15 +2605,7 @@ struct Server::Impl {
     if (options.log_error) options.log_error(message);
   }
 
-  // Launch - what a new connection thread is given.
-  struct Launch {
-    Impl* impl;
-    std::list<Client>::iterator client;
-    sockaddr_storage address;
-    socklen_t length;
-  };
-
-  // accept_loop - accept until stopping; each client gets its own thread.
+  // accept_loop - accept until stopping.
   void accept_loop(int fd) {
     for (;;) {
       pollfd fds[2] = {{fd, POLLIN, 0}, {wake[0], POLLIN, 0}};
@@ -2561,14 +2623,13 @@ struct Server::Impl {
     }
   }
 
-  // accept_one - take one connection: refuse it with 421 when at the connection limit,
-  // otherwise start its thread.
+  // accept_one - take one connection; refuse it with 421 over a limit, else hand it to a parked
+  // worker or a new thread.
   void accept_one(int fd) {
-    auto launch = std::make_unique<Launch>();
-    launch->impl = this;
-    launch->length = sizeof launch->address;
-    int client = ::accept4(fd, reinterpret_cast<sockaddr*>(&launch->address), &launch->length,
-                           SOCK_CLOEXEC | SOCK_NONBLOCK);
+    sockaddr_storage address{};
+    socklen_t length = sizeof address;
+    int client =
+        ::accept4(fd, reinterpret_cast<sockaddr*>(&address), &length, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (client < 0) {
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
         log_error(std::string("smtpd: accept: ") + std::strerror(errno));
@@ -2578,82 +2639,138 @@ struct Server::Impl {
     }
     int on = 1;
     ::setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on); // we batch replies ourselves
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      if (clients.size() < options.max_connections) {
-        launch->client = clients.insert(clients.end(), Client{client});
-        if (start_thread(launch.get())) {
-          launch.release();
-          return;
-        }
-        clients.erase(launch->client);
-      }
+    Peer peer = peer_of(address, length);
+    std::unique_lock<std::mutex> lock(mu);
+    if (clients.size() >= options.max_connections)
+      return refuse(lock, client, peer, replies::too_many_connections(), "too many connections");
+    bool exempted = std::any_of(exempt.begin(), exempt.end(),
+                                [&](const Network& n) { return in_network(n, peer.ip); });
+    std::size_t& from_ip = per_ip[peer.ip];
+    if (!exempted && from_ip >= options.max_connections_per_ip)
+      return refuse(lock, client, peer, replies::too_many_from_ip(), "too many from its address");
+    ++from_ip;
+    auto it = clients.insert(clients.end(), Client{client, peer});
+    if (parked > 0) { // a parked worker takes it: no thread to create
+      --parked;
+      pending.push_back(it);
+      work.notify_one();
+      return;
     }
-    refuse(client, peer_of(launch->address, launch->length));
+    if (start_worker(it)) return;
+    forget(it);
+    refuse(lock, client, peer, replies::too_many_connections(), "no thread");
   }
 
-  // start_thread - a connection thread with the configured stack size.
-  bool start_thread(Launch* launch) {
+  // refuse - say why in one line and close: over a limit, never a silent drop (421).
+  void refuse(std::unique_lock<std::mutex>& lock, int client, const Peer& peer, const Reply& why,
+              const char* reason) {
+    lock.unlock();
+    std::string line;
+    append_reply(line, why, false);
+    (void)::send(client, line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    ::close(client);
+    log_error("smtpd: refused " + peer.to_string() + ": " + reason);
+  }
+
+  // Start - what a new worker thread is given.
+  struct Start {
+    std::shared_ptr<Impl> impl;
+    std::list<Client>::iterator client;
+  };
+
+  // start_worker - a thread with the configured stack size for `client` (lock held).
+  bool start_worker(std::list<Client>::iterator client) {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     std::size_t stack = std::max<std::size_t>(options.thread_stack_bytes, PTHREAD_STACK_MIN);
     pthread_attr_setstacksize(&attr, stack);
+    auto start = std::make_unique<Start>(Start{shared_from_this(), client});
     pthread_t thread;
-    int rc = pthread_create(&thread, &attr, &Impl::connection_main, launch);
+    int rc = pthread_create(&thread, &attr, &Impl::worker_main, start.get());
     pthread_attr_destroy(&attr);
-    if (rc != 0) log_error(std::string("smtpd: cannot start thread: ") + std::strerror(rc));
-    return rc == 0;
+    if (rc != 0) {
+      log_error(std::string("smtpd: cannot start thread: ") + std::strerror(rc));
+      return false;
+    }
+    start.release();
+    ++threads;
+    return true;
   }
 
-  // refuse - over the connection limit (or out of threads): say 421 and close, never silently.
-  void refuse(int client, const Peer& peer) {
-    std::string line;
-    append_reply(line, replies::too_many_connections(), false);
-    (void)::send(client, line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-    ::close(client);
-    log_error("smtpd: refused " + peer.to_string() + ": too many connections");
-  }
-
-  static void* connection_main(void* arg) {
-    std::unique_ptr<Launch> launch(static_cast<Launch*>(arg));
-    Impl& impl = *launch->impl;
+  // worker_main - serve connections one after another: the one it was started for, then those
+  // handed to it while parked.
+  static void* worker_main(void* arg) {
+    std::unique_ptr<Start> start(static_cast<Start*>(arg));
+    std::shared_ptr<Impl> impl = std::move(start->impl);
     // OpenSSL writes with write(), which raises SIGPIPE on a closed connection: keep that
     // signal pending on this thread instead of letting it kill the process.
     sigset_t pipe_signal;
     sigemptyset(&pipe_signal);
     sigaddset(&pipe_signal, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
-    try {
-      Peer peer = peer_of(launch->address, launch->length);
-      if (impl.options.reverse_dns)
-        peer.hostname =
-            reverse_lookup(launch->address, launch->length, peer, impl.options.reverse_dns_timeout);
-      TlsContext tls;
-      {
-        std::lock_guard<std::mutex> lock(impl.mu);
-        tls = impl.tls_context;
-      }
-      ServerControl control{impl.options, impl.stopping, impl.wake[0], std::move(tls),
-                            [&impl](const std::string& m) { impl.log_error(m); }};
-      Connection(control, launch->client->fd, peer).run();
-    } catch (const std::exception& e) { // e.g. std::bad_alloc: end this connection only
-      impl.log_error(std::string("smtpd: connection ended: ") + e.what());
+    std::optional<std::list<Client>::iterator> client = start->client;
+    while (client) {
+      impl->serve_client(*client);
+      client = impl->end_client(*client);
     }
-    impl.connection_ended(launch->client);
     return nullptr;
   }
 
-  // connection_ended - close the socket and queue the thread to be joined. The close happens
-  // under the lock, so cut_all() never shuts down a descriptor number already reused.
-  void connection_ended(std::list<Client>::iterator client) {
-    std::lock_guard<std::mutex> lock(mu);
-    ::close(client->fd);
-    clients.erase(client);
-    finished.push_back(pthread_self());
-    changed.notify_all();
+  // serve_client - one connection, at the exception boundary: anything thrown ends only it.
+  void serve_client(std::list<Client>::iterator client) {
+    Peer peer;
+    TlsContext tls;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      client->thread = pthread_self();
+      peer = client->peer;
+      tls = tls_context;
+    }
+    try {
+      if (options.reverse_dns) peer.hostname = reverse_lookup(peer, options.reverse_dns_timeout);
+      ServerControl control{options, stopping, wake[0], std::move(tls),
+                            [this](const std::string& m) { log_error(m); }};
+      Connection(control, client->fd, peer).run();
+    } catch (const std::exception& e) { // e.g. std::bad_alloc
+      log_error(std::string("smtpd: connection ended: ") + e.what());
+    }
   }
 
-  // join_finished - join the threads of connections that have ended.
+  // end_client - close the connection (under the lock, so cut_all() never shuts down a
+  // descriptor number already reused), then park until another connection comes, or end the
+  // thread: when stopping, when the pool is full, or after a while without work.
+  std::optional<std::list<Client>::iterator> end_client(std::list<Client>::iterator client) {
+    std::unique_lock<std::mutex> lock(mu);
+    bool detached = client->detached;
+    ::close(client->fd);
+    forget(client);
+    changed.notify_all();
+    if (detached) return std::nullopt; // shutdown gave up on this thread: just end
+    if (!stopping && parked < options.max_idle_threads) {
+      ++parked;
+      bool got = work.wait_for(lock, std::chrono::seconds(30),
+                               [&] { return !pending.empty() || stopping; });
+      if (got && !pending.empty()) { // accept_one reserved us by decrementing `parked`
+        auto next = pending.front();
+        pending.pop_front();
+        return next;
+      }
+      --parked;
+    }
+    --threads;
+    finished.push_back(pthread_self());
+    changed.notify_all();
+    return std::nullopt;
+  }
+
+  // forget - drop a connection from the registry and its address's count (lock held).
+  void forget(std::list<Client>::iterator client) {
+    auto count = per_ip.find(client->peer.ip);
+    if (count != per_ip.end() && --count->second == 0) per_ip.erase(count);
+    clients.erase(client);
+  }
+
+  // join_finished - join the workers that have ended.
   void join_finished() {
     std::vector<pthread_t> done;
     {
@@ -2671,11 +2788,14 @@ struct Server::Impl {
       ::shutdown(c.fd, SHUT_RDWR);
   }
 
-  // stop - the shared part of shutdown() and close().
+  // stop - the shared part of shutdown() and close(): stop accepting, wait for connections to
+  // end until `deadline`, cut the rest, give them a moment, and detach any thread still stuck in
+  // user code (a handler that never returns) so that shutdown always returns.
   void stop(std::chrono::milliseconds deadline) {
     auto until = std::chrono::steady_clock::now() + deadline;
     if (!stopping.exchange(true)) (void)::write(wake[1], "x", 1);
     std::unique_lock<std::mutex> lock(mu);
+    work.notify_all();                            // parked workers end
     changed.wait(lock, [&] { return !serving; }); // the accept loop has returned
     if (listen_fd >= 0) {
       ::close(listen_fd); // stop accepting: new clients are refused by the kernel
@@ -2685,13 +2805,29 @@ struct Server::Impl {
     lock.unlock();
     cut_all();
     lock.lock();
-    changed.wait(lock, [&] { return clients.empty(); });
+    auto grace = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    changed.wait_until(lock, grace, [&] { return clients.empty(); });
+    detach_stuck(lock);
+    changed.wait(lock, [&] { return threads == 0; });
     lock.unlock();
     join_finished();
   }
+
+  // detach_stuck - connections still running after the grace period are in user code that
+  // does not return: leave their threads to finish on their own (lock held).
+  void detach_stuck(std::unique_lock<std::mutex>&) {
+    for (Client& c : clients) {
+      if (c.detached) continue;
+      c.detached = true;
+      if (c.thread != pthread_t{}) pthread_detach(c.thread);
+      --threads;
+      log_error("smtpd: shutdown left a connection from " + c.peer.to_string() +
+                " whose handler has not returned; its thread ends when the handler does");
+    }
+  }
 };
 
-Server::Server(Options options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Server::Server(Options options) : impl_(std::make_shared<Impl>(std::move(options))) {}
 
 Server::~Server() {
   close();

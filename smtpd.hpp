@@ -187,6 +187,7 @@ struct Options {
   bool strict = false; // reject bare CR/LF in data, over-long data lines, and MAIL/RCPT syntax
                        // that RFC 5321 §4.1.2 does not allow (e.g. "MAIL FROM: <a@b>")
   std::size_t thread_stack_bytes = 256 * 1024; // stack of each connection thread
+  std::size_t max_idle_threads = 32; // threads kept parked after their connection, for reuse
 
   // TLS (RFC 3207 STARTTLS, RFC 8314 implicit TLS). Setting a certificate (or a context) turns
   // STARTTLS on. In a build with SMTPD_NO_TLS, setting any of these makes Server throw.
@@ -217,12 +218,12 @@ struct Options {
   std::chrono::milliseconds error_delay = std::chrono::seconds(1); // the tarpit
   std::size_t junk_command_limit = 100; // NOOP RSET VRFY HELP per message before each one
                                         // counts as an error
-  std::size_t min_data_rate = 500;     // bytes/s: DATA may take data_timeout + size/rate
+  std::size_t min_data_rate = 500;      // bytes/s: DATA may take data_timeout + size/rate
   std::chrono::milliseconds max_session_duration = std::chrono::hours(1); // then 421 4.4.2
   std::size_t max_connections_per_ip = 50; // concurrent, per client address: then 421 4.7.0
   std::vector<std::string> limit_exempt_networks = {"127.0.0.0/8", "::1/128"}; // CIDR
-  std::chrono::milliseconds greeting_delay = std::chrono::milliseconds(0); // wait before 220
-  bool reject_early_talkers = true; // input before our 220: 554 and close
+  std::chrono::milliseconds greeting_delay = std::chrono::milliseconds(0);     // wait before 220
+  bool reject_early_talkers = true;           // input before our 220: 554 and close
   bool reject_unauthorized_pipelining = true; // a burst of commands before PIPELINING was
                                               // advertised (no EHLO yet): 554 and close
   bool reverse_dns = false; // look up the client's name (on its own thread) for Received
@@ -342,7 +343,9 @@ public:
   bool wait_ready(std::chrono::milliseconds timeout) const;
 
   // shutdown - graceful: stop accepting, send 421 to idle clients, let transactions in flight
-  // finish until `deadline` passes, then cut the rest; join every thread. Callable from any
+  // finish until `deadline` passes, then cut the rest; join every thread. A thread still inside
+  // your handler a second after that is detached and finishes when the handler returns (the
+  // server's internals stay alive until then), so shutdown always returns. Callable from any
   // thread (e.g. one that sigwait()s); not from an asynchronous signal handler.
   void shutdown(std::chrono::milliseconds deadline = std::chrono::seconds(10));
 
@@ -361,7 +364,7 @@ public:
 
 private:
   struct Impl;
-  std::unique_ptr<Impl> impl_;
+  std::shared_ptr<Impl> impl_; // shared with connection threads (see shutdown)
 };
 
 // ListenAndServe - serve SMTP on `addr` with `handler` until the process ends (mhale/smtpd's
