@@ -30,7 +30,9 @@ else
 endif
 
 # The Debian 12 packages that building and testing need (`make deps` installs them as root).
-DEB_PACKAGES := g++ make libssl-dev openssl doctest-dev python3 swaks libnet-ssleay-perl curl clang clang-format
+# Real clients for the interop tests: msmtp, Go, Postfix (SASL PLAIN needs libsasl2-modules).
+DEB_PACKAGES := g++ make libssl-dev openssl doctest-dev python3 swaks libnet-ssleay-perl curl \
+  clang clang-format msmtp golang-go postfix libsasl2-modules
 
 LIB_OBJ := $(BUILD)/smtpd.o
 EXAMPLES := $(BUILD)/hello $(BUILD)/mailsink

@@ -1,0 +1,657 @@
+#!/bin/bash
+# test/interop_clients.sh MAILSINK_PATH - real mail clients and a real MTA against mailsink:
+# msmtp, Go's net/smtp, Node's nodemailer and a throwaway Postfix instance relaying to it, in
+# clear, with STARTTLS (the certificate verified) and with AUTH PLAIN, and a byte-for-byte check
+# of every message they deliver.
+#
+# Two mailsinks run on free loopback ports (port 0; the startup line tells which), each with a
+# Maildir:
+#   plain   no TLS, no AUTH.
+#   secure  STARTTLS with a throwaway self-signed certificate (SANs DNS:localhost and
+#           IP:127.0.0.1, so the clients verify it) and --auth alice:wonderland (AUTH PLAIN and
+#           LOGIN after STARTTLS; AUTH optional).
+# A stored message must be N Received fields followed by exactly the bytes sent (msg.eml below):
+# N = 1 for a client talking to mailsink directly, 2 through Postfix (its own "Received: by"
+# from the local submission, under mailsink's). mailsink's field must say " with ESMTP ",
+# " with ESMTPS " or " with ESMTPSA " (RFC 3848) as the session was, "(using TLSv1." exactly
+# when it was TLS, and mailsink's summary line must say "auth=alice" exactly when the client
+# authenticated.
+#
+# The Postfix checks run a second Postfix instance with its own main.cf, master.cf, queue and
+# log under the temp dir (no listening smtpd, no chroot), started with "postfix -c DIR", fed
+# with "sendmail -C DIR -i", stopped with "postfix -c DIR stop". /etc/postfix is only read.
+# It must run as root (postfix start and a MAIL_CONFIG submission need it).
+#
+# Each check prints "ok - NAME" or "FAIL - NAME: reason" (details follow on "#" lines); the last
+# line is "interop-clients: N passed, N failed". Exit status 1 if any check failed, 2 on bad
+# usage. A missing client is a failure naming its package, never a skip. Every client runs
+# under timeout. The clients, how to drive them and their pitfalls: /work/shared/INTEROP.md.
+#
+# Needs (Debian): msmtp golang-go postfix (preseeded "No configuration") libsasl2-modules
+# openssl; node >= 20 with npm (NodeSource), and the npm registry for nodemailer@10.6.0, which
+# is installed into the temp dir on every run.
+set -u
+
+if [ $# -lt 1 ] || [ -z "$1" ]; then
+  echo "usage: $0 MAILSINK_PATH" >&2
+  exit 2
+fi
+SINK=$1
+# Everything runs inside a temp dir, so a relative path is made absolute now.
+case $SINK in
+  /*) ;;
+  */*) SINK=$PWD/$SINK ;;
+  *) SINK=$(command -v -- "$SINK" || echo "$PWD/$SINK") ;;
+esac
+# The Go program and the Node script live next to this script.
+HELPERS=$(cd "$(dirname "$0")" && pwd)/interop_clients
+
+# --- reporting -------------------------------------------------------------------------------
+PASSED=0
+FAILED=0
+ok() { PASSED=$((PASSED + 1)); echo "ok - $1"; }
+fail() { FAILED=$((FAILED + 1)); echo "FAIL - $1: $2"; }
+# details FILE...: the last 25 lines of each non-empty FILE, as "#" lines under a FAIL.
+details() {
+  local file
+  for file in "$@"; do [ -s "$file" ] && tail -n 25 "$file" | sed 's/^/#   /'; done
+  return 0
+}
+# dump FILE [BYTE]: a file's bytes with CR, LF and the like shown as escapes, as "#" lines; the
+# first 2 KiB, or with BYTE (1-based) about 100 bytes around it.
+dump() {
+  local skip=0 count=2048
+  if [ -n "${2:-}" ]; then skip=$(( $2 > 48 ? $2 - 49 : 0 )); count=112; fi
+  [ -e "$1" ] && od -An -c -j "$skip" -N "$count" "$1" | sed 's/^/#   /'
+  return 0
+}
+# millis: milliseconds since the epoch.
+millis() { echo $(( $(date +%s%N) / 1000000 )); }
+
+# --- temp dir, servers, the Postfix instance, cleanup ----------------------------------------
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/interop-clients.XXXXXX") ||
+  { echo "interop-clients: mktemp failed" >&2; exit 1; }
+SERVERS=(plain secure)
+declare -A PORT PID MAILDIR
+for server in "${SERVERS[@]}"; do
+  PORT[$server]=
+  PID[$server]=
+  MAILDIR[$server]=$WORK/maildir-$server
+done
+# The Postfix instance: config in $PFX/etc, queue in $PFX/spool, log in $PFX/maillog. Its own
+# temp dir, which the postfix user must be able to enter (master opens data/master.lock as
+# postfix), unlike $WORK.
+if ! PFX=$(mktemp -d "${TMPDIR:-/tmp}/interop-clients-postfix.XXXXXX") || ! chmod 755 "$PFX"; then
+  rm -rf "$WORK" "$PFX"
+  echo "interop-clients: mktemp failed" >&2
+  exit 1
+fi
+PFX_STARTED=
+POSTFIX=
+# pfx_running: true while the instance's master runs ("postfix status" exits 0).
+pfx_running() { timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" status > /dev/null 2>&1; }
+# pfx_wait_stopped SECONDS: true once the instance has stopped, false if it still runs then.
+pfx_wait_stopped() {
+  local deadline=$(( $(millis) + $1 * 1000 ))
+  while pfx_running; do
+    [ "$(millis)" -lt "$deadline" ] || return 1
+    sleep 0.2
+  done
+  return 0
+}
+cleanup() {
+  local server pid
+  if [ -n "$PFX_STARTED" ]; then
+    # Never by name: this instance only, through its own config directory.
+    timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" stop > /dev/null 2>&1
+    if ! pfx_wait_stopped 15; then
+      timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" abort > /dev/null 2>&1
+      pfx_wait_stopped 5
+    fi
+  fi
+  for server in "${SERVERS[@]}"; do
+    pid=${PID[$server]}
+    [ -n "$pid" ] || continue
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null
+      sleep 0.5
+      kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null
+  done
+  rm -rf "$WORK" "$PFX"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- clients: each check that needs a missing one fails, naming the package ------------------
+OPENSSL=$(command -v openssl || true)
+MSMTP=$(command -v msmtp || true)
+GO=$(command -v go || true)
+NODE=$(command -v node || true)
+NPM=$(command -v npm || true)
+# find_sbin NAME: NAME on PATH, else in /usr/sbin (not on every PATH), else nothing.
+find_sbin() {
+  command -v "$1" 2>/dev/null && return 0
+  [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"
+  return 0
+}
+POSTFIX=$(find_sbin postfix)
+POSTCONF=$(find_sbin postconf)
+POSTQUEUE=$(find_sbin postqueue)
+SENDMAIL=$(find_sbin sendmail)
+LIMIT=(timeout -k 5 30)
+NO_OPENSSL="openssl not found on PATH (apt-get install openssl)"
+NO_MSMTP="msmtp not found on PATH (apt-get install msmtp)"
+NO_GO="go not found on PATH (apt-get install golang-go)"
+NO_NODE="node not found on PATH (nodemailer 10.6.0 needs node >= 20: NodeSource's nodejs 20)"
+NO_NPM="npm not found on PATH (it comes with NodeSource's nodejs 20; not Debian's npm package)"
+
+# Postfix: every piece the instance needs, else the reason (the same for each Postfix check).
+PFX_MISSING=
+if [ -z "$POSTFIX" ] || [ -z "$POSTCONF" ] || [ -z "$POSTQUEUE" ] || [ -z "$SENDMAIL" ] ||
+   [ ! -f /etc/postfix/master.cf ]; then
+  PFX_MISSING="Postfix is not installed (no postfix, postconf, postqueue, sendmail or"
+  PFX_MISSING+=" /etc/postfix/master.cf): echo 'postfix postfix/main_mailer_type select No"
+  PFX_MISSING+=" configuration' | debconf-set-selections; apt-get install postfix"
+elif ! getent passwd postfix > /dev/null || ! getent group postdrop > /dev/null; then
+  PFX_MISSING="the postfix user or the postdrop group is missing (reinstall the postfix package)"
+elif [ "$(id -u)" != 0 ]; then
+  PFX_MISSING="the Postfix checks must run as root (postfix start and a sendmail -C submission"
+  PFX_MISSING+=" need it)"
+fi
+# The SASL client of the second Postfix check needs Cyrus SASL's PLAIN plugin.
+PFX_NO_SASL=
+if ! compgen -G '/usr/lib/*/sasl2/libplain.so*' > /dev/null &&
+   ! compgen -G '/usr/lib/sasl2/libplain.so*' > /dev/null; then
+  PFX_NO_SASL="Cyrus SASL's PLAIN plugin (libplain.so) is missing"
+  PFX_NO_SASL+=" (apt-get install libsasl2-modules)"
+fi
+
+# Go: standard library only, nothing fetched, caches inside the temp dir.
+GO_ENV=(env GOPROXY=off GOFLAGS=-mod=mod GOENV=off GO111MODULE=on
+        GOCACHE="$WORK/go-cache" GOPATH="$WORK/go-path")
+# npm: its cache inside the temp dir, no audit, fund or update notices.
+NPM_ENV=(env npm_config_cache="$WORK/npm-cache" npm_config_audit=false npm_config_fund=false
+         npm_config_update_notifier=false)
+
+cd "$WORK" || exit 1
+
+# --- the certificate: self-signed, SANs for localhost and 127.0.0.1 so the clients verify it ---
+if [ -z "$OPENSSL" ]; then
+  fail "make-certificate" "$NO_OPENSSL; the secure server needs a certificate"
+elif "${LIMIT[@]}" "$OPENSSL" req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem \
+       -days 2 -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+       > make-certificate.log 2>&1 && [ -s cert.pem ] && [ -s key.pem ]; then
+  ok "make-certificate"
+else
+  fail "make-certificate" "openssl req -x509 failed"
+  details make-certificate.log
+fi
+# Absolute: msmtp wants an absolute --tls-trust-file.
+CERT=$WORK/cert.pem
+KEY=$WORK/key.pem
+
+# --- the message: CRLF line ends, all the usual headers (so no client adds one), and a body line
+# starting with '.', which tests dot-stuffing both ways ----------------------------------------
+printf '%s\r\n' 'From: Alice <alice@example.test>' 'To: Bob <bob@example.test>' \
+  'Subject: interop probe' 'Date: Sun, 22 Nov 2026 11:00:00 +0000' \
+  'Message-ID: <probe-1@example.test>' '' 'Hello from the probe.' '.leading dot line' \
+  'Last line.' > msg.eml
+
+# --- nodemailer: installed into the temp dir from the npm registry ---------------------------
+NODE_MODULES=$WORK/npm/node_modules
+NODEMAILER_MISSING=
+name=npm-install-nodemailer
+node_major=
+[ -n "$NODE" ] &&
+  node_major=$("${LIMIT[@]}" "$NODE" -p 'process.versions.node.split(".")[0]' 2>/dev/null)
+if [ -z "$NODE" ]; then
+  NODEMAILER_MISSING=$NO_NODE
+elif ! [[ $node_major =~ ^[0-9]+$ ]] || [ "$node_major" -lt 20 ]; then
+  NODEMAILER_MISSING="node $("${LIMIT[@]}" "$NODE" --version 2>&1 | head -n 1) cannot run"
+  NODEMAILER_MISSING+=" nodemailer 10.6.0, which needs node >= 20 (NodeSource's nodejs 20)"
+elif [ -z "$NPM" ]; then
+  NODEMAILER_MISSING=$NO_NPM
+fi
+if [ -n "$NODEMAILER_MISSING" ]; then
+  fail "$name" "$NODEMAILER_MISSING"
+else
+  mkdir -p "$WORK/npm"
+  if (cd "$WORK/npm" &&
+      "${NPM_ENV[@]}" timeout -k 5 60 "$NPM" init -y &&
+      "${NPM_ENV[@]}" timeout -k 5 120 "$NPM" install nodemailer@10.6.0) \
+       > "$name.log" 2>&1 && [ -f "$NODE_MODULES/nodemailer/package.json" ]; then
+    ok "$name"
+  else
+    NODEMAILER_MISSING="npm install nodemailer@10.6.0 failed (is the npm registry reachable?)"
+    fail "$name" "$NODEMAILER_MISSING"
+    details "$name.log"
+  fi
+fi
+
+# --- starting the servers --------------------------------------------------------------------
+# start_server SERVER FLAGS...: mailsink on 127.0.0.1 port 0 with SERVER's Maildir and FLAGS,
+# stdout in SERVER.out, stderr in SERVER.err. "start-SERVER" passes once stderr has the startup
+# line "mailsink: listening on 127.0.0.1:PORT" (printed after listen(), so the port accepts);
+# PORT becomes SERVER's port. It fails if the server exits or 10 s pass first.
+start_server() {
+  local server=$1 pid deadline rc port=
+  shift
+  if [ ! -x "$SINK" ]; then
+    fail "start-$server" "$SINK is not an executable file"
+    return 1
+  fi
+  "$SINK" --listen 127.0.0.1:0 --maildir "${MAILDIR[$server]}" "$@" \
+    > "$server.out" 2> "$server.err" &
+  pid=$!
+  PID[$server]=$pid
+  deadline=$(( $(millis) + 10000 ))
+  while [ "$(millis)" -lt "$deadline" ]; do
+    port=$(sed -n 's/^mailsink: listening on 127\.0\.0\.1:\([1-9][0-9]*\)$/\1/p' "$server.err")
+    [ -n "$port" ] && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  if [ -n "$port" ]; then
+    PORT[$server]=$port
+    ok "start-$server"
+    return 0
+  fi
+  if kill -0 "$pid" 2>/dev/null; then
+    fail "start-$server" "no line 'mailsink: listening on 127.0.0.1:PORT' on stderr within 10 s"
+  else
+    wait "$pid"; rc=$?
+    PID[$server]=
+    fail "start-$server" "mailsink exited with status $rc before listening"
+  fi
+  details "$server.err"
+  return 1
+}
+
+start_server plain
+start_server secure --tls-cert "$CERT" --tls-key "$KEY" --auth alice:wonderland
+P1=${PORT[plain]}
+P2=${PORT[secure]}
+
+# --- checking deliveries ---------------------------------------------------------------------
+# new_files SERVER: the sorted names in SERVER's Maildir new/ (Maildir names are plain, so ls is
+# safe here).
+# shellcheck disable=SC2012
+new_files() { ls -1A "${MAILDIR[$1]}/new" 2>/dev/null | LC_ALL=C sort; }
+
+# check_stored NAME FILE HOPS WITH USER: FILE must be HOPS Received fields, then exactly the
+# bytes of msg.eml. The first field (mailsink's) must start "Received: from HELO " (localhost
+# for a direct client, Postfix's myhostname through it), say " with WITH ", and say
+# "(using TLSv1." when WITH ends in S or SA (TLS, RFC 3848) and mention no TLS otherwise.
+# Through Postfix the second field must be Postfix's "Received: by pfx.localdomain (Postfix".
+# On a mismatch prints the reason (first line) and details, and returns 1.
+check_stored() {
+  local name=$1 file=$2 hops=$3 with=$4 ends first second helo=localhost at trace
+  [ "$hops" = 2 ] && helo=pfx.localdomain
+  # awk (C locale: length() counts bytes, each line keeping its CR) prints the byte offsets at
+  # which each of the first HOPS fields ends; a field is a line starting "Received:" and every
+  # following line that starts with a space or a tab.
+  ends=$(LC_ALL=C awk -v hops="$hops" '
+    NR == 1 || !/^[ \t]/ {
+      if (NR > 1) { list = list " " total; if (++fields == hops) { print list; done = 1; exit } }
+      if (!/^Received:/) { print "only " fields + 0; done = 1; exit }
+    }
+    { total += length($0) + 1 }
+    END { if (!done) print "all" }' "$file")
+  case $ends in
+    "") echo "the stored file is empty"; return 1 ;;
+    only*) echo "the stored file starts with ${ends#only } Received field(s), not $hops"
+           dump "$file"; return 1 ;;
+    all) echo "the stored file holds nothing but Received fields"; dump "$file"; return 1 ;;
+  esac
+  read -r first second <<< "$ends"
+  head -c "$first" "$file" > "$name.received"
+  tail -c +"$(( ${second:-$first} + 1 ))" "$file" > "$name.body"
+  if ! cmp "$name.body" msg.eml > "$name.cmp" 2>&1; then
+    echo "the stored message (after $hops Received field(s)) differs from what was sent:" \
+         "$(head -n 1 "$name.cmp"); sizes $(wc -c < "$name.body") stored vs" \
+         "$(wc -c < msg.eml) sent"
+    at=$(grep -o 'byte [0-9]*' "$name.cmp" | head -n 1 | tr -dc 0-9)
+    at=${at:-1}
+    echo "# sent, around byte $at:"; dump msg.eml "$at"
+    echo "# stored (after the Received fields), around byte $at:"; dump "$name.body" "$at"
+    echo "# the whole stored file:"; dump "$file"
+    return 1
+  fi
+  if head -c "${second:-$first}" "$file" | LC_ALL=C grep -qv $'\r$'; then
+    echo "a Received field has a line without CR before LF"; dump "$file"; return 1
+  fi
+  # mailsink's field, unfolded: CRs gone, each line break before a space or tab removed.
+  trace=$(LC_ALL=C tr -d '\r' < "$name.received" |
+          LC_ALL=C sed -e ':a' -e 'N' -e '$!ba' -e 's/\n\([ \t]\)/\1/g')
+  if [[ $trace != "Received: from $helo "* ]]; then
+    echo "mailsink's Received field does not start with 'Received: from $helo '"
+    dump "$name.received"; return 1
+  fi
+  if [[ $trace != *" with $with "* ]]; then
+    echo "mailsink's Received field does not say ' with $with '"; dump "$name.received"; return 1
+  fi
+  case $with in
+    *SMTPS|*SMTPSA)
+      if [[ $trace != *"(using TLSv1."* ]]; then
+        echo "mailsink's Received field has no '(using TLSv1.'"; dump "$name.received"; return 1
+      fi ;;
+    *)
+      if [[ $trace == *TLS* ]]; then
+        echo "mailsink's Received field mentions TLS for a session in clear"
+        dump "$name.received"; return 1
+      fi ;;
+  esac
+  if [ "$hops" = 2 ] &&
+     ! tail -c +"$(( first + 1 ))" "$file" | head -c "$(( second - first ))" |
+       grep -q '^Received: by pfx\.localdomain (Postfix'; then
+    echo "the second Received field is not Postfix's 'Received: by pfx.localdomain (Postfix'"
+    dump "$file"; return 1
+  fi
+  return 0
+}
+
+# pfx_flush: ask the Postfix instance to retry its deferred mail now.
+pfx_flush() { timeout -k 5 20 "$POSTQUEUE" -c "$PFX/etc" -f > /dev/null 2>&1; }
+
+# deliver NAME SERVER HOPS WITH USER CLIENT...: run CLIENT (already under timeout) with msg.eml
+# on stdin, its output in NAME.log; it must succeed and exactly one new file must appear in
+# SERVER's Maildir, passing check_stored NAME FILE HOPS WITH. HOPS 1: the file must be there
+# when the client is done; HOPS 2 (Postfix): it may take up to 30 s, with the queue flushed
+# every 5 s. mailsink's summary line for the file must say "auth=USER" (USER "-": no "auth=").
+deliver() {
+  local name=$1 server=$2 hops=$3 with=$4 user=$5 rc count stored why summary
+  local deadline flush
+  shift 5
+  if [ -z "${PID[$server]}" ]; then
+    fail "$name" "the $server server is not running"
+    return 1
+  fi
+  new_files "$server" > "$name.before"
+  "$@" < msg.eml > "$name.log" 2>&1; rc=$?
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    fail "$name" "the client did not finish in time (timeout)"; details "$name.log"; return 1
+  elif [ $rc -ne 0 ]; then
+    fail "$name" "the client exited with status $rc"; details "$name.log"; return 1
+  fi
+  deadline=$(( $(millis) + (hops == 2 ? 30000 : 0) ))
+  flush=$(( $(millis) + 5000 ))
+  while :; do
+    new_files "$server" | LC_ALL=C comm -13 "$name.before" - > "$name.new"
+    [ -s "$name.new" ] && break
+    [ "$(millis)" -lt "$deadline" ] || break
+    if [ "$(millis)" -ge "$flush" ]; then pfx_flush; flush=$(( $(millis) + 5000 )); fi
+    sleep 0.1
+  done
+  count=$(wc -l < "$name.new")
+  if [ "$count" -ne 1 ]; then
+    if [ "$hops" = 2 ]; then
+      fail "$name" \
+        "$count new files in the $server server's Maildir 30 s after the submission, not 1"
+      details "$name.log"
+      echo "# the Postfix queue:"
+      timeout -k 5 20 "$POSTQUEUE" -c "$PFX/etc" -p 2>&1 | sed 's/^/#   /'
+      echo "# the Postfix log:"
+      details "$PFX/maillog"
+    else
+      fail "$name" "$count new files in the $server server's Maildir, not 1"
+      details "$name.log"
+    fi
+    return 1
+  fi
+  stored=${MAILDIR[$server]}/new/$(cat "$name.new")
+  if ! why=$(check_stored "$name" "$stored" "$hops" "$with"); then
+    fail "$name" "$(head -n 1 <<< "$why")"
+    tail -n +2 <<< "$why"
+    details "$name.log"
+    return 1
+  fi
+  summary=$(grep -F -- " $stored" "$server.out")
+  if [ "$user" != - ] && [[ $summary != *" auth=$user <"* ]]; then
+    fail "$name" "mailsink's summary line for the message does not say 'auth=$user'"
+    echo "#   ${summary:-(no summary line names the file)}"
+    return 1
+  fi
+  if [ "$user" = - ] && [[ $summary == *" auth="* ]]; then
+    fail "$name" "mailsink's summary line says 'auth=' though the client did not authenticate"
+    echo "#   ${summary:-(no summary line names the file)}"
+    return 1
+  fi
+  ok "$name"
+}
+
+FROM=alice@example.test
+RCPT=bob@example.test
+
+# --- msmtp -----------------------------------------------------------------------------------
+# --file=/dev/null: no msmtprc is read. --domain: the EHLO name. --debug: the transcript in the
+# log, for a FAIL.
+MSMTP_ARGS=("${LIMIT[@]}" "$MSMTP" --file=/dev/null --debug --timeout=20 --host=127.0.0.1
+            --domain=localhost --from="$FROM")
+# (1) in clear to the plain server.
+name=msmtp-plain
+if [ -z "$MSMTP" ]; then fail "$name" "$NO_MSMTP"; else
+  deliver "$name" plain 1 ESMTP - "${MSMTP_ARGS[@]}" --port="$P1" --tls=off --auth=off "$RCPT"
+fi
+# (2) STARTTLS, the certificate verified against the throwaway one only, no AUTH.
+name=msmtp-starttls
+if [ -z "$MSMTP" ]; then fail "$name" "$NO_MSMTP"; else
+  deliver "$name" secure 1 ESMTPS - "${MSMTP_ARGS[@]}" --port="$P2" --tls=on \
+    --tls-starttls=on --tls-trust-file="$CERT" --auth=off "$RCPT"
+fi
+# (3) STARTTLS verified, then AUTH PLAIN.
+name=msmtp-starttls-auth-plain
+if [ -z "$MSMTP" ]; then fail "$name" "$NO_MSMTP"; else
+  deliver "$name" secure 1 ESMTPSA alice "${MSMTP_ARGS[@]}" --port="$P2" --tls=on \
+    --tls-starttls=on --tls-trust-file="$CERT" --auth=plain --user=alice \
+    --passwordeval='echo wonderland' "$RCPT"
+fi
+
+# --- Go net/smtp (test/interop_clients/gosmtp.go, run with go run) ----------------------------
+# smtp.Client.Mail adds the SMTPUTF8 parameter whenever the server offers SMTPUTF8 (as mailsink
+# does), even for an ASCII message, so mailsink's Received field says UTF8SMTP / UTF8SMTPSA, the
+# RFC 6531 (section 3.7.3) counterparts of ESMTP / ESMTPSA.
+GOSMTP=(timeout -k 5 90 "${GO_ENV[@]}" "$GO" run "$HELPERS/gosmtp.go")
+# (4) smtp.Client in clear to the plain server.
+name=go-net-smtp-plain
+if [ -z "$GO" ]; then fail "$name" "$NO_GO"; else
+  deliver "$name" plain 1 UTF8SMTP - "${GOSMTP[@]}" plain "127.0.0.1:$P1" - - - \
+    "$FROM" "$RCPT" msg.eml
+fi
+# (5) explicit StartTLS (the certificate as the only root, ServerName 127.0.0.1), then
+# PlainAuth with host 127.0.0.1, the dialled host.
+name=go-net-smtp-starttls-auth-plain
+if [ -z "$GO" ]; then fail "$name" "$NO_GO"; else
+  deliver "$name" secure 1 UTF8SMTPSA alice "${GOSMTP[@]}" starttls "127.0.0.1:$P2" "$CERT" \
+    alice wonderland "$FROM" "$RCPT" msg.eml
+fi
+
+# --- nodemailer (test/interop_clients/nodemailer-send.js); it closes without QUIT -------------
+NODEMAILER=("${LIMIT[@]}" "$NODE" "$HELPERS/nodemailer-send.js" "$NODE_MODULES")
+# (6) in clear (ignoreTLS) to the plain server.
+name=nodemailer-plain
+if [ -n "$NODEMAILER_MISSING" ]; then fail "$name" "$NODEMAILER_MISSING"; else
+  deliver "$name" plain 1 ESMTP - "${NODEMAILER[@]}" plain "$P1" - - - "$FROM" "$RCPT" msg.eml
+fi
+# (7) STARTTLS required, verified with tls.ca, then AUTH PLAIN.
+name=nodemailer-starttls-auth-plain
+if [ -n "$NODEMAILER_MISSING" ]; then fail "$name" "$NODEMAILER_MISSING"; else
+  deliver "$name" secure 1 ESMTPSA alice "${NODEMAILER[@]}" starttls "$P2" "$CERT" \
+    alice wonderland "$FROM" "$RCPT" msg.eml
+fi
+
+# --- Postfix: a throwaway instance relaying to mailsink --------------------------------------
+# pfx_setup: $PFX/etc/main.cf from nothing, and a copy of Debian's master.cf with the listening
+# smtpd commented out and chroot off (Debian's chroots most services). Everything goes to the
+# plain server for now.
+pfx_setup() {
+  mkdir -p "$PFX/etc" "$PFX/spool" "$PFX/data" || return 1
+  chown postfix "$PFX/data" || return 1   # else a warning at every start
+  : > "$PFX/etc/main.cf"
+  cp /etc/postfix/master.cf "$PFX/etc/master.cf" || return 1
+  "$POSTCONF" -c "$PFX/etc" -e "compatibility_level = 3.6" \
+    "queue_directory = $PFX/spool" "data_directory = $PFX/data" \
+    "mail_owner = postfix" "setgid_group = postdrop" \
+    "myhostname = pfx.localdomain" "mydomain = localdomain" "myorigin = \$myhostname" \
+    "mydestination =" "local_recipient_maps =" "alias_maps =" "alias_database =" \
+    "inet_interfaces = loopback-only" "inet_protocols = ipv4" \
+    "relayhost = [127.0.0.1]:$P1" "smtp_tls_security_level = none" \
+    "maillog_file = $PFX/maillog" "maillog_file_prefixes = $PFX" \
+    "syslog_name = postfix-interop-clients" \
+    "minimal_backoff_time = 5s" "maximal_backoff_time = 10s" "queue_run_delay = 5s" || return 1
+  "$POSTCONF" -c "$PFX/etc" -M# smtp/inet || return 1
+  "$POSTCONF" -c "$PFX/etc" -F '*/*/chroot = n' || return 1
+}
+# pfx_to_secure: relay to the secure server instead: TLS required (encrypt: the certificate is
+# not checked; Postfix would not match the IP SAN of [127.0.0.1]), then SASL PLAIN with
+# alice's password from an inline map.
+pfx_to_secure() {
+  "$POSTCONF" -c "$PFX/etc" -e "relayhost = [127.0.0.1]:$P2" \
+    "smtp_tls_security_level = encrypt" "smtp_tls_loglevel = 1" \
+    "smtp_sasl_auth_enable = yes" \
+    "smtp_sasl_password_maps = inline:{ [127.0.0.1]:$P2=alice:wonderland }" \
+    "smtp_sasl_security_options = noanonymous" \
+    "smtp_sasl_tls_security_options = noanonymous" \
+    "smtp_sasl_mechanism_filter = plain"
+}
+# pfx_start NAME: "postfix check" and "postfix start" for the instance ("NAME"), then wait
+# until "postfix status" says it runs. Errors go to syslog or a tty only, so on a failure the
+# check is rerun under script(1) for its messages.
+pfx_start() {
+  local name=$1 deadline
+  if "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" check > "$name.log" 2>&1 &&
+     { PFX_STARTED=yes; "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" start >> "$name.log" 2>&1; }; then
+    deadline=$(( $(millis) + 10000 ))
+    until pfx_running; do
+      if [ "$(millis)" -ge "$deadline" ]; then
+        fail "$name" "postfix start succeeded, but postfix status does not say it runs after 10 s"
+        details "$name.log" "$PFX/maillog"
+        return 1
+      fi
+      sleep 0.1
+    done
+    ok "$name"
+    return 0
+  fi
+  fail "$name" "postfix -c $PFX/etc check/start failed"
+  pfx_running || PFX_STARTED=
+  details "$name.log"
+  if command -v script > /dev/null; then
+    "${LIMIT[@]}" script -qec "$(printf '%q ' "$POSTFIX" -c "$PFX/etc" check)" /dev/null 2>&1 |
+      tail -n 25 | sed 's/^/#   /'
+  fi
+  details "$PFX/maillog"
+  return 1
+}
+# pfx_stop NAME: "postfix stop"; the instance must be gone within 15 s ("NAME").
+pfx_stop() {
+  local name=$1
+  if ! "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" stop > "$name.log" 2>&1; then
+    fail "$name" "postfix -c $PFX/etc stop failed"
+    details "$name.log" "$PFX/maillog"
+    return 1
+  fi
+  if ! pfx_wait_stopped 15; then
+    fail "$name" "postfix status still says it runs 15 s after postfix stop"
+    details "$PFX/maillog"
+    return 1
+  fi
+  PFX_STARTED=
+  ok "$name"
+}
+# The submission: Postfix's sendmail with the instance's config (as root, so postdrop honours
+# it), -i so that a line holding only "." does not end the message.
+PFX_SUBMIT=("${LIMIT[@]}" "$SENDMAIL" -C "$PFX/etc" -i -f "$FROM" -- "$RCPT")
+
+PFX_CHECKS=(postfix-setup postfix-start-relay-plain postfix-relay-plain postfix-stop-relay-plain
+            postfix-start-relay-starttls-auth postfix-relay-starttls-auth-plain
+            postfix-stop-relay-starttls-auth)
+if [ -n "$PFX_MISSING" ]; then
+  for name in "${PFX_CHECKS[@]}"; do fail "$name" "$PFX_MISSING"; done
+elif ! pfx_setup > postfix-setup.log 2>&1; then
+  fail postfix-setup "setting up the instance's config in $PFX failed"
+  details postfix-setup.log
+  for name in "${PFX_CHECKS[@]:1}"; do fail "$name" "the instance could not be set up"; done
+else
+  ok postfix-setup
+  # (8) Through Postfix in clear to the plain server: 2 Received fields.
+  if pfx_start postfix-start-relay-plain; then
+    deliver postfix-relay-plain plain 2 ESMTP - "${PFX_SUBMIT[@]}"
+    pfx_stop postfix-stop-relay-plain
+  else
+    fail postfix-relay-plain "the Postfix instance did not start"
+    fail postfix-stop-relay-plain "the Postfix instance did not start"
+  fi
+  # (9) The same instance, stopped and reconfigured: STARTTLS and AUTH PLAIN to the secure
+  # server.
+  if [ -n "$PFX_STARTED" ]; then
+    for name in "${PFX_CHECKS[@]:4}"; do
+      fail "$name" "the first run of the instance did not stop"
+    done
+  elif ! pfx_to_secure > postfix-to-secure.log 2>&1; then
+    for name in "${PFX_CHECKS[@]:4}"; do
+      fail "$name" "postconf for the TLS and SASL relay failed"
+    done
+    details postfix-to-secure.log
+  elif pfx_start postfix-start-relay-starttls-auth; then
+    if [ -n "$PFX_NO_SASL" ]; then
+      fail postfix-relay-starttls-auth-plain "$PFX_NO_SASL"
+    else
+      deliver postfix-relay-starttls-auth-plain secure 2 ESMTPSA alice "${PFX_SUBMIT[@]}"
+    fi
+    pfx_stop postfix-stop-relay-starttls-auth
+  else
+    fail postfix-relay-starttls-auth-plain "the Postfix instance did not start"
+    fail postfix-stop-relay-starttls-auth "the Postfix instance did not start"
+  fi
+fi
+
+# --- graceful shutdown -----------------------------------------------------------------------
+# stop_server SERVER: after SIGTERM it must exit with status 0 within 10 s.
+stop_server() {
+  local server=$1 pid=${PID[$1]} rc exited=0
+  local name="sigterm-$server-exit-0"
+  if [ -z "$pid" ]; then
+    fail "$name" "the $server server is not running"
+    return
+  fi
+  if ! kill -0 "$pid" 2>/dev/null; then
+    wait "$pid"; rc=$?
+    PID[$server]=
+    fail "$name" "the server had exited (status $rc) before SIGTERM"
+    details "$server.err"
+    return
+  fi
+  kill -TERM "$pid"
+  for _ in $(seq 100); do
+    if ! kill -0 "$pid" 2>/dev/null; then exited=1; break; fi
+    sleep 0.1
+  done
+  if [ $exited = 0 ]; then
+    fail "$name" "the server is still running 10 s after SIGTERM"
+    details "$server.err"
+    return
+  fi
+  wait "$pid"; rc=$?
+  PID[$server]=
+  if [ $rc -eq 0 ]; then
+    ok "$name"
+  else
+    fail "$name" "the server exited with status $rc after SIGTERM"
+    details "$server.err"
+  fi
+}
+for server in "${SERVERS[@]}"; do stop_server "$server"; done
+
+if [ "$FAILED" -gt 0 ]; then
+  for server in "${SERVERS[@]}"; do
+    if [ -s "$server.err" ]; then
+      echo "# $server server stderr (last 25 lines):"
+      details "$server.err"
+    fi
+  done
+fi
+echo "interop-clients: $PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
