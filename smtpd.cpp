@@ -2920,6 +2920,86 @@ const Options& Server::options() const {
   return impl_->options;
 }
 
+// ---- TestServer -------------------------------------------------------------------------------
+
+struct TestServer::State {
+  mutable std::mutex mu;
+  mutable std::condition_variable arrived;
+  std::vector<Message> messages;
+  std::unique_ptr<Server> server;
+  std::thread thread;
+
+  // record - the message handler TestServer installs: the user's handler first, then keep it.
+  std::optional<Reply> record(const Options& user, const SessionInfo& session,
+                              const Envelope& envelope, const std::string& data) {
+    if (user.message_handler) {
+      std::optional<Reply> r = user.message_handler(session, envelope, data);
+      if (r && !r->positive()) return r;
+    } else if (user.handler) {
+      user.handler(session.peer, envelope.from, envelope.to, data);
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    messages.push_back({session, envelope, data});
+    arrived.notify_all();
+    return std::nullopt;
+  }
+};
+
+TestServer::TestServer(Options options) : s_(std::make_unique<State>()) {
+  if (options.addr == Options().addr) options.addr = "127.0.0.1:0";
+  auto user = std::make_shared<Options>(); // only the user's handlers are kept in it
+  user->handler = std::move(options.handler);
+  user->message_handler = std::move(options.message_handler);
+  options.handler = nullptr;
+  State* state = s_.get();
+  options.message_handler = [state, user](const SessionInfo& session, const Envelope& envelope,
+                                          const std::string& data) {
+    return state->record(*user, session, envelope, data);
+  };
+  s_->server = std::make_unique<Server>(std::move(options));
+  s_->server->listen();
+  s_->thread = std::thread([state] { state->server->serve(); });
+  if (!s_->server->wait_ready(std::chrono::seconds(5))) {
+    s_->server->close();
+    s_->thread.join();
+    throw std::runtime_error("smtpd: TestServer was not ready within 5 s");
+  }
+}
+
+TestServer::~TestServer() {
+  s_->server->close();
+  s_->thread.join();
+}
+
+uint16_t TestServer::port() const {
+  return s_->server->port();
+}
+
+std::string TestServer::address() const {
+  return s_->server->address();
+}
+
+std::vector<TestServer::Message> TestServer::messages() const {
+  std::lock_guard<std::mutex> lock(s_->mu);
+  return s_->messages;
+}
+
+bool TestServer::wait_for(std::size_t count, std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> lock(s_->mu);
+  return s_->arrived.wait_for(lock, timeout, [&] { return s_->messages.size() >= count; });
+}
+
+void TestServer::clear() {
+  std::lock_guard<std::mutex> lock(s_->mu);
+  s_->messages.clear();
+}
+
+Server& TestServer::server() {
+  return *s_->server;
+}
+
+// ---- the one-liners ----------------------------------------------------------------------------
+
 void ListenAndServe(const std::string& addr, Handler handler, const std::string& appname,
                     const std::string& hostname) {
   ListenAndServeTLS(addr, "", "", std::move(handler), appname, hostname); // no files: no TLS

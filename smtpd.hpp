@@ -367,6 +367,53 @@ private:
   std::shared_ptr<Impl> impl_; // shared with connection threads (see shutdown)
 };
 
+// ---------------------------------------------------------------------------------------------
+// TestServer - an SMTP server for your own test suite, in the spirit of aiosmtpd's Controller:
+// it serves on 127.0.0.1 and a free port on a background thread, and keeps every accepted
+// message in memory. The destructor stops it and joins the thread.
+//
+//     smtpd::TestServer smtp;                          // ready when constructed
+//     app.send_password_reset("127.0.0.1", smtp.port());
+//     REQUIRE(smtp.wait_for(1, std::chrono::seconds(5)));
+//     CHECK(smtp.messages()[0].envelope.to.at(0) == "user@example.test");
+// ---------------------------------------------------------------------------------------------
+class TestServer {
+public:
+  // Message - one accepted message, as the handler saw it.
+  struct Message {
+    SessionInfo session;
+    Envelope envelope;
+    std::string data; // with our Received header on top
+  };
+
+  // Starts serving. `options.addr` left at its default becomes "127.0.0.1:0"; a handler or
+  // message_handler you set is called first and may refuse (then nothing is recorded). Throws
+  // what Server throws, or std::runtime_error when the server is not ready within 5 s.
+  explicit TestServer(Options options = Options());
+  ~TestServer();
+  TestServer(const TestServer&) = delete;
+  TestServer& operator=(const TestServer&) = delete;
+
+  uint16_t port() const;       // the bound port
+  std::string address() const; // "127.0.0.1:PORT"
+
+  // messages - a copy of the messages accepted so far, in order of acceptance.
+  std::vector<Message> messages() const;
+
+  // wait_for - block until at least `count` messages were accepted, or `timeout` passes.
+  bool wait_for(std::size_t count, std::chrono::milliseconds timeout) const;
+
+  // clear - forget the messages accepted so far.
+  void clear();
+
+  // server - the Server underneath, e.g. for connections() or shutdown().
+  Server& server();
+
+private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
+
 // ListenAndServe - serve SMTP on `addr` with `handler` until the process ends (mhale/smtpd's
 // ListenAndServe). `appname` "" means "smtpd", `hostname` "" the system host name. Throws
 // std::system_error or std::invalid_argument when it cannot listen.
