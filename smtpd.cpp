@@ -1,17 +1,21 @@
 // smtpd.cpp - the implementation of smtpd.hpp. Read it top to bottom to learn how an SMTP
 // receiver works, from "what a line means" to "how threads run it":
 //
-//   1. Limits           the numbers RFC 5321 fixes, each with its section
-//   2. Text helpers     case-insensitive compare, UTF-8 check, sanitising, dates, ids
+//   1. Limits           the numbers the RFCs fix, each with its section
+//   2. Text helpers     case-insensitive compare, UTF-8 check, sanitising, dates, ids, base64,
+//                       MD5/HMAC-MD5 for CRAM-MD5
 //   3. Parsing          paths and ESMTP parameters of MAIL and RCPT (RFC 5321 §4.1.2)
 //   4. Replies          the reply catalogue, in ascending order of code, and reply formatting
-//   5. Protocol         the socket-free session: command table, one cmd_<verb> per verb, the
-//                       DATA scanner, the Received header
-//   6. Transport        the plain socket: reads and writes under a timeout
-//   7. Connection       one thread per client: feed bytes to the Protocol, write its replies
-//   8. Server           address parsing, listen, accept, limits, graceful shutdown
+//   5. Protocol         the socket-free session: command table, one cmd_<verb> per verb,
+//                       STARTTLS and AUTH, the DATA scanner, the Received header
+//   6. Transport        the plain socket and TLS (OpenSSL): reads and writes under a timeout
+//   7. Connection       one thread per client: deadlines, feed bytes to the Protocol, write its
+//                       replies, run the TLS handshake
+//   8. Server           address parsing, listen, accept, limits, worker threads, graceful
+//                       shutdown; then TestServer and the ListenAndServe one-liners
 //
-// TLS lives behind `#ifndef SMTPD_NO_TLS` in section 6 only, so the header's layout never changes.
+// SMTPD_NO_TLS is consulted for the OpenSSL includes, `tls_compiled` (section 1) and the TLS
+// transport (section 6) only, so the header's layout never changes.
 
 #include "smtpd.hpp"
 
