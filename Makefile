@@ -88,7 +88,7 @@ run: $(BUILD)/mailsink
 
 # test/run-all.sh runs $(BUILD)/tests, then test/interop.sh $(BUILD)/mailsink, and prints
 # "N passed, N failed" last.
-test: all $(BUILD)/tests | deps
+test: all $(BUILD)/tests $(BUILD)/fuzz-replay | deps
 	bash test/run-all.sh $(BUILD)
 
 # Sanitizer and no-TLS builds: the same Makefile, one level down, in their own build directory.
@@ -154,3 +154,6 @@ bench-deps:
 	@bash .ci/deps.sh bench-deps $(BENCH_PACKAGES)
 
 -include $(BENCH_OBJS:.o=.d)
+
+# --- fuzzing: `make fuzz`, and the corpus replayed by `make test` (fuzz/fuzz.mk) ---------------
+include fuzz/fuzz.mk

@@ -377,7 +377,8 @@ struct Cursor {
 
 // is_atext - RFC 5322 §3.2.3 atext: letters, digits and !#$%&'*+-/=?^_`{|}~
 bool is_atext(unsigned char c) {
-  return is_let_dig(c) || std::strchr("!#$%&'*+-/=?^_`{|}~", c) != nullptr;
+  // c != 0: strchr would find the string's own terminating NUL
+  return is_let_dig(c) || (c != 0 && std::strchr("!#$%&'*+-/=?^_`{|}~", c) != nullptr);
 }
 
 // eat_utf8 - consume one UTF-8 non-ASCII character if allowed (RFC 6531 §3.3 UTF8-non-ascii).
@@ -487,6 +488,7 @@ bool parse_address_literal(Cursor& in) {
   if (close == std::string_view::npos) return false;
   std::string inside(in.rest.substr(0, close));
   in.rest.remove_prefix(close + 1);
+  if (inside.find('\0') != std::string::npos) return false; // inet_pton would stop at it
   unsigned char addr[16];
   if (istarts_with(inside, "IPv6:")) return inet_pton(AF_INET6, inside.c_str() + 5, addr) == 1;
   if (is_ipv4_literal(inside)) return true;
@@ -1858,11 +1860,6 @@ std::size_t Protocol::lines_completed() const {
   return s_->lines_completed;
 }
 
-void Protocol::early_talker() {
-  s_->out.clear(); // the greeting is not sent
-  s_->close_with(replies::early_talker());
-}
-
 void Protocol::timeout() {
   s_->close_with(replies::timeout());
 }
@@ -2218,9 +2215,9 @@ public:
     SessionInfo info;
     info.peer = peer_;
     if (options_.tls_implicit && !implicit_tls(info)) return; // RFC 8314 §3.3: TLS first
-    Protocol protocol(options_, std::move(info));
     if (options_.reject_early_talkers && !options_.tls_implicit && talked_first())
-      protocol.early_talker();
+      return refuse_early_talker();
+    Protocol protocol(options_, std::move(info));
     session_end_ = Clock::now() + options_.max_session_duration;
     line_deadline_ = Clock::now() + options_.command_timeout;
     std::unique_ptr<char[]> buf(new char[read_buffer_bytes]);
@@ -2275,6 +2272,14 @@ private:
       return false;
     char byte;
     return ::recv(fd_, &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+  }
+
+  // refuse_early_talker - 554 instead of a greeting, then close; no session is started.
+  void refuse_early_talker() {
+    std::string line;
+    append_reply(line, replies::early_talker(), false);
+    conn_->write_all(line, options_.command_timeout);
+    server_.log_error("smtpd: refused " + peer_.to_string() + ": it talked before the greeting");
   }
 
   // flush - send the queued replies in one write, after the delay the Protocol asks for (a

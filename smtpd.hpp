@@ -272,10 +272,6 @@ public:
   // enforcing a deadline per command line restarts it when this changes.
   std::size_t lines_completed() const;
 
-  // early_talker - the client sent something before the greeting was sent: queue "554" and ask
-  // to close (used when Options::reject_early_talkers).
-  void early_talker();
-
   // starttls_requested - STARTTLS was accepted: send the output, then run the TLS handshake and
   // call tls_started(). Input fed after the STARTTLS line was discarded (RFC 3207 §4.2 and the
   // command-injection attacks of CVE-2011-0411), and nothing more is read until then.

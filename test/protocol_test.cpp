@@ -1058,13 +1058,6 @@ TEST_SUITE("protocol") {
     CHECK(s.closed());
   }
 
-  TEST_CASE("early_talker(): the greeting is withdrawn, 554, close") {
-    Session s;
-    s.protocol.early_talker();
-    CHECK(s.protocol.take_output() == "554 Protocol error: input before the greeting; closing\r\n");
-    CHECK(s.closed());
-  }
-
 } // TEST_SUITE("protocol")
 
 namespace {

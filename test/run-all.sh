@@ -73,6 +73,15 @@ else
   missing doctest "$build/tests (build it with: make $build/tests)"
 fi
 
+# --- the fuzz corpus, replayed: every input fuzzing ever found stays a regression test ---
+if [ -x "$build/fuzz-replay" ]; then
+  run_suite fuzz-replay \
+    's/^fuzz-replay: *\([0-9][0-9]*\) passed, *\([0-9][0-9]*\) failed[[:space:]]*$/\1 \2/p' \
+    "$build/fuzz-replay" fuzz/corpus
+else
+  missing fuzz-replay "$build/fuzz-replay (build it with: make $build/fuzz-replay)"
+fi
+
 # --- interop: real SMTP clients against the mail catcher, one script per theme ---
 # Each test/interop*.sh takes the mailsink path and ends with "NAME: N passed, N failed".
 interop_scripts=(test/interop.sh test/interop_tls.sh test/interop_auth.sh test/interop_clients.sh)
