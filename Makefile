@@ -46,6 +46,8 @@ ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -O1
 TSAN_FLAGS := -fsanitize=thread -fno-omit-frame-pointer -O1
 ASAN_ENV := ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 TSAN_ENV := TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+# The suites with threads; the socket-free ones gain nothing under TSan.
+TSAN_TEST_ARGS ?= -ts=server,tls,auth,limits,testserver
 
 .DEFAULT_GOAL := all
 .PHONY: all deps test run example asan tsan notls fmt fmt-check install clean help FORCE
@@ -100,7 +102,7 @@ asan:
 tsan:
 	$(MAKE) --no-print-directory BUILD=$(BUILD)/tsan CXXFLAGS='$(CXXFLAGS) $(TSAN_FLAGS)' \
 	  $(BUILD)/tsan/tests $(BUILD)/tsan/mailsink
-	$(TSAN_ENV) $(BUILD)/tsan/tests
+	$(TSAN_ENV) $(BUILD)/tsan/tests $(TSAN_TEST_ARGS)
 
 notls:
 	$(MAKE) --no-print-directory BUILD=$(BUILD)/notls TLS=0 all $(BUILD)/notls/tests
@@ -157,3 +159,6 @@ bench-deps:
 
 # --- fuzzing: `make fuzz`, and the corpus replayed by `make test` (fuzz/fuzz.mk) ---------------
 include fuzz/fuzz.mk
+
+# --- `make stress` and `make crash-test` (test/stress.mk) ---------------------------------------
+include test/stress.mk

@@ -2125,7 +2125,10 @@ public:
           deadline - std::chrono::steady_clock::now());
       int code = SSL_get_error(ssl_, rc);
       if (code != SSL_ERROR_WANT_READ && code != SSL_ERROR_WANT_WRITE) {
-        error = "TLS handshake failed: " + openssl_errors();
+        bool vanished =
+            (code == SSL_ERROR_SYSCALL || code == SSL_ERROR_ZERO_RETURN) && ERR_peek_error() == 0;
+        error = vanished ? "the client closed the connection during the TLS handshake"
+                         : "TLS handshake failed: " + openssl_errors();
         return false;
       }
       if (left.count() <= 0 || wait_after(code, left, -1) != ReadResult::data) {
@@ -2618,7 +2621,8 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   void accept_loop(int fd) {
     for (;;) {
       pollfd fds[2] = {{fd, POLLIN, 0}, {wake[0], POLLIN, 0}};
-      if (::poll(fds, 2, -1) < 0 && errno != EINTR) {
+      // The timeout lets workers that ended while no client came be joined (their stacks freed).
+      if (::poll(fds, 2, 10000) < 0 && errno != EINTR) {
         log_error(std::string("smtpd: poll: ") + std::strerror(errno));
         return;
       }

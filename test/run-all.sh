@@ -90,6 +90,10 @@ if [ ! -x "$build/mailsink" ]; then
 else
   # An absolute path, since the scripts change directory.
   mailsink="$(cd "$build" && pwd)/mailsink"
+  # The Maildir crash-consistency test: SIGKILL mid-delivery, nothing acknowledged is lost.
+  run_suite crash-test \
+    's/^[a-z-]*: *\([0-9][0-9]*\) passed, *\([0-9][0-9]*\) failed[[:space:]]*$/\1 \2/p' \
+    python3 test/crash_test.py "$mailsink"
   for script in "${interop_scripts[@]}"; do
     name=$(basename "$script" .sh)
     if [ ! -f "$script" ]; then
