@@ -1,28 +1,41 @@
 // mailsink.cpp - a mail catcher for developers and scripts: an SMTP server that accepts every
-// message and prints it to stdout, or stores it in a Maildir, and never sends mail anywhere.
+// message and prints a line about it, stores it (Maildir or mbox), hands it to a program, or
+// drops it, and never sends mail anywhere.
 //
 //     build/mailsink --help
 //     build/mailsink --listen 127.0.0.1:0 --maildir /tmp/mail
-//     build/mailsink --tls-cert cert.pem --tls-key key.pem       (STARTTLS offered)
+//     build/mailsink --count 1 --json                  (wait for one message, print it as JSON)
+//     build/mailsink --mbox /tmp/mail.mbox --accept-domain example.test
+//     build/mailsink --exec ./deliver.sh --verbose     (the program reads the message on stdin)
+//     build/mailsink --fail-rate 0.3 --fail-reply "451 4.3.0 Try again later" --seed 7
 //     build/mailsink --tls-cert cert.pem --tls-key key.pem --auth-file users --auth-required
 //
 // `make example` builds it; by hand:
 //
 //     g++ -std=c++17 -O2 -pthread example/mailsink.cpp smtpd.cpp -lssl -lcrypto -o build/mailsink
 //
-// The program in six parts, in the order main() uses them:
-//   1. Command line: a table of flags, strict number parsing, TLS and AUTH flag rules, --help.
-//   2. Output: stdout and stderr shared by every connection thread.
+// The program in nine parts, in the order main() uses them:
+//   1. Command line: a table of flags, strict value parsing, the rules between flags, --help.
+//   2. Output: stdout and stderr shared by every connection thread; the --verbose transcript.
 //   3. Maildir: safe delivery into DIR/tmp, then DIR/new (the Maildir rules, see maildir(5)).
-//   4. Sink: the message handler that prints, stores or drops each message.
-//   5. Users: the AUTH accounts from --auth and --auth-file, and the password check.
-//   6. main: check the setup, listen, serve on a thread, wait for SIGINT/SIGTERM, shut down.
+//   4. Mbox: appending to one mboxrd file under a lock, synced before the 250.
+//   5. Exec: running a program per message, with a time limit, never through a shell.
+//   6. Reports: header fields, the one-line summary and the JSON object of a message.
+//   7. Sink: the hooks and the message handler: domains, fault injection, delivery, --count.
+//   8. Users: the AUTH accounts from --auth and --auth-file, and the password check.
+//   9. main: check the setup, listen, serve on a thread, stop on a signal, --count or
+//      --exit-after, shut down.
 #include "../smtpd.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <fstream>
 #include <iostream>
@@ -31,6 +44,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -41,20 +55,29 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+extern char** environ; // the process environment, which --exec programs inherit
 
 namespace {
 
 // Exit statuses, as --help documents them.
 constexpr int exit_ok = 0;
-constexpr int exit_runtime_error = 1; // the setup failed or serving failed
+constexpr int exit_runtime_error = 1; // the setup failed, serving failed, or --exit-after came
+                                      // before --count messages
 constexpr int exit_usage_error = 2;   // the command line is wrong
 
 constexpr const char* default_listen = "127.0.0.1:2525";
 constexpr unsigned long long max_timeout_seconds = 24 * 60 * 60; // one day
+constexpr unsigned long long default_exec_timeout_seconds = 60;
+constexpr const char* default_fail_reply = "451 4.3.0 Try again later";
+constexpr std::size_t max_reply_text = 400; // --fail-reply text; a reply line has 512 octets
 
 // =============================================================================================
 // 1. Command line
@@ -63,14 +86,41 @@ constexpr unsigned long long max_timeout_seconds = 24 * 60 * 60; // one day
 // Users - the AUTH accounts: user name -> password.
 using Users = std::map<std::string, std::string>;
 
+// Stage - the SMTP command --fail-stage refuses: MAIL, RCPT, or the end of DATA.
+enum class Stage { mail, rcpt, data };
+
 // Config - everything the command line sets. The server settings live in smtpd::Options
 // directly, so the library's own defaults apply to every flag not given.
 struct Config {
   smtpd::Options options;
-  std::string maildir;                 // "" = print messages to stdout
   Users users;                         // from --auth; main() adds those of the --auth-files
   std::vector<std::string> auth_files; // --auth-file, read by main() before listening
-  bool quiet = false;
+
+  // Delivery: at most one of these; none of them means "print a summary to stdout".
+  std::string maildir;                            // --maildir DIR
+  std::string mbox;                               // --mbox FILE
+  std::vector<std::string> exec;                  // --exec PROGRAM ARG...: the program's argv
+  bool discard = false;                           // --discard
+  std::optional<unsigned long long> exec_timeout; // --exec-timeout SECONDS
+
+  // What is printed.
+  bool json = false;       // one JSON object per message instead of the summary line
+  bool print_body = false; // the message itself after its summary line
+  bool quiet = false;      // no summary lines, no startup line
+  bool verbose = false;    // the SMTP transcript on stderr
+
+  // When to stop, besides SIGINT and SIGTERM.
+  unsigned long long count = 0;      // --count N; 0: no limit
+  unsigned long long exit_after = 0; // --exit-after SECONDS; 0: no limit
+
+  std::vector<std::string> accept_domains; // --accept-domain, lower case; empty: every domain
+
+  // Fault injection: refuse `fail_stage` with `fail_reply` with probability `fail_rate`.
+  std::optional<double> fail_rate;
+  std::optional<smtpd::Reply> fail_reply;
+  std::optional<Stage> fail_stage;
+  std::optional<unsigned long long> seed;
+
   bool help = false;
 
   Config() {
@@ -84,15 +134,22 @@ struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// parse_count - a whole number from 1 to `max`: digits only, no sign, spaces or suffix.
-unsigned long long parse_count(const std::string& text, unsigned long long max) {
+// parse_whole - a whole number from 0 to `max`: digits only, no sign, spaces or suffix.
+unsigned long long parse_whole(const std::string& text, unsigned long long max) {
   unsigned long long number = 0;
   const char* end = text.data() + text.size();
   auto [stop, error] = std::from_chars(text.data(), end, number);
-  if (error == std::errc::invalid_argument || stop != end || (error == std::errc() && number == 0))
-    throw UsageError("needs a positive whole number, not '" + text + "'");
+  if (error == std::errc::invalid_argument || stop != end)
+    throw UsageError("needs a whole number, not '" + text + "'");
   if (error == std::errc::result_out_of_range || number > max)
     throw UsageError("'" + text + "' is too large (at most " + std::to_string(max) + ")");
+  return number;
+}
+
+// parse_count - parse_whole, but at least 1.
+unsigned long long parse_count(const std::string& text, unsigned long long max) {
+  const unsigned long long number = parse_whole(text, max);
+  if (number == 0) throw UsageError("needs a positive whole number, not '" + text + "'");
   return number;
 }
 
@@ -106,6 +163,91 @@ void set_timeout(Config& config, const std::string& text) {
   const std::chrono::seconds timeout(parse_count(text, max_timeout_seconds));
   config.options.command_timeout = timeout;
   config.options.data_timeout = timeout;
+}
+
+// parse_rate - a probability from 0 to 1 written as digits with at most one '.' ("0", "0.25",
+// ".5", "1"): no sign, exponent, "nan" or hexadecimal, which strtod alone would take.
+double parse_rate(const std::string& text) {
+  const auto digits =
+      std::count_if(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+  const auto dots = std::count(text.begin(), text.end(), '.');
+  const bool well_formed =
+      digits > 0 && dots <= 1 && static_cast<std::size_t>(digits + dots) == text.size();
+  if (!well_formed || std::strtod(text.c_str(), nullptr) > 1.0)
+    throw UsageError("needs a probability from 0 to 1, not '" + text + "'");
+  return std::strtod(text.c_str(), nullptr);
+}
+
+// is_digits - whether `text` is 1 to `most` ASCII digits.
+bool is_digits(std::string_view text, std::size_t most) {
+  if (text.empty() || text.size() > most) return false;
+  return std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// is_enhanced_code - whether `word` looks like an RFC 3463 status code: digit.digits.digits.
+bool is_enhanced_code(std::string_view word) {
+  const std::size_t first = word.find('.');
+  const std::size_t second = first == std::string_view::npos ? first : word.find('.', first + 1);
+  if (second == std::string_view::npos) return false;
+  return is_digits(word.substr(0, first), 1) &&
+         is_digits(word.substr(first + 1, second - first - 1), 3) &&
+         is_digits(word.substr(second + 1), 3);
+}
+
+// is_printable_ascii - whether every byte of `text` is printable ASCII (space to '~').
+bool is_printable_ascii(std::string_view text) {
+  return std::all_of(text.begin(), text.end(), [](char c) { return c >= ' ' && c <= '~'; });
+}
+
+// parse_reply - "CODE [ENHANCED] TEXT" as in "451 4.3.0 Try again later": a 4xx or 5xx code,
+// an optional RFC 3463 code of the same class, and printable ASCII text (may be empty: the
+// library's default text is not used, so an empty text stays empty).
+smtpd::Reply parse_reply(const std::string& text) {
+  const std::string_view all(text);
+  if (!is_digits(all.substr(0, 3), 3) || (all.size() > 3 && all[3] != ' '))
+    throw UsageError("needs 'CODE [X.Y.Z] TEXT' with a three-digit CODE, not '" + text + "'");
+  const int code = std::stoi(text.substr(0, 3));
+  if (code < 400 || code > 599)
+    throw UsageError("needs a 4xx or 5xx reply code, not " + text.substr(0, 3));
+  std::string_view rest = all.size() > 4 ? all.substr(4) : std::string_view();
+  std::string enhanced;
+  const std::string_view word = rest.substr(0, rest.find(' '));
+  if (is_enhanced_code(word)) {
+    if (word[0] != text[0])
+      throw UsageError("has enhanced code " + std::string(word) + " of another class than " +
+                       text.substr(0, 3));
+    enhanced = std::string(word);
+    rest.remove_prefix(std::min(rest.size(), word.size() + 1));
+  }
+  if (!is_printable_ascii(rest)) throw UsageError("text must be printable ASCII");
+  if (rest.size() > max_reply_text)
+    throw UsageError("text is longer than " + std::to_string(max_reply_text) + " characters");
+  return smtpd::Reply{code, enhanced, std::string(rest)};
+}
+
+// parse_stage - "mail", "rcpt" or "data".
+Stage parse_stage(const std::string& text) {
+  if (text == "mail") return Stage::mail;
+  if (text == "rcpt") return Stage::rcpt;
+  if (text == "data") return Stage::data;
+  throw UsageError("needs mail, rcpt or data, not '" + text + "'");
+}
+
+// lower_ascii - `text` with ASCII letters in lower case (domains compare case-insensitively).
+std::string lower_ascii(std::string text) {
+  for (char& c : text)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return text;
+}
+
+// add_domain - --accept-domain: a domain alone ("example.test", not "user@example.test"),
+// stored in lower case.
+void add_domain(Config& config, const std::string& domain) {
+  if (domain.find('@') != std::string::npos)
+    throw UsageError("needs a domain without '@', not '" + domain + "'");
+  if (!is_printable_ascii(domain) || domain.find_first_of(" <>") != std::string::npos)
+    throw UsageError("needs a domain name, not '" + domain + "'");
+  config.accept_domains.push_back(lower_ascii(domain));
 }
 
 // parse_account - "USER:PASSWORD" split at the first ':', so the password may hold ':'. Throws
@@ -129,18 +271,48 @@ void add_account(Users& users, const std::string& text, const char* what) {
     throw UsageError("gives user '" + user + "' a second time");
 }
 
-// Flag - one command-line flag: its name, whether a value follows it, and what it sets.
+// Flag - one command-line flag: its name, whether a value follows it, what it sets, and
+// whether every later argument belongs to it too (--exec PROGRAM ARG...).
 struct Flag {
   const char* name;
   bool takes_value;
   void (*apply)(Config& config, const std::string& value);
+  bool takes_rest = false; // parse_args() appends the later arguments to Config::exec
 };
 
 // flags - every flag mailsink knows; print_usage() documents each one.
 const Flag flags[] = {
     {"--listen", true, [](Config& c, const std::string& v) { c.options.addr = v; }},
-    {"--maildir", true, [](Config& c, const std::string& v) { c.maildir = v; }},
     {"--hostname", true, [](Config& c, const std::string& v) { c.options.hostname = v; }},
+    // delivery
+    {"--maildir", true, [](Config& c, const std::string& v) { c.maildir = v; }},
+    {"--mbox", true, [](Config& c, const std::string& v) { c.mbox = v; }},
+    {"--exec", true, [](Config& c, const std::string& v) { c.exec = {v}; }, true},
+    {"--exec-timeout", true,
+     [](Config& c, const std::string& v) { c.exec_timeout = parse_count(v, max_timeout_seconds); }},
+    {"--discard", false, [](Config& c, const std::string&) { c.discard = true; }},
+    // output
+    {"--json", false, [](Config& c, const std::string&) { c.json = true; }},
+    {"--print-body", false, [](Config& c, const std::string&) { c.print_body = true; }},
+    {"--quiet", false, [](Config& c, const std::string&) { c.quiet = true; }},
+    {"--verbose", false, [](Config& c, const std::string&) { c.verbose = true; }},
+    // stopping
+    {"--count", true,
+     [](Config& c, const std::string& v) {
+       c.count = parse_count(v, std::numeric_limits<unsigned long long>::max());
+     }},
+    {"--exit-after", true,
+     [](Config& c, const std::string& v) { c.exit_after = parse_count(v, max_timeout_seconds); }},
+    // recipients and faults
+    {"--accept-domain", true, [](Config& c, const std::string& v) { add_domain(c, v); }},
+    {"--fail-rate", true, [](Config& c, const std::string& v) { c.fail_rate = parse_rate(v); }},
+    {"--fail-reply", true, [](Config& c, const std::string& v) { c.fail_reply = parse_reply(v); }},
+    {"--fail-stage", true, [](Config& c, const std::string& v) { c.fail_stage = parse_stage(v); }},
+    {"--seed", true,
+     [](Config& c, const std::string& v) {
+       c.seed = parse_whole(v, std::numeric_limits<unsigned long long>::max());
+     }},
+    // limits
     {"--max-size", true,
      [](Config& c, const std::string& v) { c.options.max_message_bytes = parse_size(v); }},
     {"--max-recipients", true,
@@ -149,6 +321,7 @@ const Flag flags[] = {
     {"--max-connections", true,
      [](Config& c, const std::string& v) { c.options.max_connections = parse_size(v); }},
     {"--strict", false, [](Config& c, const std::string&) { c.options.strict = true; }},
+    // TLS
     {"--tls-cert", true, [](Config& c, const std::string& v) { c.options.tls_cert_file = v; }},
     {"--tls-key", true, [](Config& c, const std::string& v) { c.options.tls_key_file = v; }},
     {"--tls-key-password", true,
@@ -157,13 +330,13 @@ const Flag flags[] = {
     {"--tls-implicit", false, [](Config& c, const std::string&) { c.options.tls_implicit = true; }},
     {"--tls-client-ca", true,
      [](Config& c, const std::string& v) { c.options.tls_client_ca_file = v; }},
+    // AUTH
     {"--auth", true, [](Config& c, const std::string& v) { add_account(c.users, v, "the value"); }},
     {"--auth-file", true, [](Config& c, const std::string& v) { c.auth_files.push_back(v); }},
     {"--auth-required", false,
      [](Config& c, const std::string&) { c.options.auth_required = true; }},
     {"--auth-insecure", false,
      [](Config& c, const std::string&) { c.options.auth_insecure = true; }},
-    {"--quiet", false, [](Config& c, const std::string&) { c.quiet = true; }},
     {"--help", false, [](Config& c, const std::string&) { c.help = true; }},
 };
 
@@ -207,9 +380,40 @@ void check_auth_flags(const Config& config) {
   if (config.options.auth_insecure) throw UsageError("--auth-insecure needs --auth or --auth-file");
 }
 
+// check_delivery_flags - at most one delivery mode; output flags that contradict each other or
+// the mode; flags that only make sense with another one. Throws UsageError naming them.
+void check_delivery_flags(Config& config) {
+  std::vector<std::string> modes;
+  if (!config.maildir.empty()) modes.push_back("--maildir");
+  if (!config.mbox.empty()) modes.push_back("--mbox");
+  if (!config.exec.empty()) modes.push_back("--exec");
+  if (config.discard) modes.push_back("--discard");
+  if (modes.size() > 1)
+    throw UsageError(modes[0] + " and " + modes[1] + " are both delivery modes; give one");
+  if (config.discard && config.json) throw UsageError("--discard prints nothing, not --json");
+  if (config.discard && config.print_body)
+    throw UsageError("--discard prints nothing, not --print-body");
+  if (config.json && config.print_body)
+    throw UsageError("--json and --print-body do not combine (the JSON has no body)");
+  if (config.quiet && (config.json || config.print_body || config.verbose))
+    throw UsageError(std::string("--quiet contradicts ") + (config.json         ? "--json"
+                                                            : config.print_body ? "--print-body"
+                                                                                : "--verbose"));
+  if (config.exec_timeout && config.exec.empty()) throw UsageError("--exec-timeout needs --exec");
+  if (!config.fail_rate) {
+    if (config.fail_reply) throw UsageError("--fail-reply needs --fail-rate");
+    if (config.fail_stage) throw UsageError("--fail-stage needs --fail-rate");
+    if (config.seed) throw UsageError("--seed needs --fail-rate");
+  }
+  if (!config.fail_reply) config.fail_reply = parse_reply(default_fail_reply);
+  if (!config.fail_stage) config.fail_stage = Stage::data;
+  if (!config.exec_timeout) config.exec_timeout = default_exec_timeout_seconds;
+}
+
 // parse_args - read argv strictly: "--flag value" or "--flag=value"; throws UsageError for an
-// unknown flag, a missing or empty value, a value given to a switch, a bad number or account,
-// a TLS flag without the certificate and key it needs, or an AUTH flag without a user.
+// unknown flag, a missing or empty value, a value given to a switch, a bad number, reply,
+// domain or account, and for flags that contradict or need each other. --exec takes every
+// argument after it, flags included: they are the program's.
 Config parse_args(int argc, char** argv) {
   Config config;
   for (int i = 1; i < argc && !config.help; ++i) {
@@ -228,10 +432,15 @@ Config parse_args(int argc, char** argv) {
     try {
       flag->apply(config, value.value_or(""));
     } catch (const UsageError& e) { throw UsageError(name + " " + e.what()); }
+    if (flag->takes_rest) {
+      config.exec.insert(config.exec.end(), argv + i + 1, argv + argc);
+      break;
+    }
   }
   if (!config.help) {
     check_tls_flags(config.options);
     check_auth_flags(config);
+    check_delivery_flags(config);
   }
   return config;
 }
@@ -240,20 +449,85 @@ Config parse_args(int argc, char** argv) {
 void print_usage(std::ostream& out) {
   const smtpd::Options defaults;
   const auto timeout = std::chrono::duration_cast<std::chrono::seconds>(defaults.command_timeout);
-  out << "usage: mailsink [options]\n"
+  out << "usage: mailsink [options] [--exec PROGRAM [ARG...]]\n"
       << "\n"
       << "A mail catcher for developers and scripts: an SMTP server that accepts every message\n"
-      << "and prints it to stdout or stores it in a Maildir. It never relays mail.\n"
+      << "and prints a line about it, stores it, hands it to a program or drops it. It never\n"
+      << "relays mail.\n"
       << "\n"
       << "options (also accepted as --flag=value):\n"
       << "  --listen HOST:PORT    address to listen on (default " << default_listen << ");\n"
       << "                        [::1]:PORT for IPv6, :PORT for every address, port 0 for\n"
       << "                        any free port (the startup line tells which)\n"
-      << "  --maildir DIR         store each message as a file in DIR/new, creating DIR,\n"
-      << "                        DIR/tmp, DIR/new and DIR/cur if missing (default: print\n"
-      << "                        each message to stdout instead)\n"
       << "  --hostname NAME       our name in the greeting and the Received header\n"
       << "                        (default: the system host name)\n"
+      << "\n"
+      << "delivery, at most one (default: a summary line per message on stdout):\n"
+      << "  --maildir DIR         store each message as a file in DIR/new, creating DIR,\n"
+      << "                        DIR/tmp, DIR/new and DIR/cur if missing; synced to disk\n"
+      << "                        before the client hears 250\n"
+      << "  --mbox FILE           append each message to FILE in mboxrd format, creating it if\n"
+      << "                        missing: a 'From SENDER DATE' line (MAILER-DAEMON for <>, the\n"
+      << "                        date in UTC), the message with LF line ends (CRLF becomes LF)\n"
+      << "                        and '>' before every line matching /^>*From /, then a blank\n"
+      << "                        line. Appended under an fcntl() write lock, synced before 250\n"
+      << "  --exec PROGRAM [ARG...]\n"
+      << "                        run PROGRAM (found in PATH; never through a shell) for each\n"
+      << "                        message, with every later argument as its arguments, so\n"
+      << "                        --exec comes last. The message is on its stdin; its stdout\n"
+      << "                        goes to our stderr. Its environment adds SMTPD_FROM (empty\n"
+      << "                        for <>), SMTPD_TO (one recipient a line), SMTPD_PEER\n"
+      << "                        (IP:PORT), SMTPD_HELO, SMTPD_TLS (0, or the TLS version)\n"
+      << "                        and SMTPD_AUTH_USER (empty if none). Exit status 0 accepts\n"
+      << "                        (250); 75 (EX_TEMPFAIL) answers 451 4.3.0; any other answers\n"
+      << "                        550 5.0.0 with the first line of its stderr (printable ASCII,\n"
+      << "                        at most 200 characters); killed or too slow: 451 4.3.0\n"
+      << "  --exec-timeout SECONDS\n"
+      << "                        kill the --exec program's process group after this long\n"
+      << "                        (default " << default_exec_timeout_seconds << ")\n"
+      << "  --discard             accept every message and drop it, printing nothing per\n"
+      << "                        message (for benchmarks)\n"
+      << "\n"
+      << "output:\n"
+      << "  --json                print one JSON object per message on stdout, one line each,\n"
+      << "                        instead of the summary line (also with --maildir, --mbox,\n"
+      << "                        --exec): time (RFC 3339, UTC), peer, helo, tls (version or\n"
+      << "                        null), auth_user (or null), from, to (array), size, subject\n"
+      << "                        and message_id (null when the header is missing), path (the\n"
+      << "                        Maildir file or mbox, else null) (default: summary lines)\n"
+      << "  --print-body          print the message itself after its summary line (default:\n"
+      << "                        the summary line only)\n"
+      << "  --quiet               print nothing per message and no startup line; errors\n"
+      << "                        still go to stderr (default: not quiet)\n"
+      << "  --verbose             print the SMTP transcript on stderr, 'C:' for what the client\n"
+      << "                        sent and 'S:' for our replies, AUTH secrets masked and message\n"
+      << "                        content summed up as its size (default: no transcript)\n"
+      << "\n"
+      << "stopping (besides SIGINT and SIGTERM):\n"
+      << "  --count N             exit 0 once N messages were accepted; later ones are\n"
+      << "                        refused with 451 4.3.2 (default: no limit)\n"
+      << "  --exit-after SECONDS  stop after SECONDS: exit 1 when --count was given and fewer\n"
+      << "                        messages arrived, exit 0 without --count (default: no limit)\n"
+      << "\n"
+      << "recipients and faults:\n"
+      << "  --accept-domain DOMAIN\n"
+      << "                        accept recipients in DOMAIN only (exact match of the part\n"
+      << "                        after the last '@', any case); repeatable. Others get '550\n"
+      << "                        5.1.1 Recipient address rejected: domain not accepted';\n"
+      << "                        <postmaster> is always accepted (default: every domain)\n"
+      << "  --fail-rate P         refuse the --fail-stage command with probability P, from 0\n"
+      << "                        to 1, to test a sender's retry logic (default: 0, never)\n"
+      << "  --fail-reply \"CODE [X.Y.Z] TEXT\"\n"
+      << "                        the refusal: a 4xx or 5xx code, an optional enhanced code of\n"
+      << "                        the same class, printable text\n"
+      << "                        (default \"" << default_fail_reply << "\")\n"
+      << "  --fail-stage mail|rcpt|data\n"
+      << "                        which command is refused: MAIL, each RCPT, or the message at\n"
+      << "                        the end of DATA (default data)\n"
+      << "  --seed N              seed of the random numbers --fail-rate draws, for\n"
+      << "                        reproducible runs (default: a random seed)\n"
+      << "\n"
+      << "limits:\n"
       << "  --max-size BYTES      largest message accepted, advertised as SIZE\n"
       << "                        (default " << defaults.max_message_bytes << ")\n"
       << "  --max-recipients N    most recipients of one message (default "
@@ -265,6 +539,8 @@ void print_usage(std::ostream& out) {
       << "                        (default " << defaults.max_connections << ")\n"
       << "  --strict              refuse bare CR or LF in messages, over-long lines, and\n"
       << "                        MAIL/RCPT syntax RFC 5321 does not allow (default: lenient)\n"
+      << "\n"
+      << "TLS:\n"
       << "  --tls-cert FILE       offer STARTTLS (RFC 3207) with this PEM certificate chain,\n"
       << "                        leaf first; needs --tls-key (default: no TLS)\n"
       << "  --tls-key FILE        the PEM private key of --tls-cert\n"
@@ -278,6 +554,8 @@ void print_usage(std::ostream& out) {
       << "  --tls-client-ca FILE  ask clients for a certificate and verify it with the PEM\n"
       << "                        CAs in FILE; clients without one are still served; needs\n"
       << "                        --tls-cert and --tls-key (default: no client certificates)\n"
+      << "\n"
+      << "AUTH:\n"
       << "  --auth USER:PASSWORD  offer AUTH (RFC 4954: PLAIN, LOGIN, CRAM-MD5) and accept USER\n"
       << "                        with PASSWORD; split at the first ':', so the password may\n"
       << "                        hold ':'; repeat for more users. Any local user can read a\n"
@@ -290,33 +568,46 @@ void print_usage(std::ostream& out) {
       << "  --auth-insecure       offer PLAIN and LOGIN without TLS too, which sends passwords\n"
       << "                        in clear: for tests on loopback only; needs --auth or\n"
       << "                        --auth-file (default: before STARTTLS only CRAM-MD5)\n"
-      << "  --quiet               print nothing per message and no startup line; errors\n"
-      << "                        still go to stderr (default: not quiet)\n"
       << "  --help                print this help and exit\n"
       << "\n"
-      << "Each message gets a summary line on stdout: time, client, the TLS version when the\n"
-      << "session used TLS, auth=USER when the client authenticated, <sender> -> <recipients>,\n"
-      << "size and subject, then the message itself, or with --maildir the stored file's path.\n"
+      << "The summary line of a message: local time, client, the TLS version when the session\n"
+      << "used TLS, auth=USER when the client authenticated, <sender> -> <recipients>, size,\n"
+      << "subject, and the stored file's path with --maildir or --mbox.\n"
       << "A client that fails AUTH " << defaults.auth_max_failures
       << " times in one session is disconnected.\n"
       << "SIGINT or SIGTERM stops mailsink gracefully; messages being received are finished.\n"
+      << "Every check (flags, paths, the --exec program, the address) is done before\n"
+      << "mailsink listens; the line 'mailsink: listening on ADDRESS' on stderr says it is\n"
+      << "ready.\n"
       << "\n"
       << "exit status:\n"
-      << "  " << exit_ok << "  stopped by SIGINT or SIGTERM, or --help\n"
+      << "  " << exit_ok << "  stopped by SIGINT or SIGTERM, --count reached, --exit-after\n"
+      << "     passed without --count, or --help\n"
       << "  " << exit_runtime_error
-      << "  setup or runtime error (unusable maildir, TLS certificate or key,\n"
-      << "     --auth-file, or address to listen on)\n"
+      << "  setup or runtime error (unusable maildir, mbox, --exec program, TLS\n"
+      << "     certificate or key, --auth-file, or address to listen on), or --exit-after\n"
+      << "     passed before --count messages arrived\n"
       << "  " << exit_usage_error
-      << "  usage error (unknown flag, missing or bad value, a TLS flag\n"
-      << "     without --tls-cert and --tls-key, an AUTH flag without --auth or --auth-file)\n";
+      << "  usage error (unknown flag, missing or bad value, two delivery modes,\n"
+      << "     flags that contradict each other or lack the flag they need)\n";
 }
 
 // =============================================================================================
 // 2. Output
 // =============================================================================================
 
+// printable - `text` with control characters replaced by '?', so a hostile subject or command
+// cannot send escape sequences to the terminal or break a line in two.
+std::string printable(std::string text) {
+  for (char& c : text) {
+    const unsigned char byte = static_cast<unsigned char>(c);
+    if (byte < 0x20 || byte == 0x7f) c = '?';
+  }
+  return text;
+}
+
 // Output - stdout and stderr, shared by every connection thread; one lock keeps each message
-// and each error line whole.
+// and each stderr line whole.
 class Output {
 public:
   // print - write `text` to stdout and flush, so a script reading the pipe sees it at once.
@@ -328,7 +619,13 @@ public:
   // log - write "mailsink: `text`" as one line to stderr: errors, and the startup line.
   void log(const std::string& text) {
     std::lock_guard<std::mutex> lock(mutex_);
-    std::cerr << "mailsink: " << text << std::endl;
+    std::cerr << "mailsink: " + text + "\n" << std::flush;
+  }
+
+  // transcript - one --verbose line: "mailsink: PEER C: LINE" for what the client sent, or
+  // "S:" for a reply (`from_client` false). The library has masked AUTH secrets already.
+  void transcript(const smtpd::Peer& peer, bool from_client, std::string_view line) {
+    log(peer.to_string() + (from_client ? " C: " : " S: ") + printable(std::string(line)));
   }
 
 private:
@@ -350,7 +647,7 @@ std::system_error errno_error(const std::string& what, int error_number = errno)
 
 // write_all - write all of `content` to `fd`, carrying on after short writes and EINTR.
 // Returns false with errno set on failure.
-bool write_all(int fd, const std::string& content) {
+bool write_all(int fd, std::string_view content) {
   const char* next = content.data();
   std::size_t left = content.size();
   while (left > 0) {
@@ -473,10 +770,437 @@ private:
 };
 
 // =============================================================================================
-// 4. Sink - what happens to each message
+// 4. Mbox
+//
+// One file holds every message, each starting with a "From " line, so a body line starting with
+// "From " must be quoted. mboxrd quotes reversibly: a '>' goes before every line matching
+// /^>*From /, and a reader removes one '>' from each such line. Appends are serialised twice:
+// a mutex among our own threads (fcntl locks belong to the process, so they do not exclude our
+// own threads) and an fcntl() write lock against other programs (mail readers, another
+// mailsink). A failed append is cut off again, so the file never keeps half a message.
 // =============================================================================================
 
-// starts_with_ignoring_case - whether `text` begins with the ASCII `prefix`, in any case.
+// asctime_utc_now - the current time in UTC as asctime() writes it: "Thu Nov 22 11:00:00 2026".
+std::string asctime_utc_now() {
+  std::time_t now = std::time(nullptr);
+  std::tm parts{};
+  ::gmtime_r(&now, &parts);
+  char text[64];
+  std::strftime(text, sizeof text, "%a %b %e %H:%M:%S %Y", &parts);
+  return text;
+}
+
+// from_line_sender - the envelope sender for the "From " line: MAILER-DAEMON for the null
+// sender <>, and spaces or control characters (possible in a quoted local part) as '_', since
+// readers split the line at spaces.
+std::string from_line_sender(const std::string& from) {
+  if (from.empty()) return "MAILER-DAEMON";
+  std::string sender = from;
+  for (char& c : sender) {
+    const unsigned char byte = static_cast<unsigned char>(c);
+    if (byte <= 0x20 || byte == 0x7f) c = '_';
+  }
+  return sender;
+}
+
+// needs_from_quoting - whether `line` matches /^>*From / (mboxrd).
+bool needs_from_quoting(std::string_view line) {
+  const std::size_t arrows = line.find_first_not_of('>');
+  return arrows != std::string_view::npos && line.substr(arrows, 5) == "From ";
+}
+
+// mbox_entry - one message as mboxrd: the "From " line, the message with CRLF turned into LF
+// and /^>*From / lines quoted with one more '>', a final LF if it had none, and a blank line.
+std::string mbox_entry(const std::string& from, const std::string& message) {
+  std::string entry = "From " + from_line_sender(from) + " " + asctime_utc_now() + "\n";
+  entry.reserve(entry.size() + message.size() + message.size() / 32 + 2);
+  std::size_t start = 0;
+  while (start < message.size()) {
+    std::size_t end = message.find('\n', start);
+    const bool has_lf = end != std::string::npos;
+    if (!has_lf) end = message.size();
+    std::string_view line(message.data() + start, end - start);
+    if (has_lf && !line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (needs_from_quoting(line)) entry += '>';
+    entry.append(line.data(), line.size());
+    entry += '\n';
+    start = end + 1;
+  }
+  entry += '\n';
+  return entry;
+}
+
+// FileCloser - closes a file descriptor when it goes out of scope.
+struct FileCloser {
+  int fd;
+
+  ~FileCloser() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+// Mbox - one mbox file; deliver() may be called from many threads at once.
+class Mbox {
+public:
+  explicit Mbox(std::string path) : path_(std::move(path)) {}
+
+  // prepare - create the file if missing and prove it can be opened for appending. Throws
+  // std::system_error with the path and reason.
+  void prepare() { FileCloser file{open_file()}; }
+
+  // deliver - append `message` from `from` and return once it is on disk. Throws
+  // std::system_error, after cutting off a partial append, when it could not be stored.
+  void deliver(const std::string& from, const std::string& message) {
+    const std::string entry = mbox_entry(from, message);
+    std::lock_guard<std::mutex> threads(mutex_);
+    FileCloser file{open_file()};
+
+    struct flock lock {};
+
+    lock.l_type = F_WRLCK;
+    lock.l_whence = SEEK_SET; // l_start 0, l_len 0: the whole file, however long it grows
+    while (::fcntl(file.fd, F_SETLKW, &lock) != 0)
+      if (errno != EINTR) throw errno_error("lock " + path_);
+
+    struct stat before {};
+
+    if (::fstat(file.fd, &before) != 0) throw errno_error("stat " + path_);
+    // The file should end with a blank line; a message must not glue onto a partial last line.
+    const std::string separator = separator_needed(file.fd, before.st_size);
+    const char* failed_step = nullptr;
+    if (!write_all(file.fd, separator + entry))
+      failed_step = "write ";
+    else if (::fsync(file.fd) != 0)
+      failed_step = "fsync ";
+    if (failed_step == nullptr) return; // closing the file releases the lock
+    const int failure = errno;
+    if (::ftruncate(file.fd, before.st_size) == 0) ::fsync(file.fd);
+    throw errno_error(failed_step + path_, failure);
+  }
+
+private:
+  // open_file - open (creating it, mode 0600) for appending; reading too, for
+  // separator_needed(). Throws std::system_error.
+  int open_file() const {
+    int fd = ::open(path_.c_str(), O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) throw errno_error("open " + path_);
+    return fd;
+  }
+
+  // separator_needed - what to write before the next "From " line in a file of `size` bytes:
+  // nothing if it is empty or ends with "\n\n", else the line ends it lacks.
+  static std::string separator_needed(int fd, off_t size) {
+    if (size == 0) return "";
+    char tail[2] = {'\n', '\n'};
+    const off_t start = size >= 2 ? size - 2 : 0;
+    const ssize_t got = ::pread(fd, tail + (size >= 2 ? 0 : 1), size >= 2 ? 2 : 1, start);
+    if (got <= 0) return ""; // unreadable: append as if it ended well
+    if (tail[1] != '\n') return "\n\n";
+    return tail[0] == '\n' ? "" : "\n";
+  }
+
+  const std::string path_;
+  std::mutex mutex_;
+};
+
+// =============================================================================================
+// 5. Exec - one program run per message
+//
+// The program is run with fork() and execve(), never through a shell, so nothing in an envelope
+// address is ever parsed as a command: addresses reach it only as environment values. Its path
+// is found in PATH once, before listening, so a missing program stops mailsink at once and the
+// child does not search (execvp may allocate, and would hand a script without "#!" to /bin/sh).
+// Everything the child needs (argv, the environment) is built before fork(): between fork()
+// and execve() a child of a threaded process may only call async-signal-safe functions.
+// Each run has its own process group, so a time-out kills the program and everything it
+// started; the child is always waited for, and every descriptor we open is close-on-exec.
+// =============================================================================================
+
+// ExecOutcome - how a program run ended.
+struct ExecOutcome {
+  enum Kind { exited, killed, timed_out } kind = exited;
+
+  int status = 0;          // the exit status (exited) or the signal (killed)
+  std::string stderr_text; // the start of what it wrote to stderr
+};
+
+// find_program - the path execve() should run for `name`: `name` itself when it holds a '/',
+// else the first executable regular file DIR/name for DIR in $PATH (an empty entry is the
+// current directory). Throws std::runtime_error when there is none.
+std::string find_program(const std::string& name) {
+  auto runnable = [](const std::string& path) {
+    struct stat info {};
+    return ::stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode) &&
+           ::access(path.c_str(), X_OK) == 0;
+  };
+  if (name.find('/') != std::string::npos) {
+    if (!runnable(name)) throw errno_error("cannot run --exec program " + name);
+    return name;
+  }
+  const char* path_variable = std::getenv("PATH");
+  const std::string search = path_variable != nullptr ? path_variable : "/usr/bin:/bin";
+  std::size_t start = 0;
+  for (;;) {
+    const std::size_t end = std::min(search.find(':', start), search.size());
+    const std::string dir = search.substr(start, end - start);
+    const std::string candidate = (dir.empty() ? "." : dir) + "/" + name;
+    if (runnable(candidate)) return candidate;
+    if (end == search.size()) break;
+    start = end + 1;
+  }
+  throw std::runtime_error("cannot find --exec program " + name + " in PATH");
+}
+
+// first_line_sanitised - the first line of `text` made safe for an SMTP reply: printable ASCII
+// only (other bytes become '?'), spaces trimmed, at most `limit` characters.
+std::string first_line_sanitised(const std::string& text, std::size_t limit) {
+  std::string line = text.substr(0, text.find('\n'));
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  for (char& c : line)
+    if (c < ' ' || c > '~') c = '?';
+  const std::size_t first = line.find_first_not_of(' ');
+  if (first == std::string::npos) return "";
+  line = line.substr(first, line.find_last_not_of(' ') + 1 - first);
+  if (line.size() > limit) line.resize(limit);
+  return line;
+}
+
+// exec_environment - our environment without any SMTPD_* variable we set, plus those, as
+// "NAME=VALUE" strings.
+std::vector<std::string> exec_environment(const smtpd::SessionInfo& session,
+                                          const smtpd::Envelope& envelope) {
+  std::string to;
+  for (const std::string& recipient : envelope.to)
+    to += (to.empty() ? "" : "\n") + recipient;
+  const std::vector<std::string> ours = {
+      "SMTPD_FROM=" + envelope.from,
+      "SMTPD_TO=" + to,
+      "SMTPD_PEER=" + session.peer.to_string(),
+      "SMTPD_HELO=" + session.helo,
+      "SMTPD_TLS=" + (session.tls ? session.tls_version : std::string("0")),
+      "SMTPD_AUTH_USER=" + session.auth_user,
+  };
+  std::vector<std::string> environment;
+  for (char** variable = environ; *variable != nullptr; ++variable) {
+    const std::string_view entry(*variable);
+    const std::string_view name = entry.substr(0, entry.find('=') + 1); // "NAME="
+    const bool replaced = std::any_of(ours.begin(), ours.end(), [&](const std::string& mine) {
+      return std::string_view(mine).substr(0, name.size()) == name;
+    });
+    if (!replaced) environment.emplace_back(entry);
+  }
+  environment.insert(environment.end(), ours.begin(), ours.end());
+  return environment;
+}
+
+// pointers - the char* array execve() wants, ending in nullptr; valid while `strings` lives.
+std::vector<char*> pointers(std::vector<std::string>& strings) {
+  std::vector<char*> result;
+  for (std::string& s : strings)
+    result.push_back(s.data());
+  result.push_back(nullptr);
+  return result;
+}
+
+// close_descriptors_above_stderr - in an --exec child: close every descriptor but 0, 1 and
+// 2, so that the program gets none of ours (ours are close-on-exec anyway) nor any that
+// mailsink itself inherited. Async-signal-safe; `highest` bounds the fallback loop.
+void close_descriptors_above_stderr(int highest) {
+#ifdef SYS_close_range
+  if (::syscall(SYS_close_range, 3u, ~0u, 0u) == 0) return;
+#endif
+  for (int fd = 3; fd <= highest; ++fd)
+    ::close(fd);
+}
+
+// Pipe - a pipe whose ends are closed when it goes out of scope, unless closed before.
+struct Pipe {
+  int read_end = -1;
+  int write_end = -1;
+
+  Pipe() {
+    int ends[2];
+    if (::pipe2(ends, O_CLOEXEC) != 0) throw errno_error("pipe");
+    read_end = ends[0];
+    write_end = ends[1];
+  }
+
+  Pipe(const Pipe&) = delete;
+  Pipe& operator=(const Pipe&) = delete;
+
+  ~Pipe() {
+    close(read_end);
+    close(write_end);
+  }
+
+  static void close(int& fd) {
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+  }
+};
+
+// Runner - runs the --exec program; run() may be called from many threads at once.
+class Runner {
+public:
+  Runner(std::vector<std::string> argv, std::chrono::seconds limit)
+      : argv_(std::move(argv)), limit_(limit) {}
+
+  // prepare - find the program in PATH. Throws std::runtime_error when there is none.
+  void prepare() { path_ = find_program(argv_.front()); }
+
+  const std::string& name() const { return argv_.front(); }
+
+  // run - run the program with `message` on its stdin and the session in its environment.
+  // Throws std::system_error when it cannot even be started (no pipe, no fork).
+  ExecOutcome run(const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
+                  const std::string& message) const {
+    std::vector<std::string> argv_strings = argv_;
+    std::vector<std::string> env_strings = exec_environment(session, envelope);
+    std::vector<char*> argv = pointers(argv_strings);
+    std::vector<char*> envp = pointers(env_strings);
+    const std::string exec_failed = "mailsink: cannot run " + path_ + "\n";
+    const long open_max = ::sysconf(_SC_OPEN_MAX);
+    const int highest_fd = open_max > 0 && open_max < 65536 ? static_cast<int>(open_max) : 65536;
+    sigset_t no_signals;
+    sigemptyset(&no_signals);
+
+    struct sigaction default_action {};
+
+    default_action.sa_handler = SIG_DFL;
+    Pipe input;  // the message, to the program's stdin
+    Pipe errors; // the program's stderr, to us
+    const auto deadline = std::chrono::steady_clock::now() + limit_;
+
+    const pid_t pid = ::fork();
+    if (pid < 0) throw errno_error("fork");
+    if (pid == 0) { // the child: async-signal-safe calls only, then execve() or _exit()
+      ::setpgid(0, 0);
+      ::dup2(input.read_end, STDIN_FILENO);
+      ::dup2(STDERR_FILENO, STDOUT_FILENO); // its stdout: our stderr, never our stdout
+      ::dup2(errors.write_end, STDERR_FILENO);
+      close_descriptors_above_stderr(highest_fd);
+      ::sigprocmask(SIG_SETMASK, &no_signals, nullptr); // we block SIGINT and SIGTERM
+      ::sigaction(SIGPIPE, &default_action, nullptr);   // and ignore SIGPIPE, which exec keeps
+      ::execve(path_.c_str(), argv.data(), envp.data());
+      ssize_t ignored = ::write(STDERR_FILENO, exec_failed.data(), exec_failed.size());
+      (void)ignored;
+      ::_exit(75); // EX_TEMPFAIL: the program may be back by the time the client retries
+    }
+    ::setpgid(pid, pid); // also here, so that a kill of the group cannot come before it exists
+    Pipe::close(input.read_end);
+    Pipe::close(errors.write_end);
+    ExecOutcome outcome;
+    if (!exchange(input.write_end, errors.read_end, message, outcome.stderr_text, deadline) ||
+        !wait_until(pid, outcome, deadline)) {
+      ::kill(-pid, SIGKILL);
+      ::kill(pid, SIGKILL);
+      int status = 0;
+      while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+      outcome.kind = ExecOutcome::timed_out;
+    }
+    return outcome;
+  }
+
+private:
+  // exchange - write `message` to `to_child` and read `from_child` (its stderr) into `errors`,
+  // at the same time, so that neither side can block the other, until the message is written
+  // (or the program closed its stdin: EPIPE, which SIGPIPE being ignored turns into an
+  // error) and its stderr is closed. False when `deadline` passed first.
+  static bool exchange(int& to_child, int& from_child, std::string_view message,
+                       std::string& errors, std::chrono::steady_clock::time_point deadline) {
+    constexpr std::size_t kept_error_bytes = 4096; // more is read but not kept
+    ::fcntl(to_child, F_SETFL, O_NONBLOCK);
+    ::fcntl(from_child, F_SETFL, O_NONBLOCK);
+    std::size_t written = 0;
+    if (message.empty()) Pipe::close(to_child);
+    while (to_child >= 0 || from_child >= 0) {
+      pollfd fds[2] = {{to_child, POLLOUT, 0}, {from_child, POLLIN, 0}};
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return false;
+      const int ready = ::poll(fds, 2, static_cast<int>(std::min<long long>(left.count(), 1000)));
+      if (ready < 0 && errno != EINTR) return false;
+      if (ready <= 0) continue;
+      if (to_child >= 0 && fds[0].revents != 0) {
+        const std::size_t chunk = std::min<std::size_t>(message.size() - written, 65536);
+        const ssize_t n = ::write(to_child, message.data() + written, chunk);
+        if (n > 0) written += static_cast<std::size_t>(n);
+        if ((n < 0 && errno != EAGAIN && errno != EINTR) || written == message.size())
+          Pipe::close(to_child); // done, or the program does not want the rest (EPIPE)
+      }
+      if (from_child >= 0 && fds[1].revents != 0) {
+        char buffer[4096];
+        const ssize_t n = ::read(from_child, buffer, sizeof buffer);
+        if (n > 0 && errors.size() < kept_error_bytes)
+          errors.append(buffer, std::min<std::size_t>(n, kept_error_bytes - errors.size()));
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) Pipe::close(from_child);
+      }
+    }
+    return true;
+  }
+
+  // wait_until - reap `pid` and record how it ended in `outcome`; false if it is still running
+  // at `deadline`. Polls, sleeping 1 ms at first and at most 50 ms: its stderr is closed by
+  // now, so it is normally exiting already.
+  static bool wait_until(pid_t pid, ExecOutcome& outcome,
+                         std::chrono::steady_clock::time_point deadline) {
+    std::chrono::milliseconds nap(1);
+    for (;;) {
+      int status = 0;
+      const pid_t done = ::waitpid(pid, &status, WNOHANG);
+      if (done == pid) {
+        if (WIFSIGNALED(status)) {
+          outcome.kind = ExecOutcome::killed;
+          outcome.status = WTERMSIG(status);
+        } else {
+          outcome.kind = ExecOutcome::exited;
+          outcome.status = WEXITSTATUS(status);
+        }
+        return true;
+      }
+      if (done < 0 && errno != EINTR) return false;
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= deadline) return false;
+      std::this_thread::sleep_for(
+          std::min<std::chrono::steady_clock::duration>(nap, deadline - now));
+      nap = std::min(nap * 2, std::chrono::milliseconds(50));
+    }
+  }
+
+  const std::vector<std::string> argv_; // argv_[0] as given, which the program sees
+  const std::chrono::seconds limit_;
+  std::string path_; // set by prepare()
+};
+
+// exec_reply - what the client hears about a run of the --exec program: nullopt (250) for exit
+// status 0. Anything else is logged on stderr too.
+std::optional<smtpd::Reply> exec_reply(const ExecOutcome& outcome, const Runner& runner,
+                                       Output& output) {
+  constexpr std::size_t reply_text_limit = 200;
+  const std::string said = first_line_sanitised(outcome.stderr_text, reply_text_limit);
+  const std::string name = runner.name();
+  if (outcome.kind == ExecOutcome::timed_out) {
+    output.log(name + " did not finish within --exec-timeout; killed");
+    return smtpd::Reply{451, "4.3.0", "Local delivery timed out, try again later"};
+  }
+  if (outcome.kind == ExecOutcome::killed) {
+    output.log(name + " was killed by signal " + std::to_string(outcome.status));
+    return smtpd::Reply{451, "4.3.0", "Local delivery failed, try again later"};
+  }
+  if (outcome.status == 0) return std::nullopt;
+  output.log(name + " exited with status " + std::to_string(outcome.status) +
+             (said.empty() ? "" : ": " + said));
+  if (outcome.status == 75) // EX_TEMPFAIL
+    return smtpd::Reply{451, "4.3.0", said.empty() ? "Temporary local failure, try again" : said};
+  return smtpd::Reply{550, "5.0.0", said.empty() ? "Message refused by local delivery" : said};
+}
+
+// =============================================================================================
+// 6. Reports - what is printed about each message
+// =============================================================================================
+
+// starts_with_ignoring_case - whether `text` begins with the ASCII `prefix` (lower case), in
+// any case.
 bool starts_with_ignoring_case(std::string_view text, std::string_view prefix) {
   if (text.size() < prefix.size()) return false;
   for (std::size_t i = 0; i < prefix.size(); ++i) {
@@ -487,44 +1211,50 @@ bool starts_with_ignoring_case(std::string_view text, std::string_view prefix) {
   return true;
 }
 
-// subject_of - the first line of the first Subject header (RFC 5322 §3.6.5), or "" when the
-// header section, which ends at the first empty line, has none.
-std::string subject_of(const std::string& message) {
+// without_line_end - `line` without its LF or CRLF.
+std::string_view without_line_end(std::string_view line) {
+  if (!line.empty() && line.back() == '\n') line.remove_suffix(1);
+  if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+  return line;
+}
+
+// header_field - the value of the first header field called `name` (lower case, without the
+// colon), unfolded (RFC 5322 §2.2.3: a line starting with a space or tab continues the field)
+// and trimmed; nullopt when the header section, which ends at the first empty line, has none.
+std::optional<std::string> header_field(const std::string& message, std::string_view name) {
+  std::optional<std::string> value; // set while reading the wanted field's lines
   std::size_t start = 0;
   while (start < message.size()) {
     std::size_t end = message.find('\n', start);
-    if (end == std::string::npos) end = message.size();
-    std::string_view line(message.data() + start, end - start);
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    end = end == std::string::npos ? message.size() : end + 1;
+    const std::string_view line = without_line_end({message.data() + start, end - start});
+    start = end;
     if (line.empty()) break;
-    if (starts_with_ignoring_case(line, "subject:")) {
-      line.remove_prefix(8);
-      while (!line.empty() && (line.front() == ' ' || line.front() == '\t'))
-        line.remove_prefix(1);
-      return std::string(line);
+    const bool continuation = line.front() == ' ' || line.front() == '\t';
+    if (value && !continuation) break; // the wanted field ended
+    if (value) {
+      *value += line;
+    } else if (!continuation && starts_with_ignoring_case(line, name) &&
+               line.substr(name.size(), 1) == ":") {
+      value = std::string(line.substr(name.size() + 1));
     }
-    start = end + 1;
   }
-  return "";
+  if (!value) return std::nullopt;
+  const std::size_t first = value->find_first_not_of(" \t");
+  if (first == std::string::npos) return std::string();
+  return value->substr(first, value->find_last_not_of(" \t") + 1 - first);
 }
 
-// printable - `text` with control characters replaced by '?', so a hostile subject cannot
-// send escape sequences to the terminal or break the one-line summary.
-std::string printable(std::string text) {
-  for (char& c : text) {
-    const unsigned char byte = static_cast<unsigned char>(c);
-    if (byte < 0x20 || byte == 0x7f) c = '?';
-  }
-  return text;
-}
-
-// local_time_now - the current local time as "2024-05-01 13:45:07".
-std::string local_time_now() {
+// formatted_now - the current time through strftime `format`, in UTC or local time.
+std::string formatted_now(const char* format, bool utc) {
   std::time_t now = std::time(nullptr);
   std::tm parts{};
-  ::localtime_r(&now, &parts);
-  char text[32];
-  std::strftime(text, sizeof text, "%Y-%m-%d %H:%M:%S", &parts);
+  if (utc)
+    ::gmtime_r(&now, &parts);
+  else
+    ::localtime_r(&now, &parts);
+  char text[64];
+  std::strftime(text, sizeof text, format, &parts);
   return text;
 }
 
@@ -534,48 +1264,290 @@ std::string local_time_now() {
 std::string summary_line(const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
                          const std::string& message) {
   std::ostringstream line;
-  line << local_time_now() << " " << session.peer.to_string();
+  line << formatted_now("%Y-%m-%d %H:%M:%S", false) << " " << session.peer.to_string();
   if (session.tls) line << " " << session.tls_version;
   if (!session.auth_user.empty()) line << " auth=" << session.auth_user;
   line << " <" << envelope.from << "> ->";
   for (std::size_t i = 0; i < envelope.to.size(); ++i)
     line << (i == 0 ? " <" : ", <") << envelope.to[i] << ">";
-  line << " " << message.size() << " bytes, subject \"" << subject_of(message) << "\"";
+  line << " " << message.size() << " bytes, subject \""
+       << header_field(message, "subject").value_or("") << "\"";
   return printable(line.str());
 }
 
-// Sink - receives each message: stores it when there is a Maildir, prints it unless quiet.
+// utf8_length - the length of the valid UTF-8 sequence starting at `text[i]` (a byte >= 0x80),
+// or 0 if it is not one: a bad lead or continuation byte, a truncated sequence, an overlong
+// form, a surrogate or a code point above U+10FFFF (RFC 3629).
+std::size_t utf8_length(std::string_view text, std::size_t i) {
+  const unsigned char lead = static_cast<unsigned char>(text[i]);
+  std::size_t length = 0;
+  std::uint32_t code_point = 0;
+  std::uint32_t smallest = 0;
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    length = 2, code_point = lead & 0x1Fu, smallest = 0x80;
+  } else if (lead >= 0xE0 && lead <= 0xEF) {
+    length = 3, code_point = lead & 0x0Fu, smallest = 0x800;
+  } else if (lead >= 0xF0 && lead <= 0xF4) {
+    length = 4, code_point = lead & 0x07u, smallest = 0x10000;
+  } else {
+    return 0;
+  }
+  if (text.size() - i < length) return 0;
+  for (std::size_t k = 1; k < length; ++k) {
+    const unsigned char next = static_cast<unsigned char>(text[i + k]);
+    if ((next & 0xC0u) != 0x80u) return 0;
+    code_point = (code_point << 6) | (next & 0x3Fu);
+  }
+  if (code_point < smallest || code_point > 0x10FFFF) return 0;
+  if (code_point >= 0xD800 && code_point <= 0xDFFF) return 0;
+  return length;
+}
+
+// json_string - `text` as a JSON string (RFC 8259 §7) with its quotes: '"' and '\' escaped,
+// control characters (and DEL) as \u00XX, valid UTF-8 as it is, and each byte that is not
+// part of valid UTF-8 replaced by U+FFFD, so the output is always valid JSON in UTF-8.
+std::string json_string(std::string_view text) {
+  static const char hex[] = "0123456789abcdef";
+  std::string out = "\"";
+  for (std::size_t i = 0; i < text.size();) {
+    const unsigned char byte = static_cast<unsigned char>(text[i]);
+    if (byte == '"' || byte == '\\') {
+      out += '\\';
+      out += static_cast<char>(byte);
+      ++i;
+    } else if (byte < 0x20 || byte == 0x7f) {
+      out += "\\u00";
+      out += hex[byte >> 4];
+      out += hex[byte & 0x0f];
+      ++i;
+    } else if (byte < 0x80) {
+      out += static_cast<char>(byte);
+      ++i;
+    } else if (const std::size_t length = utf8_length(text, i); length > 0) {
+      out.append(text.substr(i, length));
+      i += length;
+    } else {
+      out += "\\ufffd";
+      ++i;
+    }
+  }
+  return out + "\"";
+}
+
+// json_string_or_null - json_string(*text), or null when there is no text.
+std::string json_string_or_null(const std::optional<std::string>& text) {
+  return text ? json_string(*text) : "null";
+}
+
+// json_line - the --json object of one message, on one line with a final newline. `path` is
+// where --maildir or --mbox stored it, "" when it was not stored.
+std::string json_line(const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
+                      const std::string& message, const std::string& path) {
+  auto unless_empty = [](const std::string& text) {
+    return text.empty() ? std::nullopt : std::optional<std::string>(text);
+  };
+  std::string to = "[";
+  for (const std::string& recipient : envelope.to)
+    to += (to.size() > 1 ? "," : "") + json_string(recipient);
+  to += "]";
+  return "{\"time\":" + json_string(formatted_now("%Y-%m-%dT%H:%M:%SZ", true)) +
+         ",\"peer\":" + json_string(session.peer.to_string()) +
+         ",\"helo\":" + json_string(session.helo) + ",\"tls\":" +
+         json_string_or_null(session.tls ? std::optional(session.tls_version) : std::nullopt) +
+         ",\"auth_user\":" + json_string_or_null(unless_empty(session.auth_user)) +
+         ",\"from\":" + json_string(envelope.from) + ",\"to\":" + to +
+         ",\"size\":" + std::to_string(message.size()) +
+         ",\"subject\":" + json_string_or_null(header_field(message, "subject")) +
+         ",\"message_id\":" + json_string_or_null(header_field(message, "message-id")) +
+         ",\"path\":" + json_string_or_null(unless_empty(path)) + "}\n";
+}
+
+// =============================================================================================
+// 7. Sink - what happens to each recipient and each message
+// =============================================================================================
+
+// StopReason - why main() stops serving.
+enum class StopReason { none, signal, count_reached, time_up, serve_failed };
+
+// Stop - the reason to stop, set once by the first thread that sees one: the signal thread,
+// the Sink (--count), the serving thread (it failed) or main() itself (--exit-after).
+class Stop {
+public:
+  // request - ask main() to stop for `reason`, unless another reason came first.
+  void request(StopReason reason) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (reason_ == StopReason::none) reason_ = reason;
+    }
+    changed_.notify_all();
+  }
+
+  // requested - whether a stop was asked for.
+  bool requested() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return reason_ != StopReason::none;
+  }
+
+  // wait - block until a stop is asked for, or until `deadline`, if any, which is time_up.
+  StopReason wait(std::optional<std::chrono::steady_clock::time_point> deadline) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    auto asked = [this] { return reason_ != StopReason::none; };
+    if (!deadline)
+      changed_.wait(lock, asked);
+    else if (!changed_.wait_until(lock, *deadline, asked))
+      reason_ = StopReason::time_up;
+    return reason_;
+  }
+
+private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  StopReason reason_ = StopReason::none;
+};
+
+// Delivery - where accepted messages go: at most one of these is set; none prints to stdout.
+struct Delivery {
+  Maildir* maildir = nullptr;
+  Mbox* mbox = nullptr;
+  const Runner* runner = nullptr;
+  bool discard = false;
+};
+
+// Sink - the hooks: refuses recipients outside --accept-domain, injects --fail-rate faults,
+// delivers and reports each message, and asks main() to stop after --count messages.
+// Every method may be called from many connection threads at once.
 class Sink {
 public:
-  Sink(Output& output, Maildir* maildir, bool quiet)
-      : output_(output), maildir_(maildir), quiet_(quiet) {}
+  Sink(const Config& config, Delivery delivery, Output& output, Stop& stop)
+      : config_(config), delivery_(delivery), output_(output), stop_(stop),
+        random_(config.seed ? *config.seed : std::random_device{}()) {}
+
+  // on_mail - the smtpd::MailHook: nullopt accepts, a Reply refuses.
+  std::optional<smtpd::Reply> on_mail() { return fault(Stage::mail); }
+
+  // on_rcpt - the smtpd::RcptHook: the domain check first (a fixed answer), then a fault.
+  std::optional<smtpd::Reply> on_rcpt(const std::string& to) {
+    if (!domain_accepted(to))
+      return smtpd::Reply{550, "5.1.1", "Recipient address rejected: domain not accepted"};
+    return fault(Stage::rcpt);
+  }
 
   // receive - the smtpd::MessageHandler: nullopt accepts (250), a Reply refuses with it.
   std::optional<smtpd::Reply> receive(const smtpd::SessionInfo& session,
                                       const smtpd::Envelope& envelope, const std::string& message) {
-    if (maildir_ == nullptr) {
-      if (!quiet_) output_.print(summary_line(session, envelope, message) + "\n" + message + "\n");
-      return std::nullopt;
-    }
+    if (std::optional<smtpd::Reply> refused = fault(Stage::data)) return refused;
+    if (!claim_slot())
+      return smtpd::Reply{451, "4.3.2", "mailsink has its --count messages and is stopping"};
     std::string path;
-    try {
-      path = maildir_->deliver(message);
-    } catch (const std::system_error& e) {
-      output_.log(std::string("could not store a message: ") + e.what());
-      return smtpd::Reply{451, "4.3.0", "Local error: could not store message"};
+    if (std::optional<smtpd::Reply> refused = deliver(session, envelope, message, path)) {
+      release_slot();
+      return refused;
     }
-    if (!quiet_) output_.print(summary_line(session, envelope, message) + " " + path + "\n");
+    report(session, envelope, message, path);
+    count_accepted();
     return std::nullopt;
   }
 
+  // accepted - how many messages were accepted so far.
+  unsigned long long accepted() {
+    std::lock_guard<std::mutex> lock(count_mutex_);
+    return accepted_;
+  }
+
 private:
+  // domain_accepted - whether `to` is <postmaster> or in an --accept-domain domain (the part
+  // after the last '@': a quoted local part may hold '@' too), or there is no such flag.
+  bool domain_accepted(const std::string& to) const {
+    if (config_.accept_domains.empty() || lower_ascii(to) == "postmaster") return true;
+    const std::size_t at = to.rfind('@');
+    if (at == std::string::npos) return false;
+    const std::string domain = lower_ascii(to.substr(at + 1));
+    const auto& domains = config_.accept_domains;
+    return std::find(domains.begin(), domains.end(), domain) != domains.end();
+  }
+
+  // fault - the --fail-reply, with probability --fail-rate, when `stage` is the --fail-stage.
+  // Rates 0 and 1 draw nothing, so they are exact.
+  std::optional<smtpd::Reply> fault(Stage stage) {
+    if (!config_.fail_rate || stage != *config_.fail_stage || *config_.fail_rate <= 0.0)
+      return std::nullopt;
+    if (*config_.fail_rate < 1.0) {
+      std::lock_guard<std::mutex> lock(random_mutex_);
+      if (std::uniform_real_distribution<double>(0.0, 1.0)(random_) >= *config_.fail_rate)
+        return std::nullopt;
+    }
+    return config_.fail_reply;
+  }
+
+  // claim_slot - with --count N, take one of the N messages before delivering, so no more
+  // than N are accepted even when clients send at once; false when all N are taken.
+  bool claim_slot() {
+    std::lock_guard<std::mutex> lock(count_mutex_);
+    if (config_.count != 0 && claimed_ >= config_.count) return false;
+    ++claimed_;
+    return true;
+  }
+
+  // release_slot - give back a slot whose message was not accepted after all.
+  void release_slot() {
+    std::lock_guard<std::mutex> lock(count_mutex_);
+    --claimed_;
+  }
+
+  // count_accepted - count an accepted message; the Nth of --count N asks main() to stop.
+  // The 250 still reaches the client: the graceful shutdown lets the session finish its reply.
+  void count_accepted() {
+    std::lock_guard<std::mutex> lock(count_mutex_);
+    if (++accepted_ == config_.count) stop_.request(StopReason::count_reached);
+  }
+
+  // deliver - hand `message` to the delivery mode; sets `path` when it was stored in a file.
+  // Returns a refusal when it could not be delivered.
+  std::optional<smtpd::Reply> deliver(const smtpd::SessionInfo& session,
+                                      const smtpd::Envelope& envelope, const std::string& message,
+                                      std::string& path) {
+    try {
+      if (delivery_.maildir != nullptr) {
+        path = delivery_.maildir->deliver(message);
+      } else if (delivery_.mbox != nullptr) {
+        delivery_.mbox->deliver(envelope.from, message);
+        path = config_.mbox;
+      } else if (delivery_.runner != nullptr) {
+        return exec_reply(delivery_.runner->run(session, envelope, message), *delivery_.runner,
+                          output_);
+      }
+    } catch (const std::system_error& e) {
+      output_.log(std::string("could not deliver a message: ") + e.what());
+      return smtpd::Reply{451, "4.3.0", "Local error: could not store message"};
+    }
+    return std::nullopt;
+  }
+
+  // report - print what --json, --print-body, --quiet and --discard ask for about a message.
+  void report(const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
+              const std::string& message, const std::string& path) {
+    if (config_.quiet || delivery_.discard) return;
+    if (config_.json) return output_.print(json_line(session, envelope, message, path));
+    std::string text = summary_line(session, envelope, message);
+    if (!path.empty()) text += " " + path;
+    text += "\n";
+    if (config_.print_body) text += message + "\n";
+    output_.print(text);
+  }
+
+  const Config& config_;
+  const Delivery delivery_;
   Output& output_;
-  Maildir* maildir_; // nullptr: print to stdout
-  bool quiet_;
+  Stop& stop_;
+  std::mutex random_mutex_;
+  std::mt19937_64 random_; // --seed, or a random seed
+  std::mutex count_mutex_;
+  unsigned long long claimed_ = 0;  // messages accepted or being delivered
+  unsigned long long accepted_ = 0; // messages accepted
 };
 
 // =============================================================================================
-// 5. Users - the AUTH accounts and the password check
+// 8. Users - the AUTH accounts and the password check
 // =============================================================================================
 
 // is_blank - whether `line` holds nothing but spaces and tabs.
@@ -645,15 +1617,28 @@ void install_auth(smtpd::Options& options, const Users& accounts) {
 }
 
 // =============================================================================================
-// 6. main - setup, serving and shutdown
+// 9. main - setup, serving and stopping
 //
 // Signals are handled the thread-safe way: SIGINT and SIGTERM are blocked before any thread
-// exists, so every thread inherits the block and none is interrupted; main() alone takes them
-// with sigwait() and then calls Server::shutdown(), which is not async-signal-safe.
+// exists, so every thread inherits the block and none is interrupted; one thread takes them
+// with sigwait() and tells main() through Stop, which also hears of --count, --exit-after and
+// a failure of serving. main() then calls Server::shutdown(), which is not async-signal-safe.
 // =============================================================================================
 
+// keep_standard_fds_open - open /dev/null as any of stdin, stdout and stderr that is closed,
+// so that no descriptor we open later takes their numbers (an --exec child's dup2() onto 0, 1
+// and 2 relies on it) and nothing we print lands in a file or socket of ours.
+void keep_standard_fds_open() {
+  for (int fd = 0; fd <= 2; ++fd) {
+    if (::fcntl(fd, F_GETFD) >= 0 || errno != EBADF) continue;
+    const int opened = ::open("/dev/null", O_RDWR); // the lowest free number: `fd`
+    if (opened > 2) ::close(opened);
+  }
+}
+
 // block_stop_signals - block SIGINT and SIGTERM in this thread and the threads it starts
-// later, ignore SIGPIPE (a client gone mid-reply), and return the set for sigwait().
+// later, ignore SIGPIPE (a client gone mid-reply, an --exec program that does not read all
+// of its stdin), and return the set for sigwait().
 sigset_t block_stop_signals() {
   sigset_t stop_signals;
   sigemptyset(&stop_signals);
@@ -664,51 +1649,114 @@ sigset_t block_stop_signals() {
   return stop_signals;
 }
 
-// server_options - the command line's options plus the message handler, the error log and,
-// when there are users, the AUTH checks.
+// Deliveries - the delivery mode's objects, prepared before listening.
+struct Deliveries {
+  std::optional<Maildir> maildir;
+  std::optional<Mbox> mbox;
+  std::optional<Runner> runner;
+
+  Delivery view(const Config& config) {
+    Delivery delivery;
+    delivery.maildir = maildir ? &*maildir : nullptr;
+    delivery.mbox = mbox ? &*mbox : nullptr;
+    delivery.runner = runner ? &*runner : nullptr;
+    delivery.discard = config.discard;
+    return delivery;
+  }
+};
+
+// prepare_delivery - create the Maildir, the mbox file, or find the --exec program. Throws
+// std::runtime_error (std::system_error too) with a message naming the path.
+void prepare_delivery(const Config& config, Deliveries& deliveries) {
+  if (!config.maildir.empty()) {
+    try {
+      deliveries.maildir.emplace(config.maildir).prepare();
+    } catch (const std::system_error& e) {
+      throw std::runtime_error("cannot use maildir " + config.maildir + ": " + e.what());
+    }
+  }
+  if (!config.mbox.empty()) {
+    try {
+      deliveries.mbox.emplace(config.mbox).prepare();
+    } catch (const std::system_error& e) {
+      throw std::runtime_error("cannot use mbox " + config.mbox + ": " + e.what());
+    }
+  }
+  if (!config.exec.empty())
+    deliveries.runner.emplace(config.exec, std::chrono::seconds(*config.exec_timeout)).prepare();
+}
+
+// server_options - the command line's options plus the hooks, the message handler, the error
+// log, the --verbose transcript and, when there are users, the AUTH checks.
 smtpd::Options server_options(const Config& config, Sink& sink, Output& output) {
   smtpd::Options options = config.options;
+  options.on_mail = [&sink](const smtpd::SessionInfo&, const std::string&, const smtpd::Params&) {
+    return sink.on_mail();
+  };
+  options.on_rcpt = [&sink](const smtpd::SessionInfo&, const std::string& to,
+                            const smtpd::Params&) { return sink.on_rcpt(to); };
   options.message_handler = [&sink](const smtpd::SessionInfo& session,
                                     const smtpd::Envelope& envelope, const std::string& message) {
     return sink.receive(session, envelope, message);
   };
   options.log_error = [&output](std::string_view message) { output.log(std::string(message)); };
+  if (config.verbose) {
+    options.log_read = [&output](const smtpd::Peer& peer, std::string_view line) {
+      output.transcript(peer, true, line);
+    };
+    options.log_write = [&output](const smtpd::Peer& peer, std::string_view line) {
+      output.transcript(peer, false, line);
+    };
+  }
   install_auth(options, config.users);
   return options;
 }
 
-// serve_until_signal - serve on a thread until SIGINT or SIGTERM, then shut down gracefully.
-// Returns the exit status: exit_ok, or exit_runtime_error when serving failed by itself.
-int serve_until_signal(smtpd::Server& server, const sigset_t& stop_signals, Output& output) {
-  std::atomic<bool> stopping{false};
-  std::atomic<bool> serve_ended{false};
+// serve_until_stop - serve on a thread until a signal, --count or --exit-after, then shut down
+// gracefully. Returns the exit status.
+int serve_until_stop(smtpd::Server& server, const sigset_t& stop_signals, const Config& config,
+                     Sink& sink, Stop& stop, Output& output) {
   std::string serve_error; // read only after join()
   std::thread serving([&] {
     try {
       server.serve();
     } catch (const std::exception& e) { serve_error = e.what(); }
-    serve_ended = true;
-    if (!stopping) { // serving failed by itself: wake main() from sigwait()
-      if (serve_error.empty()) serve_error = "the server stopped unexpectedly";
-      ::kill(::getpid(), SIGTERM);
-    }
+    stop.request(StopReason::serve_failed); // nothing new when it ended because we asked
   });
+  std::thread signals([&] {
+    int signal_number = 0;
+    sigwait(&stop_signals, &signal_number);
+    stop.request(StopReason::signal);
+  });
+  // --exit-after counts from now: listen() is done, so clients can connect.
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  if (config.exit_after != 0)
+    deadline = std::chrono::steady_clock::now() + std::chrono::seconds(config.exit_after);
   // Wait until serve() accepts, so that shutdown() cannot come before it, unless it failed.
-  while (!server.wait_ready(std::chrono::milliseconds(100)) && !serve_ended) {}
-  int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
-  stopping = true;
+  while (!server.wait_ready(std::chrono::milliseconds(100)) && !stop.requested()) {}
+  const StopReason reason = stop.wait(deadline);
   server.shutdown(std::chrono::seconds(10));
   serving.join();
-  if (serve_error.empty()) return exit_ok;
-  output.log(serve_error);
-  return exit_runtime_error;
+  pthread_kill(signals.native_handle(), SIGTERM); // no signal came: wake it from sigwait()
+  signals.join();
+
+  if (reason == StopReason::serve_failed || !serve_error.empty()) {
+    output.log(serve_error.empty() ? "the server stopped unexpectedly" : serve_error);
+    return exit_runtime_error;
+  }
+  if (reason == StopReason::time_up && config.count != 0) {
+    output.log("--exit-after " + std::to_string(config.exit_after) + ": " +
+               std::to_string(sink.accepted()) + " of --count " + std::to_string(config.count) +
+               " messages arrived");
+    return exit_runtime_error;
+  }
+  return exit_ok;
 }
 
 } // namespace
 
-// main - parse the command line, read the --auth-files, prepare the Maildir, listen, then serve
-// until a signal.
+// main - parse the command line, read the --auth-files, prepare the delivery, listen, then serve
+// until it is time to stop.
 int main(int argc, char** argv) {
   Config config;
   try {
@@ -722,26 +1770,21 @@ int main(int argc, char** argv) {
     return exit_ok;
   }
 
+  keep_standard_fds_open();
   const sigset_t stop_signals = block_stop_signals(); // before any thread is started
   Output output;
+  Deliveries deliveries;
   try {
     for (const std::string& path : config.auth_files)
       load_auth_file(path, config.users);
+    prepare_delivery(config, deliveries);
   } catch (const std::runtime_error& e) { // std::system_error too: an unreadable file
     output.log(e.what());
     return exit_runtime_error;
   }
-  std::optional<Maildir> maildir;
-  if (!config.maildir.empty()) {
-    try {
-      maildir.emplace(config.maildir).prepare();
-    } catch (const std::system_error& e) {
-      output.log("cannot use maildir " + config.maildir + ": " + e.what());
-      return exit_runtime_error;
-    }
-  }
 
-  Sink sink(output, maildir ? &*maildir : nullptr, config.quiet);
+  Stop stop;
+  Sink sink(config, deliveries.view(config), output, stop);
   std::optional<smtpd::Server> server; // constructed here: it reads the TLS files at once
   try {
     server.emplace(server_options(config, sink, output));
@@ -756,5 +1799,5 @@ int main(int argc, char** argv) {
     return exit_runtime_error;
   }
   if (!config.quiet) output.log("listening on " + server->address());
-  return serve_until_signal(*server, stop_signals, output);
+  return serve_until_stop(*server, stop_signals, config, sink, stop, output);
 }

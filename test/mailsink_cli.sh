@@ -1,0 +1,716 @@
+#!/bin/bash
+# test/mailsink_cli.sh MAILSINK_PATH - every delivery mode and flag of mailsink, driven by
+# Python smtplib on free loopback ports: the stdout summary (with and without --print-body),
+# --mbox (byte for byte, mboxrd quoting, appending, the fcntl lock), --exec (environment,
+# stdin, exit statuses, time limit, no shell injection, no descriptor leaks, no zombies),
+# --json, --discard, --count, --exit-after, --accept-domain, --fail-rate/--fail-reply/
+# --fail-stage/--seed, --verbose (AUTH masked), and the command-line errors.
+#
+# Each check prints "ok - NAME" or "FAIL - NAME: reason" (details follow on "#" lines); the last
+# line is "mailsink-cli: N passed, N failed". Exit status 1 if any check failed, 2 on bad usage.
+# Every server and client runs under `timeout`.
+set -u
+
+if [ $# -lt 1 ] || [ -z "$1" ]; then
+  echo "usage: $0 MAILSINK_PATH" >&2
+  exit 2
+fi
+SINK=$1
+# The checks run in a temp dir: make a relative path absolute first.
+case $SINK in
+  /*) ;;
+  */*) SINK=$PWD/$SINK ;;
+  *) SINK=$(command -v -- "$SINK" || echo "$PWD/$SINK") ;;
+esac
+
+PASS=0
+FAILS=0
+ok() { PASS=$((PASS + 1)); echo "ok - $1"; }
+fail() { FAILS=$((FAILS + 1)); echo "FAIL - $1: $2"; }
+# note FILE...: show the tail of each file as "#" lines under a FAIL.
+note() { local f; for f in "$@"; do [ -s "$f" ] && tail -n 15 "$f" | sed 's/^/#   /'; done; return 0; }
+finish() {
+  echo "mailsink-cli: $PASS passed, $FAILS failed"
+  [ "$FAILS" -eq 0 ]
+  exit
+}
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/mailsink-cli.XXXXXX") || { echo "mailsink-cli: mktemp failed" >&2; exit 1; }
+SERVERS=() # pids of the `timeout` wrappers of the servers started
+cleanup() {
+  local pid
+  for pid in "${SERVERS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for pid in "${SERVERS[@]}"; do wait "$pid" 2>/dev/null; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+cd "$TMP" || exit 1
+
+PY=
+if [ -x /usr/bin/python3 ]; then PY=/usr/bin/python3; else PY=$(command -v python3 || true); fi
+if [ -z "$PY" ]; then fail "python3" "python3 is needed as the SMTP client"; finish; fi
+if [ ! -x "$SINK" ]; then fail "mailsink" "$SINK is not an executable file"; finish; fi
+T=(timeout -k 5 60) # for every client and every short-lived mailsink
+
+# --- helpers ---------------------------------------------------------------------------------
+
+# free_port: a port on 127.0.0.1 nobody listens on right now.
+free_port() {
+  "$PY" -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# start NAME ARG...: run mailsink --listen 127.0.0.1:PORT ARG... in the background with its
+# output in NAME.out and NAME.err, and wait for its line "mailsink: listening on ..." (up to
+# 10 s). Sets PORT and SPID (the pid of its `timeout` wrapper, which passes signals on).
+# Returns 1 with the reason in WHY when it did not start.
+start() {
+  local name=$1 i
+  shift
+  PORT=$(free_port)
+  timeout -k 5 120 "$SINK" --listen "127.0.0.1:$PORT" "$@" > "$name.out" 2> "$name.err" &
+  SPID=$!
+  SERVERS+=("$SPID")
+  for i in $(seq 200); do
+    if grep -qxF "mailsink: listening on 127.0.0.1:$PORT" "$name.err" 2>/dev/null; then return 0; fi
+    if ! kill -0 "$SPID" 2>/dev/null; then break; fi
+    sleep 0.05
+  done
+  WHY="mailsink $* did not start: $(head -c 300 "$name.err")"
+  return 1
+}
+
+# stop: SIGTERM to the server started last; sets STATUS to its exit status.
+stop() {
+  kill -TERM "$SPID" 2>/dev/null
+  wait "$SPID"
+  STATUS=$?
+}
+
+# wait_exit SECONDS: wait for the server started last to exit by itself; sets STATUS to its
+# exit status, or to "running" (and stops it) when it is still running after SECONDS.
+wait_exit() {
+  local i
+  for i in $(seq $(($1 * 20))); do
+    if ! kill -0 "$SPID" 2>/dev/null; then wait "$SPID"; STATUS=$?; return; fi
+    sleep 0.05
+  done
+  kill -TERM "$SPID" 2>/dev/null
+  wait "$SPID"
+  STATUS=running
+}
+
+# client.py PORT [--from A] [--to A]... [--file F]... [--times N] [--login U:P --mech M]:
+# one SMTP session sending each FILE (a small message if none) N times. Prints every reply as
+# "MAIL|RCPT|DATA|END CODE TEXT" (END: the reply after the message). Exit 0 when every
+# message got 250 at the end, 1 when one was refused, 2 when the session broke.
+cat > client.py <<'EOF'
+import argparse, smtplib, sys
+p = argparse.ArgumentParser()
+p.add_argument('port', type=int)
+p.add_argument('--from', dest='sender', default='alice@example.test')
+p.add_argument('--to', action='append')
+p.add_argument('--file', action='append')
+p.add_argument('--times', type=int, default=1)
+p.add_argument('--login')
+p.add_argument('--mech', default='PLAIN')
+a = p.parse_args()
+to = a.to or ['bob@example.test']
+bodies = [open(f, 'rb').read() for f in a.file] if a.file else [
+    b'From: Alice <alice@example.test>\r\nSubject: small\r\n\r\nHello.\r\n']
+def show(what, code, text):
+    print(what, code, text.decode('utf-8', 'replace') if isinstance(text, bytes) else text,
+          flush=True)
+status = 0
+try:
+    s = smtplib.SMTP('127.0.0.1', a.port, local_hostname='client.test', timeout=30)
+    s.ehlo()
+    if a.login:
+        s.user, s.password = a.login.split(':', 1)
+        mech = {'PLAIN': s.auth_plain, 'LOGIN': s.auth_login}[a.mech]
+        code, text = s.auth(a.mech, mech, initial_response_ok=(a.mech == 'PLAIN'))
+        show('AUTH', code, text)
+    for _ in range(a.times):
+        for body in bodies:
+            code, text = s.docmd('MAIL', 'FROM:<%s>' % a.sender)
+            show('MAIL', code, text)
+            if code != 250:
+                status = 1; s.rset(); continue
+            accepted = 0
+            for rcpt in to:
+                code, text = s.docmd('RCPT', 'TO:<%s>' % rcpt)
+                show('RCPT', code, text)
+                accepted += code == 250
+            if not accepted:
+                status = 1; s.rset(); continue
+            try:
+                code, text = s.data(body)
+                show('END', code, text)
+            except smtplib.SMTPDataError as e:
+                show('DATA', e.smtp_code, e.smtp_error); code = 0
+            if code != 250:
+                status = 1
+    try:
+        s.quit()
+    except Exception:
+        pass
+except (OSError, smtplib.SMTPException) as e:
+    print('BROKEN', repr(e), flush=True)
+    sys.exit(2)
+sys.exit(status)
+EOF
+client() { "${T[@]}" "$PY" client.py "$@"; }
+
+# has NAME FILE PATTERN WHY: FAIL NAME with WHY (and the file) unless FILE has a line matching
+# the grep -E PATTERN; returns 1 then.
+has() {
+  if grep -Eq -- "$3" "$2"; then return 0; fi
+  fail "$1" "$4"; note "$2"; return 1
+}
+
+printf 'From: Alice <alice@example.test>\r\nTo: Bob <bob@example.test>\r\nSubject: Hello summary\r\nMessage-ID: <sum-1@example.test>\r\n\r\nThe body line.\r\n' > summary.eml
+
+# --- help and usage errors -------------------------------------------------------------------
+name=help
+"${T[@]}" "$SINK" --help > help.out 2>&1; rc=$?
+missing=
+for flag in --listen --hostname --maildir --mbox --exec --exec-timeout --discard --json \
+    --print-body --quiet --verbose --count --exit-after --accept-domain --fail-rate \
+    --fail-reply --fail-stage --seed --max-size --max-recipients --timeout --max-connections \
+    --strict --tls-cert --tls-key --tls-key-password --tls-required --tls-implicit \
+    --tls-client-ca --auth --auth-file --auth-required --auth-insecure --help; do
+  grep -q -- "^  $flag\b" help.out || missing="$missing $flag"
+done
+if [ $rc -ne 0 ]; then fail $name "--help exited with status $rc"
+elif [ -n "$missing" ]; then fail $name "--help does not document:$missing"
+elif ! grep -q 'exit status' help.out; then fail $name "--help does not document exit statuses"
+else ok $name; fi
+
+# usage NAME ARG...: mailsink ARG... must exit 2 at once with a "mailsink: ...; see --help"
+# message and never listen.
+usage() {
+  local name=$1 rc
+  shift
+  "${T[@]}" "$SINK" --listen 127.0.0.1:0 "$@" > "$name.log" 2>&1; rc=$?
+  if [ $rc -ne 2 ]; then fail "$name" "mailsink $* exited with status $rc, not 2"; note "$name.log"
+  elif grep -q 'listening on' "$name.log"; then fail "$name" "mailsink listened"
+  elif ! grep -q '^mailsink: .*see --help' "$name.log"; then fail "$name" "no usage message"; note "$name.log"
+  else ok "$name"; fi
+}
+usage two-modes-maildir-mbox --maildir md --mbox mb
+usage two-modes-mbox-discard --mbox mb --discard
+usage two-modes-maildir-exec --maildir md --exec /bin/true
+usage json-and-discard --json --discard
+usage bad-fail-rate --fail-rate 1.5
+usage bad-fail-rate-text --fail-rate nan
+usage bad-fail-reply-code --fail-rate 1 --fail-reply "250 2.0.0 fine"
+usage bad-fail-reply-class --fail-rate 1 --fail-reply "451 5.3.0 mixed"
+usage bad-fail-stage --fail-rate 1 --fail-stage quit
+usage fail-reply-without-rate --fail-reply "451 4.3.0 x"
+usage exec-timeout-without-exec --exec-timeout 5
+usage bad-count --count 0
+usage bad-accept-domain --accept-domain user@example.test
+usage exec-without-program --exec
+
+# runtime NAME ARG...: mailsink ARG... must exit 1 before listening, saying why.
+runtime() {
+  local name=$1 rc
+  shift
+  "${T[@]}" "$SINK" "$@" > "$name.log" 2>&1; rc=$?
+  if [ $rc -ne 1 ]; then fail "$name" "mailsink $* exited with status $rc, not 1"; note "$name.log"
+  elif grep -q 'listening on' "$name.log"; then fail "$name" "mailsink listened before failing"
+  elif ! grep -q '^mailsink: ..*' "$name.log"; then fail "$name" "no error message"
+  else ok "$name"; fi
+}
+mkdir -p adir
+runtime mbox-unwritable --listen 127.0.0.1:0 --mbox "$TMP/no/such/dir/mbox"
+runtime mbox-is-directory --listen 127.0.0.1:0 --mbox "$TMP/adir"
+runtime exec-not-found --listen 127.0.0.1:0 --exec mailsink-no-such-program-here
+if start busy --discard; then
+  runtime port-in-use --listen "127.0.0.1:$PORT" --discard
+  stop > /dev/null
+else fail port-in-use "could not start the first server"; fi
+
+# --- stdout: the summary line, and --print-body ----------------------------------------------
+name=stdout-summary
+if start $name; then
+  client "$PORT" --to bob@example.test --to carol@example.test --file summary.eml > $name.client
+  rc=$?; stop > /dev/null
+  re='^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} 127\.0\.0\.1:[0-9]+ <alice@example\.test> -> <bob@example\.test>, <carol@example\.test> [0-9]+ bytes, subject "Hello summary"$'
+  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; note $name.client
+  elif [ "$(wc -l < $name.out)" -ne 1 ]; then fail $name "stdout has not exactly one line"; note $name.out
+  elif has $name $name.out "$re" "the summary line does not match $re" &&
+       ! grep -q 'The body line' $name.out; then ok $name
+  elif grep -q 'The body line' $name.out; then fail $name "the body is printed without --print-body"; fi
+else fail $name "$WHY"; fi
+
+name=stdout-print-body
+if start $name --print-body; then
+  client "$PORT" --file summary.eml > $name.client; rc=$?; stop > /dev/null
+  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; note $name.client
+  elif ! head -n 1 $name.out | grep -q 'subject "Hello summary"'; then fail $name "no summary line first"; note $name.out
+  elif ! grep -q $'^The body line.\r$' $name.out || ! grep -q '^Message-ID: <sum-1@example.test>' $name.out; then
+    fail $name "the message is not printed"; note $name.out
+  else ok $name; fi
+else fail $name "$WHY"; fi
+
+# --- mbox ------------------------------------------------------------------------------------
+printf 'From: Alice <alice@example.test>\r\nSubject: mbox one\r\n\r\nFrom the start\r\n>From quoted once\r\n>>From twice\r\nFromage is not quoted\r\n From indented is not\r\nlast line\r\n' > mbox1.eml
+printf 'Subject: mbox two\r\n\r\n>>>From deep\r\nbye\r\n' > mbox2.eml
+# What mboxrd must hold after the From_ line and our Received field.
+printf 'From: Alice <alice@example.test>\nSubject: mbox one\n\n>From the start\n>>From quoted once\n>>>From twice\nFromage is not quoted\n From indented is not\nlast line\n' > mbox1.expected
+printf 'Subject: mbox two\n\n>>>>From deep\nbye\n' > mbox2.expected
+cat > check_mbox.py <<'EOF'
+# check_mbox.py MBOX SENDER:EXPECTED...: MBOX must be exactly one entry per argument, in order:
+# "From SENDER <asctime>\n", a Received field, the EXPECTED file's bytes, and a blank line.
+import re, sys
+data = open(sys.argv[1], 'rb').read()
+pattern = b''
+for arg in sys.argv[2:]:
+    sender, expected = arg.split(':', 1)
+    pattern += (b'From ' + re.escape(sender.encode()) +
+                rb' [A-Z][a-z]{2} [A-Z][a-z]{2} [ 1-3][0-9] [0-2][0-9]:[0-5][0-9]:[0-6][0-9] [0-9]{4}\n'
+                rb'Received: [^\n]*\n(?:[ \t][^\n]*\n)*' + re.escape(open(expected, 'rb').read()) + b'\n')
+if not re.fullmatch(pattern, data):
+    sys.exit('the mbox does not match; it holds:\n' + data.decode('utf-8', 'replace')[:3000])
+EOF
+name=mbox-content
+if start $name --mbox "$TMP/one.mbox"; then
+  client "$PORT" --file mbox1.eml > $name.client; rc1=$?
+  client "$PORT" --from '' --file mbox2.eml >> $name.client; rc2=$?
+  stop > /dev/null
+  if [ $rc1 -ne 0 ] || [ $rc2 -ne 0 ]; then fail $name "client exit status $rc1, $rc2"; note $name.client
+  elif ! "$PY" check_mbox.py one.mbox alice@example.test:mbox1.expected MAILER-DAEMON:mbox2.expected > $name.check 2>&1; then
+    fail $name "mboxrd content is wrong"; note $name.check
+  elif ! grep -q " subject \"mbox one\" $TMP/one.mbox\$" $name.out; then
+    fail $name "the summary line does not end with the mbox path"; note $name.out
+  else ok $name; fi
+else fail $name "$WHY"; fi
+
+# A second mailsink appends to the same file, after what is there.
+name=mbox-append
+if start $name --mbox "$TMP/one.mbox"; then
+  client "$PORT" --file mbox2.eml > $name.client; rc=$?; stop > /dev/null
+  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; note $name.client
+  elif ! "$PY" check_mbox.py one.mbox alice@example.test:mbox1.expected MAILER-DAEMON:mbox2.expected alice@example.test:mbox2.expected > $name.check 2>&1; then
+    fail $name "the third message was not appended intact"; note $name.check
+  else ok $name; fi
+else fail $name "$WHY"; fi
+
+# Another program holds an fcntl lock on the mbox: the delivery must wait for it.
+name=mbox-lock-waits
+cat > hold_lock.py <<'EOF'
+# hold_lock.py MBOX CLIENT_ARGS...: lock MBOX, start the client, check it has not finished and
+# the file is unchanged 1.5 s later, unlock, and check the client then succeeds.
+import fcntl, os, subprocess, sys, time
+mbox = sys.argv[1]
+f = open(mbox, 'a')
+fcntl.lockf(f, fcntl.LOCK_EX)
+size = os.path.getsize(mbox)
+p = subprocess.Popen([sys.executable] + sys.argv[2:], stdout=subprocess.DEVNULL)
+time.sleep(1.5)
+if p.poll() is not None:
+    sys.exit('the client finished (status %r) while the mbox was locked' % p.returncode)
+if os.path.getsize(mbox) != size:
+    sys.exit('the mbox grew while it was locked')
+fcntl.lockf(f, fcntl.LOCK_UN)
+if p.wait(timeout=20) != 0:
+    sys.exit('the client failed after the lock was released')
+if os.path.getsize(mbox) <= size:
+    sys.exit('the mbox did not grow after the lock was released')
+EOF
+if start $name --mbox "$TMP/locked.mbox"; then
+  if "${T[@]}" "$PY" hold_lock.py locked.mbox client.py "$PORT" --file mbox1.eml > $name.check 2>&1 &&
+     "$PY" check_mbox.py locked.mbox alice@example.test:mbox1.expected >> $name.check 2>&1; then
+    ok $name
+  else fail $name "$(tail -n 1 $name.check)"; note $name.check; fi
+  stop > /dev/null
+else fail $name "$WHY"; fi
+
+# Two senders at once into one mailsink, and two mailsinks at once into one file: every
+# message whole (large ones, so that an unlocked append could interleave).
+name=mbox-concurrent
+"$PY" - <<'EOF'
+for letter in 'AB':
+    with open('big%s.eml' % letter, 'wb') as f:
+        f.write(b'Subject: big ' + letter.encode() + b'\r\n\r\n')
+        f.write((letter * 998 + '\r\n').encode() * 3000)
+    with open('big%s.expected' % letter, 'wb') as f:
+        f.write(b'Subject: big ' + letter.encode() + b'\n\n')
+        f.write((letter * 998 + '\n').encode() * 3000)
+EOF
+if start $name-1 --mbox "$TMP/shared.mbox" && P1=$PORT && S1=$SPID &&
+   start $name-2 --mbox "$TMP/shared.mbox"; then
+  client "$P1" --file bigA.eml > $name.c1 & c1=$!
+  client "$P1" --file bigB.eml > $name.c2 & c2=$!
+  client "$PORT" --file bigA.eml > $name.c3 & c3=$!
+  client "$PORT" --file bigB.eml > $name.c4 & c4=$!
+  rcs=; for c in $c1 $c2 $c3 $c4; do wait $c; rcs="$rcs$?"; done
+  stop > /dev/null; SPID=$S1; stop > /dev/null
+  "$PY" - > $name.check 2>&1 <<'EOF'
+import re, sys
+data = open('shared.mbox', 'rb').read()
+entries = re.split(rb'(?:^|\n\n)(?=From alice@example\.test )', data)
+entries = [e for e in entries if e]
+bodies = sorted(re.sub(rb'^From [^\n]*\nReceived: [^\n]*\n(?:[ \t][^\n]*\n)*', b'', e) for e in entries)
+want = sorted([open('bigA.expected', 'rb').read()] * 2 + [open('bigB.expected', 'rb').read()] * 2)
+if len(entries) != 4:
+    sys.exit('%d entries in the mbox, not 4' % len(entries))
+if [b.rstrip(b'\n') for b in bodies] != [w.rstrip(b'\n') for w in want]:
+    sys.exit('a message is not intact')
+if not data.endswith(b'\n\n'):
+    sys.exit('the mbox does not end with a blank line')
+EOF
+  if [ "$rcs" != 0000 ]; then fail $name "client exit statuses $rcs"; note $name.c1 $name.c2 $name.c3 $name.c4
+  elif [ -s $name.check ]; then fail $name "$(tail -n 1 $name.check)"
+  else ok $name; fi
+else fail $name "$WHY"; fi
+
+# --- exec ------------------------------------------------------------------------------------
+mkdir -p rec
+cat > record.sh <<'EOF'
+#!/bin/sh
+# record.sh DIR ARG...: the message and the SMTPD_* variables, each in its own file in DIR.
+d=$1
+cat > "$d/stdin"
+printf '%s' "$SMTPD_FROM" > "$d/from"
+printf '%s' "$SMTPD_TO" > "$d/to"
+printf '%s' "$SMTPD_PEER" > "$d/peer"
+printf '%s' "$SMTPD_HELO" > "$d/helo"
+printf '%s' "$SMTPD_TLS" > "$d/tls"
+printf '%s' "${SMTPD_AUTH_USER-unset}" > "$d/auth"
+shift
+printf '[%s]\n' "$@" > "$d/args"
+echo "record.sh says hello on stdout"
+exit 0
+EOF
+printf '#!/bin/sh\ncat > /dev/null\necho "queue is full" >&2\nexit 75\n' > tempfail.sh
+printf '#!/bin/sh\ncat > /dev/null\necho "no such user" >&2\necho "a second line" >&2\nexit 3\n' > nouser.sh
+printf '#!/bin/sh\nprintf "\\033[31mred\\001\\n" >&2\nexit 9\n' > ugly.sh
+printf '#!/bin/sh\nexit 0\n' > nostdin.sh
+printf '#!/bin/sh\nsleep 30 &\necho $! > "$1"\nsleep 30\n' > slow.sh
+cat > fds.py <<'EOF'
+#!/usr/bin/env python3
+# fds.py FILE: write the descriptors we inherited besides 0, 1 and 2 to FILE (one a line).
+import os, sys
+extra = []
+for fd in os.listdir('/proc/self/fd'):
+    try:
+        target = os.readlink('/proc/self/fd/' + fd)
+    except OSError:
+        continue  # the directory listing's own descriptor, closed already
+    if fd not in ('0', '1', '2') and not target.startswith('/proc/'):
+        extra.append(fd + ' -> ' + target)
+sys.stdin.read()
+open(sys.argv[1], 'w').write(''.join(e + '\n' for e in extra))
+EOF
+chmod +x record.sh tempfail.sh nouser.sh ugly.sh nostdin.sh slow.sh fds.py
+
+name=exec-env-stdin
+if start $name --exec "$TMP/record.sh" "$TMP/rec" "two words" '$(echo no)'; then
+  client "$PORT" --to bob@example.test --to carol@example.test --file summary.eml > $name.client; rc=$?
+  stop > /dev/null
+  problem=
+  [ $rc -ne 0 ] && problem="client exit status $rc"
+  [ -z "$problem" ] && ! tail -c "$(wc -c < summary.eml)" rec/stdin | cmp -s - summary.eml && problem="stdin is not the message"
+  [ -z "$problem" ] && ! head -n 1 rec/stdin | grep -q '^Received: ' && problem="stdin does not start with the Received field"
+  [ -z "$problem" ] && [ "$(cat rec/from)" != alice@example.test ] && problem="SMTPD_FROM is '$(cat rec/from)'"
+  [ -z "$problem" ] && [ "$(cat rec/to)" != $'bob@example.test\ncarol@example.test' ] && problem="SMTPD_TO is '$(cat rec/to)'"
+  [ -z "$problem" ] && ! grep -Eqx '127\.0\.0\.1:[0-9]+' rec/peer && problem="SMTPD_PEER is '$(cat rec/peer)'"
+  [ -z "$problem" ] && [ "$(cat rec/helo)" != client.test ] && problem="SMTPD_HELO is '$(cat rec/helo)'"
+  [ -z "$problem" ] && [ "$(cat rec/tls)" != 0 ] && problem="SMTPD_TLS is '$(cat rec/tls)'"
+  [ -z "$problem" ] && [ "$(cat rec/auth)" != "" ] && problem="SMTPD_AUTH_USER is '$(cat rec/auth)'"
+  [ -z "$problem" ] && [ "$(cat rec/args)" != $'[two words]\n[$(echo no)]' ] && problem="arguments are $(cat rec/args)"
+  [ -z "$problem" ] && ! grep -q 'record.sh says hello' $name.err && problem="the program's stdout did not reach mailsink's stderr"
+  [ -z "$problem" ] && grep -q 'record.sh says hello' $name.out && problem="the program's stdout went to mailsink's stdout"
+  if [ -n "$problem" ]; then fail $name "$problem"; note $name.client $name.err; else ok $name; fi
+else fail $name "$WHY"; fi
+
+# exec_reply NAME EXPECTED PROGRAM [ARG...]: one message to mailsink --exec PROGRAM; the reply
+# after the message must be the line EXPECTED ("END 451 4.3.0 ..." style, a grep -E pattern).
+exec_reply() {
+  local name=$1 expected=$2
+  shift 2
+  if start "$name" --exec-timeout 2 --exec "$@"; then
+    client "$PORT" --file summary.eml > "$name.client"
+    if grep -Eqx -- "$expected" "$name.client"; then ok "$name"
+    else fail "$name" "no reply matching '$expected'"; note "$name.client" "$name.err"; fi
+    stop > /dev/null
+  else fail "$name" "$WHY"; fi
+}
+exec_reply exec-exit-75 'END 451 4\.3\.0 queue is full' "$TMP/tempfail.sh"
+exec_reply exec-exit-3 'END 550 5\.0\.0 no such user' "$TMP/nouser.sh"
+exec_reply exec-stderr-sanitised 'END 550 5\.0\.0 \?\[31mred\?' "$TMP/ugly.sh"
+exec_reply exec-no-stdin-read 'END 250 .*' "$TMP/nostdin.sh" # EPIPE is no failure...
+name=exec-no-stdin-read-big # ...not even with a message much larger than a pipe's buffer
+"$PY" -c "open('huge.eml','wb').write(b'Subject: huge\r\n\r\n' + b'x' * 998 * 2000 + b'\r\n')"
+if start $name --exec "$TMP/nostdin.sh"; then
+  client "$PORT" --file huge.eml --times 2 > $name.client; rc=$?
+  if [ $rc -eq 0 ] && kill -0 "$SPID" 2>/dev/null; then ok $name
+  else fail $name "client exit status $rc"; note $name.client $name.err; fi
+  stop > /dev/null
+else fail $name "$WHY"; fi
+
+name=exec-timeout
+if start $name --exec-timeout 1 --exec "$TMP/slow.sh" "$TMP/slow.pid"; then
+  began=$(date +%s)
+  client "$PORT" --file summary.eml > $name.client
+  took=$(( $(date +%s) - began ))
+  sleep 0.2
+  if ! grep -Eqx 'END 451 4\.3\.0 .*' $name.client; then fail $name "no 451 4.3.0 after the time limit"; note $name.client
+  elif [ $took -gt 10 ]; then fail $name "the reply took ${took}s with --exec-timeout 1"
+  elif [ ! -s slow.pid ]; then fail $name "slow.sh did not record its background child"
+  elif [ -e /proc/"$(cat slow.pid)" ] && ! grep -q '^[0-9]* ([^)]*) Z' /proc/"$(cat slow.pid)"/stat; then
+    fail $name "the program's background child survived (process group not killed)"
+  else ok $name; fi
+  stop > /dev/null
+else fail $name "$WHY"; fi
+
+# Shell syntax in the addresses never runs: the program gets it as a plain value.
+name=exec-no-injection
+if start $name --exec "$TMP/record.sh" "$TMP/rec"; then
+  evil_from='"$(touch pwned-from)"@x.test' # the program runs in $TMP, like mailsink
+  evil_to='"`touch pwned-to`;touch pwned-to2"@x.test'
+  client "$PORT" --from "$evil_from" --to "$evil_to" --file summary.eml > $name.client; rc=$?
+  stop > /dev/null
+  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; note $name.client
+  elif ls "$TMP"/pwned* > /dev/null 2>&1; then fail $name "a command in an address was run"
+  elif [ "$(cat rec/from)" != "$evil_from" ] || [ "$(cat rec/to)" != "$evil_to" ]; then
+    fail $name "the addresses did not arrive verbatim: '$(cat rec/from)' '$(cat rec/to)'"
+  else ok $name; fi
+else fail $name "$WHY"; fi
+
+# No descriptor of mailsink (listener, client sockets, other pipes) reaches the program, and
+# every child is reaped.
+name=exec-no-fd-leak
+if start $name --exec "$TMP/fds.py" "$TMP/fds.txt"; then
+  client "$PORT" --file summary.eml > $name.client; rc=$?
+  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; note $name.client $name.err
+  elif [ ! -e fds.txt ]; then fail $name "fds.py did not run"
+  elif [ -s fds.txt ]; then fail $name "the program inherited descriptors: $(tr '\n' ' ' < fds.txt)"
+  else ok $name; fi
+  name=exec-no-zombies
+  client "$PORT" --file summary.eml --times 3 > $name.client
+  sleep 0.3
+  ms=$(ps -o pid= --ppid "$SPID" | tr -d ' ')
+  kids=$(ps -o pid=,stat=,comm= --ppid "${ms:-0}")
+  if [ -z "$ms" ]; then fail $name "cannot find the mailsink process"
+  elif [ -n "$kids" ]; then fail $name "mailsink still has children: $kids"
+  else ok $name; fi
+  stop > /dev/null
+else fail $name "$WHY"; fail exec-no-zombies "$WHY"; fi
+
+# --- json ------------------------------------------------------------------------------------
+printf 'From: Alice <alice@example.test>\r\nSubject: caf\xc3\xa9 \x01 bad \xff\xfe "q" \\\r\n  folded\r\nMessage-ID:\r\n <json-1@example.test>\r\n\r\nbody\r\n' > json.eml
+cat > check_json.py <<'EOF'
+# check_json.py OUT [PATH_PREFIX]: OUT must be JSON lines with the expected fields.
+import json, re, sys
+lines = open(sys.argv[1], 'rb').read().decode('utf-8').splitlines()
+if len(lines) != 2:
+    sys.exit('%d lines on stdout, not 2' % len(lines))
+first, second = (json.loads(l) for l in lines)
+want = {'time', 'peer', 'helo', 'tls', 'auth_user', 'from', 'to', 'size', 'subject',
+        'message_id', 'path'}
+if set(first) != want:
+    sys.exit('fields %s, not %s' % (sorted(first), sorted(want)))
+checks = [
+    (re.fullmatch(r'\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ', first['time']), 'time'),
+    (re.fullmatch(r'127\.0\.0\.1:\d+', first['peer']), 'peer'),
+    (first['helo'] == 'client.test', 'helo'),
+    (first['tls'] is None and first['auth_user'] is None, 'tls/auth_user'),
+    (first['from'] == 'alice@example.test', 'from'),
+    (first['to'] == ['bob@example.test', 'carol@example.test'], 'to'),
+    (isinstance(first['size'], int) and first['size'] > 100, 'size'),
+    (first['subject'] == 'caf\u00e9 \u0001 bad \ufffd\ufffd "q" \\  folded', 'subject'),
+    (first['message_id'] == '<json-1@example.test>', 'message_id'),
+    (second['subject'] == 'Hello summary' and second['message_id'] == '<sum-1@example.test>',
+     'second message'),
+]
+for good, what in checks:
+    if not good:
+        sys.exit('wrong %s: %r' % (what, first))
+prefix = sys.argv[2] if len(sys.argv) > 2 else None
+for obj in (first, second):
+    if prefix is None and obj['path'] is not None:
+        sys.exit('path is %r without storing' % obj['path'])
+    if prefix is not None and not (obj['path'] or '').startswith(prefix):
+        sys.exit('path %r does not start with %s' % (obj['path'], prefix))
+if prefix is not None and prefix.endswith('/new/'):
+    if open(first['path'], 'rb').read()[-60:] != open('json.eml', 'rb').read()[-60:]:
+        sys.exit('the file at path is not the message')
+EOF
+name=json
+if start $name --json; then
+  client "$PORT" --to bob@example.test --to carol@example.test --file json.eml --file summary.eml > $name.client; rc=$?
+  stop > /dev/null
+  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; note $name.client
+  elif ! "$PY" check_json.py $name.out > $name.check 2>&1; then fail $name "$(tail -n 1 $name.check)"; note $name.out
+  else ok $name; fi
+else fail $name "$WHY"; fi
+
+name=json-maildir
+if start $name --json --maildir "$TMP/jmd"; then
+  client "$PORT" --to bob@example.test --to carol@example.test --file json.eml --file summary.eml > $name.client; rc=$?
+  stop > /dev/null
+  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; note $name.client
+  elif ! "$PY" check_json.py $name.out "$TMP/jmd/new/" > $name.check 2>&1; then fail $name "$(tail -n 1 $name.check)"; note $name.out
+  else ok $name; fi
+else fail $name "$WHY"; fi
+
+name=json-mbox
+if start $name --json --mbox "$TMP/json.mbox"; then
+  client "$PORT" --to bob@example.test --to carol@example.test --file json.eml --file summary.eml > $name.client; rc=$?
+  stop > /dev/null
+  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; note $name.client
+  elif ! "$PY" check_json.py $name.out "$TMP/json.mbox" > $name.check 2>&1; then fail $name "$(tail -n 1 $name.check)"; note $name.out
+  else ok $name; fi
+else fail $name "$WHY"; fi
+
+# --- discard ---------------------------------------------------------------------------------
+name=discard
+if start $name --discard; then
+  client "$PORT" --file summary.eml --times 3 > $name.client; rc=$?
+  stop > /dev/null
+  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; note $name.client
+  elif [ "$(grep -c '^END 250' $name.client)" -ne 3 ]; then fail $name "not three 250 replies"; note $name.client
+  elif [ -s $name.out ]; then fail $name "--discard printed something on stdout"; note $name.out
+  else ok $name; fi
+else fail $name "$WHY"; fi
+
+# --- count and exit-after --------------------------------------------------------------------
+name=count
+if start $name --count 2 --json; then
+  client "$PORT" --file summary.eml --times 2 > $name.client; rc=$?
+  wait_exit 15; status=$STATUS
+  if [ $rc -ne 0 ]; then fail $name "client exit status $rc (both messages should get 250)"; note $name.client
+  elif [ "$status" != 0 ]; then fail $name "mailsink --count 2 exit status: $status, not 0"; note $name.err
+  elif [ "$(wc -l < $name.out)" -ne 2 ]; then fail $name "not two JSON lines"; note $name.out
+  else ok $name; fi
+else fail $name "$WHY"; fi
+
+name=count-one-per-client # two clients, --count 1: exactly one message accepted
+if start $name --count 1; then
+  client "$PORT" --file summary.eml > $name.c1
+  client "$PORT" --file summary.eml > $name.c2
+  wait_exit 15; status=$STATUS
+  if [ "$status" != 0 ]; then fail $name "exit status: $status, not 0"; note $name.err
+  elif [ "$(cat $name.c1 $name.c2 | grep -c '^END 250')" -ne 1 ]; then fail $name "not exactly one message accepted"; note $name.c1 $name.c2
+  elif [ "$(wc -l < $name.out)" -ne 1 ]; then fail $name "not one summary line"; note $name.out
+  else ok $name; fi
+else fail $name "$WHY"; fi
+
+name=exit-after-with-count
+began=$(date +%s)
+if start $name --exit-after 1 --count 5; then
+  client "$PORT" --file summary.eml > $name.client
+  wait_exit 15; status=$STATUS
+  took=$(( $(date +%s) - began ))
+  if [ "$status" != 1 ]; then fail $name "exit status: $status, not 1"; note $name.err
+  elif [ $took -gt 8 ]; then fail $name "took ${took}s"
+  elif ! grep -q '1 of --count 5' $name.err; then fail $name "no message saying how many arrived"; note $name.err
+  else ok $name; fi
+else fail $name "$WHY"; fi
+
+name=exit-after-without-count
+if start $name --exit-after 1; then
+  wait_exit 15; status=$STATUS
+  if [ "$status" != 0 ]; then fail $name "exit status: $status, not 0"; note $name.err; else ok $name; fi
+else fail $name "$WHY"; fi
+
+name=sigterm-exit-0
+if start $name --count 3; then
+  stop; status=$STATUS
+  if [ "$status" != 0 ]; then fail $name "exit status after SIGTERM: $status, not 0"; else ok $name; fi
+else fail $name "$WHY"; fi
+
+# --- accept-domain ---------------------------------------------------------------------------
+name=accept-domain
+if start $name --accept-domain Example.TEST --accept-domain second.test; then
+  client "$PORT" --to bob@example.test --to BOB@EXAMPLE.test --to x@second.test \
+    --to x@other.test --to x@sub.example.test --to '"a@example.test"@evil.test' \
+    --to postmaster --to Postmaster --file summary.eml > $name.client; rc=$?
+  stop > /dev/null
+  got=$(grep '^RCPT' $name.client | cut -c1-8 | tr '\n' ' ')
+  want='RCPT 250 RCPT 250 RCPT 250 RCPT 550 RCPT 550 RCPT 550 RCPT 250 RCPT 250 '
+  if [ "$got" != "$want" ]; then fail $name "RCPT replies: $got, not $want"; note $name.client
+  elif ! grep -qx 'RCPT 550 5.1.1 Recipient address rejected: domain not accepted' $name.client; then
+    fail $name "the refusal is not '550 5.1.1 Recipient address rejected: domain not accepted'"; note $name.client
+  elif ! grep -q '^END 250' $name.client; then fail $name "the message was not accepted"
+  else ok $name; fi
+else fail $name "$WHY"; fi
+
+# --- fault injection -------------------------------------------------------------------------
+# fault NAME STAGE EXPECTED_LINE: with --fail-rate 1 at STAGE, the client sees EXPECTED_LINE
+# and no message is accepted.
+fault() {
+  local name=$1 stage=$2 expected=$3
+  if start "$name" --fail-rate 1 --fail-stage "$stage" --fail-reply "452 4.3.1 Slow down please"; then
+    client "$PORT" --file summary.eml --times 2 > "$name.client"
+    stop > /dev/null
+    if [ "$(grep -cxF -- "$expected" "$name.client")" -ne 2 ]; then fail "$name" "no '$expected' twice"; note "$name.client"
+    elif grep -q '^END 250' "$name.client" || [ -s "$name.out" ]; then fail "$name" "a message was accepted"
+    else ok "$name"; fi
+  else fail "$name" "$WHY"; fi
+}
+fault fail-stage-mail mail 'MAIL 452 4.3.1 Slow down please'
+fault fail-stage-rcpt rcpt 'RCPT 452 4.3.1 Slow down please'
+fault fail-stage-data data 'END 452 4.3.1 Slow down please'
+
+name=fail-default-reply # default stage data, default reply
+if start $name --fail-rate 1; then
+  client "$PORT" --file summary.eml > $name.client
+  stop > /dev/null
+  if grep -qx 'END 451 4.3.0 Try again later' $name.client; then ok $name
+  else fail $name "no 'END 451 4.3.0 Try again later'"; note $name.client; fi
+else fail $name "$WHY"; fi
+
+name=fail-rate-0
+if start $name --fail-rate 0 --fail-stage rcpt --seed 1; then
+  client "$PORT" --file summary.eml --times 20 > $name.client; rc=$?
+  stop > /dev/null
+  if [ $rc -eq 0 ] && [ "$(grep -c '^END 250' $name.client)" -eq 20 ]; then ok $name
+  else fail $name "not all 20 messages accepted"; note $name.client; fi
+else fail $name "$WHY"; fi
+
+name=fail-rate-seed # the same seed refuses the same messages; both outcomes happen
+: > $name-1.seq; : > $name-2.seq
+for run in 1 2; do
+  if start $name-$run --fail-rate 0.5 --seed 42; then
+    client "$PORT" --file summary.eml --times 30 > $name-$run.client
+    stop > /dev/null
+    grep '^END' $name-$run.client | cut -c1-7 > $name-$run.seq
+  else echo "# $WHY"; fi
+done
+if [ -s $name-1.seq ] && cmp -s $name-1.seq $name-2.seq &&
+   grep -q 'END 250' $name-1.seq && grep -q 'END 451' $name-1.seq; then ok $name
+else fail $name "the sequences differ or are all one outcome: $(tr '\n' ' ' < $name-1.seq) / $(tr '\n' ' ' < $name-2.seq)"; fi
+
+# --- verbose ---------------------------------------------------------------------------------
+name=verbose
+if start $name --verbose --auth-insecure --auth 'u:Sup3r-s3cret!'; then
+  client "$PORT" --login 'u:Sup3r-s3cret!' --mech PLAIN --file summary.eml > $name.c1; rc1=$?
+  client "$PORT" --login 'u:Sup3r-s3cret!' --mech LOGIN --file summary.eml > $name.c2; rc2=$?
+  stop > /dev/null
+  secrets=$("$PY" -c 'import base64
+pw = b"Sup3r-s3cret!"
+for s in (pw, b"\0u\0" + pw, b"u\0u\0" + pw):
+    print(base64.b64encode(s).decode())
+print(pw.decode())')
+  leaked=
+  while read -r s; do grep -qF -- "$s" $name.err && leaked="$leaked $s"; done <<< "$secrets"
+  if [ $rc1 -ne 0 ] || [ $rc2 -ne 0 ]; then fail $name "client exit statuses $rc1 $rc2"; note $name.c1 $name.c2 $name.err
+  elif [ -n "$leaked" ]; then fail $name "the transcript shows a secret:$leaked"
+  elif ! grep -Eiq '^mailsink: 127\.0\.0\.1:[0-9]+ C: EHLO client\.test$' $name.err; then fail $name "no 'C: EHLO' line"; note $name.err
+  elif ! grep -Eq '^mailsink: 127\.0\.0\.1:[0-9]+ S: 220 ' $name.err; then fail $name "no 'S: 220' greeting line"; note $name.err
+  elif ! grep -Eq ' C: AUTH PLAIN' $name.err || ! grep -Eq ' C: AUTH LOGIN' $name.err; then fail $name "no masked AUTH lines"; note $name.err
+  elif ! grep -Eq ' C: MAIL FROM:<alice@example\.test>' $name.err || ! grep -Eq ' S: 250 ' $name.err; then fail $name "no MAIL line"; note $name.err
+  elif ! grep -q ' auth=u <alice@example.test>' $name.out; then fail $name "the summary line lacks auth=u"; note $name.out
+  else ok $name; fi
+else fail $name "$WHY"; fi
+
+name=no-verbose-no-transcript
+if grep -q ' C: ' stdout-summary.err; then fail $name "a transcript without --verbose"; note stdout-summary.err; else ok $name; fi
+
+finish
