@@ -19,69 +19,19 @@
 # A missing client is a failure, never a skip. See /work/shared/INTEROP.md for the clients.
 set -u
 
-if [ $# -lt 1 ] || [ -z "$1" ]; then
-  echo "usage: $0 MAILSINK_PATH" >&2
-  exit 2
-fi
-SINK=$1
-# Everything runs inside a temp dir, so a relative path is made absolute now.
-case $SINK in
-  /*) ;;
-  */*) SINK=$PWD/$SINK ;;
-  *) SINK=$(command -v -- "$SINK" || echo "$PWD/$SINK") ;;
-esac
-
-# --- reporting -------------------------------------------------------------------------------
-PASSED=0
-FAILED=0
-ok() { PASSED=$((PASSED + 1)); echo "ok - $1"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL - $1: $2"; }
-# details FILE...: the last 25 lines of each non-empty FILE, as "#" lines under a FAIL.
-details() {
-  local file
-  for file in "$@"; do [ -s "$file" ] && tail -n 25 "$file" | sed 's/^/#   /'; done
-  return 0
-}
-# dump FILE: a file's first 2 KiB with CR, LF and the like shown as escapes, as "#" lines.
-dump() { [ -e "$1" ] && od -An -c -N 2048 "$1" | sed 's/^/#   /'; return 0; }
-# millis: milliseconds since the epoch.
-millis() { echo $(( $(date +%s%N) / 1000000 )); }
-
-# --- temp dir, servers and cleanup -----------------------------------------------------------
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/interop-auth.XXXXXX") ||
-  { echo "interop-auth: mktemp failed" >&2; exit 1; }
-SERVERS=(tls insecure)
-declare -A PORT PID MAILDIR
-for server in "${SERVERS[@]}"; do PID[$server]=; MAILDIR[$server]=$WORK/maildir-$server; done
-cleanup() {
-  local server pid
-  for server in "${SERVERS[@]}"; do
-    pid=${PID[$server]}
-    [ -n "$pid" ] || continue
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM "$pid" 2>/dev/null
-      sleep 0.5
-      kill -KILL "$pid" 2>/dev/null
-    fi
-    wait "$pid" 2>/dev/null
-  done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# shellcheck source-path=SCRIPTDIR source=interop_lib.sh
+. "$(dirname "$0")/interop_lib.sh"
+begin_suite interop-auth "$@"
+make_workdir tls insecure
 
 # --- clients: each check that needs a missing one fails, naming the package ------------------
-PY=
-if [ -x /usr/bin/python3 ]; then PY=/usr/bin/python3; else PY=$(command -v python3 || true); fi
+PY=$(find_python)
 SWAKS=$(command -v swaks || true)
 CURL=$(command -v curl || true)
 OPENSSL=$(command -v openssl || true)
-LIMIT=(timeout -k 5 30)
 NO_PY="python3 not found (apt-get install python3)"
 NO_SWAKS="swaks not found on PATH (apt-get install swaks libnet-ssleay-perl)"
 NO_CURL="curl not found on PATH (apt-get install curl)"
-NO_OPENSSL="openssl not found on PATH (apt-get install openssl)"
 # swaks computes CRAM-MD5 with Digest::MD5 (Debian: libperl5.36, which perl depends on); its
 # --support output says whether it can.
 SWAKS_CRAM=
@@ -103,42 +53,10 @@ need_swaks_cram() {
 
 cd "$WORK" || exit 1
 
-# --- two free loopback ports, bound at the same time so that they differ ---------------------
-ports=
-if [ -n "$PY" ]; then
-  ports=$("$PY" -c 'import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))' 2>/dev/null)
-fi
-if [ -z "$ports" ]; then
-  # Without python3: random high ports on which nothing answers.
-  for _ in $(seq 100); do
-    candidate=$((20000 + RANDOM % 40000))
-    case " $ports " in *" $candidate "*) continue ;; esac
-    timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$candidate" 2>/dev/null ||
-      ports="$ports $candidate"
-    [ "$(wc -w <<< "$ports")" -eq 2 ] && break
-  done
-fi
-read -r 'PORT[tls]' 'PORT[insecure]' <<< "$ports"
-if [ -z "${PORT[insecure]}" ]; then echo "interop-auth: could not find 2 free ports" >&2; exit 1; fi
+pick_ports tls insecure
 PA=${PORT[tls]}
 PB=${PORT[insecure]}
-
-# --- the certificate: self-signed, with SANs for localhost and 127.0.0.1 so clients verify it --
-if [ -z "$OPENSSL" ]; then
-  fail "make-certificate" "$NO_OPENSSL; the tls server needs a certificate"
-elif "${LIMIT[@]}" "$OPENSSL" req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem \
-       -days 2 -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-       > make-certificate.log 2>&1 && [ -s cert.pem ] && [ -s key.pem ]; then
-  ok "make-certificate"
-else
-  fail "make-certificate" "openssl req -x509 failed"
-  details make-certificate.log
-fi
-CERT=$WORK/cert.pem
-KEY=$WORK/key.pem
+make_certificate "the tls server needs a certificate"
 
 # --- the users file of the insecure server: comments, a blank line, a CRLF line ---------------
 {
@@ -150,14 +68,8 @@ KEY=$WORK/key.pem
 } > users.txt
 chmod 600 users.txt
 
-# --- the message: CRLF line ends, all the usual headers, a body line starting with '.' ---------
-printf '%s\r\n' 'From: Alice <alice@example.test>' 'To: Bob <bob@example.test>' \
-  'Subject: interop probe' 'Date: Sun, 22 Nov 2026 11:00:00 +0000' \
-  'Message-ID: <probe-1@example.test>' '' 'Hello from the probe.' '.leading dot line' \
-  'Last line.' > msg.eml
-# swaks ends DATA with "\r\n.\r\n" itself: given the message without its last CRLF, it sends
-# exactly msg.eml (INTEROP.md, "the extra blank line").
-head -c -2 msg.eml > msg-nofinal.eml
+# --- the message (msg.eml, and msg-nofinal.eml for swaks) -----------------------------------
+write_probe_message
 
 # --- Python helpers --------------------------------------------------------------------------
 # smtplib-auth.py MODE PORT CAFILE USER PASSWORD MECHANISM FROM TO FILE - log in with exactly
@@ -268,168 +180,36 @@ print('# closed by the server after the 421')
 EOF
 
 # --- starting the servers --------------------------------------------------------------------
-# start_server SERVER FLAGS...: run mailsink on SERVER's port and Maildir with FLAGS, stdout in
-# SERVER.out, stderr in SERVER.err. "start-SERVER" passes once stderr has the startup line
-# "mailsink: listening on 127.0.0.1:PORT" (printed after listen(), so the port accepts) and
-# fails if the server exits or 10 s pass first.
-start_server() {
-  local server=$1 pid deadline rc listening=0
-  shift
-  local line="mailsink: listening on 127.0.0.1:${PORT[$server]}"
-  if [ ! -x "$SINK" ]; then
-    fail "start-$server" "$SINK is not an executable file"
-    return 1
-  fi
-  "$SINK" --listen "127.0.0.1:${PORT[$server]}" --maildir "${MAILDIR[$server]}" "$@" \
-    > "$server.out" 2> "$server.err" &
-  pid=$!
-  PID[$server]=$pid
-  deadline=$(( $(millis) + 10000 ))
-  while [ "$(millis)" -lt "$deadline" ]; do
-    if grep -qxF "$line" "$server.err"; then listening=1; break; fi
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  if [ $listening = 1 ]; then
-    ok "start-$server"
-    return 0
-  fi
-  if kill -0 "$pid" 2>/dev/null; then
-    fail "start-$server" "no line '$line' on stderr within 10 s"
-  else
-    wait "$pid"; rc=$?
-    PID[$server]=
-    fail "start-$server" "mailsink exited with status $rc before listening"
-  fi
-  details "$server.err"
-  return 1
-}
-
 start_server tls --tls-cert "$CERT" --tls-key "$KEY" --auth alice:wonderland --auth-required
 start_server insecure --auth-file "$WORK/users.txt" --auth-insecure --auth-required
 
 # --- checking deliveries ---------------------------------------------------------------------
-# new_files SERVER: the sorted names in SERVER's Maildir new/ (Maildir names are plain, so ls is
-# safe here).
-# shellcheck disable=SC2012
-new_files() { ls -1A "${MAILDIR[$1]}/new" 2>/dev/null | LC_ALL=C sort; }
-
-# check_stored NAME FILE EXPECTED WITH TLS: FILE must be one Received field, then the bytes of
-# EXPECTED. The field must start "Received: from localhost ", say " with WITH " and, when TLS
-# is "tls", "(using TLSv1."; when TLS is "clear" it must not mention TLS. On a mismatch prints
-# the reason (first line) and details, and returns 1.
+# check_stored NAME FILE WITH TLS: FILE must be one Received field, then the bytes of msg.eml.
+# The field must start "Received: from localhost ", say " with WITH " and, when TLS is "tls",
+# "(using TLSv1."; when TLS is "clear" it must not mention TLS. On a mismatch prints the reason
+# (first line) and details, and returns 1.
 check_stored() {
-  local name=$1 file=$2 expected=$3 with=$4 tls=$5 length field
-  # The field: the first line and each following line that starts with a space or a tab. awk
-  # (C locale, so length() counts bytes, each line keeping its CR) prints its length in bytes.
-  length=$(LC_ALL=C awk '
-    NR == 1 && !/^Received:/ { print "missing"; done = 1; exit }
-    NR == 1 { total = length($0) + 1; next }
-    /^[ \t]/ { total += length($0) + 1; next }
-    { print total; done = 1; exit }
-    END { if (!done && NR > 0) print "only" }' "$file")
-  case $length in
-    "") echo "the stored file is empty"; return 1 ;;
-    missing) echo "the stored file does not begin with a Received field"; dump "$file"; return 1 ;;
-    only) echo "the stored file is a Received field and nothing else"; dump "$file"; return 1 ;;
+  local name=$1 with=$3 tls=$4
+  strip_received "$name" "$2" 1 msg.eml || return 1
+  received_starts "$name" "Received: from localhost " || return 1
+  received_has "$name" " with $with " || return 1
+  case $tls in
+    tls) received_has "$name" "(using TLSv1." ;;
+    clear) received_lacks "$name" "(using " "mentions TLS on a session in clear" ;;
   esac
-  head -c "$length" "$file" > "$name.received"
-  tail -c +"$((length + 1))" "$file" > "$name.body"
-  if ! cmp "$name.body" "$expected" > "$name.cmp" 2>&1; then
-    echo "after the Received field the stored message differs from the one sent:" \
-         "$(head -n 1 "$name.cmp");" \
-         "$(wc -c < "$name.body") bytes stored, $(wc -c < "$expected") sent"
-    echo "# stored:"; dump "$file"
-    return 1
-  fi
-  if LC_ALL=C grep -qv $'\r$' "$name.received"; then
-    echo "a line of the Received field does not end in CRLF"; dump "$name.received"; return 1
-  fi
-  # The field unfolded: CRs dropped, each line break before a space or a tab removed.
-  field=$(LC_ALL=C tr -d '\r' < "$name.received" |
-          LC_ALL=C sed -e ':a' -e 'N' -e '$!ba' -e 's/\n\([ \t]\)/\1/g')
-  if [[ $field != "Received: from localhost "* ]]; then
-    echo "the Received field does not begin 'Received: from localhost '"
-    dump "$name.received"; return 1
-  fi
-  if [[ $field != *" with $with "* ]]; then
-    echo "the Received field does not say ' with $with '"; dump "$name.received"; return 1
-  fi
-  if [ "$tls" = tls ] && [[ $field != *"(using TLSv1."* ]]; then
-    echo "the Received field does not say '(using TLSv1.'"; dump "$name.received"; return 1
-  fi
-  if [ "$tls" = clear ] && [[ $field == *"(using "* ]]; then
-    echo "the Received field mentions TLS on a session in clear"; dump "$name.received"; return 1
-  fi
-  return 0
 }
 
 # deliver NAME SERVER USER WITH TLS CLIENT...: run CLIENT (bounded by timeout) with its output in
 # NAME.log. It must succeed and add exactly one file to SERVER's Maildir, which must pass
-# check_stored against msg.eml, and the summary line mailsink printed for that file must say
-# " auth=USER ".
+# check_stored, and the summary line mailsink printed for that file must say " auth=USER ".
 deliver() {
-  local name=$1 server=$2 user=$3 with=$4 tls=$5 rc count stored why
+  local name=$1 server=$2 user=$3 with=$4 tls=$5 stored
   shift 5
-  if [ -z "${PID[$server]}" ]; then
-    fail "$name" "the $server server is not running"
-    return 1
-  fi
-  new_files "$server" > "$name.before"
-  "$@" > "$name.log" 2>&1; rc=$?
-  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
-    fail "$name" "the client did not finish within 30 s"; details "$name.log"; return 1
-  elif [ $rc -ne 0 ]; then
-    fail "$name" "the client exited with status $rc"; details "$name.log"; return 1
-  fi
-  new_files "$server" | LC_ALL=C comm -13 "$name.before" - > "$name.new"
-  count=$(wc -l < "$name.new")
-  if [ "$count" -ne 1 ]; then
-    fail "$name" "$count new files in the $server server's Maildir, not 1"
-    details "$name.log"; return 1
-  fi
-  stored=${MAILDIR[$server]}/new/$(cat "$name.new")
-  if ! why=$(check_stored "$name" "$stored" msg.eml "$with" "$tls"); then
-    fail "$name" "$(head -n 1 <<< "$why")"
-    tail -n +2 <<< "$why"
-    details "$name.log"
-    return 1
-  fi
-  if ! grep -F -- " $stored" "$server.out" | grep -qF " auth=$user <"; then
-    fail "$name" "mailsink's summary line for the message does not say 'auth=$user'"
-    grep -F -- " $stored" "$server.out" | sed 's/^/#   /'
-    return 1
-  fi
-  ok "$name"
-}
-
-# refused NAME SERVER PATTERN CLIENT...: CLIENT must fail (non-zero exit, within the timeout),
-# its transcript must have a line matching the grep -E PATTERN, and SERVER's Maildir must get no
-# new file.
-refused() {
-  local name=$1 server=$2 pattern=$3 rc
-  shift 3
-  if [ -z "${PID[$server]}" ]; then
-    fail "$name" "the $server server is not running"
-    return 1
-  fi
-  new_files "$server" > "$name.before"
-  "$@" > "$name.log" 2>&1; rc=$?
-  new_files "$server" | LC_ALL=C comm -13 "$name.before" - > "$name.new"
-  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
-    fail "$name" "the client did not finish within 30 s"; details "$name.log"
-  elif [ $rc -eq 0 ]; then
-    fail "$name" "the client succeeded (exit 0); the server should have refused it"
-    details "$name.log"
-  elif ! grep -Eq -- "$pattern" "$name.log"; then
-    fail "$name" "the client failed (exit $rc), but its transcript has no line matching /$pattern/"
-    details "$name.log"
-  elif [ -s "$name.new" ]; then
-    fail "$name" "the client was refused, yet $(wc -l < "$name.new") file(s) were stored"
-    details "$name.log"
-  else
-    ok "$name"
-  fi
+  server_running "$name" "$server" && run_client "$name" "$server" "$@" &&
+    expect_new "$name" "$server" 1 || return 1
+  stored=$(stored_path "$name" "$server")
+  verify "$name" check_stored "$name" "$stored" "$with" "$tls" &&
+    check_summary "$name" "$server" "$stored" "$user" && ok "$name"
 }
 
 FROM=alice@example.test
@@ -668,49 +448,6 @@ else
 fi
 
 # --- graceful shutdown -----------------------------------------------------------------------
-# stop_server SERVER: after SIGTERM it must exit with status 0 within 10 s.
-stop_server() {
-  local server=$1 pid=${PID[$1]} rc exited=0
-  local name="sigterm-$server-exit-0"
-  if [ -z "$pid" ]; then
-    fail "$name" "the $server server is not running"
-    return
-  fi
-  if ! kill -0 "$pid" 2>/dev/null; then
-    wait "$pid"; rc=$?
-    PID[$server]=
-    fail "$name" "the server had exited (status $rc) before SIGTERM"
-    details "$server.err"
-    return
-  fi
-  kill -TERM "$pid"
-  for _ in $(seq 100); do
-    if ! kill -0 "$pid" 2>/dev/null; then exited=1; break; fi
-    sleep 0.1
-  done
-  if [ $exited = 0 ]; then
-    fail "$name" "the server is still running 10 s after SIGTERM"
-    details "$server.err"
-    return
-  fi
-  wait "$pid"; rc=$?
-  PID[$server]=
-  if [ $rc -eq 0 ]; then
-    ok "$name"
-  else
-    fail "$name" "the server exited with status $rc after SIGTERM"
-    details "$server.err"
-  fi
-}
 for server in "${SERVERS[@]}"; do stop_server "$server"; done
 
-if [ "$FAILED" -gt 0 ]; then
-  for server in "${SERVERS[@]}"; do
-    if [ -s "$server.err" ]; then
-      echo "# $server server stderr (last 25 lines):"
-      details "$server.err"
-    fi
-  done
-fi
-echo "interop-auth: $PASSED passed, $FAILED failed"
-[ "$FAILED" -eq 0 ]
+finish

@@ -32,60 +32,18 @@
 # is installed into the temp dir on every run.
 set -u
 
-if [ $# -lt 1 ] || [ -z "$1" ]; then
-  echo "usage: $0 MAILSINK_PATH" >&2
-  exit 2
-fi
-SINK=$1
-# Everything runs inside a temp dir, so a relative path is made absolute now.
-case $SINK in
-  /*) ;;
-  */*) SINK=$PWD/$SINK ;;
-  *) SINK=$(command -v -- "$SINK" || echo "$PWD/$SINK") ;;
-esac
 # The Go program and the Node script live next to this script.
 HELPERS=$(cd "$(dirname "$0")" && pwd)/interop_clients
-
-# --- reporting -------------------------------------------------------------------------------
-PASSED=0
-FAILED=0
-ok() { PASSED=$((PASSED + 1)); echo "ok - $1"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL - $1: $2"; }
-# details FILE...: the last 25 lines of each non-empty FILE, as "#" lines under a FAIL.
-details() {
-  local file
-  for file in "$@"; do [ -s "$file" ] && tail -n 25 "$file" | sed 's/^/#   /'; done
-  return 0
-}
-# dump FILE [BYTE]: a file's bytes with CR, LF and the like shown as escapes, as "#" lines; the
-# first 2 KiB, or with BYTE (1-based) about 100 bytes around it.
-dump() {
-  local skip=0 count=2048
-  if [ -n "${2:-}" ]; then skip=$(( $2 > 48 ? $2 - 49 : 0 )); count=112; fi
-  [ -e "$1" ] && od -An -c -j "$skip" -N "$count" "$1" | sed 's/^/#   /'
-  return 0
-}
-# millis: milliseconds since the epoch.
-millis() { echo $(( $(date +%s%N) / 1000000 )); }
+# shellcheck source-path=SCRIPTDIR source=interop_lib.sh
+. "$(dirname "$0")/interop_lib.sh"
+begin_suite interop-clients "$@"
 
 # --- temp dir, servers, the Postfix instance, cleanup ----------------------------------------
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/interop-clients.XXXXXX") ||
-  { echo "interop-clients: mktemp failed" >&2; exit 1; }
-SERVERS=(plain secure)
-declare -A PORT PID MAILDIR
-for server in "${SERVERS[@]}"; do
-  PORT[$server]=
-  PID[$server]=
-  MAILDIR[$server]=$WORK/maildir-$server
-done
+make_workdir plain secure
 # The Postfix instance: config in $PFX/etc, queue in $PFX/spool, log in $PFX/maillog. Its own
 # temp dir, which the postfix user must be able to enter (master opens data/master.lock as
 # postfix), unlike $WORK.
-if ! PFX=$(mktemp -d "${TMPDIR:-/tmp}/interop-clients-postfix.XXXXXX") || ! chmod 755 "$PFX"; then
-  rm -rf "$WORK" "$PFX"
-  echo "interop-clients: mktemp failed" >&2
-  exit 1
-fi
+PFX=
 PFX_STARTED=
 POSTFIX=
 # pfx_running: true while the instance's master runs ("postfix status" exits 0).
@@ -99,8 +57,8 @@ pfx_wait_stopped() {
   done
   return 0
 }
-cleanup() {
-  local server pid
+# cleanup_hook: run first by the library's cleanup on exit; stops the instance, removes $PFX.
+cleanup_hook() {
   if [ -n "$PFX_STARTED" ]; then
     # Never by name: this instance only, through its own config directory.
     timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" stop > /dev/null 2>&1
@@ -109,21 +67,12 @@ cleanup() {
       pfx_wait_stopped 5
     fi
   fi
-  for server in "${SERVERS[@]}"; do
-    pid=${PID[$server]}
-    [ -n "$pid" ] || continue
-    if kill -0 "$pid" 2>/dev/null; then
-      kill -TERM "$pid" 2>/dev/null
-      sleep 0.5
-      kill -KILL "$pid" 2>/dev/null
-    fi
-    wait "$pid" 2>/dev/null
-  done
-  rm -rf "$WORK" "$PFX"
+  [ -z "$PFX" ] || rm -rf "$PFX"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+if ! PFX=$(mktemp -d "${TMPDIR:-/tmp}/interop-clients-postfix.XXXXXX") || ! chmod 755 "$PFX"; then
+  echo "interop-clients: mktemp failed" >&2
+  exit 1
+fi
 
 # --- clients: each check that needs a missing one fails, naming the package ------------------
 OPENSSL=$(command -v openssl || true)
@@ -141,8 +90,6 @@ POSTFIX=$(find_sbin postfix)
 POSTCONF=$(find_sbin postconf)
 POSTQUEUE=$(find_sbin postqueue)
 SENDMAIL=$(find_sbin sendmail)
-LIMIT=(timeout -k 5 30)
-NO_OPENSSL="openssl not found on PATH (apt-get install openssl)"
 NO_MSMTP="msmtp not found on PATH (apt-get install msmtp)"
 NO_GO="go not found on PATH (apt-get install golang-go)"
 NO_NODE="node not found on PATH (nodemailer 10.6.0 needs node >= 20: NodeSource's nodejs 20)"
@@ -178,27 +125,10 @@ NPM_ENV=(env npm_config_cache="$WORK/npm-cache" npm_config_audit=false npm_confi
 
 cd "$WORK" || exit 1
 
-# --- the certificate: self-signed, SANs for localhost and 127.0.0.1 so the clients verify it ---
-if [ -z "$OPENSSL" ]; then
-  fail "make-certificate" "$NO_OPENSSL; the secure server needs a certificate"
-elif "${LIMIT[@]}" "$OPENSSL" req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem \
-       -days 2 -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-       > make-certificate.log 2>&1 && [ -s cert.pem ] && [ -s key.pem ]; then
-  ok "make-certificate"
-else
-  fail "make-certificate" "openssl req -x509 failed"
-  details make-certificate.log
-fi
-# Absolute: msmtp wants an absolute --tls-trust-file.
-CERT=$WORK/cert.pem
-KEY=$WORK/key.pem
-
-# --- the message: CRLF line ends, all the usual headers (so no client adds one), and a body line
-# starting with '.', which tests dot-stuffing both ways ----------------------------------------
-printf '%s\r\n' 'From: Alice <alice@example.test>' 'To: Bob <bob@example.test>' \
-  'Subject: interop probe' 'Date: Sun, 22 Nov 2026 11:00:00 +0000' \
-  'Message-ID: <probe-1@example.test>' '' 'Hello from the probe.' '.leading dot line' \
-  'Last line.' > msg.eml
+make_certificate "the secure server needs a certificate"
+# The message, msg.eml: all the usual headers (so no client adds one), and a body line starting
+# with '.', which tests dot-stuffing both ways.
+write_probe_message
 
 # --- nodemailer: installed into the temp dir from the npm registry ---------------------------
 NODE_MODULES=$WORK/npm/node_modules
@@ -232,120 +162,31 @@ else
 fi
 
 # --- starting the servers --------------------------------------------------------------------
-# start_server SERVER FLAGS...: mailsink on 127.0.0.1 port 0 with SERVER's Maildir and FLAGS,
-# stdout in SERVER.out, stderr in SERVER.err. "start-SERVER" passes once stderr has the startup
-# line "mailsink: listening on 127.0.0.1:PORT" (printed after listen(), so the port accepts);
-# PORT becomes SERVER's port. It fails if the server exits or 10 s pass first.
-start_server() {
-  local server=$1 pid deadline rc port=
-  shift
-  if [ ! -x "$SINK" ]; then
-    fail "start-$server" "$SINK is not an executable file"
-    return 1
-  fi
-  "$SINK" --listen 127.0.0.1:0 --maildir "${MAILDIR[$server]}" "$@" \
-    > "$server.out" 2> "$server.err" &
-  pid=$!
-  PID[$server]=$pid
-  deadline=$(( $(millis) + 10000 ))
-  while [ "$(millis)" -lt "$deadline" ]; do
-    port=$(sed -n 's/^mailsink: listening on 127\.0\.0\.1:\([1-9][0-9]*\)$/\1/p' "$server.err")
-    [ -n "$port" ] && break
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  if [ -n "$port" ]; then
-    PORT[$server]=$port
-    ok "start-$server"
-    return 0
-  fi
-  if kill -0 "$pid" 2>/dev/null; then
-    fail "start-$server" "no line 'mailsink: listening on 127.0.0.1:PORT' on stderr within 10 s"
-  else
-    wait "$pid"; rc=$?
-    PID[$server]=
-    fail "start-$server" "mailsink exited with status $rc before listening"
-  fi
-  details "$server.err"
-  return 1
-}
-
+# Port 0: start_server takes each server's port from its startup line.
 start_server plain
 start_server secure --tls-cert "$CERT" --tls-key "$KEY" --auth alice:wonderland
 P1=${PORT[plain]}
 P2=${PORT[secure]}
 
 # --- checking deliveries ---------------------------------------------------------------------
-# new_files SERVER: the sorted names in SERVER's Maildir new/ (Maildir names are plain, so ls is
-# safe here).
-# shellcheck disable=SC2012
-new_files() { ls -1A "${MAILDIR[$1]}/new" 2>/dev/null | LC_ALL=C sort; }
-
-# check_stored NAME FILE HOPS WITH USER: FILE must be HOPS Received fields, then exactly the
+# check_stored NAME FILE HOPS WITH: FILE must be HOPS Received fields, then exactly the
 # bytes of msg.eml. The first field (mailsink's) must start "Received: from HELO " (localhost
 # for a direct client, Postfix's myhostname through it), say " with WITH ", and say
 # "(using TLSv1." when WITH ends in S or SA (TLS, RFC 3848) and mention no TLS otherwise.
 # Through Postfix the second field must be Postfix's "Received: by pfx.localdomain (Postfix".
 # On a mismatch prints the reason (first line) and details, and returns 1.
 check_stored() {
-  local name=$1 file=$2 hops=$3 with=$4 ends first second helo=localhost at trace
+  local name=$1 file=$2 hops=$3 with=$4 helo=localhost
   [ "$hops" = 2 ] && helo=pfx.localdomain
-  # awk (C locale: length() counts bytes, each line keeping its CR) prints the byte offsets at
-  # which each of the first HOPS fields ends; a field is a line starting "Received:" and every
-  # following line that starts with a space or a tab.
-  ends=$(LC_ALL=C awk -v hops="$hops" '
-    NR == 1 || !/^[ \t]/ {
-      if (NR > 1) { list = list " " total; if (++fields == hops) { print list; done = 1; exit } }
-      if (!/^Received:/) { print "only " fields + 0; done = 1; exit }
-    }
-    { total += length($0) + 1 }
-    END { if (!done) print "all" }' "$file")
-  case $ends in
-    "") echo "the stored file is empty"; return 1 ;;
-    only*) echo "the stored file starts with ${ends#only } Received field(s), not $hops"
-           dump "$file"; return 1 ;;
-    all) echo "the stored file holds nothing but Received fields"; dump "$file"; return 1 ;;
-  esac
-  read -r first second <<< "$ends"
-  head -c "$first" "$file" > "$name.received"
-  tail -c +"$(( ${second:-$first} + 1 ))" "$file" > "$name.body"
-  if ! cmp "$name.body" msg.eml > "$name.cmp" 2>&1; then
-    echo "the stored message (after $hops Received field(s)) differs from what was sent:" \
-         "$(head -n 1 "$name.cmp"); sizes $(wc -c < "$name.body") stored vs" \
-         "$(wc -c < msg.eml) sent"
-    at=$(grep -o 'byte [0-9]*' "$name.cmp" | head -n 1 | tr -dc 0-9)
-    at=${at:-1}
-    echo "# sent, around byte $at:"; dump msg.eml "$at"
-    echo "# stored (after the Received fields), around byte $at:"; dump "$name.body" "$at"
-    echo "# the whole stored file:"; dump "$file"
-    return 1
-  fi
-  if head -c "${second:-$first}" "$file" | LC_ALL=C grep -qv $'\r$'; then
-    echo "a Received field has a line without CR before LF"; dump "$file"; return 1
-  fi
-  # mailsink's field, unfolded: CRs gone, each line break before a space or tab removed.
-  trace=$(LC_ALL=C tr -d '\r' < "$name.received" |
-          LC_ALL=C sed -e ':a' -e 'N' -e '$!ba' -e 's/\n\([ \t]\)/\1/g')
-  if [[ $trace != "Received: from $helo "* ]]; then
-    echo "mailsink's Received field does not start with 'Received: from $helo '"
-    dump "$name.received"; return 1
-  fi
-  if [[ $trace != *" with $with "* ]]; then
-    echo "mailsink's Received field does not say ' with $with '"; dump "$name.received"; return 1
-  fi
+  strip_received "$name" "$file" "$hops" msg.eml || return 1
+  received_starts "$name" "Received: from $helo " || return 1
+  received_has "$name" " with $with " || return 1
   case $with in
-    *SMTPS|*SMTPSA)
-      if [[ $trace != *"(using TLSv1."* ]]; then
-        echo "mailsink's Received field has no '(using TLSv1.'"; dump "$name.received"; return 1
-      fi ;;
-    *)
-      if [[ $trace == *TLS* ]]; then
-        echo "mailsink's Received field mentions TLS for a session in clear"
-        dump "$name.received"; return 1
-      fi ;;
+    *SMTPS|*SMTPSA) received_has "$name" "(using TLSv1." || return 1 ;;
+    *) received_lacks "$name" TLS "mentions TLS for a session in clear" || return 1 ;;
   esac
   if [ "$hops" = 2 ] &&
-     ! tail -c +"$(( first + 1 ))" "$file" | head -c "$(( second - first ))" |
+     ! tail -c +"$(( $(wc -c < "$name.received") + 1 ))" "$name.fields" |
        grep -q '^Received: by pfx\.localdomain (Postfix'; then
     echo "the second Received field is not Postfix's 'Received: by pfx.localdomain (Postfix'"
     dump "$file"; return 1
@@ -362,64 +203,33 @@ pfx_flush() { timeout -k 5 20 "$POSTQUEUE" -c "$PFX/etc" -f > /dev/null 2>&1; }
 # when the client is done; HOPS 2 (Postfix): it may take up to 30 s, with the queue flushed
 # every 5 s. mailsink's summary line for the file must say "auth=USER" (USER "-": no "auth=").
 deliver() {
-  local name=$1 server=$2 hops=$3 with=$4 user=$5 rc count stored why summary
-  local deadline flush
+  local name=$1 server=$2 hops=$3 with=$4 user=$5 count stored deadline flush
   shift 5
-  if [ -z "${PID[$server]}" ]; then
-    fail "$name" "the $server server is not running"
-    return 1
-  fi
-  new_files "$server" > "$name.before"
-  "$@" < msg.eml > "$name.log" 2>&1; rc=$?
-  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
-    fail "$name" "the client did not finish in time (timeout)"; details "$name.log"; return 1
-  elif [ $rc -ne 0 ]; then
-    fail "$name" "the client exited with status $rc"; details "$name.log"; return 1
-  fi
+  server_running "$name" "$server" && run_client "$name" "$server" "$@" < msg.eml || return 1
   deadline=$(( $(millis) + (hops == 2 ? 30000 : 0) ))
   flush=$(( $(millis) + 5000 ))
   while :; do
-    new_files "$server" | LC_ALL=C comm -13 "$name.before" - > "$name.new"
+    list_new "$name" "$server"
     [ -s "$name.new" ] && break
     [ "$(millis)" -lt "$deadline" ] || break
     if [ "$(millis)" -ge "$flush" ]; then pfx_flush; flush=$(( $(millis) + 5000 )); fi
     sleep 0.1
   done
   count=$(wc -l < "$name.new")
-  if [ "$count" -ne 1 ]; then
-    if [ "$hops" = 2 ]; then
-      fail "$name" \
-        "$count new files in the $server server's Maildir 30 s after the submission, not 1"
-      details "$name.log"
-      echo "# the Postfix queue:"
-      timeout -k 5 20 "$POSTQUEUE" -c "$PFX/etc" -p 2>&1 | sed 's/^/#   /'
-      echo "# the Postfix log:"
-      details "$PFX/maillog"
-    else
-      fail "$name" "$count new files in the $server server's Maildir, not 1"
-      details "$name.log"
-    fi
-    return 1
-  fi
-  stored=${MAILDIR[$server]}/new/$(cat "$name.new")
-  if ! why=$(check_stored "$name" "$stored" "$hops" "$with"); then
-    fail "$name" "$(head -n 1 <<< "$why")"
-    tail -n +2 <<< "$why"
+  if [ "$hops" = 2 ] && [ "$count" -ne 1 ]; then
+    fail "$name" \
+      "$count new files in the $server server's Maildir 30 s after the submission, not 1"
     details "$name.log"
+    echo "# the Postfix queue:"
+    timeout -k 5 20 "$POSTQUEUE" -c "$PFX/etc" -p 2>&1 | sed 's/^/#   /'
+    echo "# the Postfix log:"
+    details "$PFX/maillog"
     return 1
   fi
-  summary=$(grep -F -- " $stored" "$server.out")
-  if [ "$user" != - ] && [[ $summary != *" auth=$user <"* ]]; then
-    fail "$name" "mailsink's summary line for the message does not say 'auth=$user'"
-    echo "#   ${summary:-(no summary line names the file)}"
-    return 1
-  fi
-  if [ "$user" = - ] && [[ $summary == *" auth="* ]]; then
-    fail "$name" "mailsink's summary line says 'auth=' though the client did not authenticate"
-    echo "#   ${summary:-(no summary line names the file)}"
-    return 1
-  fi
-  ok "$name"
+  expect_new "$name" "$server" 1 || return 1
+  stored=$(stored_path "$name" "$server")
+  verify "$name" check_stored "$name" "$stored" "$hops" "$with" &&
+    check_summary "$name" "$server" "$stored" "$user" && ok "$name"
 }
 
 FROM=alice@example.test
@@ -609,49 +419,6 @@ else
 fi
 
 # --- graceful shutdown -----------------------------------------------------------------------
-# stop_server SERVER: after SIGTERM it must exit with status 0 within 10 s.
-stop_server() {
-  local server=$1 pid=${PID[$1]} rc exited=0
-  local name="sigterm-$server-exit-0"
-  if [ -z "$pid" ]; then
-    fail "$name" "the $server server is not running"
-    return
-  fi
-  if ! kill -0 "$pid" 2>/dev/null; then
-    wait "$pid"; rc=$?
-    PID[$server]=
-    fail "$name" "the server had exited (status $rc) before SIGTERM"
-    details "$server.err"
-    return
-  fi
-  kill -TERM "$pid"
-  for _ in $(seq 100); do
-    if ! kill -0 "$pid" 2>/dev/null; then exited=1; break; fi
-    sleep 0.1
-  done
-  if [ $exited = 0 ]; then
-    fail "$name" "the server is still running 10 s after SIGTERM"
-    details "$server.err"
-    return
-  fi
-  wait "$pid"; rc=$?
-  PID[$server]=
-  if [ $rc -eq 0 ]; then
-    ok "$name"
-  else
-    fail "$name" "the server exited with status $rc after SIGTERM"
-    details "$server.err"
-  fi
-}
 for server in "${SERVERS[@]}"; do stop_server "$server"; done
 
-if [ "$FAILED" -gt 0 ]; then
-  for server in "${SERVERS[@]}"; do
-    if [ -s "$server.err" ]; then
-      echo "# $server server stderr (last 25 lines):"
-      details "$server.err"
-    fi
-  done
-fi
-echo "interop-clients: $PASSED passed, $FAILED failed"
-[ "$FAILED" -eq 0 ]
+finish

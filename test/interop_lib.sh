@@ -1,0 +1,437 @@
+# shellcheck shell=bash
+# test/interop_lib.sh - the helpers shared by the interop scripts (interop.sh, interop_tls.sh,
+# interop_auth.sh, interop_clients.sh). Sourced, not executed:
+#   . "$(dirname "$0")/interop_lib.sh"
+#
+# Reporting (a check prints "ok - NAME" or "FAIL - NAME: reason", details on "#" lines)
+#   ok NAME                      count a pass and print "ok - NAME"
+#   fail NAME REASON             count a failure and print "FAIL - NAME: REASON"
+#   details FILE...              the last $DETAIL_LINES lines of each non-empty FILE, as "#" lines
+#   dump FILE [BYTE]             a file's bytes with escapes visible (od -c), as "#" lines: the
+#                                first 2 KiB, or with BYTE (1-based) about 100 bytes around it
+#   millis                       milliseconds since the epoch
+#   finish                       on failures each server's stderr; then the last line
+#                                "SUITE: N passed, N failed"; returns 1 if any check failed
+# Setup
+#   begin_suite SUITE ARGS...    usage check (exit 2) and SINK, the absolute mailsink path
+#   make_workdir SERVER...       the temp dir $WORK, one Maildir per SERVER, cleanup on exit
+#                                (which calls cleanup_hook first if the script defines one)
+#   cleanup                      stop the servers still running (TERM, then KILL), remove $WORK
+#   find_python                  the path of python3 (/usr/bin/python3 preferred), or nothing
+#   pick_ports SERVER...         a different free loopback port for each SERVER, in PORT[SERVER]
+#   make_certificate WHY         check "make-certificate": a self-signed cert.pem and key.pem
+#                                (SANs localhost, 127.0.0.1) in $WORK, as $CERT and $KEY; WHY
+#                                (who needs one) ends the reason when openssl ($OPENSSL) is missing
+#   write_probe_message          msg.eml (the INTEROP.md probe, CRLF) and msg-nofinal.eml (it
+#                                without the final CRLF, for swaks)
+# Servers (by name, in SERVERS; PORT, PID and MAILDIR hold each one's port, pid and Maildir)
+#   launch_server SERVER FLAGS...   run mailsink on PORT[SERVER] (0 if empty) with its Maildir
+#                                and FLAGS in the background, stdout in SERVER.out, stderr in
+#                                SERVER.err
+#   wait_listening SERVER DEADLINE  true once SERVER.err has "mailsink: listening on
+#                                127.0.0.1:PORT" (PORT[SERVER], or any port, which is then
+#                                stored there), false if the server exits or DEADLINE (ms) passes
+#   start_server SERVER FLAGS...    check "start-SERVER": launch_server, then wait_listening 10 s
+#   server_running NAME SERVER   false, after failing NAME, when SERVER is not running
+#   stop_server SERVER [CHECK]   check CHECK (default "sigterm-SERVER-exit-0"): after SIGTERM
+#                                the server exits with status 0 within 10 s
+# Deliveries
+#   maildir_list SERVER          the sorted file names in SERVER's Maildir new/
+#   run_client NAME SERVER CMD...   snapshot SERVER's new/ into NAME.before, run CMD (already
+#                                under timeout) with its output in NAME.log; fails NAME unless
+#                                CMD succeeds
+#   list_new NAME SERVER         the names added to SERVER's new/ since NAME.before, in NAME.new
+#   expect_new NAME SERVER COUNT    list_new; fails NAME unless exactly COUNT files were added
+#   stored_path NAME SERVER      the path of the (first) file in NAME.new
+#   refused NAME SERVER PATTERN CMD...  check NAME: CMD fails, its transcript has a line
+#                                matching the grep -E PATTERN, and SERVER stores nothing
+#   verify NAME CHECK...         run CHECK (a function printing the reason, returning 1 on a
+#                                mismatch); false, after failing NAME with that reason, if it fails
+#   check_summary NAME SERVER FILE USER  mailsink's summary line for FILE says " auth=USER <"
+#                                (USER "-": no " auth=" at all); fails NAME otherwise
+# Stored messages (for CHECK functions: print the reason, then details; return 1)
+#   strip_received NAME FILE HOPS EXPECTED  FILE must be HOPS Received fields, each line ending
+#                                in CRLF, then exactly the bytes of EXPECTED. Writes NAME.fields
+#                                (the HOPS fields), NAME.received (the first, mailsink's),
+#                                NAME.trace (it unfolded, without CRs) and NAME.body
+#   received_trace NAME          the unfolded field, NAME.trace
+#   received_starts NAME PREFIX  the unfolded field starts with PREFIX
+#   received_has NAME TEXT       the unfolded field contains TEXT
+#   received_lacks NAME TEXT WHY    the unfolded field does not contain TEXT (WHY: the reason)
+#
+# Variables: SUITE, SINK, WORK, SERVERS, PORT, PID, MAILDIR, CERT, KEY, PASSED, FAILED;
+# LIMIT (timeout -k 5 30, the bound on every client); DETAIL_LINES (25; a script may set it).
+
+PASSED=0
+FAILED=0
+DETAIL_LINES=25
+LIMIT=(timeout -k 5 30)
+SERVERS=()
+declare -A PORT=() PID=() MAILDIR=()
+
+# --- reporting -------------------------------------------------------------------------------
+ok() { PASSED=$((PASSED + 1)); echo "ok - $1"; }
+fail() { FAILED=$((FAILED + 1)); echo "FAIL - $1: $2"; }
+details() {
+  local file
+  for file in "$@"; do [ -s "$file" ] && tail -n "$DETAIL_LINES" "$file" | sed 's/^/#   /'; done
+  return 0
+}
+dump() {
+  local skip=0 count=2048
+  if [ -n "${2:-}" ]; then skip=$(( $2 > 48 ? $2 - 49 : 0 )); count=112; fi
+  [ -e "$1" ] && od -An -c -j "$skip" -N "$count" "$1" | sed 's/^/#   /'
+  return 0
+}
+millis() { echo $(( $(date +%s%N) / 1000000 )); }
+finish() {
+  local server
+  if [ "$FAILED" -gt 0 ]; then
+    for server in "${SERVERS[@]}"; do
+      if [ -s "$WORK/$server.err" ]; then
+        echo "# $server server stderr (last $DETAIL_LINES lines):"
+        details "$WORK/$server.err"
+      fi
+    done
+  fi
+  echo "$SUITE: $PASSED passed, $FAILED failed"
+  [ "$FAILED" -eq 0 ]
+}
+
+# --- setup -----------------------------------------------------------------------------------
+begin_suite() {
+  SUITE=$1
+  shift
+  if [ $# -lt 1 ] || [ -z "$1" ]; then
+    echo "usage: $0 MAILSINK_PATH" >&2
+    exit 2
+  fi
+  SINK=$1
+  # Everything runs inside a temp dir, so a relative path is made absolute now.
+  case $SINK in
+    /*) ;;
+    */*) SINK=$PWD/$SINK ;;
+    *) SINK=$(command -v -- "$SINK" || echo "$PWD/$SINK") ;;
+  esac
+}
+
+make_workdir() {
+  local server
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/$SUITE.XXXXXX") || { echo "$SUITE: mktemp failed" >&2; exit 1; }
+  SERVERS=("$@")
+  for server in "${SERVERS[@]}"; do
+    PORT[$server]=
+    PID[$server]=
+    MAILDIR[$server]=$WORK/maildir-$server
+  done
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+cleanup() {
+  local server pid
+  if declare -F cleanup_hook > /dev/null; then cleanup_hook; fi
+  for server in "${SERVERS[@]}"; do
+    pid=${PID[$server]}
+    [ -n "$pid" ] || continue
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null
+      sleep 0.5
+      kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null
+  done
+  rm -rf "$WORK"
+}
+
+find_python() {
+  if [ -x /usr/bin/python3 ]; then echo /usr/bin/python3; else command -v python3 || true; fi
+}
+
+pick_ports() {
+  local n=$# ports="" candidate py list i=0 server
+  py=$(find_python)
+  # Bound all at once, so that they differ.
+  if [ -n "$py" ]; then
+    ports=$("$py" -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$n" 2>/dev/null)
+  fi
+  if [ -z "$ports" ]; then
+    # Without python3: random high ports on which nothing answers.
+    for _ in $(seq 100); do
+      candidate=$((20000 + RANDOM % 40000))
+      case " $ports " in *" $candidate "*) continue ;; esac
+      timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$candidate" 2>/dev/null ||
+        ports="$ports $candidate"
+      [ "$(wc -w <<< "$ports")" -eq "$n" ] && break
+    done
+  fi
+  read -r -a list <<< "$ports"
+  if [ "${#list[@]}" -ne "$n" ]; then
+    echo "$SUITE: could not find $n free port(s)" >&2
+    exit 1
+  fi
+  for server in "$@"; do PORT[$server]=${list[i++]}; done
+}
+
+make_certificate() {
+  if [ -z "$OPENSSL" ]; then
+    fail "make-certificate" "openssl not found on PATH (apt-get install openssl); $1"
+  elif "${LIMIT[@]}" "$OPENSSL" req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem \
+         -days 2 -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+         > make-certificate.log 2>&1 && [ -s cert.pem ] && [ -s key.pem ]; then
+    ok "make-certificate"
+  else
+    fail "make-certificate" "openssl req -x509 failed"
+    details make-certificate.log
+  fi
+  # Absolute: msmtp wants an absolute --tls-trust-file. (Both are for the sourcing script.)
+  # shellcheck disable=SC2034
+  CERT=$WORK/cert.pem KEY=$WORK/key.pem
+}
+
+write_probe_message() {
+  printf '%s\r\n' 'From: Alice <alice@example.test>' 'To: Bob <bob@example.test>' \
+    'Subject: interop probe' 'Date: Sun, 22 Nov 2026 11:00:00 +0000' \
+    'Message-ID: <probe-1@example.test>' '' 'Hello from the probe.' '.leading dot line' \
+    'Last line.' > msg.eml
+  # swaks ends DATA with "\r\n.\r\n" itself: given the message without its last CRLF, it sends
+  # exactly msg.eml (INTEROP.md, "the extra blank line").
+  head -c -2 msg.eml > msg-nofinal.eml
+}
+
+# --- servers ---------------------------------------------------------------------------------
+launch_server() {
+  local server=$1
+  shift
+  "$SINK" --listen "127.0.0.1:${PORT[$server]:-0}" --maildir "${MAILDIR[$server]}" "$@" \
+    > "$WORK/$server.out" 2> "$WORK/$server.err" &
+  PID[$server]=$!
+}
+
+wait_listening() {
+  local server=$1 deadline=$2 pid=${PID[$1]} port=${PORT[$1]} found
+  [ -n "$port" ] || port='[1-9][0-9]*'
+  local script="s/^mailsink: listening on 127\\.0\\.0\\.1:\\($port\\)\$/\\1/p"
+  while :; do
+    found=$(sed -n "$script" "$WORK/$server.err" | head -n 1)
+    [ -n "$found" ] && break
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then break; fi
+    [ "$(millis)" -lt "$deadline" ] || break
+    sleep 0.05
+  done
+  # Once more: the line may have come just before the server exited or the deadline passed.
+  [ -n "$found" ] || found=$(sed -n "$script" "$WORK/$server.err" | head -n 1)
+  [ -n "$found" ] || return 1
+  PORT[$server]=$found
+}
+
+start_server() {
+  local server=$1 rc
+  shift
+  if [ ! -x "$SINK" ]; then
+    fail "start-$server" "$SINK is not an executable file"
+    return 1
+  fi
+  launch_server "$server" "$@"
+  if wait_listening "$server" $(( $(millis) + 10000 )); then
+    ok "start-$server"
+    return 0
+  fi
+  if kill -0 "${PID[$server]}" 2>/dev/null; then
+    fail "start-$server" \
+      "no line 'mailsink: listening on 127.0.0.1:${PORT[$server]:-PORT}' on stderr within 10 s"
+  else
+    wait "${PID[$server]}"; rc=$?
+    PID[$server]=
+    fail "start-$server" "mailsink${*:+ $*} exited with status $rc before listening"
+  fi
+  details "$WORK/$server.err"
+  return 1
+}
+
+server_running() {
+  if [ -z "${PID[$2]}" ]; then
+    fail "$1" "the $2 server is not running"
+    return 1
+  fi
+}
+
+stop_server() {
+  local server=$1 name=${2:-sigterm-$1-exit-0} pid=${PID[$1]} rc exited=0
+  if [ -z "$pid" ]; then
+    fail "$name" "the $server server is not running"
+    return
+  fi
+  if ! kill -0 "$pid" 2>/dev/null; then
+    wait "$pid"; rc=$?
+    PID[$server]=
+    fail "$name" "the server had already exited (status $rc) before SIGTERM"
+    details "$WORK/$server.err"
+    return
+  fi
+  kill -TERM "$pid"
+  for _ in $(seq 100); do
+    if ! kill -0 "$pid" 2>/dev/null; then exited=1; break; fi
+    sleep 0.1
+  done
+  if [ $exited = 0 ]; then
+    fail "$name" "the server is still running 10 s after SIGTERM"
+    details "$WORK/$server.err"
+    return
+  fi
+  wait "$pid"; rc=$?
+  PID[$server]=
+  if [ $rc -eq 0 ]; then
+    ok "$name"
+  else
+    fail "$name" "the server exited with status $rc after SIGTERM"
+    details "$WORK/$server.err"
+  fi
+}
+
+# --- deliveries ------------------------------------------------------------------------------
+# (Maildir names have no newlines or odd characters, so ls is fine.)
+# shellcheck disable=SC2012
+maildir_list() { ls -1A "${MAILDIR[$1]}/new" 2>/dev/null | LC_ALL=C sort; }
+
+run_client() {
+  local name=$1 server=$2 rc
+  shift 2
+  maildir_list "$server" > "$name.before"
+  "$@" > "$name.log" 2>&1; rc=$?
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    fail "$name" "the client did not finish within 30 s"; details "$name.log"; return 1
+  elif [ $rc -ne 0 ]; then
+    fail "$name" "the client exited with status $rc"; details "$name.log"; return 1
+  fi
+}
+
+list_new() { maildir_list "$2" | LC_ALL=C comm -13 "$1.before" - > "$1.new"; }
+
+expect_new() {
+  local name=$1 server=$2 count=$3 n files="files"
+  [ "$count" -eq 1 ] && files="file"
+  list_new "$name" "$server"
+  n=$(wc -l < "$name.new")
+  if [ "$n" -ne "$count" ]; then
+    fail "$name" "expected exactly $count new $files in the $server server's Maildir, found $n"
+    details "$name.log"
+    return 1
+  fi
+}
+
+stored_path() { echo "${MAILDIR[$2]}/new/$(head -n 1 "$1.new")"; }
+
+refused() {
+  local name=$1 server=$2 pattern=$3 rc
+  shift 3
+  server_running "$name" "$server" || return 1
+  maildir_list "$server" > "$name.before"
+  "$@" > "$name.log" 2>&1; rc=$?
+  list_new "$name" "$server"
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    fail "$name" "the client did not finish within 30 s"; details "$name.log"
+  elif [ $rc -eq 0 ]; then
+    fail "$name" "the client succeeded (exit 0); the server should have refused it"
+    details "$name.log"
+  elif ! grep -Eq -- "$pattern" "$name.log"; then
+    fail "$name" "the client failed (exit $rc), but its transcript has no line matching /$pattern/"
+    details "$name.log"
+  elif [ -s "$name.new" ]; then
+    fail "$name" "the client was refused, yet $(wc -l < "$name.new") file(s) were stored"
+    details "$name.log"
+  else
+    ok "$name"
+  fi
+}
+
+verify() {
+  local name=$1 why
+  shift
+  why=$("$@") && return 0
+  fail "$name" "$(head -n 1 <<< "$why")"
+  tail -n +2 <<< "$why"
+  details "$name.log"
+  return 1
+}
+
+check_summary() {
+  local name=$1 server=$2 file=$3 user=$4 summary
+  summary=$(grep -F -- " $file" "$WORK/$server.out")
+  if [ "$user" != - ] && [[ $summary != *" auth=$user <"* ]]; then
+    fail "$name" "mailsink's summary line for the message does not say 'auth=$user'"
+  elif [ "$user" = - ] && [[ $summary == *" auth="* ]]; then
+    fail "$name" "mailsink's summary line says 'auth=' though the client did not authenticate"
+  else
+    return 0
+  fi
+  echo "#   ${summary:-(no summary line names the file)}"
+  return 1
+}
+
+# --- stored messages -------------------------------------------------------------------------
+strip_received() {
+  local name=$1 file=$2 hops=$3 expected=$4 ends first last at
+  # awk (C locale: length() counts bytes, each line keeping its CR) prints the byte offsets at
+  # which each of the first HOPS fields ends; a field is a line starting "Received:" and every
+  # following line that starts with a space or a tab.
+  ends=$(LC_ALL=C awk -v hops="$hops" '
+    NR == 1 || !/^[ \t]/ {
+      if (NR > 1) { list = list " " total; if (++fields == hops) { print list; done = 1; exit } }
+      if (!/^Received:/) { print "only " fields + 0; done = 1; exit }
+    }
+    { total += length($0) + 1 }
+    END { if (!done && NR > 0) print "all" }' "$file")
+  case $ends in
+    "") echo "the stored file is empty"; return 1 ;;
+    "only 0") echo "the stored file does not start with a 'Received:' field"
+              dump "$file"; return 1 ;;
+    only*) echo "the stored file starts with ${ends#only } Received field(s), not $hops"
+           dump "$file"; return 1 ;;
+    all) echo "the stored file holds nothing but Received fields"; dump "$file"; return 1 ;;
+  esac
+  read -r first _ <<< "$ends"
+  last=${ends##* }
+  head -c "$first" "$file" > "$name.received"
+  head -c "$last" "$file" > "$name.fields"
+  tail -c +"$((last + 1))" "$file" > "$name.body"
+  if ! cmp "$name.body" "$expected" > "$name.cmp" 2>&1; then
+    echo "the stored message (after $hops Received field(s)) differs from what was sent:" \
+         "$(head -n 1 "$name.cmp"); sizes $(wc -c < "$name.body") stored vs" \
+         "$(wc -c < "$expected") sent"
+    # The bytes around the first difference in both.
+    at=$(grep -o 'byte [0-9]*' "$name.cmp" | head -n 1 | tr -dc 0-9)
+    at=${at:-1}
+    echo "# sent, around byte $at:"; dump "$expected" "$at"
+    echo "# stored (after the Received fields), around byte $at:"; dump "$name.body" "$at"
+    echo "# the stored Received field(s):"; dump "$name.fields"
+    return 1
+  fi
+  if LC_ALL=C grep -qv $'\r$' "$name.fields"; then
+    echo "a Received field has a line without CR before LF"; dump "$name.fields"; return 1
+  fi
+  # mailsink's field unfolded: CRs gone, each line break before a space or a tab removed.
+  LC_ALL=C tr -d '\r' < "$name.received" |
+    LC_ALL=C sed -e ':a' -e 'N' -e '$!ba' -e 's/\n\([ \t]\)/\1/g' > "$name.trace"
+}
+
+received_trace() { cat "$1.trace"; }
+
+received_starts() {
+  [[ $(< "$1.trace") == "$2"* ]] && return 0
+  echo "mailsink's Received field does not start with '$2'"; dump "$1.received"; return 1
+}
+
+received_has() {
+  [[ $(< "$1.trace") == *"$2"* ]] && return 0
+  echo "mailsink's Received field does not say '$2'"; dump "$1.received"; return 1
+}
+
+received_lacks() {
+  [[ $(< "$1.trace") != *"$2"* ]] && return 0
+  echo "mailsink's Received field $3"; dump "$1.received"; return 1
+}
