@@ -173,6 +173,15 @@ else
     -verify_ip 127.0.0.1 -ign_eof -nocommands < <(s_client_session)
 fi
 
+# (7b) openssl s_client on the implicit-TLS port: the same session, TLS from the first byte.
+if [ -z "$OPENSSL" ]; then
+  fail "openssl-s_client-implicit" "$NO_OPENSSL"
+else
+  expect_delivery "openssl-s_client-implicit" implicit msg.eml "${LIMIT[@]}" "$OPENSSL" s_client \
+    -connect "127.0.0.1:$P2" -CAfile "$CERT" -verify_return_error \
+    -verify_ip 127.0.0.1 -ign_eof -nocommands < <(s_client_session)
+fi
+
 # (8) The --tls-required server: plain swaks must be refused with 530 and store nothing.
 # swaks prints each server line as "<- " ("<~ " under TLS, "<** " or "<~* " for an error).
 name=swaks-plain-to-tls-required

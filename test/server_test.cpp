@@ -563,6 +563,44 @@ TEST_SUITE("server") {
     CHECK(box.size() == 0);
   }
 
+  TEST_CASE("reverse_dns: the client's forward-confirmed name reaches Peer and Received") {
+    // 127.0.0.1 is "localhost" in /etc/hosts, forwards and backwards, on any Debian machine.
+    std::mutex mu;
+    std::string hostname, data;
+    smtpd::Options options = loopback_options();
+    options.reverse_dns = true;
+    options.handler = [&](const smtpd::Peer& peer, const std::string&,
+                          const std::vector<std::string>&, const std::string& message) {
+      std::lock_guard<std::mutex> lock(mu);
+      hostname = peer.hostname;
+      data = message;
+    };
+    TestServer ts(options);
+    Client c(ts.port());
+    require_greeted(c);
+    CHECK(reply_code(send_message(c, "a@example.org", "b@example.net", "x\r\n")) == 250);
+    std::lock_guard<std::mutex> lock(mu);
+    CHECK(hostname == "localhost");
+    CHECK(data.rfind("Received: from client.example (localhost [127.0.0.1])", 0) == 0);
+  }
+
+  TEST_CASE("reverse_dns off (the default): no lookup, no name") {
+    std::mutex mu;
+    std::string hostname = "unset";
+    smtpd::Options options = loopback_options();
+    options.handler = [&](const smtpd::Peer& peer, const std::string&,
+                          const std::vector<std::string>&, const std::string&) {
+      std::lock_guard<std::mutex> lock(mu);
+      hostname = peer.hostname;
+    };
+    TestServer ts(options);
+    Client c(ts.port());
+    require_greeted(c);
+    CHECK(reply_code(send_message(c, "a@example.org", "b@example.net", "x\r\n")) == 250);
+    std::lock_guard<std::mutex> lock(mu);
+    CHECK(hostname.empty());
+  }
+
   TEST_CASE("shutdown() or close() before serve() has started makes serve() return at once") {
     smtpd::Options options = loopback_options();
     smtpd::Server server(options);
