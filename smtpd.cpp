@@ -994,8 +994,11 @@ struct Protocol::State {
   std::size_t lines_completed = 0; // whole lines read (see Protocol::lines_completed)
 
   // The message being received.
-  std::string message;  // our Received header, then the content
-  std::string queue_id; // names the message in Received and in the 250 reply
+  std::unique_ptr<MessageSink> sink; // the StreamHandler's, while a streamed message arrives
+  bool sink_failed = false;          // its write() threw: drain the rest, then say why
+  std::optional<Reply> sink_error;   // the Reply it threw, if it threw one
+  std::string message;               // our Received header, then the content
+  std::string queue_id;              // names the message in Received and in the 250 reply
   std::size_t content_bytes = 0;
   std::size_t line_bytes = 0; // octets of the current content line so far
   DataScan scan = DataScan::line_start;
@@ -1130,6 +1133,7 @@ struct Protocol::State {
 
   // reset_transaction - forget MAIL, RCPTs and any message (RFC 5321 §4.1.1.5, §4.1.4).
   void reset_transaction() {
+    sink.reset(); // a streamed message not finished is abandoned
     envelope = Envelope{};
     if (message.capacity() > keep_buffer_bytes) std::string().swap(message);
     message.clear();
@@ -1388,6 +1392,7 @@ struct Protocol::State {
   void cmd_data(std::string_view) {
     if (stage != Stage::mail) return reply(replies::need_mail());
     if (envelope.to.empty()) return reply(replies::need_rcpt());
+    if (options.stream_handler && !open_sink()) return;
     begin_message();
     stage = Stage::data;
     reply(replies::start_data());
@@ -1639,9 +1644,10 @@ struct Protocol::State {
     for (const auto& [keyword, value] : envelope.mail_params)
       if (keyword == "SIZE") parse_size(value, declared);
     append_received_header(message);
+    std::size_t most = sink ? options.stream_chunk_bytes : max_reserve_bytes; // streamed: a piece
     if (declared > 0)
       message.reserve(message.size() +
-                      std::min<uint64_t>({declared, options.max_message_bytes, max_reserve_bytes}));
+                      std::min<uint64_t>({declared, options.max_message_bytes, most}));
     content_bytes = 0;
     line_bytes = 0;
     scan = DataScan::line_start;
@@ -1687,7 +1693,57 @@ struct Protocol::State {
   void append_content(const char* p, std::size_t n) {
     content_bytes += n;
     if (content_bytes > options.max_message_bytes) too_big = true;
-    if (!too_big) message.append(p, n);
+    if (too_big) return;
+    message.append(p, n);
+    if (sink && message.size() >= options.stream_chunk_bytes) pass_to_sink();
+  }
+
+  // ---- streaming (StreamHandler) ---------------------------------------------------------------
+
+  // open_sink - ask the StreamHandler for this message's sink; false (and a reply) if refused.
+  bool open_sink() {
+    Reply r = consult(
+        "stream_handler",
+        [&]() -> std::optional<Reply> {
+          sink = options.stream_handler(session, envelope);
+          if (!sink) throw std::runtime_error("stream_handler returned no sink");
+          return std::nullopt;
+        },
+        replies::start_data());
+    sink_failed = false;
+    sink_error.reset();
+    if (r.code == 354) return true;
+    sink.reset();
+    reply(r);
+    return false;
+  }
+
+  // pass_to_sink - hand the buffered piece to the sink and empty the buffer (its capacity stays).
+  void pass_to_sink() {
+    if (!sink_failed && !message.empty()) {
+      Reply r = consult(
+          "MessageSink::write",
+          [&]() -> std::optional<Reply> {
+            sink->write(message);
+            return std::nullopt;
+          },
+          replies::ok());
+      if (!r.positive()) {
+        sink_failed = true;
+        sink_error = r;
+      }
+    }
+    message.clear();
+  }
+
+  // finish_sink - the last piece, then the sink's verdict.
+  Reply finish_sink() {
+    pass_to_sink();
+    if (sink_failed) return *sink_error;
+    Reply r = consult(
+        "MessageSink::finish", [&] { return sink->finish(); }, replies::queued(queue_id));
+    sink.reset();
+    return r;
   }
 
   // scan_data - consume message content from `in`; returns the bytes consumed, which stop just
@@ -1789,6 +1845,7 @@ struct Protocol::State {
 
   // deliver - call the message handler at the exception boundary.
   Reply deliver() {
+    if (sink) return finish_sink();
     return consult(
         "handler",
         [&]() -> std::optional<Reply> {
@@ -2509,8 +2566,10 @@ void validate(const Options& o) {
       o.hard_error_limit == 0 || o.min_data_rate == 0 || o.max_connections_per_ip == 0 ||
       o.max_session_duration <= 0ms)
     throw std::invalid_argument("smtpd: limits must be positive");
-  if (o.message_handler && o.handler)
-    throw std::invalid_argument("smtpd: set handler or message_handler, not both");
+  if (int(bool(o.message_handler)) + int(bool(o.handler)) + int(bool(o.stream_handler)) > 1)
+    throw std::invalid_argument("smtpd: set one of handler, message_handler, stream_handler");
+  if (o.stream_handler && o.stream_chunk_bytes == 0)
+    throw std::invalid_argument("smtpd: stream_chunk_bytes must be positive");
   bool files = !o.tls_cert_file.empty() || !o.tls_key_file.empty();
   bool tls = files || o.tls_context != nullptr;
   if (!tls_compiled && (tls || o.tls_required || o.tls_implicit || !o.tls_client_ca_file.empty()))

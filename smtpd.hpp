@@ -115,6 +115,25 @@ using Handler = std::function<void(const Peer& remote, const std::string& from,
 using MessageHandler = std::function<std::optional<Reply>(
     const SessionInfo& session, const Envelope& envelope, const std::string& data)>;
 
+// MessageSink - receives one message in pieces as it arrives (see StreamHandler). write() gets
+// consecutive pieces, the first beginning with our Received header; finish(), after the final
+// dot, gives the verdict: nullopt or a 2xx Reply accepts, a 4xx/5xx Reply refuses. A sink
+// destroyed without finish() was abandoned: the client went away, or the message was refused
+// for its size or (strict mode) its content. write() and finish() may throw a Reply; any other
+// exception becomes 451 4.3.0 (after a failed write() the rest is read and dropped).
+class MessageSink {
+public:
+  virtual ~MessageSink() = default;
+  virtual void write(std::string_view piece) = 0;
+  virtual std::optional<Reply> finish() = 0;
+};
+
+// StreamHandler - called at DATA, before the 354: return the sink for this message, or throw a
+// Reply to refuse the DATA command. Memory per message then stays within stream_chunk_bytes
+// whatever its size (go-smtp's io.Reader style). Set instead of handler and message_handler.
+using StreamHandler = std::function<std::unique_ptr<MessageSink>(const SessionInfo& session,
+                                                                 const Envelope& envelope)>;
+
 // ConnectHook - a client connected, before the greeting. Unset: every client is greeted.
 // A 2xx reply accepts, but the greeting stays "220 <hostname> ESMTP <appname>" (RFC 5321 §4.2
 // wants our domain first).
@@ -168,6 +187,8 @@ struct Options {
   std::string hostname;           // our name in the greeting; "" = the system host name
   Handler handler;                // see Handler
   MessageHandler message_handler; // see MessageHandler; used instead of handler when set
+  StreamHandler stream_handler;   // see StreamHandler; instead of the two above
+  std::size_t stream_chunk_bytes = 64 * 1024; // the most a StreamHandler's message buffers
 
   ConnectHook on_connect; // see ConnectHook
   HeloHook on_helo;       // see HeloHook
