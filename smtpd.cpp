@@ -81,9 +81,6 @@ constexpr std::size_t max_reply_line = 512;
 constexpr std::size_t read_buffer_bytes = 16 * 1024;
 // A message buffer larger than this is released after the message instead of kept for reuse.
 constexpr std::size_t keep_buffer_bytes = 1024 * 1024;
-// SIZE= is trusted for an up-front reservation only this far: a client that declares 25 MB and
-// sends nothing must not make every connection hold 25 MB.
-constexpr std::size_t max_reserve_bytes = 4 * 1024 * 1024;
 
 // Whether this build has TLS: compiled without -DSMTPD_NO_TLS.
 #ifdef SMTPD_NO_TLS
@@ -1635,7 +1632,7 @@ struct Protocol::State {
   // ---- the message ---------------------------------------------------------------------------
 
   // begin_message - start a message buffer with our Received header on top, reserving the
-  // size the client declared (RFC 1870, up to max_reserve_bytes) so the content is appended
+  // size the client declared (RFC 1870, up to max_message_bytes) so the content is appended
   // with few reallocations.
   void begin_message() {
     queue_id = new_queue_id();
@@ -1644,7 +1641,9 @@ struct Protocol::State {
     for (const auto& [keyword, value] : envelope.mail_params)
       if (keyword == "SIZE") parse_size(value, declared);
     append_received_header(message);
-    std::size_t most = sink ? options.stream_chunk_bytes : max_reserve_bytes; // streamed: a piece
+    // Reserved but untouched pages cost no memory until content arrives (on Linux's default
+    // overcommit), so trusting SIZE= costs a liar nothing; a streamed message needs one piece.
+    std::size_t most = sink ? options.stream_chunk_bytes : options.max_message_bytes;
     if (declared > 0)
       message.reserve(message.size() +
                       std::min<uint64_t>({declared, options.max_message_bytes, most}));
