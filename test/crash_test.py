@@ -37,6 +37,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from smtp_test_util import strip_received  # noqa: E402
+
 ID_HEADER = b"X-Stress-Id: "
 REPLY_RE = re.compile(rb"^[2-5][0-9][0-9]([ -]|$)")
 
@@ -136,19 +139,6 @@ def client(port, rep, index, seed, ledger, acked_event, counts):
                 acked_event.set()
     except (Closed, OSError):
         pass  # the kill
-
-
-def strip_received(data):
-    if not data.startswith(b"Received: "):
-        return None
-    pos = 0
-    while True:
-        end = data.find(b"\r\n", pos)
-        if end < 0:
-            return None
-        pos = end + 2
-        if data[pos:pos + 1] not in (b" ", b"\t"):
-            return data[pos:]
 
 
 def reader(maildir, ledger, stop, seen, problems):

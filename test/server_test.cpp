@@ -36,20 +36,6 @@ void start_data(Client& c) {
   CHECK(reply_code(c.command("DATA")) == 354);
 }
 
-// send_message - one whole transaction, a command at a time; returns the reply to the final dot
-// (or the first reply that was not the expected one).
-std::string send_message(Client& c, const std::string& from, const std::string& to,
-                         const std::string& content) {
-  std::string r = c.command("MAIL FROM:<" + from + ">");
-  if (reply_code(r) != 250) return r;
-  r = c.command("RCPT TO:<" + to + ">");
-  if (reply_code(r) != 250) return r;
-  r = c.command("DATA");
-  if (reply_code(r) != 354) return r;
-  c.send(content + ".\r\n");
-  return c.read_reply();
-}
-
 // ipv6_loopback_available - whether a plain socket can bind to ::1.
 bool ipv6_loopback_available() {
   int fd = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -397,6 +383,9 @@ TEST_SUITE("server") {
   TEST_CASE("a client that pipelines megabytes and never reads is cut off; others are served") {
     smtpd::Options options = loopback_options();
     options.command_timeout = 500ms;
+    // NOOPs past junk_command_limit would end the session as errors long before the replies
+    // back up: this test is about the client that never reads, so that limit is lifted here.
+    options.junk_command_limit = 1u << 30;
     TestServer ts(options);
 
     std::atomic<bool> flood_closed{false};

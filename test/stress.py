@@ -53,6 +53,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from smtp_test_util import strip_received  # noqa: E402
+
 MAX_SIZE = 300000  # --max-size given to mailsink: above every normal message (<= ~205 KiB)
 SERVER_TIMEOUT = 5  # --timeout given to mailsink, seconds
 CLOSE_MARGIN = 6.0  # how long past SERVER_TIMEOUT a cut connection may stay open
@@ -718,20 +721,6 @@ class Run:
             finally:
                 if name == "slowloris":
                     self.slow_slots.release()
-
-
-def strip_received(data):
-    """The stored file without its first header field, which must be our Received field."""
-    if not data.startswith(b"Received: "):
-        return None
-    pos = 0
-    while True:
-        end = data.find(b"\r\n", pos)
-        if end < 0:
-            return None
-        pos = end + 2
-        if data[pos:pos + 1] not in (b" ", b"\t"):
-            return data[pos:]
 
 
 def check_maildir(maildir, ledger, problems):

@@ -109,24 +109,126 @@ inline bool make_address(const std::string& ip, uint16_t port, sockaddr_storage&
   return false;
 }
 
+// set_socket_timeout - SO_RCVTIMEO and SO_SNDTIMEO on `fd`.
+inline void set_socket_timeout(int fd, milliseconds timeout) {
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
+  tv.tv_usec = static_cast<suseconds_t>(timeout.count() % 1000 * 1000);
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+// connect_socket - a TCP socket connected to ip:port with both timeouts set (SO_SNDTIMEO
+// bounds connect() too), or -1. `receive_buffer` > 0 sets SO_RCVBUF before connecting.
+inline int connect_socket(const std::string& ip, uint16_t port, milliseconds timeout,
+                          int receive_buffer = 0) {
+  sockaddr_storage address;
+  socklen_t length = 0;
+  if (!make_address(ip, port, address, length)) return -1;
+  int fd = ::socket(address.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  set_socket_timeout(fd, timeout);
+  if (receive_buffer > 0)
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof receive_buffer);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), length) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// linger_zero - make the next close() of `fd` send a TCP RST instead of a FIN.
+inline void linger_zero(int fd) {
+  linger hard{1, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &hard, sizeof hard);
+}
+
+// send_all - write every byte to `fd`; false when the connection failed or a send() timed out.
+// Bounded: each send() either makes progress or times out, and the whole call stops after 60 s.
+inline bool send_all(int fd, std::string_view bytes) {
+  auto until = Clock::now() + 60s;
+  while (!bytes.empty() && fd >= 0) {
+    ssize_t n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    if (n > 0) {
+      bytes.remove_prefix(std::size_t(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR && Clock::now() < until) continue;
+    return false;
+  }
+  return bytes.empty();
+}
+
+// recv_plain - one recv() from `fd` appended to `buffer`: the bytes read, 0 at end of stream
+// (`eof` set), -1 when the receive timeout passed or the connection failed (`was_reset` set on
+// a TCP reset).
+inline long recv_plain(int fd, std::string& buffer, bool& eof, bool& was_reset) {
+  if (fd < 0) return -1;
+  char chunk[16 * 1024];
+  for (int tries = 0; tries < 100; ++tries) {
+    ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
+    if (n > 0) buffer.append(chunk, std::size_t(n));
+    if (n == 0) eof = true;
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == ECONNRESET) was_reset = true;
+    return long(n);
+  }
+  return -1;
+}
+
+// take_line - move the first whole line (CRLF included) of `buffer` into `line`; false when
+// there is none yet.
+inline bool take_line(std::string& buffer, std::string& line) {
+  std::size_t end = buffer.find("\r\n");
+  if (end == std::string::npos) return false;
+  line = buffer.substr(0, end + 2);
+  buffer.erase(0, end + 2);
+  return true;
+}
+
+// ReplyReader - read_reply(), expect() and command() for a connection class `Conn` that has
+// read_line() and send() (Client here, TlsClient in tls_client.hpp).
+template <class Conn> class ReplyReader {
+public:
+  // read_reply - one whole reply, possibly multi-line, exactly as sent (CRLFs included): lines
+  // until one whose fourth character is not '-'. On failure the text ends with a "<...>" note.
+  std::string read_reply() {
+    std::string reply;
+    for (int lines = 0; lines < 1000; ++lines) {
+      std::string line = self().read_line();
+      reply += line;
+      if (!ends_with(line, "\r\n")) return reply;
+      if (line.size() < 6 || line[3] != '-') return reply;
+    }
+    return reply + "<too many lines>";
+  }
+
+  // expect - read a reply and CHECK its code; returns the reply for further checks.
+  std::string expect(int code) {
+    std::string reply = read_reply();
+    CHECK_MESSAGE(reply_code(reply) == code,
+                  "expected a " << code << " reply, got: \"" << printable(reply) << "\"");
+    return reply;
+  }
+
+  // command - send one command line (CRLF added) and read its reply.
+  std::string command(std::string_view line) {
+    self().send(std::string(line) + "\r\n");
+    return read_reply();
+  }
+
+private:
+  Conn& self() { return static_cast<Conn&>(*this); }
+};
+
 // Client - one connection to a test server, with a buffered reader.
-class Client {
+class Client : public ReplyReader<Client> {
 public:
   // Connects to ip:port; connected() tells whether it worked. `receive_buffer` > 0 sets
   // SO_RCVBUF before connecting (a small one makes a client that never reads fill up quickly).
   explicit Client(uint16_t port, const std::string& ip = "127.0.0.1", milliseconds timeout = 5s,
                   int receive_buffer = 0)
-      : timeout_(timeout) {
-    sockaddr_storage address;
-    socklen_t length = 0;
-    if (!make_address(ip, port, address, length)) return;
-    fd_ = ::socket(address.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd_ < 0) return;
-    set_timeout(timeout); // SO_SNDTIMEO bounds connect() too
-    if (receive_buffer > 0)
-      ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof receive_buffer);
-    if (::connect(fd_, reinterpret_cast<sockaddr*>(&address), length) != 0) close();
-  }
+      : fd_(connect_socket(ip, port, timeout, receive_buffer)), timeout_(timeout) {}
 
   ~Client() { close(); }
 
@@ -146,19 +248,14 @@ public:
   // reset - close the socket with a TCP RST instead of a FIN (SO_LINGER with zero time).
   void reset() {
     if (fd_ < 0) return;
-    linger hard{1, 0};
-    ::setsockopt(fd_, SOL_SOCKET, SO_LINGER, &hard, sizeof hard);
+    linger_zero(fd_);
     close();
   }
 
   // set_timeout - how long one recv() or send() may wait, and one read_line() in all.
   void set_timeout(milliseconds timeout) {
     timeout_ = timeout;
-    timeval tv{};
-    tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
-    tv.tv_usec = static_cast<suseconds_t>(timeout.count() % 1000 * 1000);
-    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    set_socket_timeout(fd_, timeout);
   }
 
   // local_port - our end's port, as the server sees it.
@@ -177,79 +274,25 @@ public:
     return port_of(address);
   }
 
-  // send - write every byte; false when the connection failed or a send() timed out. Bounded:
-  // each send() either makes progress or times out, and the whole call stops after 60 s.
-  bool send(std::string_view bytes) {
-    auto until = Clock::now() + 60s;
-    while (!bytes.empty() && fd_ >= 0) {
-      ssize_t n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-      if (n > 0) {
-        bytes.remove_prefix(std::size_t(n));
-        continue;
-      }
-      if (n < 0 && errno == EINTR && Clock::now() < until) continue;
-      return false;
-    }
-    return bytes.empty();
-  }
+  // send - write every byte (send_all).
+  bool send(std::string_view bytes) { return send_all(fd_, bytes); }
 
   // recv_once - one recv() appended to the buffer: the bytes read, 0 at end of stream, -1 when
   // the receive timeout passed or the connection failed (reset() then tells a TCP reset).
-  long recv_once() {
-    if (fd_ < 0) return -1;
-    char chunk[16 * 1024];
-    for (int tries = 0; tries < 100; ++tries) {
-      ssize_t n = ::recv(fd_, chunk, sizeof chunk, 0);
-      if (n > 0) buffer_.append(chunk, std::size_t(n));
-      if (n == 0) eof_ = true;
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && errno == ECONNRESET) was_reset_ = true;
-      return long(n);
-    }
-    return -1;
-  }
+  long recv_once() { return recv_plain(fd_, buffer_, eof_, was_reset_); }
 
   // read_line - the next line, CRLF included. When no whole line arrives in time, returns what
   // is buffered followed by "<eof>", "<reset>" or "<timeout>", and leaves the buffer as it was.
   std::string read_line() {
     auto until = Clock::now() + timeout_;
-    std::size_t end;
-    while ((end = buffer_.find("\r\n")) == std::string::npos) {
+    std::string line;
+    while (!take_line(buffer_, line)) {
       if (eof_) return buffer_ + "<eof>";
       if (was_reset_) return buffer_ + "<reset>";
       if (Clock::now() >= until || recv_once() < 0)
         return buffer_ + (was_reset_ ? "<reset>" : "<timeout>");
     }
-    std::string line = buffer_.substr(0, end + 2);
-    buffer_.erase(0, end + 2);
     return line;
-  }
-
-  // read_reply - one whole reply, possibly multi-line, exactly as sent (CRLFs included): lines
-  // until one whose fourth character is not '-'. On failure the text ends with a "<...>" note.
-  std::string read_reply() {
-    std::string reply;
-    for (int lines = 0; lines < 1000; ++lines) {
-      std::string line = read_line();
-      reply += line;
-      if (!ends_with(line, "\r\n")) return reply;
-      if (line.size() < 6 || line[3] != '-') return reply;
-    }
-    return reply + "<too many lines>";
-  }
-
-  // expect - read a reply and CHECK its code; returns the reply for further checks.
-  std::string expect(int code) {
-    std::string reply = read_reply();
-    CHECK_MESSAGE(reply_code(reply) == code,
-                  "expected a " << code << " reply, got: \"" << printable(reply) << "\"");
-    return reply;
-  }
-
-  // command - send one command line (CRLF added) and read its reply.
-  std::string command(std::string_view line) {
-    send(std::string(line) + "\r\n");
-    return read_reply();
   }
 
   // wait_closed - wait (bounded by the timeout) for the server to close the connection: true at
@@ -287,6 +330,21 @@ private:
   bool eof_ = false;
   bool was_reset_ = false;
 };
+
+// send_message - one whole transaction on a Client or TlsClient, a command at a time; returns
+// the reply to the final dot (or the first reply that was not the expected one).
+template <class Conn>
+std::string send_message(Conn& c, const std::string& from, const std::string& to,
+                         const std::string& content) {
+  std::string r = c.command("MAIL FROM:<" + from + ">");
+  if (reply_code(r) != 250) return r;
+  r = c.command("RCPT TO:<" + to + ">");
+  if (reply_code(r) != 250) return r;
+  r = c.command("DATA");
+  if (reply_code(r) != 354) return r;
+  c.send(content + ".\r\n");
+  return c.read_reply();
+}
 
 // loopback_options - what the loopback tests start from: 127.0.0.1, an ephemeral port, and a
 // fixed host name so that replies can be compared exactly.

@@ -228,17 +228,10 @@ inline std::string subject_of(X509* cert) {
 }
 
 // TlsClient - one connection to a test server, plain first, TLS after handshake().
-class TlsClient {
+class TlsClient : public ReplyReader<TlsClient> {
 public:
-  explicit TlsClient(uint16_t port, milliseconds timeout = 5s) : timeout_(timeout) {
-    sockaddr_storage address;
-    socklen_t length = 0;
-    if (!make_address("127.0.0.1", port, address, length)) return;
-    fd_ = ::socket(address.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd_ < 0) return;
-    set_timeout(timeout);
-    if (::connect(fd_, reinterpret_cast<sockaddr*>(&address), length) != 0) close();
-  }
+  explicit TlsClient(uint16_t port, milliseconds timeout = 5s)
+      : fd_(connect_socket("127.0.0.1", port, timeout)), timeout_(timeout) {}
 
   ~TlsClient() { close(); }
 
@@ -260,11 +253,7 @@ public:
   // set_timeout - how long one recv()/send() may wait, and one read_line() or handshake in all.
   void set_timeout(milliseconds timeout) {
     timeout_ = timeout;
-    timeval tv{};
-    tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
-    tv.tv_usec = static_cast<suseconds_t>(timeout.count() % 1000 * 1000);
-    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    set_socket_timeout(fd_, timeout);
   }
 
   // close - free the TLS state and close the socket (no close_notify: see shutdown()).
@@ -279,25 +268,12 @@ public:
   // reset - close with a TCP RST instead of a FIN.
   void reset() {
     if (fd_ < 0) return;
-    linger hard{1, 0};
-    ::setsockopt(fd_, SOL_SOCKET, SO_LINGER, &hard, sizeof hard);
+    linger_zero(fd_);
     close();
   }
 
   // send_raw - write bytes to the socket as they are, bypassing TLS.
-  bool send_raw(std::string_view bytes) {
-    auto until = Clock::now() + 60s;
-    while (!bytes.empty() && fd_ >= 0) {
-      ssize_t n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-      if (n > 0) {
-        bytes.remove_prefix(std::size_t(n));
-        continue;
-      }
-      if (n < 0 && errno == EINTR && Clock::now() < until) continue;
-      return false;
-    }
-    return bytes.empty();
-  }
+  bool send_raw(std::string_view bytes) { return send_all(fd_, bytes); }
 
   // send - write application bytes: over TLS once secure, plain before.
   bool send(std::string_view bytes) {
@@ -391,18 +367,13 @@ public:
   // of the stream (clean or not), -1 on timeout.
   long recv_once() {
     if (fd_ < 0) return -1;
-    char chunk[16 * 1024];
     if (!secure_) {
-      for (int tries = 0; tries < 100; ++tries) {
-        ssize_t n = ::recv(fd_, chunk, sizeof chunk, 0);
-        if (n > 0) buffer_.append(chunk, std::size_t(n));
-        if (n == 0) eof_ = true;
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && errno == ECONNRESET) was_reset_ = eof_ = true;
-        return long(n);
-      }
-      return -1;
+      bool reset = false;
+      long n = recv_plain(fd_, buffer_, eof_, reset);
+      if (reset) was_reset_ = eof_ = true;
+      return n;
     }
+    char chunk[16 * 1024];
     int err = SSL_ERROR_NONE;
     int n = run([&] { return SSL_read(ssl_, chunk, int(sizeof chunk)); }, err);
     if (n > 0) {
@@ -419,41 +390,13 @@ public:
   // "<reset>" or "<timeout>".
   std::string read_line() {
     auto until = Clock::now() + timeout_;
-    std::size_t end;
-    for (int rounds = 0; (end = buffer_.find("\r\n")) == std::string::npos; ++rounds) {
+    std::string line;
+    for (int rounds = 0; !take_line(buffer_, line); ++rounds) {
       if (was_reset_) return buffer_ + "<reset>";
       if (eof_) return buffer_ + "<eof>";
       if (Clock::now() >= until || rounds > 100000 || recv_once() < 0) return buffer_ + "<timeout>";
     }
-    std::string line = buffer_.substr(0, end + 2);
-    buffer_.erase(0, end + 2);
     return line;
-  }
-
-  // read_reply - one whole (multi-line) reply.
-  std::string read_reply() {
-    std::string reply;
-    for (int lines = 0; lines < 1000; ++lines) {
-      std::string line = read_line();
-      reply += line;
-      if (!ends_with(line, "\r\n")) return reply;
-      if (line.size() < 6 || line[3] != '-') return reply;
-    }
-    return reply + "<too many lines>";
-  }
-
-  // expect - read a reply and CHECK its code.
-  std::string expect(int code) {
-    std::string reply = read_reply();
-    CHECK_MESSAGE(reply_code(reply) == code,
-                  "expected a " << code << " reply, got: \"" << printable(reply) << "\"");
-    return reply;
-  }
-
-  // command - send one line (CRLF added) and read the reply.
-  std::string command(std::string_view line) {
-    send(std::string(line) + "\r\n");
-    return read_reply();
   }
 
   // wait_closed - wait (bounded) until the server ends the connection.
