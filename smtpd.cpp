@@ -2888,9 +2888,11 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   // does not return: leave their threads to finish on their own (lock held).
   void detach_stuck(std::unique_lock<std::mutex>&) {
     for (Client& c : clients) {
-      if (c.detached) continue;
+      // A connection still waiting for a parked worker has no thread of its own: that worker
+      // is counted in `threads` and will serve it (421 at once) and end normally.
+      if (c.detached || c.thread == pthread_t{}) continue;
       c.detached = true;
-      if (c.thread != pthread_t{}) pthread_detach(c.thread);
+      pthread_detach(c.thread);
       --threads;
       log_error("smtpd: shutdown left a connection from " + c.peer.to_string() +
                 " whose handler has not returned; its thread ends when the handler does");
