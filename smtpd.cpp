@@ -1878,8 +1878,13 @@ void Protocol::feed(std::string_view bytes) {
 
 std::string Protocol::take_output() {
   std::string taken;
-  taken.swap(s_->out);
+  take_output(taken);
   return taken;
+}
+
+void Protocol::take_output(std::string& into) {
+  into.swap(s_->out);
+  s_->out.clear();
 }
 
 bool Protocol::has_output() const {
@@ -2346,8 +2351,9 @@ private:
   bool flush(Protocol& protocol) {
     auto delay = protocol.take_reply_delay();
     if (delay.count() > 0) wait_for(server_.wake_fd, POLLIN, delay, -1);
-    return !protocol.has_output() ||
-           conn_->write_all(protocol.take_output(), options_.command_timeout);
+    if (!protocol.has_output()) return true;
+    protocol.take_output(replies_); // no allocation per burst: the buffers trade places
+    return conn_->write_all(replies_, options_.command_timeout);
   }
 
   // read_and_feed - one read under the current deadline, fed to the Protocol; false when the
@@ -2403,6 +2409,7 @@ private:
   int fd_;
   Peer peer_;
   std::unique_ptr<Transport> conn_;
+  std::string replies_; // the burst of replies being written
   bool saw_stopping_ = false;
   Clock::time_point session_end_, line_deadline_, data_start_, last_read_;
   std::size_t lines_seen_ = 0;

@@ -277,6 +277,10 @@ public:
   // take_output - the reply bytes queued so far; the queue is emptied.
   std::string take_output();
 
+  // take_output - the same into `into` (its old content is dropped): the two buffers trade
+  // places, so a loop that reuses `into` allocates nothing once both have grown.
+  void take_output(std::string& into);
+
   // has_output - whether replies are waiting to be taken.
   bool has_output() const;
 
