@@ -993,6 +993,17 @@ TEST_SUITE("protocol") {
   // The Received header (RFC 5321 §4.4), as a handler sees it
   // =============================================================================================
 
+  TEST_CASE("take_output(into): the queued replies replace what `into` held; the queue empties") {
+    Session s;
+    std::string into = "stale bytes";
+    s.protocol.feed("NOOP\r\n"); // one at a time: before EHLO a burst would be refused
+    s.protocol.take_output(into);
+    CHECK(into == "250 Ok\r\n");
+    CHECK_FALSE(s.protocol.has_output());
+    s.protocol.take_output(into);
+    CHECK(into.empty());
+  }
+
   TEST_CASE("RFC 2920 §3.1: commands pipelined before PIPELINING was advertised: 554, close") {
     Session before_ehlo;
     CHECK(before_ehlo.send("HELO client.test\r\nMAIL FROM:<a@b.test>\r\n") ==
