@@ -131,6 +131,19 @@ struct Pinned {
 
 } // namespace
 
+namespace {
+
+// hello_and_quit - one short session: connect, EHLO, QUIT, and see the server close.
+void hello_and_quit(uint16_t port) {
+  Client c(port);
+  REQUIRE(c.connected());
+  REQUIRE(hello(c));
+  CHECK(c.command("QUIT") == "221 2.0.0 Bye\r\n");
+  CHECK(c.wait_closed());
+}
+
+} // namespace
+
 TEST_SUITE("limits") {
 
   // --- slow clients ------------------------------------------------------------------------------
@@ -570,11 +583,7 @@ TEST_SUITE("limits") {
       TestServer ts(options);
       for (int i = 0; i < 20; ++i) {
         CAPTURE(i);
-        Client c(ts.port());
-        REQUIRE(c.connected());
-        REQUIRE(hello(c));
-        CHECK(c.command("QUIT") == "221 2.0.0 Bye\r\n");
-        CHECK(c.wait_closed());
+        hello_and_quit(ts.port());
         // The connection is forgotten under the same lock hold that parks its worker.
         REQUIRE(poll_until([&] { return ts.server().connections() == 0; }, 2s));
         peak = std::max(peak, threads_now());
@@ -607,11 +616,7 @@ TEST_SUITE("limits") {
       TestServer ts(options);
       for (int i = 0; i < 20; ++i) {
         CAPTURE(i);
-        Client c(ts.port());
-        REQUIRE(c.connected());
-        REQUIRE(hello(c));
-        CHECK(c.command("QUIT") == "221 2.0.0 Bye\r\n");
-        CHECK(c.wait_closed());
+        hello_and_quit(ts.port());
       }
       {
         std::lock_guard<std::mutex> lock(mu);
