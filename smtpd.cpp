@@ -46,6 +46,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -343,6 +344,24 @@ bool constant_time_equals(std::string_view a, std::string_view b) {
   for (std::size_t i = 0; i < a.size() && i < b.size(); ++i)
     diff |= static_cast<unsigned char>(a[i] ^ b[i]);
   return diff == 0;
+}
+
+// advise_huge_pages - ask Linux to back a big buffer's untouched pages with 2 MiB pages: a
+// 50 MiB message then costs 25 page faults instead of 12,800, and arrives about twice as
+// fast. Only a hint (transparent huge pages in "madvise" mode honour it). Memory is still
+// committed as content arrives, 2 MiB at a time: a client that declares a big SIZE= and sends
+// little costs at most one huge page more than it sent.
+void advise_huge_pages(std::string& buffer) {
+#ifdef MADV_HUGEPAGE
+  constexpr uintptr_t huge = 2 * 1024 * 1024;
+  if (buffer.capacity() < 2 * huge) return;
+  auto begin = reinterpret_cast<uintptr_t>(buffer.data());
+  uintptr_t first = (begin + huge - 1) & ~(huge - 1),
+            last = (begin + buffer.capacity()) & ~(huge - 1);
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#else
+  (void)buffer;
+#endif
 }
 
 // system_hostname - this machine's name, for the greeting when Options::hostname is empty.
@@ -1645,9 +1664,11 @@ struct Protocol::State {
     // Reserved but untouched pages cost no memory until content arrives (on Linux's default
     // overcommit), so trusting SIZE= costs a liar nothing; a streamed message needs one piece.
     std::size_t most = sink ? options.stream_chunk_bytes : options.max_message_bytes;
-    if (declared > 0)
+    if (declared > 0) {
       message.reserve(message.size() +
                       std::min<uint64_t>({declared, options.max_message_bytes, most}));
+      advise_huge_pages(message);
+    }
     content_bytes = 0;
     line_bytes = 0;
     scan = DataScan::line_start;
@@ -1694,8 +1715,15 @@ struct Protocol::State {
     content_bytes += n;
     if (content_bytes > options.max_message_bytes) too_big = true;
     if (too_big) return;
-    message.append(p, n);
-    if (sink && message.size() >= options.stream_chunk_bytes) pass_to_sink();
+    if (!sink) return (void)message.append(p, n);
+    for (;;) { // a StreamHandler gets pieces of stream_chunk_bytes (the header may be one more)
+      if (message.size() >= options.stream_chunk_bytes) pass_to_sink(); // empties `message`
+      if (n == 0) return;
+      std::size_t take = std::min(n, options.stream_chunk_bytes - message.size());
+      message.append(p, take);
+      p += take;
+      n -= take;
+    }
   }
 
   // ---- streaming (StreamHandler) ---------------------------------------------------------------
@@ -1780,41 +1808,54 @@ struct Protocol::State {
         last_was_cr = true;
         scan = DataScan::middle;
         break;
-      case DataScan::middle: p = scan_line(p, end); break;
+      case DataScan::middle: p = scan_lines(p, end); break;
       }
     }
     return in.size();
   }
 
-  // scan_line - copy content up to and including the next LF; note bare CRs and LFs and
-  // over-long lines. memchr finds the LF, so a line costs one scan and one append.
-  const char* scan_line(const char* p, const char* end) {
-    const char* lf = static_cast<const char*>(std::memchr(p, '\n', std::size_t(end - p)));
-    const char* stop = lf ? lf : end;
-    if (last_was_cr && stop > p) bare_cr_or_lf = true; // a CR that ended the last read
-    for (const void* cr = std::memchr(p, '\r', std::size_t(stop - p)); cr != nullptr;) {
-      const char* c = static_cast<const char*>(cr);
-      if (c + 1 < stop) bare_cr_or_lf = true; // followed by something other than LF
-      cr = std::memchr(c + 1, '\r', std::size_t(stop - c - 1));
-    }
-    bool ends_with_cr = stop > p ? stop[-1] == '\r' : last_was_cr;
-    append_content(p, std::size_t(stop - p));
-    line_bytes += std::size_t(stop - p);
-    if (lf == nullptr) {
-      last_was_cr = ends_with_cr;
-      return end;
-    }
-    append_content("\n", 1);
-    last_was_cr = false;
-    if (ends_with_cr) { // CRLF: the line is complete
-      if (line_bytes + 1 > max_text_line) long_line = true;
+  // scan_lines - copy content up to the next line that starts with "." (the state machine's
+  // business) or the end of the bytes at hand, noting bare CRs and LFs and over-long lines.
+  // memchr finds each LF; the whole run of lines is appended at once.
+  const char* scan_lines(const char* p, const char* end) {
+    const char* run = p; // content not yet appended
+    for (;;) {
+      const char* lf = static_cast<const char*>(std::memchr(p, '\n', std::size_t(end - p)));
+      const char* stop = lf ? lf : end;
+      bool ends_with_cr = note_crs(p, stop);
+      line_bytes += std::size_t(stop - p);
+      if (lf == nullptr) {
+        last_was_cr = ends_with_cr;
+        append_content(run, std::size_t(end - run));
+        return end;
+      }
+      last_was_cr = false;
+      p = lf + 1;
+      if (!ends_with_cr) { // a bare LF is content, never a line end
+        bare_cr_or_lf = true;
+        ++line_bytes;
+        continue;
+      }
+      if (line_bytes + 1 > max_text_line) long_line = true; // CRLF: the line is complete
       line_bytes = 0;
-      scan = DataScan::line_start;
-    } else { // a bare LF is content, never a line end
-      bare_cr_or_lf = true;
-      ++line_bytes;
+      if (p == end || *p == '.') {
+        append_content(run, std::size_t(p - run));
+        scan = DataScan::line_start;
+        return p;
+      }
     }
-    return lf + 1;
+  }
+
+  // note_crs - note a bare CR (one not followed by LF) in the line piece [p, stop), where
+  // `stop` is an LF or the end of the bytes at hand; true if the piece ends with a CR (which
+  // may be the previous read's last byte). Only the first CR matters: if it is not the piece's
+  // last byte, something other than LF follows it.
+  bool note_crs(const char* p, const char* stop) {
+    if (p == stop) return last_was_cr;
+    if (last_was_cr) bare_cr_or_lf = true; // the last read ended with a CR, and no LF came
+    const void* cr = std::memchr(p, '\r', std::size_t(stop - p));
+    if (cr != nullptr && static_cast<const char*>(cr) + 1 < stop) bare_cr_or_lf = true;
+    return stop[-1] == '\r';
   }
 
   // finish_message - the final dot arrived: refuse, or hand the message to the handler and

@@ -208,7 +208,7 @@ struct Options {
   bool strict = false; // reject bare CR/LF in data, over-long data lines, and MAIL/RCPT syntax
                        // that RFC 5321 §4.1.2 does not allow (e.g. "MAIL FROM: <a@b>")
   std::size_t thread_stack_bytes = 256 * 1024; // stack of each connection thread
-  std::size_t max_idle_threads = 32; // threads kept parked after their connection, for reuse
+  std::size_t max_idle_threads = 32;       // threads kept parked after their connection, for reuse
   std::chrono::microseconds read_spin{30}; // before a thread sleeps waiting for its client, it
                                            // yields and looks again this long (0: sleep at once)
   bool batch_scheduling = true; // connection threads run as SCHED_BATCH (Linux): a woken one

@@ -12,6 +12,8 @@
 #include <set>
 #include <system_error>
 
+#include <sched.h>
+
 using namespace test;
 
 namespace {
@@ -741,7 +743,54 @@ TEST_SUITE("server") {
         return std::nullopt;
       };
     }));
+    CHECK(refused([](smtpd::Options& o) { o.read_spin = std::chrono::microseconds(-1); }));
+    CHECK(refused([](smtpd::Options& o) { o.read_spin = 11ms; }));
     CHECK_FALSE(refused([](smtpd::Options&) {})); // the defaults are fine
+    CHECK_FALSE(refused([](smtpd::Options& o) { o.read_spin = 0ms; }));
+  }
+
+  // --- how connection threads wait and are scheduled ---------------------------------------------
+
+  // scheduling_policy_seen - deliver one message and return the scheduling policy the handler's
+  // thread (the connection thread) had.
+  int scheduling_policy_seen(smtpd::Options options) {
+    std::atomic<int> policy{-1};
+    options.handler = [&](const smtpd::Peer&, const std::string&, const std::vector<std::string>&,
+                          const std::string&) { policy = sched_getscheduler(0); };
+    TestServer ts(options);
+    Client c(ts.port());
+    require_greeted(c);
+    CHECK(starts_with(send_message(c, "a@example.org", "b@example.net", "hi\r\n"), queued_prefix));
+    return policy;
+  }
+
+  TEST_CASE("batch_scheduling: connection threads run as SCHED_BATCH, or as created when off") {
+    smtpd::Options options = loopback_options();
+    CHECK(scheduling_policy_seen(options) == SCHED_BATCH); // the default
+    options.batch_scheduling = false;
+    CHECK(scheduling_policy_seen(options) == SCHED_OTHER);
+  }
+
+  TEST_CASE("read_spin: with spinning off, at the longest spin, and for a slow client, the same "
+            "session") {
+    for (auto spin : {std::chrono::microseconds(0), std::chrono::microseconds(10000)}) {
+      CAPTURE(spin.count());
+      smtpd::Options options = loopback_options();
+      options.read_spin = spin;
+      smtpd::TestServer ts(options);
+      Client c(ts.port());
+      require_greeted(c);
+      // A client slower than any spin: the thread gives up spinning and sleeps until it writes.
+      std::this_thread::sleep_for(50ms);
+      CHECK(
+          starts_with(send_message(c, "a@example.org", "b@example.net", "one\r\n"), queued_prefix));
+      std::this_thread::sleep_for(30ms);
+      CHECK(
+          starts_with(send_message(c, "a@example.org", "b@example.net", "two\r\n"), queued_prefix));
+      CHECK(reply_code(c.command("QUIT")) == 221);
+      REQUIRE(ts.wait_for(2, 5s));
+      CHECK(ts.messages().at(1).data.find("two\r\n") != std::string::npos);
+    }
   }
 
   // --- logging -----------------------------------------------------------------------------------
