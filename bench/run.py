@@ -23,7 +23,9 @@ The cases (every client and server share this machine's cores, so client cost co
        RCPT, DATA in one write; message end plus the next MAIL/RCPT/DATA in one write), 1 KiB
        messages: messages/s. Needs PIPELINING in the EHLO reply (aiosmtpd does not offer it).
     4  One 50 MiB message over one connection, on a freshly started server: MiB/s (whole
-       session) and the server's peak RSS (VmHWM in /proc/PID/status).
+       session) and the server's peak RSS (VmHWM in /proc/PID/status). Twice for smtpd: with
+       the buffered handler (the whole message in memory, as the anchors' sinks do not keep
+       it) and with a stream_handler (`sink ... stream`: pieces of 64 KiB, dropped).
     5  1,000, 5,000 and 10,000 concurrent idle connections after EHLO, held by loadgen, on a
        freshly started server: RSS and virtual size per connection ((now - before) / N, from
        VmRSS and VmSize), the thread count, then one NOOP on every connection: how many
@@ -97,9 +99,10 @@ def cpu_seconds(pid):
 class Server:
     """One server process on a fresh loopback port."""
 
-    def __init__(self, kind, build):
+    def __init__(self, kind, build, stream=False):
         self.kind = kind
         self.build = build
+        self.stream = stream  # smtpd only: a stream_handler instead of the buffered handler
         self.proc = None
         self.port = None
         self.errlog = None
@@ -107,7 +110,8 @@ class Server:
     def command(self):
         addr = f"127.0.0.1:{self.port}"
         if self.kind == OURS:
-            return [os.path.join(self.build, "bench", "sink"), addr, "20000"]
+            return [os.path.join(self.build, "bench", "sink"), addr, "20000"] + (
+                ["stream"] if self.stream else [])
         if self.kind == "smtp-sink":
             return ["smtp-sink", "-u", "nobody", "-m", "10000", "-t", "300", addr, "4096"]
         # -s: allow the 50 MiB message (the default limit is 32 MiB).
@@ -274,8 +278,9 @@ class Row:
 class Case:
     """name: the id in results.jsonl; run(server) -> metrics; fresh: a new server for each run."""
 
-    def __init__(self, number, name, run, rows, fresh=False):
+    def __init__(self, number, name, run, rows, fresh=False, stream=False):
         self.number, self.name, self.run, self.rows, self.fresh = number, name, run, rows, fresh
+        self.stream = stream  # fresh servers: smtpd with its stream_handler
 
 
 def scaled(server, count):
@@ -321,6 +326,10 @@ def make_cases(build):
                        Row("4   peak RSS / message size", "peak_rss_per_message", "x",
                            higher_is_better=False, ratio=False, fmt="{:.2f}")],
                       fresh=True))
+    cases.append(Case(4, "c4-50mib-stream", lambda srv: big_message(build, srv),
+                      [Row("4 the same, smtpd with a stream_handler", "mib_per_s", "MiB/s"),
+                       Row("4   peak RSS", "peak_rss_mib", "MiB", higher_is_better=False)],
+                      fresh=True, stream=True))
     # 5: idle connections.
     for n in (1000, 5000, 10000):
         cases.append(Case(5, f"c5-idle-{n}", lambda srv, n=n: idle_connections(build, srv, n),
@@ -348,7 +357,7 @@ def run_case(case, servers, build, rounds, results, out):
             if kind in skip:
                 per_server[kind].append(None)
                 continue
-            srv = Server(kind, build).start() if case.fresh else servers[kind]
+            srv = Server(kind, build, case.stream).start() if case.fresh else servers[kind]
             record = {"case": case.name, "server": kind, "round": rnd, "time": time.time()}
             try:
                 metrics = case.run(srv)
