@@ -217,6 +217,27 @@ std::string challenge_of(const std::string& reply) {
   return text ? *text : "<not base64>";
 }
 
+// check_alice_call - on_auth was called once (REQUIREd): for alice / wonderland by `mechanism`,
+// without an authzid (each CHECKed).
+void check_alice_call(const std::vector<AuthCall>& calls, const std::string& mechanism) {
+  REQUIRE(calls.size() == 1);
+  CHECK(calls[0].mechanism == mechanism);
+  CHECK(calls[0].username == "alice");
+  CHECK(calls[0].password == "wonderland");
+  CHECK(calls[0].authzid == "");
+}
+
+// asking_secret_options - options whose auth_secret knows alice (as alice_secret) and records in
+// `asked` each user it is asked about.
+smtpd::Options asking_secret_options(std::vector<std::string>& asked) {
+  smtpd::Options o;
+  o.auth_secret = [&asked](const smtpd::SessionInfo&, const std::string& user) {
+    asked.push_back(user);
+    return alice_secret({}, user);
+  };
+  return o;
+}
+
 const std::regex cram_challenge_form(R"(<[0-9]+\.[0-9]+@mx\.test>)");
 
 #ifndef SMTPD_NO_TLS
@@ -364,11 +385,7 @@ TEST_SUITE("auth") {
     CHECK(P(plain_alice) == P("AGFsaWNlAHdvbmRlcmxhbmQ="));
     CHECK(P(s.line("AUTH PLAIN " + plain_alice)) == P(ok_235));
     CHECK(s.user() == "alice");
-    REQUIRE(calls.size() == 1);
-    CHECK(calls[0].mechanism == "PLAIN");
-    CHECK(calls[0].username == "alice");
-    CHECK(calls[0].password == "wonderland");
-    CHECK(calls[0].authzid == "");
+    check_alice_call(calls, "PLAIN");
     CHECK(calls[0].tls == tls);
     CHECK(P(mask_ids(s.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n"))) ==
           P("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"));
@@ -472,11 +489,7 @@ TEST_SUITE("auth") {
     CHECK(calls.empty());
     CHECK(P(s.line(b64("wonderland"))) == P(ok_235));
     CHECK(s.user() == "alice");
-    REQUIRE(calls.size() == 1);
-    CHECK(calls[0].mechanism == "LOGIN");
-    CHECK(calls[0].username == "alice");
-    CHECK(calls[0].password == "wonderland");
-    CHECK(calls[0].authzid == "");
+    check_alice_call(calls, "LOGIN");
   }
 
   TEST_CASE("LOGIN: an initial response is the user name: straight to the Password: prompt") {
@@ -541,11 +554,7 @@ TEST_SUITE("auth") {
 
   TEST_CASE("RFC 2195: a wrong digest or an unknown user gets 535") {
     std::vector<std::string> asked;
-    smtpd::Options o;
-    o.auth_secret = [&](const smtpd::SessionInfo&, const std::string& user) {
-      asked.push_back(user);
-      return alice_secret({}, user);
-    };
+    smtpd::Options o = asking_secret_options(asked);
     Session s(o);
     s.ehlo();
     REQUIRE(s.line("AUTH CRAM-MD5").rfind("334 ", 0) == 0);
@@ -564,11 +573,7 @@ TEST_SUITE("auth") {
 
   TEST_CASE("RFC 2195: the server speaks first; an initial response gets 501") {
     std::vector<std::string> asked;
-    smtpd::Options o;
-    o.auth_secret = [&](const smtpd::SessionInfo&, const std::string& user) {
-      asked.push_back(user);
-      return alice_secret({}, user);
-    };
+    smtpd::Options o = asking_secret_options(asked);
     Session s(o);
     s.ehlo();
     CHECK(P(s.line("AUTH CRAM-MD5 xyz")) == P("501 5.5.4 Syntax: AUTH CRAM-MD5\r\n"));
@@ -1174,6 +1179,14 @@ smtpd::Options loopback_auth_options(LoopbackMail& mail) {
   return o;
 }
 
+// past_ehlo - the client is connected (REQUIREd), has read the greeting and has sent EHLO
+// (neither reply checked).
+void past_ehlo(test::Client& c) {
+  REQUIRE(c.connected());
+  c.read_reply();
+  c.command("EHLO client.test");
+}
+
 } // namespace
 
 TEST_SUITE("auth") {
@@ -1210,9 +1223,7 @@ TEST_SUITE("auth") {
     o.auth_failure_delay = 0ms;
     test::TestServer server(o);
     test::Client c(server.port());
-    REQUIRE(c.connected());
-    c.read_reply();
-    c.command("EHLO client.test");
+    past_ehlo(c);
     CHECK(P(c.command("AUTH PLAIN " + plain_wrong)) == P(bad_535));
     CHECK(P(c.command("AUTH LOGIN")) == P(username_334));
     CHECK(P(c.command(b64("alice"))) == P(password_334));
@@ -1227,9 +1238,7 @@ TEST_SUITE("auth") {
     LoopbackMail mail;
     test::TestServer server(loopback_auth_options(mail));
     test::Client c(server.port());
-    REQUIRE(c.connected());
-    c.read_reply();
-    c.command("EHLO client.test");
+    past_ehlo(c);
     CHECK(P(c.command("AUTH LOGIN")) == P(username_334));
     CHECK(P(c.command(std::string(20000, 'A'))) ==
           P("500 5.5.6 Authentication exchange line is too long\r\n"));
@@ -1242,9 +1251,7 @@ TEST_SUITE("auth") {
     o.auth_failure_delay = 200ms;
     test::TestServer server(o);
     test::Client c(server.port());
-    REQUIRE(c.connected());
-    c.read_reply();
-    c.command("EHLO client.test");
+    past_ehlo(c);
     auto start = test::Clock::now();
     CHECK(P(c.command("AUTH PLAIN " + plain_wrong)) == P(bad_535));
     CHECK(test::elapsed_ms(start) >= 150);
@@ -1258,9 +1265,7 @@ TEST_SUITE("auth") {
     o.auth_failure_delay = 30s;
     test::TestServer server(o);
     test::Client c(server.port(), "127.0.0.1", 10s);
-    REQUIRE(c.connected());
-    c.read_reply();
-    c.command("EHLO client.test");
+    past_ehlo(c);
     REQUIRE(c.send("AUTH PLAIN " + plain_wrong + "\r\n"));
     std::this_thread::sleep_for(200ms); // the connection is now waiting out the delay
     auto start = test::Clock::now();

@@ -43,6 +43,13 @@ long threads_now() {
   return -1;
 }
 
+// baseline_threads - threads_now() before a test starts its server (REQUIREd to be known).
+long baseline_threads() {
+  long base = threads_now();
+  REQUIRE(base > 0);
+  return base;
+}
+
 // kernel_tid - the calling thread's kernel id; unlike pthread_t it is not recycled soon, so
 // distinct values count distinct threads.
 long kernel_tid() {
@@ -71,6 +78,53 @@ bool hello(Client& c) {
   std::string ehlo = c.command("EHLO limits.test");
   if (reply_code(ehlo) != 250) MESSAGE("EHLO reply: " << printable(ehlo));
   return reply_code(ehlo) == 250;
+}
+
+// ready - the client is connected and past the greeting and EHLO (both REQUIREd).
+void ready(Client& c) {
+  REQUIRE(c.connected());
+  REQUIRE(hello(c));
+}
+
+// drained - the server's connection count returns to zero within `limit`.
+bool drained(TestServer& ts, milliseconds limit) {
+  return poll_until([&] { return ts.server().connections() == 0; }, limit);
+}
+
+// check_threads_fall_to - the process's thread count falls to `most` or fewer within `limit`
+// (CHECKed, with the count and the `base`line in the message).
+void check_threads_fall_to(long most, long base, milliseconds limit = 3s) {
+  CHECK_MESSAGE(poll_until([&] { return threads_now() <= most; }, limit),
+                "threads " << threads_now() << ", baseline " << base);
+}
+
+// ThreadIds - the kernel ids of the threads that read client lines (a log_read hook), under a
+// mutex. Declare it before the TestServer that uses it.
+struct ThreadIds {
+  std::mutex mu;
+  std::set<long> tids;
+
+  smtpd::LogHook hook() {
+    return [this](const smtpd::Peer&, std::string_view) {
+      std::lock_guard<std::mutex> lock(mu);
+      tids.insert(kernel_tid());
+    };
+  }
+
+  std::size_t count() {
+    std::lock_guard<std::mutex> lock(mu);
+    return tids.size();
+  }
+};
+
+// ipv6_options - loopback options on [::1] with max_connections_per_ip = 2 and `exempt` as the
+// exempt networks.
+smtpd::Options ipv6_options(const std::string& exempt) {
+  smtpd::Options options = loopback_options();
+  options.addr = "[::1]:0";
+  options.max_connections_per_ip = 2;
+  options.limit_exempt_networks = {exempt};
+  return options;
 }
 
 // open_transaction - MAIL, RCPT and DATA, one at a time; true when DATA got 354.
@@ -136,8 +190,7 @@ namespace {
 // hello_and_quit - one short session: connect, EHLO, QUIT, and see the server close.
 void hello_and_quit(uint16_t port) {
   Client c(port);
-  REQUIRE(c.connected());
-  REQUIRE(hello(c));
+  ready(c);
   CHECK(c.command("QUIT") == "221 2.0.0 Bye\r\n");
   CHECK(c.wait_closed());
 }
@@ -155,8 +208,7 @@ TEST_SUITE("limits") {
     TestServer ts(options);
 
     Client c(ts.port());
-    REQUIRE(c.connected());
-    REQUIRE(hello(c));
+    ready(c);
     c.set_timeout(200ms); // read_line() then doubles as the 200 ms pause between bytes
     const std::string trickle = "NOOP and this line never ends, one byte at a time";
     std::string got;
@@ -175,7 +227,7 @@ TEST_SUITE("limits") {
     CHECK(took <= 3000);
     c.set_timeout(3s);
     CHECK(c.wait_closed());
-    CHECK(poll_until([&] { return ts.server().connections() == 0; }, 2s));
+    CHECK(drained(ts, 2s));
   }
 
   TEST_CASE("RFC 5321 §4.5.3.2.7: complete command lines every 200 ms keep restarting the clock") {
@@ -184,8 +236,7 @@ TEST_SUITE("limits") {
     TestServer ts(options);
 
     Client c(ts.port());
-    REQUIRE(c.connected());
-    REQUIRE(hello(c));
+    ready(c);
     auto start = Clock::now();
     int answered = 0;
     for (int i = 0; i < 10; ++i) {
@@ -211,8 +262,7 @@ TEST_SUITE("limits") {
     TestServer ts(options);
 
     Client c(ts.port());
-    REQUIRE(c.connected());
-    REQUIRE(hello(c));
+    ready(c);
     REQUIRE(open_transaction(c));
     c.set_timeout(200ms);
     const std::string chunk = std::string(48, 's') + "\r\n"; // 50 bytes every 200 ms
@@ -234,7 +284,7 @@ TEST_SUITE("limits") {
     CHECK_MESSAGE(took <= 3 * expected, "took " << took << " ms after " << sent << " bytes");
     c.set_timeout(3s);
     CHECK(c.wait_closed());
-    CHECK(poll_until([&] { return ts.server().connections() == 0; }, 2s));
+    CHECK(drained(ts, 2s));
     CHECK(box.size() == 0);
   }
 
@@ -247,8 +297,7 @@ TEST_SUITE("limits") {
     TestServer ts(options);
 
     Client c(ts.port(), "127.0.0.1", 10s);
-    REQUIRE(c.connected());
-    REQUIRE(hello(c));
+    ready(c);
     REQUIRE(open_transaction(c));
     std::string content = "Subject: big\r\n\r\n";
     for (int i = 0; i < 2048; ++i)
@@ -270,8 +319,7 @@ TEST_SUITE("limits") {
 
     auto start = Clock::now();
     Client c(ts.port());
-    REQUIRE(c.connected());
-    REQUIRE(hello(c));
+    ready(c);
     std::string r;
     int noops = 0;
     for (int i = 0; i < 100 && elapsed_ms(start) < 8000; ++i) {
@@ -333,7 +381,7 @@ TEST_SUITE("limits") {
     CHECK(ts.server().connections() == 10);
     for (auto& c : clients)
       CHECK(c->command("QUIT") == "221 2.0.0 Bye\r\n");
-    CHECK(poll_until([&] { return ts.server().connections() == 0; }, 3s));
+    CHECK(drained(ts, 3s));
   }
 
   TEST_CASE("limit_exempt_networks: a bad CIDR makes the constructor throw std::invalid_argument; "
@@ -358,11 +406,7 @@ TEST_SUITE("limits") {
       return;
     }
     SUBCASE("exempt 127.0.0.0/8 only: the third [::1] client is refused") {
-      smtpd::Options options = loopback_options();
-      options.addr = "[::1]:0";
-      options.max_connections_per_ip = 2;
-      options.limit_exempt_networks = {"127.0.0.0/8"};
-      TestServer ts(options);
+      TestServer ts(ipv6_options("127.0.0.0/8"));
       auto clients = open_clients(2, ts.port(), "::1");
       Client third(ts.port(), "::1");
       REQUIRE(third.connected());
@@ -371,11 +415,7 @@ TEST_SUITE("limits") {
       CHECK(third.wait_closed());
     }
     SUBCASE("exempt ::1/128: five [::1] clients are served") {
-      smtpd::Options options = loopback_options();
-      options.addr = "[::1]:0";
-      options.max_connections_per_ip = 2;
-      options.limit_exempt_networks = {"::1/128"};
-      TestServer ts(options);
+      TestServer ts(ipv6_options("::1/128"));
       auto clients = open_clients(5, ts.port(), "::1");
       CHECK(ts.server().connections() == 5);
       for (auto& c : clients)
@@ -440,8 +480,7 @@ TEST_SUITE("limits") {
     CHECK(bulk.wait_closed());
 
     Client polite(ts.port());
-    REQUIRE(polite.connected());
-    REQUIRE(hello(polite));
+    ready(polite);
     REQUIRE(polite.send("MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n"));
     CHECK(polite.read_reply() == "250 2.1.0 Ok\r\n");
     CHECK(polite.read_reply() == "250 2.1.5 Ok\r\n");
@@ -477,8 +516,7 @@ TEST_SUITE("limits") {
     TestServer ts(options);
 
     Client c(ts.port());
-    REQUIRE(c.connected());
-    REQUIRE(hello(c));
+    ready(c);
     for (int i = 1; i <= 4; ++i) {
       CAPTURE(i);
       auto start = Clock::now();
@@ -500,8 +538,7 @@ TEST_SUITE("limits") {
     TestServer ts(options);
 
     Client c(ts.port(), "127.0.0.1", 8s);
-    REQUIRE(c.connected());
-    REQUIRE(hello(c));
+    ready(c);
     REQUIRE(c.send("BOGUS\r\n"));
     std::this_thread::sleep_for(300ms); // the server is now waiting before its 500
     auto start = Clock::now();
@@ -521,8 +558,7 @@ TEST_SUITE("limits") {
     TestServer ts(options);
 
     Client c(ts.port());
-    REQUIRE(c.connected());
-    REQUIRE(hello(c));
+    ready(c);
     for (int i = 1; i <= 3; ++i) {
       CAPTURE(i);
       CHECK(c.command("NOOP") == noop_ok);
@@ -548,8 +584,7 @@ TEST_SUITE("limits") {
     TestServer ts(options);
 
     Client c(ts.port());
-    REQUIRE(c.connected());
-    REQUIRE(hello(c));
+    ready(c);
     for (int i = 0; i < 3; ++i)
       CHECK(c.command("NOOP") == noop_ok);
     REQUIRE(open_transaction(c));
@@ -568,72 +603,52 @@ TEST_SUITE("limits") {
 
   TEST_CASE("max_idle_threads = 4: sequential connections reuse one parked worker; the thread "
             "count stays bounded and returns to its baseline after shutdown") {
-    long base = threads_now();
-    REQUIRE(base > 0);
-    std::mutex mu;
-    std::set<long> tids;
+    long base = baseline_threads();
+    ThreadIds ids;
     long peak = 0;
     {
       smtpd::Options options = loopback_options();
       options.max_idle_threads = 4;
-      options.log_read = [&](const smtpd::Peer&, std::string_view) {
-        std::lock_guard<std::mutex> lock(mu);
-        tids.insert(kernel_tid());
-      };
+      options.log_read = ids.hook();
       TestServer ts(options);
       for (int i = 0; i < 20; ++i) {
         CAPTURE(i);
         hello_and_quit(ts.port());
         // The connection is forgotten under the same lock hold that parks its worker.
-        REQUIRE(poll_until([&] { return ts.server().connections() == 0; }, 2s));
+        REQUIRE(drained(ts, 2s));
         peak = std::max(peak, threads_now());
       }
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        CHECK_MESSAGE(tids.size() == 1, tids.size() << " worker threads served 20 sequential "
-                                                       "connections");
-      }
+      std::size_t workers = ids.count();
+      CHECK_MESSAGE(workers == 1, workers << " worker threads served 20 sequential connections");
       // base + the serve() thread + at most max_idle_threads parked workers + a few.
       CHECK_MESSAGE(peak <= base + 1 + 4 + 2, "peak " << peak << ", baseline " << base);
       CHECK(threads_now() <= base + 1 + 4);
     }
-    CHECK_MESSAGE(poll_until([&] { return threads_now() <= base; }, 3s),
-                  "threads " << threads_now() << ", baseline " << base);
+    check_threads_fall_to(base, base);
   }
 
   TEST_CASE("max_idle_threads = 0: every connection gets a new thread, which ends after it") {
-    long base = threads_now();
-    REQUIRE(base > 0);
-    std::mutex mu;
-    std::set<long> tids;
+    long base = baseline_threads();
+    ThreadIds ids;
     {
       smtpd::Options options = loopback_options();
       options.max_idle_threads = 0;
-      options.log_read = [&](const smtpd::Peer&, std::string_view) {
-        std::lock_guard<std::mutex> lock(mu);
-        tids.insert(kernel_tid());
-      };
+      options.log_read = ids.hook();
       TestServer ts(options);
       for (int i = 0; i < 20; ++i) {
         CAPTURE(i);
         hello_and_quit(ts.port());
       }
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        CHECK(tids.size() == 20);
-      }
+      CHECK(ids.count() == 20);
       // Only the serve() thread is left once the last worker has ended.
-      CHECK_MESSAGE(poll_until([&] { return threads_now() <= base + 1; }, 3s),
-                    "threads " << threads_now() << ", baseline " << base);
+      check_threads_fall_to(base + 1, base);
     }
-    CHECK_MESSAGE(poll_until([&] { return threads_now() <= base; }, 3s),
-                  "threads " << threads_now() << ", baseline " << base);
+    check_threads_fall_to(base, base);
   }
 
   TEST_CASE("50 connections in concurrent batches of 10: all served, idle workers capped at "
             "max_idle_threads, none left after shutdown") {
-    long base = threads_now();
-    REQUIRE(base > 0);
+    long base = baseline_threads();
     {
       smtpd::Options options = loopback_options();
       options.max_idle_threads = 4;
@@ -648,21 +663,18 @@ TEST_SUITE("limits") {
           if (c->command("QUIT") == "221 2.0.0 Bye\r\n") ++served;
         for (auto& c : clients)
           CHECK(c->wait_closed());
-        REQUIRE(poll_until([&] { return ts.server().connections() == 0; }, 3s));
+        REQUIRE(drained(ts, 3s));
         // Workers beyond the pool end; at most max_idle_threads stay parked.
-        CHECK_MESSAGE(poll_until([&] { return threads_now() <= base + 1 + 4; }, 3s),
-                      "threads " << threads_now() << ", baseline " << base);
+        check_threads_fall_to(base + 1 + 4, base);
       }
       CHECK(served == 50);
     }
-    CHECK_MESSAGE(poll_until([&] { return threads_now() <= base; }, 3s),
-                  "threads " << threads_now() << ", baseline " << base);
+    check_threads_fall_to(base, base);
   }
 
   TEST_CASE("issue 7: a handler stuck past shutdown's deadline is detached and logged; it finishes "
             "safely after the Server is destroyed") {
-    long base = threads_now();
-    REQUIRE(base > 0);
+    long base = baseline_threads();
     auto pinned = std::make_shared<Pinned>();
     auto log = std::make_shared<Log>();
     smtpd::Options options = loopback_options();
@@ -680,8 +692,7 @@ TEST_SUITE("limits") {
     auto ts = std::make_unique<TestServer>(options);
 
     Client c(ts->port());
-    REQUIRE(c.connected());
-    REQUIRE(hello(c));
+    ready(c);
     REQUIRE(open_transaction(c));
     REQUIRE(c.send("Subject: stuck\r\n\r\nbody\r\n.\r\n"));
     {
@@ -705,8 +716,7 @@ TEST_SUITE("limits") {
     }
     pinned->cv.notify_all();
     CHECK(poll_until([&] { return pinned->replied.load(); }, 5s));
-    CHECK_MESSAGE(poll_until([&] { return threads_now() <= base; }, 5s),
-                  "threads " << threads_now() << ", baseline " << base);
+    check_threads_fall_to(base, base, 5s);
   }
 
   // --- hooks that throw before MAIL -------------------------------------------------------------

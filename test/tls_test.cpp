@@ -90,14 +90,14 @@ CtxPtr verifying_client(int max_version = 0) {
   return required(client_context(o));
 }
 
-// with_client_cert - client settings that verify the server against the test CA and present
-// `cert` with `key`.
-ClientTls with_client_cert(const std::string& cert, const std::string& key) {
+// with_client_cert - a client context that verifies the server against the test CA and
+// presents `cert` with `key` (REQUIREd).
+CtxPtr with_client_cert(const std::string& cert, const std::string& key) {
   ClientTls o;
   o.ca = the_certs().ca;
   o.cert = cert;
   o.key = key;
-  return o;
+  return required(client_context(o));
 }
 
 // Delivery - what a MessageHandler was given.
@@ -145,6 +145,36 @@ private:
   std::vector<smtpd::SessionInfo> mail_sessions_;
 };
 
+// recorded_tls_options - tls_options() with `rec` as the message handler.
+smtpd::Options recorded_tls_options(Recorder& rec) {
+  smtpd::Options options = tls_options();
+  options.message_handler = rec.handler();
+  return options;
+}
+
+// client_ca_options - tls_options() that verify client certificates against the test CA, with
+// `rec` as the MAIL hook.
+smtpd::Options client_ca_options(Recorder& rec) {
+  smtpd::Options options = tls_options();
+  options.tls_client_ca_file = the_certs().ca;
+  options.on_mail = rec.mail_hook();
+  return options;
+}
+
+// the_delivery - the one message `rec` was given (REQUIREd to be exactly one).
+Delivery the_delivery(const Recorder& rec) {
+  std::vector<Delivery> got = rec.deliveries();
+  REQUIRE(got.size() == 1);
+  return got[0];
+}
+
+// the_mail_session - the session of the one MAIL `rec` saw (REQUIREd to be exactly one).
+smtpd::SessionInfo the_mail_session(const Recorder& rec) {
+  std::vector<smtpd::SessionInfo> mails = rec.mail_sessions();
+  REQUIRE(mails.size() == 1);
+  return mails[0];
+}
+
 // offers_starttls - the EHLO reply has a line that is exactly the STARTTLS keyword, in the
 // middle ("250-STARTTLS") or last ("250 STARTTLS") of the reply.
 bool offers_starttls(const std::string& ehlo_reply) {
@@ -165,11 +195,16 @@ void greeted(TlsClient& c) {
   CHECK(c.read_reply() == greeting_220);
 }
 
+// plain_session - greeting and EHLO (each CHECKed): a plain-text session ready for commands.
+void plain_session(TlsClient& c) {
+  greeted(c);
+  ehlo(c);
+}
+
 // ready_for_handshake - greeting, EHLO and STARTTLS answered with 220 (each CHECKed): the next
 // bytes the client sends are its side of the handshake.
 void ready_for_handshake(TlsClient& c) {
-  greeted(c);
-  ehlo(c);
+  plain_session(c);
   CHECK(c.command("STARTTLS") == ready_220);
 }
 
@@ -265,8 +300,7 @@ TEST_SUITE("tls") {
   TEST_CASE("RFC 3207 §4: STARTTLS takes no argument: 501 5.5.4 Syntax: STARTTLS") {
     TestServer ts(tls_options());
     TlsClient c(ts.port());
-    greeted(c);
-    ehlo(c);
+    plain_session(c);
     CHECK(c.command("STARTTLS foo") == "501 5.5.4 Syntax: STARTTLS\r\n");
     // Still plain text and usable: STARTTLS proper works afterwards.
     CtxPtr ctx = verifying_client();
@@ -288,8 +322,7 @@ TEST_SUITE("tls") {
   TEST_CASE("RFC 3207: STARTTLS inside a mail transaction gets 503") {
     TestServer ts(tls_options());
     TlsClient c(ts.port());
-    greeted(c);
-    ehlo(c);
+    plain_session(c);
     CHECK(c.command("MAIL FROM:<a@example.org>") == "250 2.1.0 Ok\r\n");
     std::string reply = c.command("STARTTLS");
     CHECK(reply_code(reply) == 503);
@@ -311,14 +344,11 @@ TEST_SUITE("tls") {
   TEST_CASE("RFC 3207 §4.2: after the handshake the session is reset: EHLO again first, the "
             "earlier transaction is gone") {
     Recorder rec;
-    smtpd::Options options = tls_options();
-    options.message_handler = rec.handler();
-    TestServer ts(options);
+    TestServer ts(recorded_tls_options(rec));
     CtxPtr ctx = verifying_client();
 
     TlsClient c(ts.port());
-    greeted(c);
-    ehlo(c);
+    plain_session(c);
     REQUIRE(c.starttls(ctx.get()));
     // No EHLO since the handshake: enhanced codes are not negotiated yet (RFC 2034), and the
     // HELO name of the plain-text part is forgotten.
@@ -328,18 +358,16 @@ TEST_SUITE("tls") {
     // Nothing of a transaction survived: RCPT needs a MAIL given over TLS.
     CHECK(c.command("RCPT TO:<b@example.net>") == "503 5.5.1 Need MAIL command\r\n");
     CHECK(starts_with(send_message(c, "a@example.org", "b@example.net", "x\r\n"), queued_prefix));
-    std::vector<Delivery> got = rec.deliveries();
-    REQUIRE(got.size() == 1);
-    CHECK(got[0].session.helo == "second.example");
-    CHECK(got[0].session.tls);
+    Delivery d = the_delivery(rec);
+    CHECK(d.session.helo == "second.example");
+    CHECK(d.session.tls);
   }
 
   TEST_CASE("RFC 3207 §4.2: commands pipelined before STARTTLS are answered; a transaction "
             "they opened refuses STARTTLS") {
     TestServer ts(tls_options());
     TlsClient c(ts.port());
-    greeted(c);
-    ehlo(c);
+    plain_session(c);
     REQUIRE(c.send_raw("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nSTARTTLS\r\n"));
     CHECK(c.read_reply() == "250 2.1.0 Ok\r\n");
     CHECK(c.read_reply() == "250 2.1.5 Ok\r\n");
@@ -355,14 +383,11 @@ TEST_SUITE("tls") {
 
   TEST_CASE("CVE-2011-0411: commands pipelined after STARTTLS in plain text are discarded") {
     Recorder rec;
-    smtpd::Options options = tls_options();
-    options.message_handler = rec.handler();
-    TestServer ts(options);
+    TestServer ts(recorded_tls_options(rec));
     CtxPtr ctx = verifying_client();
 
     TlsClient c(ts.port());
-    greeted(c);
-    ehlo(c);
+    plain_session(c);
     REQUIRE(c.send_raw("STARTTLS\r\nRSET\r\nMAIL FROM:<evil@x.test>\r\n"));
     CHECK(c.read_reply() == ready_220);
     std::this_thread::sleep_for(100ms);
@@ -384,9 +409,8 @@ TEST_SUITE("tls") {
     CHECK(starts_with(c.read_reply(), queued_prefix));
     CHECK(c.command("NOOP") == "250 2.0.0 Ok\r\n");
 
-    std::vector<Delivery> got = rec.deliveries();
-    REQUIRE(got.size() == 1);
-    CHECK(got[0].envelope.from == "good@x.test");
+    Delivery d = the_delivery(rec);
+    CHECK(d.envelope.from == "good@x.test");
   }
 
   TEST_CASE("CVE-2011-0411: STARTTLS and the handshake's first bytes in one write") {
@@ -394,8 +418,7 @@ TEST_SUITE("tls") {
     // it, it must not answer anything that was pipelined after STARTTLS, and it must not crash.
     TestServer ts(tls_options());
     TlsClient c(ts.port());
-    greeted(c);
-    ehlo(c);
+    plain_session(c);
     REQUIRE(c.send_raw("STARTTLS\r\nNOOP\r\nNOOP\r\n" + client_hello()));
     CHECK(c.read_line() == ready_220);
     c.set_timeout(1s);
@@ -411,9 +434,7 @@ TEST_SUITE("tls") {
   TEST_CASE("RFC 3207: a message over STARTTLS: SessionInfo has tls, version and cipher; "
             "Received says ESMTPS") {
     Recorder rec;
-    smtpd::Options options = tls_options();
-    options.message_handler = rec.handler();
-    TestServer ts(options);
+    TestServer ts(recorded_tls_options(rec));
     CtxPtr ctx = verifying_client();
 
     TlsClient c(ts.port());
@@ -424,9 +445,7 @@ TEST_SUITE("tls") {
                       queued_prefix));
     CHECK(c.command("QUIT") == "221 2.0.0 Bye\r\n");
 
-    std::vector<Delivery> got = rec.deliveries();
-    REQUIRE(got.size() == 1);
-    const Delivery& d = got[0];
+    Delivery d = the_delivery(rec);
     CHECK(d.session.tls);
     CHECK(d.session.esmtp);
     CHECK(d.session.helo == "client.example");
@@ -461,19 +480,16 @@ TEST_SUITE("tls") {
 
   TEST_CASE("RFC 3207: a TLS 1.2 client is served and the session says TLSv1.2") {
     Recorder rec;
-    smtpd::Options options = tls_options();
-    options.message_handler = rec.handler();
-    TestServer ts(options);
+    TestServer ts(recorded_tls_options(rec));
     CtxPtr ctx = verifying_client(TLS1_2_VERSION);
     TlsClient c(ts.port());
     REQUIRE(start_tls_session(c, ctx.get()));
     CHECK(c.version() == "TLSv1.2");
     CHECK(starts_with(send_message(c, "a@example.org", "b@example.net", "x\r\n"), queued_prefix));
-    std::vector<Delivery> got = rec.deliveries();
-    REQUIRE(got.size() == 1);
-    CHECK(got[0].session.tls_version == "TLSv1.2");
-    CHECK(got[0].session.tls_cipher == c.cipher());
-    CHECK(contains(got[0].data, "(using TLSv1.2 with cipher " + c.cipher() + ")"));
+    Delivery d = the_delivery(rec);
+    CHECK(d.session.tls_version == "TLSv1.2");
+    CHECK(d.session.tls_cipher == c.cipher());
+    CHECK(contains(d.data, "(using TLSv1.2 with cipher " + c.cipher() + ")"));
   }
 
   // --- tls_required -----------------------------------------------------------------------------
@@ -481,9 +497,8 @@ TEST_SUITE("tls") {
   TEST_CASE("RFC 3207 §4: tls_required: 530 5.7.0 before STARTTLS, except EHLO HELO NOOP RSET "
             "QUIT") {
     Recorder rec;
-    smtpd::Options options = tls_options();
+    smtpd::Options options = recorded_tls_options(rec);
     options.tls_required = true;
-    options.message_handler = rec.handler();
     TestServer ts(options);
     CtxPtr ctx = verifying_client();
 
@@ -555,9 +570,8 @@ TEST_SUITE("tls") {
   TEST_CASE("RFC 8314 §3.3: implicit TLS: handshake first, then the greeting over TLS; no "
             "STARTTLS") {
     Recorder rec;
-    smtpd::Options options = tls_options();
+    smtpd::Options options = recorded_tls_options(rec);
     options.tls_implicit = true;
-    options.message_handler = rec.handler();
     TestServer ts(options);
     CtxPtr ctx = verifying_client();
 
@@ -574,13 +588,12 @@ TEST_SUITE("tls") {
                       queued_prefix));
     CHECK(c.command("QUIT") == "221 2.0.0 Bye\r\n");
 
-    std::vector<Delivery> got = rec.deliveries();
-    REQUIRE(got.size() == 1);
-    CHECK(got[0].session.tls);
-    CHECK(got[0].session.tls_version == "TLSv1.3");
-    CHECK_FALSE(got[0].session.tls_cipher.empty());
-    CHECK(contains(got[0].data, " with ESMTPS id "));
-    CHECK(contains(got[0].data, "(using TLSv1.3 with cipher "));
+    Delivery d = the_delivery(rec);
+    CHECK(d.session.tls);
+    CHECK(d.session.tls_version == "TLSv1.3");
+    CHECK_FALSE(d.session.tls_cipher.empty());
+    CHECK(contains(d.data, " with ESMTPS id "));
+    CHECK(contains(d.data, "(using TLSv1.3 with cipher "));
   }
 
   TEST_CASE("RFC 8314: implicit TLS: a plain-text client is disconnected, the server lives on") {
@@ -676,38 +689,29 @@ TEST_SUITE("tls") {
   TEST_CASE("RFC 5246 §7.4.4: tls_client_ca_file: a CA-signed client certificate is verified "
             "and its subject reaches the hooks") {
     Recorder rec;
-    smtpd::Options options = tls_options();
-    options.tls_client_ca_file = the_certs().ca;
-    options.on_mail = rec.mail_hook();
+    smtpd::Options options = client_ca_options(rec);
     options.message_handler = rec.handler();
     TestServer ts(options);
 
-    CtxPtr ctx =
-        required(client_context(with_client_cert(the_certs().client_cert, the_certs().client_key)));
+    CtxPtr ctx = with_client_cert(the_certs().client_cert, the_certs().client_key);
     TlsClient c(ts.port());
     REQUIRE(start_tls_session(c, ctx.get()));
     CHECK(starts_with(send_message(c, "a@example.org", "b@example.net", "x\r\n"), queued_prefix));
 
-    std::vector<smtpd::SessionInfo> mails = rec.mail_sessions();
-    REQUIRE(mails.size() == 1);
-    CHECK(mails[0].tls);
-    CHECK(contains(mails[0].tls_peer_subject, "CN=test-client"));
-    MESSAGE("tls_peer_subject: " << mails[0].tls_peer_subject);
-    std::vector<Delivery> got = rec.deliveries();
-    REQUIRE(got.size() == 1);
-    CHECK(contains(got[0].session.tls_peer_subject, "CN=test-client"));
+    smtpd::SessionInfo mail = the_mail_session(rec);
+    CHECK(mail.tls);
+    CHECK(contains(mail.tls_peer_subject, "CN=test-client"));
+    MESSAGE("tls_peer_subject: " << mail.tls_peer_subject);
+    Delivery d = the_delivery(rec);
+    CHECK(contains(d.session.tls_peer_subject, "CN=test-client"));
   }
 
   TEST_CASE("RFC 5246 §7.4.6: tls_client_ca_file: an unrelated self-signed client certificate "
             "is refused") {
     Recorder rec;
-    smtpd::Options options = tls_options();
-    options.tls_client_ca_file = the_certs().ca;
-    options.on_mail = rec.mail_hook();
-    TestServer ts(options);
+    TestServer ts(client_ca_options(rec));
 
-    CtxPtr ctx =
-        required(client_context(with_client_cert(the_certs().rogue_cert, the_certs().rogue_key)));
+    CtxPtr ctx = with_client_cert(the_certs().rogue_cert, the_certs().rogue_key);
     TlsClient c(ts.port(), 2s);
     ready_for_handshake(c);
     // With TLS 1.3 the client finishes first and hears of the refusal at its next read.
@@ -723,18 +727,14 @@ TEST_SUITE("tls") {
 
   TEST_CASE("tls_client_ca_file: a client without a certificate is still served") {
     Recorder rec;
-    smtpd::Options options = tls_options();
-    options.tls_client_ca_file = the_certs().ca;
-    options.on_mail = rec.mail_hook();
-    TestServer ts(options);
+    TestServer ts(client_ca_options(rec));
     CtxPtr ctx = verifying_client();
     TlsClient c(ts.port());
     REQUIRE(start_tls_session(c, ctx.get()));
     CHECK(c.command("MAIL FROM:<a@example.org>") == "250 2.1.0 Ok\r\n");
-    std::vector<smtpd::SessionInfo> mails = rec.mail_sessions();
-    REQUIRE(mails.size() == 1);
-    CHECK(mails[0].tls);
-    CHECK(mails[0].tls_peer_subject.empty());
+    smtpd::SessionInfo mail = the_mail_session(rec);
+    CHECK(mail.tls);
+    CHECK(mail.tls_peer_subject.empty());
   }
 
   TEST_CASE("without tls_client_ca_file a client certificate is not asked for nor reported") {
@@ -742,14 +742,12 @@ TEST_SUITE("tls") {
     smtpd::Options options = tls_options();
     options.on_mail = rec.mail_hook();
     TestServer ts(options);
-    CtxPtr ctx =
-        required(client_context(with_client_cert(the_certs().client_cert, the_certs().client_key)));
+    CtxPtr ctx = with_client_cert(the_certs().client_cert, the_certs().client_key);
     TlsClient c(ts.port());
     REQUIRE(start_tls_session(c, ctx.get()));
     CHECK(c.command("MAIL FROM:<a@example.org>") == "250 2.1.0 Ok\r\n");
-    std::vector<smtpd::SessionInfo> mails = rec.mail_sessions();
-    REQUIRE(mails.size() == 1);
-    CHECK(mails[0].tls_peer_subject.empty());
+    smtpd::SessionInfo mail = the_mail_session(rec);
+    CHECK(mail.tls_peer_subject.empty());
   }
 
   // --- keys and files ---------------------------------------------------------------------------
