@@ -18,6 +18,11 @@
 #                                (which calls cleanup_hook first if the script defines one)
 #   cleanup                      stop the servers still running (TERM, then KILL), remove $WORK
 #   find_python                  the path of python3 (/usr/bin/python3 preferred), or nothing
+#   find_clients                 PY (find_python), SWAKS, CURL, OPENSSL: each client's path, or
+#                                nothing; NO_PY, NO_SWAKS, NO_CURL, NO_OPENSSL: the reason for
+#                                a check that needs the missing one (naming the package)
+#   need NAME PATH WHY           false, after failing NAME with WHY, when PATH (a client's) is
+#                                empty
 #   pick_ports SERVER...         a different free loopback port for each SERVER, in PORT[SERVER]
 #   make_certificate WHY         check "make-certificate": a self-signed cert.pem and key.pem
 #                                (SANs localhost, 127.0.0.1) in $WORK, as $CERT and $KEY; WHY
@@ -26,12 +31,17 @@
 #                                without the final CRLF, for swaks)
 # Servers (by name, in SERVERS; PORT, PID and MAILDIR hold each one's port, pid and Maildir)
 #   launch_server SERVER FLAGS...   run mailsink on PORT[SERVER] (0 if empty) with its Maildir
-#                                and FLAGS in the background, stdout in SERVER.out, stderr in
-#                                SERVER.err
+#                                (none if MAILDIR[SERVER] is unset or empty) and FLAGS in the
+#                                background, under $SERVER_LIMIT, stdout in SERVER.out, stderr
+#                                in SERVER.err
 #   wait_listening SERVER DEADLINE  true once SERVER.err has "mailsink: listening on
 #                                127.0.0.1:PORT" (PORT[SERVER], or any port, which is then
 #                                stored there), false if the server exits or DEADLINE (ms) passes
 #   start_server SERVER FLAGS...    check "start-SERVER": launch_server, then wait_listening 10 s
+#   sink_exits NAME STATUS PATTERN WHY ARG...  check NAME: mailsink ARG... (under $LIMIT, output
+#                                in NAME.log) exits with STATUS without listening, and its
+#                                output has a line matching the grep -E PATTERN (WHY: the
+#                                reason when it has none)
 #   server_running NAME SERVER   false, after failing NAME, when SERVER is not running
 #   stop_server SERVER [CHECK]   check CHECK (default "sigterm-SERVER-exit-0"): after SIGTERM
 #                                the server exits with status 0 within 10 s
@@ -60,12 +70,14 @@
 #   received_lacks NAME TEXT WHY    the unfolded field does not contain TEXT (WHY: the reason)
 #
 # Variables: SUITE, SINK, WORK, SERVERS, PORT, PID, MAILDIR, CERT, KEY, PASSED, FAILED;
-# LIMIT (timeout -k 5 30, the bound on every client); DETAIL_LINES (25; a script may set it).
+# a script may set LIMIT (timeout -k 5 30, the bound on every client), SERVER_LIMIT (empty, the
+# command a server runs under) and DETAIL_LINES (25).
 
 PASSED=0
 FAILED=0
 DETAIL_LINES=25
 LIMIT=(timeout -k 5 30)
+SERVER_LIMIT=()
 SERVERS=()
 declare -A PORT=() PID=() MAILDIR=()
 
@@ -149,6 +161,25 @@ find_python() {
   if [ -x /usr/bin/python3 ]; then echo /usr/bin/python3; else command -v python3 || true; fi
 }
 
+# (All for the sourcing script.)
+# shellcheck disable=SC2034
+find_clients() {
+  PY=$(find_python)
+  SWAKS=$(command -v swaks || true)
+  CURL=$(command -v curl || true)
+  OPENSSL=$(command -v openssl || true)
+  NO_PY="python3 not found (neither /usr/bin/python3 nor python3 on PATH; apt-get install python3)"
+  NO_SWAKS="swaks not found on PATH (apt-get install swaks libnet-ssleay-perl)"
+  NO_CURL="curl not found on PATH (apt-get install curl)"
+  NO_OPENSSL="openssl not found on PATH (apt-get install openssl)"
+}
+
+need() {
+  [ -n "$2" ] && return 0
+  fail "$1" "$3"
+  return 1
+}
+
 pick_ports() {
   local n=$# ports="" candidate py list i=0 server
   py=$(find_python)
@@ -205,9 +236,10 @@ write_probe_message() {
 
 # --- servers ---------------------------------------------------------------------------------
 launch_server() {
-  local server=$1
+  local server=$1 maildir=()
   shift
-  "$SINK" --listen "127.0.0.1:${PORT[$server]:-0}" --maildir "${MAILDIR[$server]}" "$@" \
+  [ -n "${MAILDIR[$server]:-}" ] && maildir=(--maildir "${MAILDIR[$server]}")
+  "${SERVER_LIMIT[@]}" "$SINK" --listen "127.0.0.1:${PORT[$server]:-0}" "${maildir[@]}" "$@" \
     > "$WORK/$server.out" 2> "$WORK/$server.err" &
   PID[$server]=$!
 }
@@ -251,6 +283,27 @@ start_server() {
   fi
   details "$WORK/$server.err"
   return 1
+}
+
+sink_exits() {
+  local name=$1 status=$2 pattern=$3 why=$4 rc
+  shift 4
+  if [ ! -x "$SINK" ]; then
+    fail "$name" "$SINK is not an executable file"
+    return
+  fi
+  "${LIMIT[@]}" "$SINK" "$@" > "$name.log" 2>&1; rc=$?
+  if [ $rc -ne "$status" ]; then
+    fail "$name" "mailsink $* exited with status $rc, not $status"
+  elif grep -q 'listening on' "$name.log"; then
+    fail "$name" "mailsink listened before it exited with status $status"
+  elif ! grep -Eq -- "$pattern" "$name.log"; then
+    fail "$name" "$why"
+  else
+    ok "$name"
+    return
+  fi
+  details "$name.log"
 }
 
 server_running() {
@@ -304,7 +357,7 @@ run_client() {
   maildir_list "$server" > "$name.before"
   "$@" > "$name.log" 2>&1; rc=$?
   if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
-    fail "$name" "the client did not finish within 30 s"; details "$name.log"; return 1
+    fail "$name" "the client did not finish within ${LIMIT[-1]} s"; details "$name.log"; return 1
   elif [ $rc -ne 0 ]; then
     fail "$name" "the client exited with status $rc"; details "$name.log"; return 1
   fi
@@ -334,7 +387,7 @@ refused() {
   "$@" > "$name.log" 2>&1; rc=$?
   list_new "$name" "$server"
   if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
-    fail "$name" "the client did not finish within 30 s"; details "$name.log"
+    fail "$name" "the client did not finish within ${LIMIT[-1]} s"; details "$name.log"
   elif [ $rc -eq 0 ]; then
     fail "$name" "the client succeeded (exit 0); the server should have refused it"
     details "$name.log"

@@ -18,14 +18,7 @@ DETAIL_LINES=20
 make_workdir starttls implicit required
 
 # --- clients (a missing one is reported by each check that needs it) -------------------------
-PY=$(find_python)
-SWAKS=$(command -v swaks || true)
-CURL=$(command -v curl || true)
-OPENSSL=$(command -v openssl || true)
-NO_PY="python3 not found (neither /usr/bin/python3 nor python3 on PATH)"
-NO_SWAKS="swaks not found on PATH (apt-get install swaks libnet-ssleay-perl)"
-NO_CURL="curl not found on PATH (apt-get install curl)"
-NO_OPENSSL="openssl not found on PATH (apt-get install openssl)"
+find_clients
 
 cd "$WORK" || exit 1
 pick_ports starttls implicit required
@@ -99,52 +92,34 @@ SWAKS_ARGS=(--helo localhost --from "$FROM" --to "$RCPT" --data @msg-nofinal.eml
 CURL_ARGS=(-sS --mail-from "$FROM" --mail-rcpt "$RCPT" --cacert "$CERT" -T msg.eml)
 
 # (1) Python smtplib, STARTTLS, verifying the IP SAN.
-if [ -z "$PY" ]; then
-  fail "python-smtplib-starttls" "$NO_PY"
-else
+need "python-smtplib-starttls" "$PY" "$NO_PY" &&
   expect_delivery "python-smtplib-starttls" starttls msg.eml \
     "${LIMIT[@]}" "$PY" smtplib-tls.py starttls "$P1" "$CERT" "$FROM" "$RCPT" msg.eml
-fi
 
 # (2) Python smtplib.SMTP_SSL, implicit TLS.
-if [ -z "$PY" ]; then
-  fail "python-smtplib-implicit" "$NO_PY"
-else
+need "python-smtplib-implicit" "$PY" "$NO_PY" &&
   expect_delivery "python-smtplib-implicit" implicit msg.eml \
     "${LIMIT[@]}" "$PY" smtplib-tls.py implicit "$P2" "$CERT" "$FROM" "$RCPT" msg.eml
-fi
 
 # (3) swaks, STARTTLS required and verified (swaks exits 29 if verification fails).
-if [ -z "$SWAKS" ]; then
-  fail "swaks-starttls" "$NO_SWAKS"
-else
+need "swaks-starttls" "$SWAKS" "$NO_SWAKS" &&
   expect_delivery "swaks-starttls" starttls msg.eml "${LIMIT[@]}" "$SWAKS" \
     --server "127.0.0.1:$P1" --tls --tls-verify --tls-ca-path "$CERT" "${SWAKS_ARGS[@]}"
-fi
 
 # (4) swaks --tlsc, implicit TLS, verified.
-if [ -z "$SWAKS" ]; then
-  fail "swaks-implicit" "$NO_SWAKS"
-else
+need "swaks-implicit" "$SWAKS" "$NO_SWAKS" &&
   expect_delivery "swaks-implicit" implicit msg.eml "${LIMIT[@]}" "$SWAKS" \
     --server "127.0.0.1:$P2" --tlsc --tls-verify --tls-ca-path "$CERT" "${SWAKS_ARGS[@]}"
-fi
 
 # (5) curl, STARTTLS required (--ssl-reqd) and verified; the URL path is the EHLO name.
-if [ -z "$CURL" ]; then
-  fail "curl-starttls" "$NO_CURL"
-else
+need "curl-starttls" "$CURL" "$NO_CURL" &&
   expect_delivery "curl-starttls" starttls msg.eml "${LIMIT[@]}" "$CURL" "${CURL_ARGS[@]}" \
     --ssl-reqd --url "smtp://127.0.0.1:$P1/localhost"
-fi
 
 # (6) curl, smtps:// (implicit TLS), verified.
-if [ -z "$CURL" ]; then
-  fail "curl-implicit" "$NO_CURL"
-else
+need "curl-implicit" "$CURL" "$NO_CURL" &&
   expect_delivery "curl-implicit" implicit msg.eml "${LIMIT[@]}" "$CURL" "${CURL_ARGS[@]}" \
     --url "smtps://127.0.0.1:$P2/localhost"
-fi
 
 # (7) openssl s_client -starttls smtp with a scripted session, verifying the certificate and
 # its IP SAN. s_client says its own EHLO before STARTTLS; ours comes after it. -ign_eof keeps it
@@ -165,79 +140,38 @@ s_client_session() {
   printf 'QUIT\r\n'
   sleep 0.5
 }
-if [ -z "$OPENSSL" ]; then
-  fail "openssl-s_client-starttls" "$NO_OPENSSL"
-else
+need "openssl-s_client-starttls" "$OPENSSL" "$NO_OPENSSL" &&
   expect_delivery "openssl-s_client-starttls" starttls msg.eml "${LIMIT[@]}" "$OPENSSL" s_client \
     -starttls smtp -connect "127.0.0.1:$P1" -CAfile "$CERT" -verify_return_error \
     -verify_ip 127.0.0.1 -ign_eof -nocommands < <(s_client_session)
-fi
 
 # (7b) openssl s_client on the implicit-TLS port: the same session, TLS from the first byte.
-if [ -z "$OPENSSL" ]; then
-  fail "openssl-s_client-implicit" "$NO_OPENSSL"
-else
+need "openssl-s_client-implicit" "$OPENSSL" "$NO_OPENSSL" &&
   expect_delivery "openssl-s_client-implicit" implicit msg.eml "${LIMIT[@]}" "$OPENSSL" s_client \
     -connect "127.0.0.1:$P2" -CAfile "$CERT" -verify_return_error \
     -verify_ip 127.0.0.1 -ign_eof -nocommands < <(s_client_session)
-fi
 
 # (8) The --tls-required server: plain swaks must be refused with 530 and store nothing.
 # swaks prints each server line as "<- " ("<~ " under TLS, "<** " or "<~* " for an error).
 name=swaks-plain-to-tls-required
-if [ -z "$SWAKS" ]; then
-  fail "$name" "$NO_SWAKS"
-else
+need "$name" "$SWAKS" "$NO_SWAKS" &&
   refused "$name" required '^ *<[-~*]+ 530[ -]' \
     "${LIMIT[@]}" "$SWAKS" --server "127.0.0.1:$P3" "${SWAKS_ARGS[@]}"
-fi
 
 # (9) The --tls-required server: swaks with STARTTLS delivers.
-if [ -z "$SWAKS" ]; then
-  fail "swaks-starttls-to-tls-required" "$NO_SWAKS"
-else
+need "swaks-starttls-to-tls-required" "$SWAKS" "$NO_SWAKS" &&
   expect_delivery "swaks-starttls-to-tls-required" required msg.eml "${LIMIT[@]}" "$SWAKS" \
     --server "127.0.0.1:$P3" --tls --tls-verify --tls-ca-path "$CERT" "${SWAKS_ARGS[@]}"
-fi
 
 # --- mailsink's own TLS setup errors ---------------------------------------------------------
 # (10) A TLS flag without --tls-cert and --tls-key: usage error, exit 2, naming the flag.
-name=tls-flag-without-cert-exit-2
-if [ ! -x "$SINK" ]; then
-  fail "$name" "$SINK is not an executable file"
-else
-  "${LIMIT[@]}" "$SINK" --listen 127.0.0.1:0 --tls-implicit > "$name.log" 2>&1; rc=$?
-  if [ $rc -ne 2 ]; then
-    fail "$name" "mailsink --tls-implicit (no certificate) exited with status $rc, not 2"
-    details "$name.log"
-  elif ! grep -q -- '--tls-implicit' "$name.log"; then
-    fail "$name" "the usage error does not name --tls-implicit"
-    details "$name.log"
-  else
-    ok "$name"
-  fi
-fi
+sink_exits tls-flag-without-cert-exit-2 2 '--tls-implicit' \
+  "the usage error does not name --tls-implicit" --listen 127.0.0.1:0 --tls-implicit
 
 # (11) A file that is not a certificate: a clear error and exit 1, before accepting clients.
-name=bad-certificate-exit-1
-if [ ! -x "$SINK" ]; then
-  fail "$name" "$SINK is not an executable file"
-else
-  echo "not a certificate" > bad-cert.pem
-  timeout -k 2 10 "$SINK" --listen 127.0.0.1:0 --tls-cert bad-cert.pem --tls-key "$KEY" \
-    > "$name.log" 2>&1; rc=$?
-  if [ $rc -ne 1 ]; then
-    fail "$name" "mailsink with a bad certificate exited with status $rc, not 1"
-    details "$name.log"
-  elif grep -q 'listening on' "$name.log"; then
-    fail "$name" "mailsink listened before it rejected the certificate"
-    details "$name.log"
-  elif ! grep -q '^mailsink: ..*' "$name.log"; then
-    fail "$name" "mailsink exited 1 without an error message"
-  else
-    ok "$name"
-  fi
-fi
+echo "not a certificate" > bad-cert.pem
+sink_exits bad-certificate-exit-1 1 '^mailsink: ..*' "mailsink exited 1 without an error message" \
+  --listen 127.0.0.1:0 --tls-cert bad-cert.pem --tls-key "$KEY"
 
 # --- graceful shutdown -----------------------------------------------------------------------
 for role in "${SERVERS[@]}"; do stop_server "$role"; done

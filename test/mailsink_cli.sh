@@ -11,82 +11,57 @@
 # Every server and client runs under `timeout`.
 set -u
 
-if [ $# -lt 1 ] || [ -z "$1" ]; then
-  echo "usage: $0 MAILSINK_PATH" >&2
-  exit 2
-fi
-SINK=$1
-# The checks run in a temp dir: make a relative path absolute first.
-case $SINK in
-  /*) ;;
-  */*) SINK=$PWD/$SINK ;;
-  *) SINK=$(command -v -- "$SINK" || echo "$PWD/$SINK") ;;
-esac
+# shellcheck source-path=SCRIPTDIR source=interop_lib.sh
+. "$(dirname "$0")/interop_lib.sh"
+begin_suite mailsink-cli "$@"
+DETAIL_LINES=15
+# The bounds on every client and short-lived mailsink (LIMIT), and on every server.
+LIMIT=(timeout -k 5 60)
+SERVER_LIMIT=(timeout -k 5 120)
+# No servers yet: each check's own joins SERVERS when it starts, and leaves when it is reaped.
+# shellcheck disable=SC2119
+make_workdir
+cd "$WORK" || exit 1
 
-PASS=0
-FAILS=0
-ok() { PASS=$((PASS + 1)); echo "ok - $1"; }
-fail() { FAILS=$((FAILS + 1)); echo "FAIL - $1: $2"; }
-# note FILE...: show the tail of each file as "#" lines under a FAIL.
-note() { local f; for f in "$@"; do [ -s "$f" ] && tail -n 15 "$f" | sed 's/^/#   /'; done; return 0; }
-finish() {
-  echo "mailsink-cli: $PASS passed, $FAILS failed"
-  [ "$FAILS" -eq 0 ]
-  exit
-}
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/mailsink-cli.XXXXXX") || { echo "mailsink-cli: mktemp failed" >&2; exit 1; }
-SERVERS=() # pids of the `timeout` wrappers of the servers started
-cleanup() {
-  local pid
-  for pid in "${SERVERS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for pid in "${SERVERS[@]}"; do wait "$pid" 2>/dev/null; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-cd "$TMP" || exit 1
-
-PY=
-if [ -x /usr/bin/python3 ]; then PY=/usr/bin/python3; else PY=$(command -v python3 || true); fi
-if [ -z "$PY" ]; then fail "python3" "python3 is needed as the SMTP client"; finish; fi
-if [ ! -x "$SINK" ]; then fail "mailsink" "$SINK is not an executable file"; finish; fi
-T=(timeout -k 5 60) # for every client and every short-lived mailsink
+PY=$(find_python)
+if [ -z "$PY" ]; then fail "python3" "python3 is needed as the SMTP client"; finish; exit; fi
+if [ ! -x "$SINK" ]; then fail "mailsink" "$SINK is not an executable file"; finish; exit; fi
 
 # --- helpers ---------------------------------------------------------------------------------
 
-# free_port: a port on 127.0.0.1 nobody listens on right now.
-free_port() {
-  "$PY" -c 'import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-# start NAME ARG...: run mailsink --listen 127.0.0.1:PORT ARG... in the background with its
-# output in NAME.out and NAME.err, and wait for its line "mailsink: listening on ..." (up to
-# 10 s). Sets PORT and SPID (the pid of its `timeout` wrapper, which passes signals on).
-# Returns 1 with the reason in WHY when it did not start.
+# start NAME ARG...: server NAME, mailsink --listen 127.0.0.1:PORT ARG... (no --maildir unless
+# in ARG) on a free port, in the background under `timeout` (launch_server), and wait up to
+# 10 s for its line "mailsink: listening on ...". Sets SERVER to NAME; PORT[NAME] is its port
+# and PID[NAME] the pid of its `timeout` wrapper, which passes signals on. Returns 1 with the
+# reason in WHY when it did not start.
 start() {
-  local name=$1 i
+  local name=$1
   shift
-  PORT=$(free_port)
-  timeout -k 5 120 "$SINK" --listen "127.0.0.1:$PORT" "$@" > "$name.out" 2> "$name.err" &
-  SPID=$!
-  SERVERS+=("$SPID")
-  for i in $(seq 200); do
-    if grep -qxF "mailsink: listening on 127.0.0.1:$PORT" "$name.err" 2>/dev/null; then return 0; fi
-    if ! kill -0 "$SPID" 2>/dev/null; then break; fi
-    sleep 0.05
-  done
+  SERVER=$name
+  SERVERS+=("$name")
+  pick_ports "$name"
+  launch_server "$name" "$@"
+  wait_listening "$name" $(( $(millis) + 10000 )) && return 0
   WHY="mailsink $* did not start: $(head -c 300 "$name.err")"
   return 1
 }
 
-# stop: SIGTERM to the server started last; sets STATUS to its exit status.
-stop() {
-  kill -TERM "$SPID" 2>/dev/null
-  wait "$SPID"
+# reap [NAME]: wait for server NAME (default: the one started last), which has exited or been
+# signalled; sets STATUS to its exit status, and takes it out of SERVERS (what is left there
+# at the end was never reaped: cleanup stops it, and finish shows its stderr on failures).
+reap() {
+  local name=${1:-$SERVER} server kept=()
+  wait "${PID[$name]}"
   STATUS=$?
+  PID[$name]=
+  for server in "${SERVERS[@]}"; do [ "$server" = "$name" ] || kept+=("$server"); done
+  SERVERS=("${kept[@]}")
+}
+
+# stop [NAME]: SIGTERM to server NAME (default: the one started last), then reap it.
+stop() {
+  kill -TERM "${PID[${1:-$SERVER}]}" 2>/dev/null
+  reap "$@"
 }
 
 # wait_exit SECONDS: wait for the server started last to exit by itself; sets STATUS to its
@@ -94,11 +69,10 @@ stop() {
 wait_exit() {
   local i
   for i in $(seq $(($1 * 20))); do
-    if ! kill -0 "$SPID" 2>/dev/null; then wait "$SPID"; STATUS=$?; return; fi
+    if ! kill -0 "${PID[$SERVER]}" 2>/dev/null; then reap; return; fi
     sleep 0.05
   done
-  kill -TERM "$SPID" 2>/dev/null
-  wait "$SPID"
+  stop
   STATUS=running
 }
 
@@ -161,20 +135,20 @@ except (OSError, smtplib.SMTPException) as e:
     sys.exit(2)
 sys.exit(status)
 EOF
-client() { "${T[@]}" "$PY" client.py "$@"; }
+client() { "${LIMIT[@]}" "$PY" client.py "$@"; }
 
 # has NAME FILE PATTERN WHY: FAIL NAME with WHY (and the file) unless FILE has a line matching
 # the grep -E PATTERN; returns 1 then.
 has() {
   if grep -Eq -- "$3" "$2"; then return 0; fi
-  fail "$1" "$4"; note "$2"; return 1
+  fail "$1" "$4"; details "$2"; return 1
 }
 
 printf 'From: Alice <alice@example.test>\r\nTo: Bob <bob@example.test>\r\nSubject: Hello summary\r\nMessage-ID: <sum-1@example.test>\r\n\r\nThe body line.\r\n' > summary.eml
 
 # --- help and usage errors -------------------------------------------------------------------
 name=help
-"${T[@]}" "$SINK" --help > help.out 2>&1; rc=$?
+"${LIMIT[@]}" "$SINK" --help > help.out 2>&1; rc=$?
 missing=
 for flag in --listen --hostname --maildir --mbox --exec --exec-timeout --discard --json \
     --print-body --quiet --verbose --count --exit-after --accept-domain --fail-rate \
@@ -191,13 +165,9 @@ else ok $name; fi
 # usage NAME ARG...: mailsink ARG... must exit 2 at once with a "mailsink: ...; see --help"
 # message and never listen.
 usage() {
-  local name=$1 rc
+  local name=$1
   shift
-  "${T[@]}" "$SINK" --listen 127.0.0.1:0 "$@" > "$name.log" 2>&1; rc=$?
-  if [ $rc -ne 2 ]; then fail "$name" "mailsink $* exited with status $rc, not 2"; note "$name.log"
-  elif grep -q 'listening on' "$name.log"; then fail "$name" "mailsink listened"
-  elif ! grep -q '^mailsink: .*see --help' "$name.log"; then fail "$name" "no usage message"; note "$name.log"
-  else ok "$name"; fi
+  sink_exits "$name" 2 '^mailsink: .*see --help' "no usage message" --listen 127.0.0.1:0 "$@"
 }
 usage two-modes-maildir-mbox --maildir md --mbox mb
 usage two-modes-mbox-discard --mbox mb --discard
@@ -216,31 +186,27 @@ usage exec-without-program --exec
 
 # runtime NAME ARG...: mailsink ARG... must exit 1 before listening, saying why.
 runtime() {
-  local name=$1 rc
+  local name=$1
   shift
-  "${T[@]}" "$SINK" "$@" > "$name.log" 2>&1; rc=$?
-  if [ $rc -ne 1 ]; then fail "$name" "mailsink $* exited with status $rc, not 1"; note "$name.log"
-  elif grep -q 'listening on' "$name.log"; then fail "$name" "mailsink listened before failing"
-  elif ! grep -q '^mailsink: ..*' "$name.log"; then fail "$name" "no error message"
-  else ok "$name"; fi
+  sink_exits "$name" 1 '^mailsink: ..*' "no error message" "$@"
 }
 mkdir -p adir
-runtime mbox-unwritable --listen 127.0.0.1:0 --mbox "$TMP/no/such/dir/mbox"
-runtime mbox-is-directory --listen 127.0.0.1:0 --mbox "$TMP/adir"
+runtime mbox-unwritable --listen 127.0.0.1:0 --mbox "$WORK/no/such/dir/mbox"
+runtime mbox-is-directory --listen 127.0.0.1:0 --mbox "$WORK/adir"
 runtime exec-not-found --listen 127.0.0.1:0 --exec mailsink-no-such-program-here
 if start busy --discard; then
-  runtime port-in-use --listen "127.0.0.1:$PORT" --discard
+  runtime port-in-use --listen "127.0.0.1:${PORT[$SERVER]}" --discard
   stop > /dev/null
 else fail port-in-use "could not start the first server"; fi
 
 # --- stdout: the summary line, and --print-body ----------------------------------------------
 name=stdout-summary
 if start $name; then
-  client "$PORT" --to bob@example.test --to carol@example.test --file summary.eml > $name.client
+  client "${PORT[$SERVER]}" --to bob@example.test --to carol@example.test --file summary.eml > $name.client
   rc=$?; stop > /dev/null
   re='^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} 127\.0\.0\.1:[0-9]+ <alice@example\.test> -> <bob@example\.test>, <carol@example\.test> [0-9]+ bytes, subject "Hello summary"$'
-  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; note $name.client
-  elif [ "$(wc -l < $name.out)" -ne 1 ]; then fail $name "stdout has not exactly one line"; note $name.out
+  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; details $name.client
+  elif [ "$(wc -l < $name.out)" -ne 1 ]; then fail $name "stdout has not exactly one line"; details $name.out
   elif has $name $name.out "$re" "the summary line does not match $re" &&
        ! grep -q 'The body line' $name.out; then ok $name
   elif grep -q 'The body line' $name.out; then fail $name "the body is printed without --print-body"; fi
@@ -248,11 +214,11 @@ else fail $name "$WHY"; fi
 
 name=stdout-print-body
 if start $name --print-body; then
-  client "$PORT" --file summary.eml > $name.client; rc=$?; stop > /dev/null
-  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; note $name.client
-  elif ! head -n 1 $name.out | grep -q 'subject "Hello summary"'; then fail $name "no summary line first"; note $name.out
+  client "${PORT[$SERVER]}" --file summary.eml > $name.client; rc=$?; stop > /dev/null
+  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; details $name.client
+  elif ! head -n 1 $name.out | grep -q 'subject "Hello summary"'; then fail $name "no summary line first"; details $name.out
   elif ! grep -q $'^The body line.\r$' $name.out || ! grep -q '^Message-ID: <sum-1@example.test>' $name.out; then
-    fail $name "the message is not printed"; note $name.out
+    fail $name "the message is not printed"; details $name.out
   else ok $name; fi
 else fail $name "$WHY"; fi
 
@@ -277,25 +243,25 @@ if not re.fullmatch(pattern, data):
     sys.exit('the mbox does not match; it holds:\n' + data.decode('utf-8', 'replace')[:3000])
 EOF
 name=mbox-content
-if start $name --mbox "$TMP/one.mbox"; then
-  client "$PORT" --file mbox1.eml > $name.client; rc1=$?
-  client "$PORT" --from '' --file mbox2.eml >> $name.client; rc2=$?
+if start $name --mbox "$WORK/one.mbox"; then
+  client "${PORT[$SERVER]}" --file mbox1.eml > $name.client; rc1=$?
+  client "${PORT[$SERVER]}" --from '' --file mbox2.eml >> $name.client; rc2=$?
   stop > /dev/null
-  if [ $rc1 -ne 0 ] || [ $rc2 -ne 0 ]; then fail $name "client exit status $rc1, $rc2"; note $name.client
+  if [ $rc1 -ne 0 ] || [ $rc2 -ne 0 ]; then fail $name "client exit status $rc1, $rc2"; details $name.client
   elif ! "$PY" check_mbox.py one.mbox alice@example.test:mbox1.expected MAILER-DAEMON:mbox2.expected > $name.check 2>&1; then
-    fail $name "mboxrd content is wrong"; note $name.check
-  elif ! grep -q " subject \"mbox one\" $TMP/one.mbox\$" $name.out; then
-    fail $name "the summary line does not end with the mbox path"; note $name.out
+    fail $name "mboxrd content is wrong"; details $name.check
+  elif ! grep -q " subject \"mbox one\" $WORK/one.mbox\$" $name.out; then
+    fail $name "the summary line does not end with the mbox path"; details $name.out
   else ok $name; fi
 else fail $name "$WHY"; fi
 
 # A second mailsink appends to the same file, after what is there.
 name=mbox-append
-if start $name --mbox "$TMP/one.mbox"; then
-  client "$PORT" --file mbox2.eml > $name.client; rc=$?; stop > /dev/null
-  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; note $name.client
+if start $name --mbox "$WORK/one.mbox"; then
+  client "${PORT[$SERVER]}" --file mbox2.eml > $name.client; rc=$?; stop > /dev/null
+  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; details $name.client
   elif ! "$PY" check_mbox.py one.mbox alice@example.test:mbox1.expected MAILER-DAEMON:mbox2.expected alice@example.test:mbox2.expected > $name.check 2>&1; then
-    fail $name "the third message was not appended intact"; note $name.check
+    fail $name "the third message was not appended intact"; details $name.check
   else ok $name; fi
 else fail $name "$WHY"; fi
 
@@ -321,11 +287,11 @@ if p.wait(timeout=20) != 0:
 if os.path.getsize(mbox) <= size:
     sys.exit('the mbox did not grow after the lock was released')
 EOF
-if start $name --mbox "$TMP/locked.mbox"; then
-  if "${T[@]}" "$PY" hold_lock.py locked.mbox client.py "$PORT" --file mbox1.eml > $name.check 2>&1 &&
+if start $name --mbox "$WORK/locked.mbox"; then
+  if "${LIMIT[@]}" "$PY" hold_lock.py locked.mbox client.py "${PORT[$SERVER]}" --file mbox1.eml > $name.check 2>&1 &&
      "$PY" check_mbox.py locked.mbox alice@example.test:mbox1.expected >> $name.check 2>&1; then
     ok $name
-  else fail $name "$(tail -n 1 $name.check)"; note $name.check; fi
+  else fail $name "$(tail -n 1 $name.check)"; details $name.check; fi
   stop > /dev/null
 else fail $name "$WHY"; fi
 
@@ -341,14 +307,14 @@ for letter in 'AB':
         f.write(b'Subject: big ' + letter.encode() + b'\n\n')
         f.write((letter * 998 + '\n').encode() * 3000)
 EOF
-if start $name-1 --mbox "$TMP/shared.mbox" && P1=$PORT && S1=$SPID &&
-   start $name-2 --mbox "$TMP/shared.mbox"; then
+if start $name-1 --mbox "$WORK/shared.mbox" && P1=${PORT[$SERVER]} &&
+   start $name-2 --mbox "$WORK/shared.mbox"; then
   client "$P1" --file bigA.eml > $name.c1 & c1=$!
   client "$P1" --file bigB.eml > $name.c2 & c2=$!
-  client "$PORT" --file bigA.eml > $name.c3 & c3=$!
-  client "$PORT" --file bigB.eml > $name.c4 & c4=$!
+  client "${PORT[$SERVER]}" --file bigA.eml > $name.c3 & c3=$!
+  client "${PORT[$SERVER]}" --file bigB.eml > $name.c4 & c4=$!
   rcs=; for c in $c1 $c2 $c3 $c4; do wait $c; rcs="$rcs$?"; done
-  stop > /dev/null; SPID=$S1; stop > /dev/null
+  stop > /dev/null; stop $name-1 > /dev/null
   "$PY" - > $name.check 2>&1 <<'EOF'
 import re, sys
 data = open('shared.mbox', 'rb').read()
@@ -363,7 +329,7 @@ if [b.rstrip(b'\n') for b in bodies] != [w.rstrip(b'\n') for w in want]:
 if not data.endswith(b'\n\n'):
     sys.exit('the mbox does not end with a blank line')
 EOF
-  if [ "$rcs" != 0000 ]; then fail $name "client exit statuses $rcs"; note $name.c1 $name.c2 $name.c3 $name.c4
+  if [ "$rcs" != 0000 ]; then fail $name "client exit statuses $rcs"; details $name.c1 $name.c2 $name.c3 $name.c4
   elif [ -s $name.check ]; then fail $name "$(tail -n 1 $name.check)"
   else ok $name; fi
 else fail $name "$WHY"; fi
@@ -409,8 +375,8 @@ EOF
 chmod +x record.sh tempfail.sh nouser.sh ugly.sh nostdin.sh slow.sh fds.py
 
 name=exec-env-stdin
-if start $name --exec "$TMP/record.sh" "$TMP/rec" "two words" '$(echo no)'; then
-  client "$PORT" --to bob@example.test --to carol@example.test --file summary.eml > $name.client; rc=$?
+if start $name --exec "$WORK/record.sh" "$WORK/rec" "two words" '$(echo no)'; then
+  client "${PORT[$SERVER]}" --to bob@example.test --to carol@example.test --file summary.eml > $name.client; rc=$?
   stop > /dev/null
   problem=
   [ $rc -ne 0 ] && problem="client exit status $rc"
@@ -425,7 +391,7 @@ if start $name --exec "$TMP/record.sh" "$TMP/rec" "two words" '$(echo no)'; then
   [ -z "$problem" ] && [ "$(cat rec/args)" != $'[two words]\n[$(echo no)]' ] && problem="arguments are $(cat rec/args)"
   [ -z "$problem" ] && ! grep -q 'record.sh says hello' $name.err && problem="the program's stdout did not reach mailsink's stderr"
   [ -z "$problem" ] && grep -q 'record.sh says hello' $name.out && problem="the program's stdout went to mailsink's stdout"
-  if [ -n "$problem" ]; then fail $name "$problem"; note $name.client $name.err; else ok $name; fi
+  if [ -n "$problem" ]; then fail $name "$problem"; details $name.client $name.err; else ok $name; fi
 else fail $name "$WHY"; fi
 
 # exec_reply NAME EXPECTED PROGRAM [ARG...]: one message to mailsink --exec PROGRAM; the reply
@@ -434,32 +400,32 @@ exec_reply() {
   local name=$1 expected=$2
   shift 2
   if start "$name" --exec-timeout 2 --exec "$@"; then
-    client "$PORT" --file summary.eml > "$name.client"
+    client "${PORT[$SERVER]}" --file summary.eml > "$name.client"
     if grep -Eqx -- "$expected" "$name.client"; then ok "$name"
-    else fail "$name" "no reply matching '$expected'"; note "$name.client" "$name.err"; fi
+    else fail "$name" "no reply matching '$expected'"; details "$name.client" "$name.err"; fi
     stop > /dev/null
   else fail "$name" "$WHY"; fi
 }
-exec_reply exec-exit-75 'END 451 4\.3\.0 queue is full' "$TMP/tempfail.sh"
-exec_reply exec-exit-3 'END 550 5\.0\.0 no such user' "$TMP/nouser.sh"
-exec_reply exec-stderr-sanitised 'END 550 5\.0\.0 \?\[31mred\?' "$TMP/ugly.sh"
-exec_reply exec-no-stdin-read 'END 250 .*' "$TMP/nostdin.sh" # EPIPE is no failure...
+exec_reply exec-exit-75 'END 451 4\.3\.0 queue is full' "$WORK/tempfail.sh"
+exec_reply exec-exit-3 'END 550 5\.0\.0 no such user' "$WORK/nouser.sh"
+exec_reply exec-stderr-sanitised 'END 550 5\.0\.0 \?\[31mred\?' "$WORK/ugly.sh"
+exec_reply exec-no-stdin-read 'END 250 .*' "$WORK/nostdin.sh" # EPIPE is no failure...
 name=exec-no-stdin-read-big # ...not even with a message much larger than a pipe's buffer
 "$PY" -c "open('huge.eml','wb').write(b'Subject: huge\r\n\r\n' + b'x' * 998 * 2000 + b'\r\n')"
-if start $name --exec "$TMP/nostdin.sh"; then
-  client "$PORT" --file huge.eml --times 2 > $name.client; rc=$?
-  if [ $rc -eq 0 ] && kill -0 "$SPID" 2>/dev/null; then ok $name
-  else fail $name "client exit status $rc"; note $name.client $name.err; fi
+if start $name --exec "$WORK/nostdin.sh"; then
+  client "${PORT[$SERVER]}" --file huge.eml --times 2 > $name.client; rc=$?
+  if [ $rc -eq 0 ] && kill -0 "${PID[$SERVER]}" 2>/dev/null; then ok $name
+  else fail $name "client exit status $rc"; details $name.client $name.err; fi
   stop > /dev/null
 else fail $name "$WHY"; fi
 
 name=exec-timeout
-if start $name --exec-timeout 1 --exec "$TMP/slow.sh" "$TMP/slow.pid"; then
+if start $name --exec-timeout 1 --exec "$WORK/slow.sh" "$WORK/slow.pid"; then
   began=$(date +%s)
-  client "$PORT" --file summary.eml > $name.client
+  client "${PORT[$SERVER]}" --file summary.eml > $name.client
   took=$(( $(date +%s) - began ))
   sleep 0.2
-  if ! grep -Eqx 'END 451 4\.3\.0 .*' $name.client; then fail $name "no 451 4.3.0 after the time limit"; note $name.client
+  if ! grep -Eqx 'END 451 4\.3\.0 .*' $name.client; then fail $name "no 451 4.3.0 after the time limit"; details $name.client
   elif [ $took -gt 10 ]; then fail $name "the reply took ${took}s with --exec-timeout 1"
   elif [ ! -s slow.pid ]; then fail $name "slow.sh did not record its background child"
   elif [ -e /proc/"$(cat slow.pid)" ] && ! grep -q '^[0-9]* ([^)]*) Z' /proc/"$(cat slow.pid)"/stat; then
@@ -470,13 +436,13 @@ else fail $name "$WHY"; fi
 
 # Shell syntax in the addresses never runs: the program gets it as a plain value.
 name=exec-no-injection
-if start $name --exec "$TMP/record.sh" "$TMP/rec"; then
-  evil_from='"$(touch pwned-from)"@x.test' # the program runs in $TMP, like mailsink
+if start $name --exec "$WORK/record.sh" "$WORK/rec"; then
+  evil_from='"$(touch pwned-from)"@x.test' # the program runs in $WORK, like mailsink
   evil_to='"`touch pwned-to`;touch pwned-to2"@x.test'
-  client "$PORT" --from "$evil_from" --to "$evil_to" --file summary.eml > $name.client; rc=$?
+  client "${PORT[$SERVER]}" --from "$evil_from" --to "$evil_to" --file summary.eml > $name.client; rc=$?
   stop > /dev/null
-  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; note $name.client
-  elif ls "$TMP"/pwned* > /dev/null 2>&1; then fail $name "a command in an address was run"
+  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; details $name.client
+  elif ls "$WORK"/pwned* > /dev/null 2>&1; then fail $name "a command in an address was run"
   elif [ "$(cat rec/from)" != "$evil_from" ] || [ "$(cat rec/to)" != "$evil_to" ]; then
     fail $name "the addresses did not arrive verbatim: '$(cat rec/from)' '$(cat rec/to)'"
   else ok $name; fi
@@ -485,16 +451,16 @@ else fail $name "$WHY"; fi
 # No descriptor of mailsink (listener, client sockets, other pipes) reaches the program, and
 # every child is reaped.
 name=exec-no-fd-leak
-if start $name --exec "$TMP/fds.py" "$TMP/fds.txt"; then
-  client "$PORT" --file summary.eml > $name.client; rc=$?
-  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; note $name.client $name.err
+if start $name --exec "$WORK/fds.py" "$WORK/fds.txt"; then
+  client "${PORT[$SERVER]}" --file summary.eml > $name.client; rc=$?
+  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; details $name.client $name.err
   elif [ ! -e fds.txt ]; then fail $name "fds.py did not run"
   elif [ -s fds.txt ]; then fail $name "the program inherited descriptors: $(tr '\n' ' ' < fds.txt)"
   else ok $name; fi
   name=exec-no-zombies
-  client "$PORT" --file summary.eml --times 3 > $name.client
+  client "${PORT[$SERVER]}" --file summary.eml --times 3 > $name.client
   sleep 0.3
-  ms=$(ps -o pid= --ppid "$SPID" | tr -d ' ')
+  ms=$(ps -o pid= --ppid "${PID[$SERVER]}" | tr -d ' ')
   kids=$(ps -o pid=,stat=,comm= --ppid "${ms:-0}")
   if [ -z "$ms" ]; then fail $name "cannot find the mailsink process"
   elif [ -n "$kids" ]; then fail $name "mailsink still has children: $kids"
@@ -541,82 +507,74 @@ if prefix is not None and prefix.endswith('/new/'):
     if open(first['path'], 'rb').read()[-60:] != open('json.eml', 'rb').read()[-60:]:
         sys.exit('the file at path is not the message')
 EOF
-name=json
-if start $name --json; then
-  client "$PORT" --to bob@example.test --to carol@example.test --file json.eml --file summary.eml > $name.client; rc=$?
-  stop > /dev/null
-  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; note $name.client
-  elif ! "$PY" check_json.py $name.out > $name.check 2>&1; then fail $name "$(tail -n 1 $name.check)"; note $name.out
-  else ok $name; fi
-else fail $name "$WHY"; fi
-
-name=json-maildir
-if start $name --json --maildir "$TMP/jmd"; then
-  client "$PORT" --to bob@example.test --to carol@example.test --file json.eml --file summary.eml > $name.client; rc=$?
-  stop > /dev/null
-  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; note $name.client
-  elif ! "$PY" check_json.py $name.out "$TMP/jmd/new/" > $name.check 2>&1; then fail $name "$(tail -n 1 $name.check)"; note $name.out
-  else ok $name; fi
-else fail $name "$WHY"; fi
-
-name=json-mbox
-if start $name --json --mbox "$TMP/json.mbox"; then
-  client "$PORT" --to bob@example.test --to carol@example.test --file json.eml --file summary.eml > $name.client; rc=$?
-  stop > /dev/null
-  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; note $name.client
-  elif ! "$PY" check_json.py $name.out "$TMP/json.mbox" > $name.check 2>&1; then fail $name "$(tail -n 1 $name.check)"; note $name.out
-  else ok $name; fi
-else fail $name "$WHY"; fi
+# json_check NAME PATH_PREFIX FLAG...: json.eml and summary.eml, to bob and carol, through
+# mailsink --json FLAG...; its stdout must pass check_json.py (PATH_PREFIX "": no path stored).
+json_check() {
+  local name=$1 prefix=$2 rc
+  shift 2
+  if start "$name" --json "$@"; then
+    client "${PORT[$SERVER]}" --to bob@example.test --to carol@example.test --file json.eml \
+      --file summary.eml > "$name.client"; rc=$?
+    stop > /dev/null
+    if [ $rc -ne 0 ]; then fail "$name" "client exit status $rc"; details "$name.client"
+    elif ! "$PY" check_json.py "$name.out" ${prefix:+"$prefix"} > "$name.check" 2>&1; then
+      fail "$name" "$(tail -n 1 "$name.check")"; details "$name.out"
+    else ok "$name"; fi
+  else fail "$name" "$WHY"; fi
+}
+json_check json ""
+json_check json-maildir "$WORK/jmd/new/" --maildir "$WORK/jmd"
+json_check json-mbox "$WORK/json.mbox" --mbox "$WORK/json.mbox"
 
 # --- discard ---------------------------------------------------------------------------------
 name=discard
 if start $name --discard; then
-  client "$PORT" --file summary.eml --times 3 > $name.client; rc=$?
+  client "${PORT[$SERVER]}" --file summary.eml --times 3 > $name.client; rc=$?
   stop > /dev/null
-  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; note $name.client
-  elif [ "$(grep -c '^END 250' $name.client)" -ne 3 ]; then fail $name "not three 250 replies"; note $name.client
-  elif [ -s $name.out ]; then fail $name "--discard printed something on stdout"; note $name.out
+  if [ $rc -ne 0 ]; then fail $name "client exit status $rc"; details $name.client
+  elif [ "$(grep -c '^END 250' $name.client)" -ne 3 ]; then fail $name "not three 250 replies"; details $name.client
+  elif [ -s $name.out ]; then fail $name "--discard printed something on stdout"; details $name.out
   else ok $name; fi
 else fail $name "$WHY"; fi
 
 # --- count and exit-after --------------------------------------------------------------------
 name=count
 if start $name --count 2 --json; then
-  client "$PORT" --file summary.eml --times 2 > $name.client; rc=$?
+  client "${PORT[$SERVER]}" --file summary.eml --times 2 > $name.client; rc=$?
   wait_exit 15; status=$STATUS
-  if [ $rc -ne 0 ]; then fail $name "client exit status $rc (both messages should get 250)"; note $name.client
-  elif [ "$status" != 0 ]; then fail $name "mailsink --count 2 exit status: $status, not 0"; note $name.err
-  elif [ "$(wc -l < $name.out)" -ne 2 ]; then fail $name "not two JSON lines"; note $name.out
+  if [ $rc -ne 0 ]; then fail $name "client exit status $rc (both messages should get 250)"; details $name.client
+  elif [ "$status" != 0 ]; then fail $name "mailsink --count 2 exit status: $status, not 0"; details $name.err
+  elif [ "$(wc -l < $name.out)" -ne 2 ]; then fail $name "not two JSON lines"; details $name.out
   else ok $name; fi
 else fail $name "$WHY"; fi
 
 name=count-one-per-client # two clients, --count 1: exactly one message accepted
 if start $name --count 1; then
-  client "$PORT" --file summary.eml > $name.c1
-  client "$PORT" --file summary.eml > $name.c2
+  client "${PORT[$SERVER]}" --file summary.eml > $name.c1
+  client "${PORT[$SERVER]}" --file summary.eml > $name.c2
   wait_exit 15; status=$STATUS
-  if [ "$status" != 0 ]; then fail $name "exit status: $status, not 0"; note $name.err
-  elif [ "$(cat $name.c1 $name.c2 | grep -c '^END 250')" -ne 1 ]; then fail $name "not exactly one message accepted"; note $name.c1 $name.c2
-  elif [ "$(wc -l < $name.out)" -ne 1 ]; then fail $name "not one summary line"; note $name.out
+  if [ "$status" != 0 ]; then fail $name "exit status: $status, not 0"; details $name.err
+  elif [ "$(cat $name.c1 $name.c2 | grep -c '^END 250')" -ne 1 ]; then fail $name "not exactly one message accepted"; details $name.c1 $name.c2
+  elif [ "$(wc -l < $name.out)" -ne 1 ]; then fail $name "not one summary line"; details $name.out
   else ok $name; fi
 else fail $name "$WHY"; fi
 
 name=exit-after-with-count
 began=$(date +%s)
 if start $name --exit-after 1 --count 5; then
-  client "$PORT" --file summary.eml > $name.client
+  client "${PORT[$SERVER]}" --file summary.eml > $name.client
   wait_exit 15; status=$STATUS
   took=$(( $(date +%s) - began ))
-  if [ "$status" != 1 ]; then fail $name "exit status: $status, not 1"; note $name.err
+  if [ "$status" != 1 ]; then fail $name "exit status: $status, not 1"; details $name.err
   elif [ $took -gt 8 ]; then fail $name "took ${took}s"
-  elif ! grep -q '1 of --count 5' $name.err; then fail $name "no message saying how many arrived"; note $name.err
+  elif ! grep -q '1 of --count 5' $name.err; then fail $name "no message saying how many arrived"; details $name.err
   else ok $name; fi
 else fail $name "$WHY"; fi
 
 name=exit-after-without-count
 if start $name --exit-after 1; then
   wait_exit 15; status=$STATUS
-  if [ "$status" != 0 ]; then fail $name "exit status: $status, not 0"; note $name.err; else ok $name; fi
+  if [ "$status" != 0 ]; then fail $name "exit status: $status, not 0"; details $name.err; else ok $name; fi
 else fail $name "$WHY"; fi
 
 name=sigterm-exit-0
@@ -628,15 +586,15 @@ else fail $name "$WHY"; fi
 # --- accept-domain ---------------------------------------------------------------------------
 name=accept-domain
 if start $name --accept-domain Example.TEST --accept-domain second.test; then
-  client "$PORT" --to bob@example.test --to BOB@EXAMPLE.test --to x@second.test \
+  client "${PORT[$SERVER]}" --to bob@example.test --to BOB@EXAMPLE.test --to x@second.test \
     --to x@other.test --to x@sub.example.test --to '"a@example.test"@evil.test' \
     --to postmaster --to Postmaster --file summary.eml > $name.client; rc=$?
   stop > /dev/null
   got=$(grep '^RCPT' $name.client | cut -c1-8 | tr '\n' ' ')
   want='RCPT 250 RCPT 250 RCPT 250 RCPT 550 RCPT 550 RCPT 550 RCPT 250 RCPT 250 '
-  if [ "$got" != "$want" ]; then fail $name "RCPT replies: $got, not $want"; note $name.client
+  if [ "$got" != "$want" ]; then fail $name "RCPT replies: $got, not $want"; details $name.client
   elif ! grep -qx 'RCPT 550 5.1.1 Recipient address rejected: domain not accepted' $name.client; then
-    fail $name "the refusal is not '550 5.1.1 Recipient address rejected: domain not accepted'"; note $name.client
+    fail $name "the refusal is not '550 5.1.1 Recipient address rejected: domain not accepted'"; details $name.client
   elif ! grep -q '^END 250' $name.client; then fail $name "the message was not accepted"
   else ok $name; fi
 else fail $name "$WHY"; fi
@@ -647,9 +605,9 @@ else fail $name "$WHY"; fi
 fault() {
   local name=$1 stage=$2 expected=$3
   if start "$name" --fail-rate 1 --fail-stage "$stage" --fail-reply "452 4.3.1 Slow down please"; then
-    client "$PORT" --file summary.eml --times 2 > "$name.client"
+    client "${PORT[$SERVER]}" --file summary.eml --times 2 > "$name.client"
     stop > /dev/null
-    if [ "$(grep -cxF -- "$expected" "$name.client")" -ne 2 ]; then fail "$name" "no '$expected' twice"; note "$name.client"
+    if [ "$(grep -cxF -- "$expected" "$name.client")" -ne 2 ]; then fail "$name" "no '$expected' twice"; details "$name.client"
     elif grep -q '^END 250' "$name.client" || [ -s "$name.out" ]; then fail "$name" "a message was accepted"
     else ok "$name"; fi
   else fail "$name" "$WHY"; fi
@@ -660,25 +618,25 @@ fault fail-stage-data data 'END 452 4.3.1 Slow down please'
 
 name=fail-default-reply # default stage data, default reply
 if start $name --fail-rate 1; then
-  client "$PORT" --file summary.eml > $name.client
+  client "${PORT[$SERVER]}" --file summary.eml > $name.client
   stop > /dev/null
   if grep -qx 'END 451 4.3.0 Try again later' $name.client; then ok $name
-  else fail $name "no 'END 451 4.3.0 Try again later'"; note $name.client; fi
+  else fail $name "no 'END 451 4.3.0 Try again later'"; details $name.client; fi
 else fail $name "$WHY"; fi
 
 name=fail-rate-0
 if start $name --fail-rate 0 --fail-stage rcpt --seed 1; then
-  client "$PORT" --file summary.eml --times 20 > $name.client; rc=$?
+  client "${PORT[$SERVER]}" --file summary.eml --times 20 > $name.client; rc=$?
   stop > /dev/null
   if [ $rc -eq 0 ] && [ "$(grep -c '^END 250' $name.client)" -eq 20 ]; then ok $name
-  else fail $name "not all 20 messages accepted"; note $name.client; fi
+  else fail $name "not all 20 messages accepted"; details $name.client; fi
 else fail $name "$WHY"; fi
 
 name=fail-rate-seed # the same seed refuses the same messages; both outcomes happen
 : > $name-1.seq; : > $name-2.seq
 for run in 1 2; do
   if start $name-$run --fail-rate 0.5 --seed 42; then
-    client "$PORT" --file summary.eml --times 30 > $name-$run.client
+    client "${PORT[$SERVER]}" --file summary.eml --times 30 > $name-$run.client
     stop > /dev/null
     grep '^END' $name-$run.client | cut -c1-7 > $name-$run.seq
   else echo "# $WHY"; fi
@@ -690,8 +648,8 @@ else fail $name "the sequences differ or are all one outcome: $(tr '\n' ' ' < $n
 # --- verbose ---------------------------------------------------------------------------------
 name=verbose
 if start $name --verbose --auth-insecure --auth 'u:Sup3r-s3cret!'; then
-  client "$PORT" --login 'u:Sup3r-s3cret!' --mech PLAIN --file summary.eml > $name.c1; rc1=$?
-  client "$PORT" --login 'u:Sup3r-s3cret!' --mech LOGIN --file summary.eml > $name.c2; rc2=$?
+  client "${PORT[$SERVER]}" --login 'u:Sup3r-s3cret!' --mech PLAIN --file summary.eml > $name.c1; rc1=$?
+  client "${PORT[$SERVER]}" --login 'u:Sup3r-s3cret!' --mech LOGIN --file summary.eml > $name.c2; rc2=$?
   stop > /dev/null
   secrets=$("$PY" -c 'import base64
 pw = b"Sup3r-s3cret!"
@@ -700,17 +658,17 @@ for s in (pw, b"\0u\0" + pw, b"u\0u\0" + pw):
 print(pw.decode())')
   leaked=
   while read -r s; do grep -qF -- "$s" $name.err && leaked="$leaked $s"; done <<< "$secrets"
-  if [ $rc1 -ne 0 ] || [ $rc2 -ne 0 ]; then fail $name "client exit statuses $rc1 $rc2"; note $name.c1 $name.c2 $name.err
+  if [ $rc1 -ne 0 ] || [ $rc2 -ne 0 ]; then fail $name "client exit statuses $rc1 $rc2"; details $name.c1 $name.c2 $name.err
   elif [ -n "$leaked" ]; then fail $name "the transcript shows a secret:$leaked"
-  elif ! grep -Eiq '^mailsink: 127\.0\.0\.1:[0-9]+ C: EHLO client\.test$' $name.err; then fail $name "no 'C: EHLO' line"; note $name.err
-  elif ! grep -Eq '^mailsink: 127\.0\.0\.1:[0-9]+ S: 220 ' $name.err; then fail $name "no 'S: 220' greeting line"; note $name.err
-  elif ! grep -Eq ' C: AUTH PLAIN' $name.err || ! grep -Eq ' C: AUTH LOGIN' $name.err; then fail $name "no masked AUTH lines"; note $name.err
-  elif ! grep -Eq ' C: MAIL FROM:<alice@example\.test>' $name.err || ! grep -Eq ' S: 250 ' $name.err; then fail $name "no MAIL line"; note $name.err
-  elif ! grep -q ' auth=u <alice@example.test>' $name.out; then fail $name "the summary line lacks auth=u"; note $name.out
+  elif ! grep -Eiq '^mailsink: 127\.0\.0\.1:[0-9]+ C: EHLO client\.test$' $name.err; then fail $name "no 'C: EHLO' line"; details $name.err
+  elif ! grep -Eq '^mailsink: 127\.0\.0\.1:[0-9]+ S: 220 ' $name.err; then fail $name "no 'S: 220' greeting line"; details $name.err
+  elif ! grep -Eq ' C: AUTH PLAIN' $name.err || ! grep -Eq ' C: AUTH LOGIN' $name.err; then fail $name "no masked AUTH lines"; details $name.err
+  elif ! grep -Eq ' C: MAIL FROM:<alice@example\.test>' $name.err || ! grep -Eq ' S: 250 ' $name.err; then fail $name "no MAIL line"; details $name.err
+  elif ! grep -q ' auth=u <alice@example.test>' $name.out; then fail $name "the summary line lacks auth=u"; details $name.out
   else ok $name; fi
 else fail $name "$WHY"; fi
 
 name=no-verbose-no-transcript
-if grep -q ' C: ' stdout-summary.err; then fail $name "a transcript without --verbose"; note stdout-summary.err; else ok $name; fi
+if grep -q ' C: ' stdout-summary.err; then fail $name "a transcript without --verbose"; details stdout-summary.err; else ok $name; fi
 
 finish
