@@ -3096,77 +3096,165 @@ const Options& Server::options() const {
 }
 
 // ---- TestServer -------------------------------------------------------------------------------
+//
+// TestServer puts a handler of its own in front of the one the user set (a StreamHandler before
+// a StreamHandler, a MessageHandler otherwise). It asks the user's handler first and hands its
+// verdict back to the Server unchanged, so the client hears what it would hear without TestServer;
+// it keeps the message only if that verdict accepts.
+
+namespace {
+
+// accepted - whether a handler's verdict accepts the message: nullopt, or a 2xx reply. Any other
+// code refuses (the Protocol turns 3xx and out-of-range codes into 451, see
+// normalize_user_reply), so positive() would be wrong here.
+bool accepted(const std::optional<Reply>& verdict) {
+  return !verdict || (verdict->code >= 200 && verdict->code <= 299);
+}
+
+// Inbox - the accepted messages. The installed handlers share it with the TestServer rather than
+// point into it: a handler stuck past Server::shutdown() is left running on a detached thread
+// and may record after the TestServer is gone.
+struct Inbox {
+  std::mutex mu;
+  std::condition_variable arrived;
+  std::vector<TestServer::Message> messages;
+
+  void add(TestServer::Message message) {
+    std::lock_guard<std::mutex> lock(mu);
+    messages.push_back(std::move(message));
+    arrived.notify_all();
+  }
+};
+
+// RecordingSink - the user's MessageSink, looked through: each piece is passed on, then copied.
+// The copy is kept when the user's finish() accepts. Destroyed without finish() (the message
+// was abandoned, or a write() failed) it keeps nothing.
+class RecordingSink : public MessageSink {
+public:
+  RecordingSink(std::unique_ptr<MessageSink> user, std::shared_ptr<Inbox> inbox,
+                TestServer::Message message)
+      : user_(std::move(user)), inbox_(std::move(inbox)), message_(std::move(message)) {}
+
+  void write(std::string_view piece) override {
+    user_->write(piece);
+    message_.data.append(piece);
+  }
+
+  std::optional<Reply> finish() override {
+    std::optional<Reply> verdict = user_->finish();
+    if (accepted(verdict)) inbox_->add(std::move(message_));
+    return verdict;
+  }
+
+private:
+  std::unique_ptr<MessageSink> user_;
+  std::shared_ptr<Inbox> inbox_;
+  TestServer::Message message_; // session, envelope, and the data so far
+};
+
+// recording - a MessageHandler that asks `user` (none: accept) and keeps what it accepts.
+MessageHandler recording(MessageHandler user, std::shared_ptr<Inbox> inbox) {
+  return [user = std::move(user),
+          inbox = std::move(inbox)](const SessionInfo& session, const Envelope& envelope,
+                                    const std::string& data) -> std::optional<Reply> {
+    std::optional<Reply> verdict = user ? user(session, envelope, data) : std::nullopt;
+    if (accepted(verdict)) inbox->add(TestServer::Message{session, envelope, data});
+    return verdict;
+  };
+}
+
+// recording - a StreamHandler whose sinks are the user's, wrapped in a RecordingSink. A Reply the
+// user's handler throws refuses DATA as usual; a missing sink is left for the Server to refuse.
+StreamHandler recording(StreamHandler user, std::shared_ptr<Inbox> inbox) {
+  return [user = std::move(user), inbox = std::move(inbox)](
+             const SessionInfo& session, const Envelope& envelope) -> std::unique_ptr<MessageSink> {
+    std::unique_ptr<MessageSink> sink = user(session, envelope);
+    if (!sink) return nullptr;
+    return std::make_unique<RecordingSink>(std::move(sink), inbox,
+                                           TestServer::Message{session, envelope, ""});
+  };
+}
+
+// as_message_handler - a Handler in MessageHandler's shape (a Handler refuses by throwing, and
+// that passes through), because keeping a message needs the session and envelope it cannot see.
+MessageHandler as_message_handler(Handler handler) {
+  if (!handler) return nullptr;
+  return [handler = std::move(handler)](const SessionInfo& session, const Envelope& envelope,
+                                        const std::string& data) -> std::optional<Reply> {
+    handler(session.peer, envelope.from, envelope.to, data);
+    return std::nullopt;
+  };
+}
+
+// install_recording - put `inbox` behind whichever handler the user set, or behind none. Options
+// with two handlers are left as they are, so that the Server refuses them with its own message.
+void install_recording(Options& o, const std::shared_ptr<Inbox>& inbox) {
+  if (int(bool(o.handler)) + int(bool(o.message_handler)) + int(bool(o.stream_handler)) > 1) return;
+  if (o.stream_handler) {
+    o.stream_handler = recording(std::move(o.stream_handler), inbox);
+    return;
+  }
+  if (!o.message_handler) o.message_handler = as_message_handler(std::move(o.handler));
+  o.handler = nullptr;
+  o.message_handler = recording(std::move(o.message_handler), inbox);
+}
+
+} // namespace
 
 struct TestServer::State {
-  mutable std::mutex mu;
-  mutable std::condition_variable arrived;
-  std::vector<Message> messages;
+  std::shared_ptr<Inbox> inbox = std::make_shared<Inbox>();
   std::unique_ptr<Server> server;
   std::thread thread;
-
-  // record - the message handler TestServer installs: the user's handler first, then keep it.
-  std::optional<Reply> record(const Options& user, const SessionInfo& session,
-                              const Envelope& envelope, const std::string& data) {
-    if (user.message_handler) {
-      std::optional<Reply> r = user.message_handler(session, envelope, data);
-      if (r && !r->positive()) return r;
-    } else if (user.handler) {
-      user.handler(session.peer, envelope.from, envelope.to, data);
-    }
-    std::lock_guard<std::mutex> lock(mu);
-    messages.push_back({session, envelope, data});
-    arrived.notify_all();
-    return std::nullopt;
-  }
+  std::string address; // kept, as Server::address() and port() are "" and 0 after close()
+  uint16_t port = 0;
 };
 
 TestServer::TestServer(Options options) : s_(std::make_unique<State>()) {
   if (options.addr == Options().addr) options.addr = "127.0.0.1:0";
-  auto user = std::make_shared<Options>(); // only the user's handlers are kept in it
-  user->handler = std::move(options.handler);
-  user->message_handler = std::move(options.message_handler);
-  options.handler = nullptr;
-  State* state = s_.get();
-  options.message_handler = [state, user](const SessionInfo& session, const Envelope& envelope,
-                                          const std::string& data) {
-    return state->record(*user, session, envelope, data);
-  };
+  install_recording(options, s_->inbox);
   s_->server = std::make_unique<Server>(std::move(options));
   s_->server->listen();
-  s_->thread = std::thread([state] { state->server->serve(); });
+  s_->address = s_->server->address();
+  s_->port = s_->server->port();
+  Server* server = s_->server.get(); // outlives the thread: stop() joins it first
+  s_->thread = std::thread([server] { server->serve(); });
   if (!s_->server->wait_ready(std::chrono::seconds(5))) {
-    s_->server->close();
-    s_->thread.join();
+    stop();
     throw std::runtime_error("smtpd: TestServer was not ready within 5 s");
   }
 }
 
 TestServer::~TestServer() {
-  s_->server->close();
-  s_->thread.join();
+  stop();
 }
 
 uint16_t TestServer::port() const {
-  return s_->server->port();
+  return s_->port;
 }
 
 std::string TestServer::address() const {
-  return s_->server->address();
+  return s_->address;
 }
 
 std::vector<TestServer::Message> TestServer::messages() const {
-  std::lock_guard<std::mutex> lock(s_->mu);
-  return s_->messages;
+  std::lock_guard<std::mutex> lock(s_->inbox->mu);
+  return s_->inbox->messages;
 }
 
 bool TestServer::wait_for(std::size_t count, std::chrono::milliseconds timeout) const {
-  std::unique_lock<std::mutex> lock(s_->mu);
-  return s_->arrived.wait_for(lock, timeout, [&] { return s_->messages.size() >= count; });
+  Inbox& inbox = *s_->inbox;
+  std::unique_lock<std::mutex> lock(inbox.mu);
+  return inbox.arrived.wait_for(lock, timeout, [&] { return inbox.messages.size() >= count; });
 }
 
 void TestServer::clear() {
-  std::lock_guard<std::mutex> lock(s_->mu);
-  s_->messages.clear();
+  std::lock_guard<std::mutex> lock(s_->inbox->mu);
+  s_->inbox->messages.clear();
+}
+
+void TestServer::stop() {
+  s_->server->close(); // close() is final and may be repeated; serve() returns
+  if (s_->thread.joinable()) s_->thread.join();
 }
 
 Server& TestServer::server() {

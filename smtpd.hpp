@@ -395,12 +395,17 @@ private:
 // ---------------------------------------------------------------------------------------------
 // TestServer - an SMTP server for your own test suite, in the spirit of aiosmtpd's Controller:
 // it serves on 127.0.0.1 and a free port on a background thread, and keeps every accepted
-// message in memory. The destructor stops it and joins the thread.
+// message in memory. stop() or the destructor closes it and joins the thread.
 //
 //     smtpd::TestServer smtp;                          // ready when constructed
 //     app.send_password_reset("127.0.0.1", smtp.port());
 //     REQUIRE(smtp.wait_for(1, std::chrono::seconds(5)));
 //     CHECK(smtp.messages()[0].envelope.to.at(0) == "user@example.test");
+//
+// Any one of handler, message_handler or stream_handler may be set in the options (not two):
+// it is called first, its verdict is what the client hears, and only a message it accepts is
+// kept. A MessageSink gets every piece as usual; its message is kept when finish() accepts,
+// not when the sink is abandoned. With no handler set, every message is accepted and kept.
 // ---------------------------------------------------------------------------------------------
 class TestServer {
 public:
@@ -408,19 +413,19 @@ public:
   struct Message {
     SessionInfo session;
     Envelope envelope;
-    std::string data; // with our Received header on top
+    std::string data; // with our Received header on top (for a sink: the pieces, joined)
   };
 
-  // Starts serving. `options.addr` left at its default becomes "127.0.0.1:0"; a handler or
-  // message_handler you set is called first and may refuse (then nothing is recorded). Throws
-  // what Server throws, or std::runtime_error when the server is not ready within 5 s.
+  // Starts serving. `options.addr` left at its default becomes "127.0.0.1:0". Throws what
+  // Server throws (two handlers set, bad options, address in use), or std::runtime_error when
+  // the server is not ready within 5 s.
   explicit TestServer(Options options = Options());
-  ~TestServer();
+  ~TestServer(); // stop()
   TestServer(const TestServer&) = delete;
   TestServer& operator=(const TestServer&) = delete;
 
-  uint16_t port() const;       // the bound port
-  std::string address() const; // "127.0.0.1:PORT"
+  uint16_t port() const;       // the bound port (still told after stop())
+  std::string address() const; // "127.0.0.1:PORT" (likewise)
 
   // messages - a copy of the messages accepted so far, in order of acceptance.
   std::vector<Message> messages() const;
@@ -430,6 +435,10 @@ public:
 
   // clear - forget the messages accepted so far.
   void clear();
+
+  // stop - close() the server (every connection is cut) and join its thread. Calling it again
+  // does nothing; messages() stays readable. Not to be called from two threads at once.
+  void stop();
 
   // server - the Server underneath, e.g. for connections() or shutdown().
   Server& server();
