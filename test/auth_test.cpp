@@ -16,7 +16,6 @@
 
 #include <chrono>
 #include <cstddef>
-#include <mutex>
 #include <optional>
 #include <regex>
 #include <stdexcept>
@@ -1159,23 +1158,12 @@ TEST_SUITE("auth") {
 
 namespace {
 
-// LoopbackMail - what the message handler saw, under a mutex (it runs on the server's thread).
-struct LoopbackMail {
-  std::mutex mu;
-  std::vector<std::string> users, datas;
-};
-
-smtpd::Options loopback_auth_options(LoopbackMail& mail) {
+// loopback_auth_options - loopback options offering AUTH PLAIN and LOGIN without TLS, for alice.
+// The smtpd::TestServer they are served with keeps the messages, with the session's auth_user.
+smtpd::Options loopback_auth_options() {
   smtpd::Options o = test::loopback_options();
   o.on_auth = alice_checker();
   o.auth_insecure = true;
-  o.message_handler = [&mail](const smtpd::SessionInfo& s, const smtpd::Envelope&,
-                              const std::string& data) {
-    std::lock_guard<std::mutex> lock(mail.mu);
-    mail.users.push_back(s.auth_user);
-    mail.datas.push_back(data);
-    return std::optional<smtpd::Reply>();
-  };
   return o;
 }
 
@@ -1192,10 +1180,9 @@ void past_ehlo(test::Client& c) {
 TEST_SUITE("auth") {
 
   TEST_CASE("loopback: AUTH PLAIN, then a message is delivered with auth_user") {
-    LoopbackMail mail;
-    smtpd::Options o = loopback_auth_options(mail);
+    smtpd::Options o = loopback_auth_options();
     o.auth_required = true;
-    test::TestServer server(o);
+    smtpd::TestServer server(o);
     test::Client c(server.port());
     REQUIRE(c.connected());
     CHECK(P(c.read_reply()) == P("220 mx.test ESMTP smtpd\r\n"));
@@ -1210,18 +1197,17 @@ TEST_SUITE("auth") {
           P("250 2.0.0 Ok: queued as XXXX\r\n"));
     CHECK(P(c.command("QUIT")) == P("221 2.0.0 Bye\r\n"));
     CHECK(c.wait_closed());
-    std::lock_guard<std::mutex> lock(mail.mu);
-    CHECK(mail.users == std::vector<std::string>{"alice"});
-    REQUIRE(mail.datas.size() == 1);
-    CHECK(mail.datas[0].find(" with ESMTPA id ") != std::string::npos);
-    CHECK(mail.datas[0].find("body\r\n") != std::string::npos);
+    std::vector<smtpd::TestServer::Message> mail = server.messages();
+    REQUIRE(mail.size() == 1);
+    CHECK(mail[0].session.auth_user == "alice");
+    CHECK(mail[0].data.find(" with ESMTPA id ") != std::string::npos);
+    CHECK(mail[0].data.find("body\r\n") != std::string::npos);
   }
 
   TEST_CASE("loopback: three failed AUTHs get 421 and the connection is closed") {
-    LoopbackMail mail;
-    smtpd::Options o = loopback_auth_options(mail);
+    smtpd::Options o = loopback_auth_options();
     o.auth_failure_delay = 0ms;
-    test::TestServer server(o);
+    smtpd::TestServer server(o);
     test::Client c(server.port());
     past_ehlo(c);
     CHECK(P(c.command("AUTH PLAIN " + plain_wrong)) == P(bad_535));
@@ -1235,8 +1221,7 @@ TEST_SUITE("auth") {
 
   TEST_CASE("loopback: an over-long AUTH response gets 500 5.5.6 and ends the exchange") {
     // Over a socket a long line arrives in several reads, so this is the usual case.
-    LoopbackMail mail;
-    test::TestServer server(loopback_auth_options(mail));
+    smtpd::TestServer server(loopback_auth_options());
     test::Client c(server.port());
     past_ehlo(c);
     CHECK(P(c.command("AUTH LOGIN")) == P(username_334));
@@ -1246,10 +1231,9 @@ TEST_SUITE("auth") {
   }
 
   TEST_CASE("loopback: auth_failure_delay holds the 535 back") {
-    LoopbackMail mail;
-    smtpd::Options o = loopback_auth_options(mail);
+    smtpd::Options o = loopback_auth_options();
     o.auth_failure_delay = 200ms;
-    test::TestServer server(o);
+    smtpd::TestServer server(o);
     test::Client c(server.port());
     past_ehlo(c);
     auto start = test::Clock::now();
@@ -1260,10 +1244,9 @@ TEST_SUITE("auth") {
   }
 
   TEST_CASE("loopback: shutdown() during the failure delay returns promptly") {
-    LoopbackMail mail;
-    smtpd::Options o = loopback_auth_options(mail);
+    smtpd::Options o = loopback_auth_options();
     o.auth_failure_delay = 30s;
-    test::TestServer server(o);
+    smtpd::TestServer server(o);
     test::Client c(server.port(), "127.0.0.1", 10s);
     past_ehlo(c);
     REQUIRE(c.send("AUTH PLAIN " + plain_wrong + "\r\n"));

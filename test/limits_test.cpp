@@ -13,9 +13,11 @@
 #include <condition_variable>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <stdexcept>
+#include <vector>
 
 #include <sys/syscall.h>
 
@@ -87,7 +89,7 @@ void ready(Client& c) {
 }
 
 // drained - the server's connection count returns to zero within `limit`.
-bool drained(TestServer& ts, milliseconds limit) {
+bool drained(smtpd::TestServer& ts, milliseconds limit) {
   return poll_until([&] { return ts.server().connections() == 0; }, limit);
 }
 
@@ -99,7 +101,7 @@ void check_threads_fall_to(long most, long base, milliseconds limit = 3s) {
 }
 
 // ThreadIds - the kernel ids of the threads that read client lines (a log_read hook), under a
-// mutex. Declare it before the TestServer that uses it.
+// mutex. Declare it before the smtpd::TestServer that uses it.
 struct ThreadIds {
   std::mutex mu;
   std::set<long> tids;
@@ -205,7 +207,7 @@ TEST_SUITE("limits") {
             "(slowloris)") {
     smtpd::Options options = loopback_options();
     options.command_timeout = 500ms;
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client c(ts.port());
     ready(c);
@@ -233,7 +235,7 @@ TEST_SUITE("limits") {
   TEST_CASE("RFC 5321 §4.5.3.2.7: complete command lines every 200 ms keep restarting the clock") {
     smtpd::Options options = loopback_options();
     options.command_timeout = 500ms;
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client c(ts.port());
     ready(c);
@@ -254,12 +256,10 @@ TEST_SUITE("limits") {
 
   TEST_CASE("Postfix smtpd_min_data_rate: content slower than min_data_rate is cut with 421 4.4.2 "
             "after data_timeout + size/rate; the handler is not called") {
-    Mailbox box;
     smtpd::Options options = loopback_options();
-    options.handler = box.handler();
     options.data_timeout = 1s;
     options.min_data_rate = 1000; // bytes/s; the client sends 250
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client c(ts.port());
     ready(c);
@@ -285,16 +285,14 @@ TEST_SUITE("limits") {
     c.set_timeout(3s);
     CHECK(c.wait_closed());
     CHECK(drained(ts, 2s));
-    CHECK(box.size() == 0);
+    CHECK(ts.messages().size() == 0);
   }
 
   TEST_CASE("Postfix smtpd_min_data_rate: 200 KB sent quickly, then the dot, is accepted") {
-    Mailbox box;
     smtpd::Options options = loopback_options();
-    options.handler = box.handler();
     options.data_timeout = 1s;
     options.min_data_rate = 1000;
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client c(ts.port(), "127.0.0.1", 10s);
     ready(c);
@@ -306,7 +304,7 @@ TEST_SUITE("limits") {
     REQUIRE(c.send(content + ".\r\n"));
     std::string r = c.read_reply();
     CHECK_MESSAGE(starts_with(r, "250 2.0.0 Ok: queued as "), "got: " << printable(r));
-    std::vector<Message> got = box.messages();
+    std::vector<smtpd::TestServer::Message> got = ts.messages();
     REQUIRE(got.size() == 1);
     CHECK(ends_with(got[0].data, content));
     CHECK(c.command("QUIT") == "221 2.0.0 Bye\r\n");
@@ -315,7 +313,7 @@ TEST_SUITE("limits") {
   TEST_CASE("max_session_duration: a client busy with NOOPs every 100 ms is cut with 421 4.4.2") {
     smtpd::Options options = loopback_options();
     options.max_session_duration = 1s;
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     auto start = Clock::now();
     Client c(ts.port());
@@ -345,7 +343,7 @@ TEST_SUITE("limits") {
     options.max_connections_per_ip = 2;
     options.limit_exempt_networks = {};
     options.log_error = log->hook(log);
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client first(ts.port()), second(ts.port());
     REQUIRE(first.connected());
@@ -375,7 +373,7 @@ TEST_SUITE("limits") {
   TEST_CASE("max_connections_per_ip: loopback is exempt by default (127.0.0.0/8, ::1/128)") {
     smtpd::Options options = loopback_options();
     options.max_connections_per_ip = 2;
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     auto clients = open_clients(10, ts.port());
     CHECK(ts.server().connections() == 10);
@@ -406,7 +404,7 @@ TEST_SUITE("limits") {
       return;
     }
     SUBCASE("exempt 127.0.0.0/8 only: the third [::1] client is refused") {
-      TestServer ts(ipv6_options("127.0.0.0/8"));
+      smtpd::TestServer ts(ipv6_options("127.0.0.0/8"));
       auto clients = open_clients(2, ts.port(), "::1");
       Client third(ts.port(), "::1");
       REQUIRE(third.connected());
@@ -415,7 +413,7 @@ TEST_SUITE("limits") {
       CHECK(third.wait_closed());
     }
     SUBCASE("exempt ::1/128: five [::1] clients are served") {
-      TestServer ts(ipv6_options("::1/128"));
+      smtpd::TestServer ts(ipv6_options("::1/128"));
       auto clients = open_clients(5, ts.port(), "::1");
       CHECK(ts.server().connections() == 5);
       for (auto& c : clients)
@@ -428,7 +426,7 @@ TEST_SUITE("limits") {
   TEST_CASE("early talker: input before the delayed greeting gets 554 and EOF, never a 220") {
     smtpd::Options options = loopback_options();
     options.greeting_delay = 300ms;
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client eager(ts.port());
     REQUIRE(eager.connected());
@@ -452,7 +450,7 @@ TEST_SUITE("limits") {
     smtpd::Options options = loopback_options();
     options.greeting_delay = 300ms;
     options.reject_early_talkers = false;
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client eager(ts.port());
     REQUIRE(eager.connected());
@@ -465,10 +463,8 @@ TEST_SUITE("limits") {
 
   TEST_CASE("RFC 2920 §3.1: commands pipelined after HELO get 554 and EOF; after EHLO a burst is "
             "fine") {
-    Mailbox box;
     smtpd::Options options = loopback_options();
-    options.handler = box.handler();
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client bulk(ts.port());
     REQUIRE(bulk.connected());
@@ -489,12 +485,12 @@ TEST_SUITE("limits") {
     CHECK(starts_with(polite.read_reply(), "250 2.0.0 Ok: queued as "));
     CHECK(polite.read_reply() == "221 2.0.0 Bye\r\n");
     CHECK(polite.wait_closed());
-    CHECK(box.size() == 1);
+    CHECK(ts.messages().size() == 1);
   }
 
   TEST_CASE("Postfix smtpd_forbidden_commands: an HTTP request gets one 554 line and EOF") {
     smtpd::Options options = loopback_options();
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client browser(ts.port());
     REQUIRE(browser.connected());
@@ -513,7 +509,7 @@ TEST_SUITE("limits") {
     smtpd::Options options = loopback_options();
     options.soft_error_limit = 2;
     options.error_delay = 300ms;
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client c(ts.port());
     ready(c);
@@ -535,7 +531,7 @@ TEST_SUITE("limits") {
     smtpd::Options options = loopback_options();
     options.soft_error_limit = 0; // the very first error is delayed
     options.error_delay = 10s;
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client c(ts.port(), "127.0.0.1", 8s);
     ready(c);
@@ -555,7 +551,7 @@ TEST_SUITE("limits") {
     smtpd::Options options = loopback_options();
     options.junk_command_limit = 3;
     options.hard_error_limit = 2;
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client c(ts.port());
     ready(c);
@@ -576,12 +572,10 @@ TEST_SUITE("limits") {
   }
 
   TEST_CASE("Postfix smtpd_junk_command_limit: a delivered message resets the junk count") {
-    Mailbox box;
     smtpd::Options options = loopback_options();
-    options.handler = box.handler();
     options.junk_command_limit = 3;
     options.hard_error_limit = 2;
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client c(ts.port());
     ready(c);
@@ -596,7 +590,7 @@ TEST_SUITE("limits") {
       CHECK(c.command("NOOP") == noop_ok);
     }
     CHECK(c.command("QUIT") == "221 2.0.0 Bye\r\n");
-    CHECK(box.size() == 1);
+    CHECK(ts.messages().size() == 1);
   }
 
   // --- worker threads ----------------------------------------------------------------------------
@@ -610,7 +604,7 @@ TEST_SUITE("limits") {
       smtpd::Options options = loopback_options();
       options.max_idle_threads = 4;
       options.log_read = ids.hook();
-      TestServer ts(options);
+      smtpd::TestServer ts(options);
       for (int i = 0; i < 20; ++i) {
         CAPTURE(i);
         hello_and_quit(ts.port());
@@ -634,7 +628,7 @@ TEST_SUITE("limits") {
       smtpd::Options options = loopback_options();
       options.max_idle_threads = 0;
       options.log_read = ids.hook();
-      TestServer ts(options);
+      smtpd::TestServer ts(options);
       for (int i = 0; i < 20; ++i) {
         CAPTURE(i);
         hello_and_quit(ts.port());
@@ -652,7 +646,7 @@ TEST_SUITE("limits") {
     {
       smtpd::Options options = loopback_options();
       options.max_idle_threads = 4;
-      TestServer ts(options);
+      smtpd::TestServer ts(options);
       int served = 0;
       for (int batch = 0; batch < 5; ++batch) {
         CAPTURE(batch);
@@ -689,7 +683,7 @@ TEST_SUITE("limits") {
     options.log_write = [pinned](const smtpd::Peer&, std::string_view line) {
       if (starts_with(line, "250 2.0.0 Ok: queued as ")) pinned->replied = true;
     };
-    auto ts = std::make_unique<TestServer>(options);
+    auto ts = std::make_unique<smtpd::TestServer>(options);
 
     Client c(ts->port());
     ready(c);
@@ -730,7 +724,7 @@ TEST_SUITE("limits") {
       if (name == "boom.test") throw std::runtime_error("helo hook exploded");
       return std::nullopt;
     };
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client victim(ts.port());
     REQUIRE(victim.connected());
@@ -754,7 +748,7 @@ TEST_SUITE("limits") {
       if (calls++ == 0) throw std::runtime_error("connect hook exploded");
       return std::nullopt;
     };
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client victim(ts.port());
     REQUIRE(victim.connected());

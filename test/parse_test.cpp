@@ -167,17 +167,17 @@ void check_rcpt_row(const Row& row, const std::string& mail = "MAIL FROM:<s@send
   }
 }
 
-// MailboxRow - a path valid or invalid the same way after MAIL FROM: and RCPT TO:. An accepted
+// PathRow - a path valid or invalid the same way after MAIL FROM: and RCPT TO:. An accepted
 // path must reach the hook as `recorded`; a refused one gets 501 with the enhanced code of a
 // bad sender (5.1.7) or a bad recipient (5.1.3).
-struct MailboxRow {
+struct PathRow {
   std::string path;
   bool valid;
   std::string recorded;
 };
 
-void check_mailbox_rows(const std::vector<MailboxRow>& rows) {
-  for (const MailboxRow& m : rows) {
+void check_path_rows(const std::vector<PathRow>& rows) {
+  for (const PathRow& m : rows) {
     check_mail_row(
         {"MAIL FROM:" + m.path, m.valid ? 250 : 501, m.valid ? "2.1.0" : "5.1.7", m.recorded});
     check_rcpt_row(
@@ -251,8 +251,8 @@ std::string domain_of(std::size_t n) {
 
 TEST_SUITE("parse") {
 
-  TEST_CASE("RFC 5321 §4.1.2: Mailbox = Local-part \"@\" Domain, in MAIL and RCPT alike") {
-    check_mailbox_rows({
+  TEST_CASE("RFC 5321 §4.1.2: a mailbox is Local-part \"@\" Domain, in MAIL and RCPT alike") {
+    check_path_rows({
         {"<a@b.test>", true, "a@b.test"},
         {"<A.B.C@Sub.Example.COM>", true, "A.B.C@Sub.Example.COM"},           // case kept as given
         {"<!#$%&'*+-/=?^_`{|}~@x.test>", true, "!#$%&'*+-/=?^_`{|}~@x.test"}, // every atext
@@ -301,7 +301,7 @@ TEST_SUITE("parse") {
   }
 
   TEST_CASE("RFC 5321 §4.1.2: Quoted-string local parts") {
-    check_mailbox_rows({
+    check_path_rows({
         {"<\"john smith\"@example.com>", true, "\"john smith\"@example.com"},
         {"<\"a\\\"b\"@x.test>", true, "\"a\\\"b\"@x.test"}, // quoted-pairSMTP \"
         {"<\"a\\\\b\"@x.test>", true, "\"a\\\\b\"@x.test"}, // quoted-pairSMTP \\ .
@@ -318,7 +318,7 @@ TEST_SUITE("parse") {
   }
 
   TEST_CASE("RFC 5321 §4.1.3: address literals") {
-    check_mailbox_rows({
+    check_path_rows({
         {"<a@[192.0.2.1]>", true, "a@[192.0.2.1]"},
         {"<a@[0.0.0.0]>", true, "a@[0.0.0.0]"},
         {"<a@[255.255.255.255]>", true, "a@[255.255.255.255]"},
@@ -354,7 +354,7 @@ TEST_SUITE("parse") {
   }
 
   TEST_CASE("RFC 5321 §4.1.3: Snum = 1*3DIGIT, so an IPv4 literal may have leading zeros") {
-    check_mailbox_rows({
+    check_path_rows({
         {"<a@[192.000.002.001]>", true, "a@[192.000.002.001]"},
         {"<a@[010.0.0.1]>", true, "a@[010.0.0.1]"},
         {"<a@[1.2.3.0001]>", false, ""}, // four digits is not an Snum
@@ -362,7 +362,7 @@ TEST_SUITE("parse") {
   }
 
   TEST_CASE("RFC 5321 §4.1.1.3 / §4.1.2: source routes (A-d-l) are accepted and ignored") {
-    check_mailbox_rows({
+    check_path_rows({
         {"<@a.test,@b.test:user@c.test>", true, "user@c.test"},
         {"<@a.test:user@c.test>", true, "user@c.test"},
         {"<@a.test,@b.test,@c.test:\"q s\"@[192.0.2.1]>", true, "\"q s\"@[192.0.2.1]"},
@@ -386,7 +386,7 @@ TEST_SUITE("parse") {
   }
 
   TEST_CASE("RFC 5321 §4.5.3.1.1: a local part is at most 64 octets") {
-    check_mailbox_rows({
+    check_path_rows({
         {"<" + label(64, 'l') + "@x.test>", true, label(64, 'l') + "@x.test"},
         {"<" + label(65, 'l') + "@x.test>", false, ""},
         {"<\"" + label(62, 'q') + "\"@x.test>", true, "\"" + label(62, 'q') + "\"@x.test"},
@@ -400,9 +400,9 @@ TEST_SUITE("parse") {
     REQUIRE(domain_of(256).size() == 256);
     REQUIRE(domain_of(128).size() == 128);
     // A 256-octet domain is refused as bad syntax, before the path length is looked at.
-    check_mailbox_rows({{"<a@" + domain_of(256) + ">", false, ""},
-                        {"<@" + domain_of(256) + ":a@x.test>", false, ""}});
-    check_mailbox_rows({{"<a@" + label(63) + ">", true, "a@" + label(63)}});
+    check_path_rows({{"<a@" + domain_of(256) + ">", false, ""},
+                     {"<@" + domain_of(256) + ":a@x.test>", false, ""}});
+    check_path_rows({{"<a@" + label(63) + ">", true, "a@" + label(63)}});
   }
 
   TEST_CASE("RFC 5321 §4.5.3.1.3: a path is at most 256 octets; longer is 501 Path too long") {
@@ -419,7 +419,7 @@ TEST_SUITE("parse") {
     check_rcpt_row({"RCPT TO:<" + at_257 + ">", 501, "5.5.4", ""});
     // A 255-octet domain is fine on its own, but no path can hold it with the brackets.
     check_mail_row({"MAIL FROM:<a@" + domain_of(255) + ">", 501, "5.5.4", ""});
-    // The source route counts: Path = "<" [ A-d-l ":" ] Mailbox ">".
+    // The source route counts: a Path is "<", [ A-d-l ":" ], the mailbox, then ">".
     const std::string route = "@" + domain_of(250) + ":"; // 1 + 250 + 1 + 8 + 2 = 262 octets
     check_mail_row({"MAIL FROM:<" + route + "a@b.test>", 501, "5.5.4", ""});
     check_mail_row({"MAIL FROM:<@" + domain_of(100) + ":a@b.test>", 250, "2.1.0", "a@b.test"});

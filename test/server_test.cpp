@@ -1,5 +1,6 @@
 // server_test.cpp - the Server over real sockets: a Server on 127.0.0.1 port 0 served on its own
-// thread (TestServer), clients with timeouts on every socket (Client), and every wait bounded.
+// thread (smtpd::TestServer, or the test's own thread where serve() itself is tested), clients
+// with timeouts on every socket (Client), and every wait bounded.
 // Covers the connection loop and the Server: transactions, pipelining, concurrency, timeouts,
 // the connection limit, abrupt clients, graceful shutdown and close(), addresses and options.
 #include "test_client.hpp"
@@ -7,10 +8,14 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <future>
+#include <mutex>
 #include <optional>
 #include <set>
+#include <stdexcept>
 #include <system_error>
+#include <vector>
 
 #include <sched.h>
 
@@ -60,6 +65,15 @@ const char* const queued_prefix = "250 2.0.0 Ok: queued as ";
 const char* const shutting_down_421 = "421 4.3.2 Service shutting down, try again later\r\n";
 const char* const timeout_421 = "421 4.4.2 Timeout exceeded, closing connection\r\n";
 
+// CloseAtExit - close()s a Server when the scope ends. The tests of serve() itself run it on a
+// std::async thread, and a failed REQUIRE must not leave the future's destructor waiting for a
+// serve() that nobody stops.
+struct CloseAtExit {
+  smtpd::Server& server;
+
+  ~CloseAtExit() { server.close(); }
+};
+
 } // namespace
 
 TEST_SUITE("server") {
@@ -68,10 +82,8 @@ TEST_SUITE("server") {
 
   TEST_CASE(
       "RFC 5321 §3.3: a whole transaction over a socket; QUIT gets 221 and the server closes") {
-    Mailbox box;
     smtpd::Options options = loopback_options();
-    options.handler = box.handler();
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client c(ts.port());
     REQUIRE(c.connected());
@@ -94,14 +106,14 @@ TEST_SUITE("server") {
     CHECK(c.eof());
     CHECK(c.buffered().empty());
 
-    std::vector<Message> got = box.messages();
+    std::vector<smtpd::TestServer::Message> got = ts.messages();
     REQUIRE(got.size() == 1);
-    const Message& m = got[0];
-    CHECK(m.peer.ip == "127.0.0.1");
-    CHECK(m.peer.port != 0);
-    CHECK(m.peer.port == c.local_port());
-    CHECK(m.from == "alice@example.org");
-    CHECK(m.to == std::vector<std::string>{"bob@example.net"});
+    const smtpd::TestServer::Message& m = got[0];
+    CHECK(m.session.peer.ip == "127.0.0.1");
+    CHECK(m.session.peer.port != 0);
+    CHECK(m.session.peer.port == c.local_port());
+    CHECK(m.envelope.from == "alice@example.org");
+    CHECK(m.envelope.to == std::vector<std::string>{"bob@example.net"});
     CHECK(starts_with(m.data, "Received: from client.example ([127.0.0.1])\r\n"
                               "\tby mx.test (smtpd) with ESMTP id "));
     CHECK(contains(m.data, "\r\n\tfor <bob@example.net>;\r\n\t"));
@@ -112,10 +124,8 @@ TEST_SUITE("server") {
   // --- pipelining --------------------------------------------------------------------------------
 
   TEST_CASE("RFC 2920: pipelined commands are answered in order, each burst with one write") {
-    Mailbox box;
     smtpd::Options options = loopback_options();
-    options.handler = box.handler();
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client c(ts.port());
     require_greeted(c);
@@ -156,11 +166,11 @@ TEST_SUITE("server") {
     CHECK(c.expect(221) == "221 2.0.0 Bye\r\n");
     CHECK(c.wait_closed());
 
-    std::vector<Message> got = box.messages();
+    std::vector<smtpd::TestServer::Message> got = ts.messages();
     REQUIRE(got.size() == 2);
-    CHECK(got[0].to == std::vector<std::string>{"b@example.net", "c@example.net"});
+    CHECK(got[0].envelope.to == std::vector<std::string>{"b@example.net", "c@example.net"});
     CHECK(ends_with(got[0].data, "\r\nSubject: one\r\n\r\nfirst\r\n"));
-    CHECK(got[1].to == std::vector<std::string>{"d@example.net"});
+    CHECK(got[1].envelope.to == std::vector<std::string>{"d@example.net"});
     CHECK(ends_with(got[1].data, "\r\nSubject: two\r\n\r\nsecond\r\n"));
   }
 
@@ -174,7 +184,7 @@ TEST_SUITE("server") {
       if (to == "slow@example.net") std::this_thread::sleep_for(200ms);
       return std::nullopt;
     };
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client c(ts.port());
     require_greeted(c);
@@ -200,7 +210,7 @@ TEST_SUITE("server") {
       std::lock_guard<std::mutex> lock(mu);
       ids.insert(id);
     };
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     auto start = Clock::now();
     std::atomic<int> accepted{0};
@@ -245,7 +255,7 @@ TEST_SUITE("server") {
   TEST_CASE("RFC 5321 §4.5.3.2.7: a silent client gets 421 4.4.2 after the command timeout") {
     smtpd::Options options = loopback_options();
     options.command_timeout = 300ms;
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client c(ts.port());
     require_greeted(c);
@@ -266,11 +276,9 @@ TEST_SUITE("server") {
   }
 
   TEST_CASE("RFC 5321 §4.5.3.2.6: a client that stops mid-DATA gets 421 after the data timeout") {
-    Mailbox box;
     smtpd::Options options = loopback_options();
-    options.handler = box.handler();
     options.data_timeout = 300ms; // the command timeout stays at 5 minutes
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client c(ts.port());
     require_greeted(c);
@@ -281,7 +289,7 @@ TEST_SUITE("server") {
     CHECK(c.wait_closed());
     CHECK(elapsed_ms(start) < 2000);
     CHECK(poll_until([&] { return ts.server().connections() == 0; }, 2s));
-    CHECK(box.size() == 0);
+    CHECK(ts.messages().size() == 0);
   }
 
   // --- the connection limit ----------------------------------------------------------------------
@@ -295,7 +303,7 @@ TEST_SUITE("server") {
       std::lock_guard<std::mutex> lock(mu);
       errors.emplace_back(message);
     };
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client first(ts.port()), second(ts.port());
     REQUIRE(first.connected());
@@ -339,10 +347,8 @@ TEST_SUITE("server") {
   // --- clients that go away ----------------------------------------------------------------------
 
   TEST_CASE("abrupt disconnects end their connections; no message is delivered half") {
-    Mailbox box;
     smtpd::Options options = loopback_options();
-    options.handler = box.handler();
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     { // closes in the middle of a command line
       Client c(ts.port());
@@ -371,7 +377,7 @@ TEST_SUITE("server") {
     }
     CHECK(poll_until([&] { return ts.server().connections() == 0; }, 2s));
     CHECK(ts.server().connections() == 0);
-    CHECK(box.size() == 0);
+    CHECK(ts.messages().size() == 0);
 
     // The server is unharmed.
     Client c(ts.port());
@@ -379,7 +385,7 @@ TEST_SUITE("server") {
     CHECK(
         starts_with(send_message(c, "a@example.org", "b@example.net", "Subject: ok\r\n\r\nok\r\n"),
                     queued_prefix));
-    CHECK(box.size() == 1);
+    CHECK(ts.messages().size() == 1);
   }
 
   TEST_CASE("a client that pipelines megabytes and never reads is cut off; others are served") {
@@ -388,7 +394,7 @@ TEST_SUITE("server") {
     // NOOPs past junk_command_limit would end the session as errors long before the replies
     // back up: this test is about the client that never reads, so that limit is lifted here.
     options.junk_command_limit = 1u << 30;
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     std::atomic<bool> flood_closed{false};
     std::thread flooder([&] {
@@ -429,16 +435,13 @@ TEST_SUITE("server") {
 
   TEST_CASE("a handler's Reply is sent as is; any other exception becomes 451 and the session goes "
             "on") {
-    Mailbox box;
-    smtpd::Handler record = box.handler();
     smtpd::Options options = loopback_options();
-    options.handler = [&](const smtpd::Peer& peer, const std::string& from,
-                          const std::vector<std::string>& to, const std::string& data) {
+    options.handler = [](const smtpd::Peer&, const std::string&, const std::vector<std::string>& to,
+                         const std::string&) {
       if (to.front() == "nobody@example.net") throw smtpd::Reply{550, "5.1.1", "no such user"};
       if (to.front() == "crash@example.net") throw std::runtime_error("disk on fire");
-      record(peer, from, to, data);
     };
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client c(ts.port());
     require_greeted(c);
@@ -449,19 +452,30 @@ TEST_SUITE("server") {
     CHECK(
         starts_with(send_message(c, "a@example.org", "real@example.net", "x\r\n"), queued_prefix));
     CHECK(c.command("QUIT") == "221 2.0.0 Bye\r\n");
-    std::vector<Message> got = box.messages();
+    std::vector<smtpd::TestServer::Message> got = ts.messages();
     REQUIRE(got.size() == 1);
-    CHECK(got[0].to == std::vector<std::string>{"real@example.net"});
+    CHECK(got[0].envelope.to == std::vector<std::string>{"real@example.net"});
   }
 
   // --- stopping ----------------------------------------------------------------------------------
 
   TEST_CASE("graceful shutdown: idle clients get 421 4.3.2, a message in flight is finished") {
-    Mailbox box;
+    // The Server itself, served on a std::async thread: the future tells that serve() returned,
+    // and get() rethrows what it threw.
+    std::mutex mu;
+    std::vector<std::string> delivered;
     smtpd::Options options = loopback_options();
-    options.handler = box.handler();
-    TestServer ts(options);
-    uint16_t port = ts.port();
+    options.handler = [&](const smtpd::Peer&, const std::string&, const std::vector<std::string>&,
+                          const std::string& data) {
+      std::lock_guard<std::mutex> lock(mu);
+      delivered.push_back(data);
+    };
+    smtpd::Server server(options);
+    server.listen();
+    std::future<void> serving = std::async(std::launch::async, [&] { server.serve(); });
+    CloseAtExit closer{server};
+    REQUIRE(server.wait_ready(5s));
+    uint16_t port = server.port();
 
     Client idle(port);
     require_greeted(idle);
@@ -470,7 +484,7 @@ TEST_SUITE("server") {
     start_data(busy);
     REQUIRE(busy.send("Subject: in flight\r\n\r\nfirst half\r\n"));
 
-    auto stopped = std::async(std::launch::async, [&] { ts.server().shutdown(5s); });
+    auto stopped = std::async(std::launch::async, [&] { server.shutdown(5s); });
     auto start = Clock::now();
     CHECK(idle.read_reply() == shutting_down_421);
     CHECK(elapsed_ms(start) < 1000);
@@ -484,23 +498,22 @@ TEST_SUITE("server") {
 
     bool returned = stopped.wait_for(5s) == std::future_status::ready;
     CHECK(returned);
-    if (!returned) ts.server().close(); // so that the future's destructor does not wait forever
+    if (!returned) server.close(); // so that the future's destructor does not wait forever
     CHECK(elapsed_ms(start) < 3000);
-    CHECK(ts.server().connections() == 0);
+    CHECK(server.connections() == 0);
     CHECK_FALSE(can_connect(port));
-    CHECK(poll_until([&] { return ts.serve_returned(); }, 2s));
-    CHECK(ts.serve_error() == "");
+    bool serve_returned = serving.wait_for(2s) == std::future_status::ready;
+    CHECK(serve_returned);
+    if (serve_returned) CHECK_NOTHROW(serving.get());
 
-    std::vector<Message> got = box.messages();
-    REQUIRE(got.size() == 1);
-    CHECK(ends_with(got[0].data, "\r\nSubject: in flight\r\n\r\nfirst half\r\nsecond half\r\n"));
+    std::lock_guard<std::mutex> lock(mu);
+    REQUIRE(delivered.size() == 1);
+    CHECK(ends_with(delivered[0], "\r\nSubject: in flight\r\n\r\nfirst half\r\nsecond half\r\n"));
   }
 
   TEST_CASE("graceful shutdown: a transaction that outlives the deadline is cut, not delivered") {
-    Mailbox box;
     smtpd::Options options = loopback_options();
-    options.handler = box.handler();
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client busy(ts.port());
     require_greeted(busy);
@@ -517,15 +530,21 @@ TEST_SUITE("server") {
     CHECK(busy.wait_closed());
     CHECK(busy.buffered() == ""); // cut, not answered: the message was not accepted
     CHECK(ts.server().connections() == 0);
-    CHECK(box.size() == 0);
+    CHECK(ts.messages().size() == 0);
   }
 
   TEST_CASE("close() is immediate: every client sees EOF and serve() returns") {
-    Mailbox box;
+    // The Server itself, served on a std::async thread, as in the graceful shutdown test above.
+    std::atomic<int> delivered{0};
     smtpd::Options options = loopback_options();
-    options.handler = box.handler();
-    TestServer ts(options);
-    uint16_t port = ts.port();
+    options.handler = [&](const smtpd::Peer&, const std::string&, const std::vector<std::string>&,
+                          const std::string&) { ++delivered; };
+    smtpd::Server server(options);
+    server.listen();
+    std::future<void> serving = std::async(std::launch::async, [&] { server.serve(); });
+    CloseAtExit closer{server};
+    REQUIRE(server.wait_ready(5s));
+    uint16_t port = server.port();
 
     Client before_ehlo(port);
     REQUIRE(before_ehlo.connected());
@@ -536,22 +555,23 @@ TEST_SUITE("server") {
     require_greeted(in_data);
     start_data(in_data);
     REQUIRE(in_data.send("Subject: cut\r\n\r\nhalf"));
-    CHECK(ts.server().connections() == 3);
+    CHECK(server.connections() == 3);
 
     auto start = Clock::now();
-    ts.server().close();
+    server.close();
     CHECK(elapsed_ms(start) < 1000);
-    CHECK(ts.server().connections() == 0);
+    CHECK(server.connections() == 0);
     // An idle session may still get its 421 in before the cut; nothing else may arrive.
     for (Client* c : {&before_ehlo, &after_ehlo, &in_data}) {
       CHECK(c->wait_closed());
       CHECK((c->buffered().empty() || reply_code(c->buffered()) == 421));
     }
     CHECK(in_data.buffered() == "");
-    CHECK(poll_until([&] { return ts.serve_returned(); }, 2s));
-    CHECK(ts.serve_error() == "");
+    bool serve_returned = serving.wait_for(2s) == std::future_status::ready;
+    CHECK(serve_returned);
+    if (serve_returned) CHECK_NOTHROW(serving.get());
     CHECK_FALSE(can_connect(port));
-    CHECK(box.size() == 0);
+    CHECK(delivered == 0);
   }
 
   TEST_CASE("reverse_dns: the client's forward-confirmed name reaches Peer and Received") {
@@ -566,7 +586,7 @@ TEST_SUITE("server") {
       hostname = peer.hostname;
       data = message;
     };
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
     Client c(ts.port());
     require_greeted(c);
     CHECK(reply_code(send_message(c, "a@example.org", "b@example.net", "x\r\n")) == 250);
@@ -584,7 +604,7 @@ TEST_SUITE("server") {
       std::lock_guard<std::mutex> lock(mu);
       hostname = peer.hostname;
     };
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
     Client c(ts.port());
     require_greeted(c);
     CHECK(reply_code(send_message(c, "a@example.org", "b@example.net", "x\r\n")) == 250);
@@ -609,27 +629,25 @@ TEST_SUITE("server") {
       MESSAGE("no IPv6 loopback on this machine: skipped");
       return;
     }
-    Mailbox box;
     smtpd::Options options = loopback_options();
     options.addr = "[::1]:0";
-    options.handler = box.handler();
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
     CHECK(ts.server().address() == "[::1]:" + std::to_string(ts.port()));
 
     Client c(ts.port(), "::1");
     require_greeted(c);
     CHECK(starts_with(send_message(c, "a@example.org", "b@example.net", "x\r\n"), queued_prefix));
-    std::vector<Message> got = box.messages();
+    std::vector<smtpd::TestServer::Message> got = ts.messages();
     REQUIRE(got.size() == 1);
-    CHECK(got[0].peer.ip == "::1");
-    CHECK(got[0].peer.port == c.local_port());
+    CHECK(got[0].session.peer.ip == "::1");
+    CHECK(got[0].session.peer.port == c.local_port());
     CHECK(starts_with(got[0].data, "Received: from client.example ([IPv6:::1])\r\n"));
   }
 
   TEST_CASE("listen on :0 (every address) serves a client on 127.0.0.1") {
     smtpd::Options options = loopback_options();
     options.addr = ":0";
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
     CHECK(ts.port() != 0);
     Client c(ts.port());
     REQUIRE(c.connected());
@@ -757,7 +775,7 @@ TEST_SUITE("server") {
     std::atomic<int> policy{-1};
     options.handler = [&](const smtpd::Peer&, const std::string&, const std::vector<std::string>&,
                           const std::string&) { policy = sched_getscheduler(0); };
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
     Client c(ts.port());
     require_greeted(c);
     CHECK(starts_with(send_message(c, "a@example.org", "b@example.net", "hi\r\n"), queued_prefix));
@@ -813,7 +831,7 @@ TEST_SUITE("server") {
       threads.insert(std::this_thread::get_id());
       peers.push_back(peer.ip);
     };
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     Client c(ts.port());
     require_greeted(c);

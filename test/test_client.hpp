@@ -1,10 +1,10 @@
-// test_client.hpp - loopback helpers for the server tests, in the manner of cpp-httplib's:
+// test_client.hpp - loopback clients for the server tests, in the manner of cpp-httplib's:
 //
-//   TestServer  a Server on 127.0.0.1 port 0, serving on its own thread; its destructor close()s
-//               the server and joins the thread, so a failing test never leaks a server.
 //   Client      one socket with SO_RCVTIMEO and SO_SNDTIMEO, and one buffered reader: replies are
 //               read whole (multi-line included), no byte is dropped, and no call waits forever.
-//   Mailbox     a Handler that records every message it is given, under a mutex.
+//
+// The servers they talk to are the library's own smtpd::TestServer (the test API users rely on),
+// or a smtpd::Server driven directly by a test of Server itself.
 //
 // Failures are reported as text ("...<timeout>", "...<eof>") so that a CHECK shows what the
 // server actually sent.
@@ -16,16 +16,12 @@
 
 #include <doctest/doctest.h>
 
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <mutex>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <thread>
-#include <vector>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -354,97 +350,6 @@ inline smtpd::Options loopback_options() {
   options.hostname = "mx.test";
   return options;
 }
-
-// TestServer - a Server listening and serving on its own thread for the length of a scope.
-class TestServer {
-public:
-  explicit TestServer(smtpd::Options options) : server_(std::move(options)) {
-    server_.listen();
-    thread_ = std::thread([this] {
-      try {
-        server_.serve();
-      } catch (const std::exception& e) {
-        std::lock_guard<std::mutex> lock(mu_);
-        serve_error_ = e.what();
-      }
-      serve_returned_ = true;
-    });
-    if (!server_.wait_ready(5s)) {
-      stop();
-      throw std::runtime_error("test server was not ready within 5 s");
-    }
-  }
-
-  ~TestServer() { stop(); }
-
-  TestServer(const TestServer&) = delete;
-  TestServer& operator=(const TestServer&) = delete;
-
-  smtpd::Server& server() { return server_; }
-
-  uint16_t port() const { return server_.port(); }
-
-  // serve_returned - serve() has returned on the server thread.
-  bool serve_returned() const { return serve_returned_; }
-
-  // serve_error - what serve() threw, if it threw.
-  std::string serve_error() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return serve_error_;
-  }
-
-  // stop - close() the server and join its thread; safe to call more than once.
-  void stop() {
-    server_.close();
-    if (thread_.joinable()) thread_.join();
-  }
-
-private:
-  smtpd::Server server_;
-  std::thread thread_;
-  std::atomic<bool> serve_returned_{false};
-  mutable std::mutex mu_;
-  std::string serve_error_;
-};
-
-// Message - what a Handler was given.
-struct Message {
-  smtpd::Peer peer;
-  std::string from;
-  std::vector<std::string> to;
-  std::string data;
-};
-
-// Mailbox - records the messages its handler() accepts. Declare it before the TestServer that
-// uses it, so it outlives the server's threads.
-class Mailbox {
-public:
-  smtpd::Handler handler() {
-    return [this](const smtpd::Peer& peer, const std::string& from,
-                  const std::vector<std::string>& to, const std::string& data) {
-      add(Message{peer, from, to, data});
-    };
-  }
-
-  void add(Message message) {
-    std::lock_guard<std::mutex> lock(mu_);
-    messages_.push_back(std::move(message));
-  }
-
-  std::size_t size() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return messages_.size();
-  }
-
-  std::vector<Message> messages() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return messages_;
-  }
-
-private:
-  mutable std::mutex mu_;
-  std::vector<Message> messages_;
-};
 
 } // namespace test
 

@@ -100,26 +100,10 @@ CtxPtr with_client_cert(const std::string& cert, const std::string& key) {
   return required(client_context(o));
 }
 
-// Delivery - what a MessageHandler was given.
-struct Delivery {
-  smtpd::SessionInfo session;
-  smtpd::Envelope envelope;
-  std::string data;
-};
-
-// Recorder - a MessageHandler (and MailHook) that records what it saw, under a mutex. Declare
-// it before the TestServer that uses it.
+// Recorder - a MailHook that records the session each MAIL saw, under a mutex. Declare it
+// before the TestServer that uses it.
 class Recorder {
 public:
-  smtpd::MessageHandler handler() {
-    return [this](const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
-                  const std::string& data) -> std::optional<smtpd::Reply> {
-      std::lock_guard<std::mutex> lock(mu_);
-      deliveries_.push_back(Delivery{session, envelope, data});
-      return std::nullopt;
-    };
-  }
-
   smtpd::MailHook mail_hook() {
     return [this](const smtpd::SessionInfo& session, const std::string&,
                   const smtpd::Params&) -> std::optional<smtpd::Reply> {
@@ -129,11 +113,6 @@ public:
     };
   }
 
-  std::vector<Delivery> deliveries() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return deliveries_;
-  }
-
   std::vector<smtpd::SessionInfo> mail_sessions() const {
     std::lock_guard<std::mutex> lock(mu_);
     return mail_sessions_;
@@ -141,16 +120,8 @@ public:
 
 private:
   mutable std::mutex mu_;
-  std::vector<Delivery> deliveries_;
   std::vector<smtpd::SessionInfo> mail_sessions_;
 };
-
-// recorded_tls_options - tls_options() with `rec` as the message handler.
-smtpd::Options recorded_tls_options(Recorder& rec) {
-  smtpd::Options options = tls_options();
-  options.message_handler = rec.handler();
-  return options;
-}
 
 // client_ca_options - tls_options() that verify client certificates against the test CA, with
 // `rec` as the MAIL hook.
@@ -161,9 +132,9 @@ smtpd::Options client_ca_options(Recorder& rec) {
   return options;
 }
 
-// the_delivery - the one message `rec` was given (REQUIREd to be exactly one).
-Delivery the_delivery(const Recorder& rec) {
-  std::vector<Delivery> got = rec.deliveries();
+// the_message - the one message `ts` accepted (REQUIREd to be exactly one).
+smtpd::TestServer::Message the_message(const smtpd::TestServer& ts) {
+  std::vector<smtpd::TestServer::Message> got = ts.messages();
   REQUIRE(got.size() == 1);
   return got[0];
 }
@@ -223,12 +194,12 @@ bool start_tls_session(TlsClient& c, SSL_CTX* ctx, const std::string& host = "lo
 }
 
 // drained - the server's connection count returns to zero within 5 s.
-bool drained(TestServer& ts) {
+bool drained(smtpd::TestServer& ts) {
   return poll_until([&] { return ts.server().connections() == 0; }, 5s);
 }
 
 // still_serves - a fresh plain client is greeted and gets 250 to EHLO.
-bool still_serves(TestServer& ts) {
+bool still_serves(smtpd::TestServer& ts) {
   TlsClient c(ts.port());
   return c.connected() && c.read_reply() == greeting_220 && reply_code(c.command("EHLO x")) == 250;
 }
@@ -273,7 +244,7 @@ TEST_SUITE("tls") {
 
   TEST_CASE("RFC 3207 §4: EHLO advertises 250-STARTTLS when a certificate is set, not once TLS "
             "is active") {
-    TestServer ts(tls_options());
+    smtpd::TestServer ts(tls_options());
     CtxPtr ctx = verifying_client();
 
     TlsClient c(ts.port());
@@ -289,7 +260,7 @@ TEST_SUITE("tls") {
   }
 
   TEST_CASE("RFC 3207: without TLS configured EHLO never offers STARTTLS, and STARTTLS gets 502") {
-    TestServer ts(loopback_options());
+    smtpd::TestServer ts(loopback_options());
     TlsClient c(ts.port());
     greeted(c);
     CHECK_FALSE(contains(ehlo(c), "STARTTLS"));
@@ -298,7 +269,7 @@ TEST_SUITE("tls") {
   }
 
   TEST_CASE("RFC 3207 §4: STARTTLS takes no argument: 501 5.5.4 Syntax: STARTTLS") {
-    TestServer ts(tls_options());
+    smtpd::TestServer ts(tls_options());
     TlsClient c(ts.port());
     plain_session(c);
     CHECK(c.command("STARTTLS foo") == "501 5.5.4 Syntax: STARTTLS\r\n");
@@ -308,7 +279,7 @@ TEST_SUITE("tls") {
   }
 
   TEST_CASE("RFC 3207: STARTTLS before EHLO gets 503 Send HELO/EHLO first") {
-    TestServer ts(tls_options());
+    smtpd::TestServer ts(tls_options());
     TlsClient c(ts.port());
     greeted(c);
     std::string reply = c.command("STARTTLS");
@@ -320,7 +291,7 @@ TEST_SUITE("tls") {
   }
 
   TEST_CASE("RFC 3207: STARTTLS inside a mail transaction gets 503") {
-    TestServer ts(tls_options());
+    smtpd::TestServer ts(tls_options());
     TlsClient c(ts.port());
     plain_session(c);
     CHECK(c.command("MAIL FROM:<a@example.org>") == "250 2.1.0 Ok\r\n");
@@ -332,7 +303,7 @@ TEST_SUITE("tls") {
   }
 
   TEST_CASE("RFC 3207 §4.2: STARTTLS once TLS is active gets 503 5.5.1") {
-    TestServer ts(tls_options());
+    smtpd::TestServer ts(tls_options());
     CtxPtr ctx = verifying_client();
     TlsClient c(ts.port());
     REQUIRE(start_tls_session(c, ctx.get()));
@@ -343,8 +314,7 @@ TEST_SUITE("tls") {
 
   TEST_CASE("RFC 3207 §4.2: after the handshake the session is reset: EHLO again first, the "
             "earlier transaction is gone") {
-    Recorder rec;
-    TestServer ts(recorded_tls_options(rec));
+    smtpd::TestServer ts(tls_options());
     CtxPtr ctx = verifying_client();
 
     TlsClient c(ts.port());
@@ -358,14 +328,14 @@ TEST_SUITE("tls") {
     // Nothing of a transaction survived: RCPT needs a MAIL given over TLS.
     CHECK(c.command("RCPT TO:<b@example.net>") == "503 5.5.1 Need MAIL command\r\n");
     CHECK(starts_with(send_message(c, "a@example.org", "b@example.net", "x\r\n"), queued_prefix));
-    Delivery d = the_delivery(rec);
+    smtpd::TestServer::Message d = the_message(ts);
     CHECK(d.session.helo == "second.example");
     CHECK(d.session.tls);
   }
 
   TEST_CASE("RFC 3207 §4.2: commands pipelined before STARTTLS are answered; a transaction "
             "they opened refuses STARTTLS") {
-    TestServer ts(tls_options());
+    smtpd::TestServer ts(tls_options());
     TlsClient c(ts.port());
     plain_session(c);
     REQUIRE(c.send_raw("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nSTARTTLS\r\n"));
@@ -382,8 +352,7 @@ TEST_SUITE("tls") {
   // --- STARTTLS command injection ---------------------------------------------------------------
 
   TEST_CASE("CVE-2011-0411: commands pipelined after STARTTLS in plain text are discarded") {
-    Recorder rec;
-    TestServer ts(recorded_tls_options(rec));
+    smtpd::TestServer ts(tls_options());
     CtxPtr ctx = verifying_client();
 
     TlsClient c(ts.port());
@@ -409,14 +378,14 @@ TEST_SUITE("tls") {
     CHECK(starts_with(c.read_reply(), queued_prefix));
     CHECK(c.command("NOOP") == "250 2.0.0 Ok\r\n");
 
-    Delivery d = the_delivery(rec);
+    smtpd::TestServer::Message d = the_message(ts);
     CHECK(d.envelope.from == "good@x.test");
   }
 
   TEST_CASE("CVE-2011-0411: STARTTLS and the handshake's first bytes in one write") {
     // A client that does not wait for the 220 at all: whether the server serves it or cuts
     // it, it must not answer anything that was pipelined after STARTTLS, and it must not crash.
-    TestServer ts(tls_options());
+    smtpd::TestServer ts(tls_options());
     TlsClient c(ts.port());
     plain_session(c);
     REQUIRE(c.send_raw("STARTTLS\r\nNOOP\r\nNOOP\r\n" + client_hello()));
@@ -433,8 +402,7 @@ TEST_SUITE("tls") {
 
   TEST_CASE("RFC 3207: a message over STARTTLS: SessionInfo has tls, version and cipher; "
             "Received says ESMTPS") {
-    Recorder rec;
-    TestServer ts(recorded_tls_options(rec));
+    smtpd::TestServer ts(tls_options());
     CtxPtr ctx = verifying_client();
 
     TlsClient c(ts.port());
@@ -445,7 +413,7 @@ TEST_SUITE("tls") {
                       queued_prefix));
     CHECK(c.command("QUIT") == "221 2.0.0 Bye\r\n");
 
-    Delivery d = the_delivery(rec);
+    smtpd::TestServer::Message d = the_message(ts);
     CHECK(d.session.tls);
     CHECK(d.session.esmtp);
     CHECK(d.session.helo == "client.example");
@@ -462,7 +430,7 @@ TEST_SUITE("tls") {
   }
 
   TEST_CASE("RFC 3207: the server certificate verifies for DNS:localhost and IP:127.0.0.1") {
-    TestServer ts(tls_options());
+    smtpd::TestServer ts(tls_options());
     CtxPtr ctx = verifying_client();
     for (const char* host : {"localhost", "127.0.0.1"}) {
       CAPTURE(host);
@@ -479,14 +447,13 @@ TEST_SUITE("tls") {
   }
 
   TEST_CASE("RFC 3207: a TLS 1.2 client is served and the session says TLSv1.2") {
-    Recorder rec;
-    TestServer ts(recorded_tls_options(rec));
+    smtpd::TestServer ts(tls_options());
     CtxPtr ctx = verifying_client(TLS1_2_VERSION);
     TlsClient c(ts.port());
     REQUIRE(start_tls_session(c, ctx.get()));
     CHECK(c.version() == "TLSv1.2");
     CHECK(starts_with(send_message(c, "a@example.org", "b@example.net", "x\r\n"), queued_prefix));
-    Delivery d = the_delivery(rec);
+    smtpd::TestServer::Message d = the_message(ts);
     CHECK(d.session.tls_version == "TLSv1.2");
     CHECK(d.session.tls_cipher == c.cipher());
     CHECK(contains(d.data, "(using TLSv1.2 with cipher " + c.cipher() + ")"));
@@ -496,10 +463,9 @@ TEST_SUITE("tls") {
 
   TEST_CASE("RFC 3207 §4: tls_required: 530 5.7.0 before STARTTLS, except EHLO HELO NOOP RSET "
             "QUIT") {
-    Recorder rec;
-    smtpd::Options options = recorded_tls_options(rec);
+    smtpd::Options options = tls_options();
     options.tls_required = true;
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
     CtxPtr ctx = verifying_client();
 
     TlsClient c(ts.port());
@@ -519,19 +485,19 @@ TEST_SUITE("tls") {
     CHECK(starts_with(send_message(c, "a@example.org", "b@example.net", "x\r\n"), queued_prefix));
     CHECK(c.command("VRFY postmaster") != must_starttls_530);
     CHECK(c.command("QUIT") == "221 2.0.0 Bye\r\n");
-    CHECK(rec.deliveries().size() == 1);
+    CHECK(ts.messages().size() == 1);
 
     TlsClient quitter(ts.port());
     greeted(quitter);
     CHECK(quitter.command("QUIT") == "221 Bye\r\n"); // no EHLO: no enhanced code
     CHECK(quitter.wait_closed());
-    CHECK(rec.deliveries().size() == 1);
+    CHECK(ts.messages().size() == 1);
   }
 
   // --- protocol versions ------------------------------------------------------------------------
 
   TEST_CASE("RFC 8996: tls_min_version defaults to TLSv1.2: a TLS 1.1 client fails") {
-    TestServer ts(tls_options());
+    smtpd::TestServer ts(tls_options());
     ClientTls old;
     old.max_version = TLS1_1_VERSION;
     old.security_level = 0; // let our side try TLS 1.1, so that the server is the one to refuse
@@ -549,7 +515,7 @@ TEST_SUITE("tls") {
             "one") {
     smtpd::Options options = tls_options();
     options.tls_min_version = "TLSv1.3";
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     CtxPtr capped = verifying_client(TLS1_2_VERSION);
     TlsClient old(ts.port());
@@ -569,10 +535,9 @@ TEST_SUITE("tls") {
 
   TEST_CASE("RFC 8314 §3.3: implicit TLS: handshake first, then the greeting over TLS; no "
             "STARTTLS") {
-    Recorder rec;
-    smtpd::Options options = recorded_tls_options(rec);
+    smtpd::Options options = tls_options();
     options.tls_implicit = true;
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
     CtxPtr ctx = verifying_client();
 
     TlsClient c(ts.port());
@@ -588,7 +553,7 @@ TEST_SUITE("tls") {
                       queued_prefix));
     CHECK(c.command("QUIT") == "221 2.0.0 Bye\r\n");
 
-    Delivery d = the_delivery(rec);
+    smtpd::TestServer::Message d = the_message(ts);
     CHECK(d.session.tls);
     CHECK(d.session.tls_version == "TLSv1.3");
     CHECK_FALSE(d.session.tls_cipher.empty());
@@ -599,7 +564,7 @@ TEST_SUITE("tls") {
   TEST_CASE("RFC 8314: implicit TLS: a plain-text client is disconnected, the server lives on") {
     smtpd::Options options = tls_options();
     options.tls_implicit = true;
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     TlsClient c(ts.port());
     REQUIRE(c.connected());
@@ -620,7 +585,7 @@ TEST_SUITE("tls") {
     smtpd::Options options = tls_options();
     options.tls_implicit = true;
     options.command_timeout = 300ms;
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     TlsClient c(ts.port());
     REQUIRE(c.connected());
@@ -638,7 +603,7 @@ TEST_SUITE("tls") {
 
   TEST_CASE("RFC 3207: garbage instead of a ClientHello closes the connection; others are "
             "served") {
-    TestServer ts(tls_options());
+    smtpd::TestServer ts(tls_options());
     TlsClient c(ts.port());
     ready_for_handshake(c);
     REQUIRE(c.send_raw("HELLO THERE\r\n"));
@@ -650,7 +615,7 @@ TEST_SUITE("tls") {
   }
 
   TEST_CASE("RFC 3207: a client that disappears mid-handshake is cleaned up") {
-    TestServer ts(tls_options());
+    smtpd::TestServer ts(tls_options());
     std::string hello = client_hello();
     REQUIRE(hello.size() > 10);
     for (bool rst : {false, true}) {
@@ -671,7 +636,7 @@ TEST_SUITE("tls") {
   TEST_CASE("RFC 5321 §4.5.3.2: a client that stalls mid-handshake is cut after command_timeout") {
     smtpd::Options options = tls_options();
     options.command_timeout = 300ms;
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
     std::string hello = client_hello();
     REQUIRE(hello.size() > 10);
     TlsClient c(ts.port());
@@ -690,8 +655,7 @@ TEST_SUITE("tls") {
             "and its subject reaches the hooks") {
     Recorder rec;
     smtpd::Options options = client_ca_options(rec);
-    options.message_handler = rec.handler();
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
 
     CtxPtr ctx = with_client_cert(the_certs().client_cert, the_certs().client_key);
     TlsClient c(ts.port());
@@ -702,14 +666,14 @@ TEST_SUITE("tls") {
     CHECK(mail.tls);
     CHECK(contains(mail.tls_peer_subject, "CN=test-client"));
     MESSAGE("tls_peer_subject: " << mail.tls_peer_subject);
-    Delivery d = the_delivery(rec);
+    smtpd::TestServer::Message d = the_message(ts);
     CHECK(contains(d.session.tls_peer_subject, "CN=test-client"));
   }
 
   TEST_CASE("RFC 5246 §7.4.6: tls_client_ca_file: an unrelated self-signed client certificate "
             "is refused") {
     Recorder rec;
-    TestServer ts(client_ca_options(rec));
+    smtpd::TestServer ts(client_ca_options(rec));
 
     CtxPtr ctx = with_client_cert(the_certs().rogue_cert, the_certs().rogue_key);
     TlsClient c(ts.port(), 2s);
@@ -727,7 +691,7 @@ TEST_SUITE("tls") {
 
   TEST_CASE("tls_client_ca_file: a client without a certificate is still served") {
     Recorder rec;
-    TestServer ts(client_ca_options(rec));
+    smtpd::TestServer ts(client_ca_options(rec));
     CtxPtr ctx = verifying_client();
     TlsClient c(ts.port());
     REQUIRE(start_tls_session(c, ctx.get()));
@@ -741,7 +705,7 @@ TEST_SUITE("tls") {
     Recorder rec;
     smtpd::Options options = tls_options();
     options.on_mail = rec.mail_hook();
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
     CtxPtr ctx = with_client_cert(the_certs().client_cert, the_certs().client_key);
     TlsClient c(ts.port());
     REQUIRE(start_tls_session(c, ctx.get()));
@@ -757,7 +721,7 @@ TEST_SUITE("tls") {
     options.tls_key_file = the_certs().server_key_encrypted;
     options.tls_key_password = the_certs().key_password;
     {
-      TestServer ts(options);
+      smtpd::TestServer ts(options);
       CtxPtr ctx = verifying_client();
       TlsClient c(ts.port());
       REQUIRE(start_tls_session(c, ctx.get()));
@@ -816,7 +780,7 @@ TEST_SUITE("tls") {
     {
       smtpd::Options options = loopback_options();
       options.tls_context = server_ctx.get();
-      TestServer ts(options);
+      smtpd::TestServer ts(options);
       CtxPtr ctx = verifying_client();
       TlsClient c(ts.port());
       REQUIRE(start_tls_session(c, ctx.get()));
@@ -842,12 +806,10 @@ TEST_SUITE("tls") {
     };
     install(certs.first_cert, certs.first_key);
 
-    Recorder rec;
     smtpd::Options options = loopback_options();
     options.tls_cert_file = cert;
     options.tls_key_file = key;
-    options.message_handler = rec.handler();
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
     CtxPtr ctx = verifying_client();
 
     TlsClient before(ts.port());
@@ -882,7 +844,7 @@ TEST_SUITE("tls") {
       CHECK(contains(later.server_subject(), "CN=second"));
     }
     CHECK(before.command("NOOP") == "250 2.0.0 Ok\r\n");
-    CHECK(rec.deliveries().size() == 1);
+    CHECK(ts.messages().size() == 1);
   }
 
   // --- closing ----------------------------------------------------------------------------------
@@ -892,7 +854,7 @@ TEST_SUITE("tls") {
       CAPTURE(implicit);
       smtpd::Options options = tls_options();
       options.tls_implicit = implicit;
-      TestServer ts(options);
+      smtpd::TestServer ts(options);
       CtxPtr ctx = verifying_client();
       TlsClient c(ts.port());
       REQUIRE(c.connected());
@@ -915,7 +877,7 @@ TEST_SUITE("tls") {
 
   TEST_CASE("RFC 5321 §3.8: shutdown() sends 421 over TLS to an idle TLS client") {
     smtpd::Options options = tls_options();
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
     CtxPtr ctx = verifying_client();
     TlsClient c(ts.port());
     REQUIRE(start_tls_session(c, ctx.get()));
@@ -927,24 +889,23 @@ TEST_SUITE("tls") {
 
   TEST_CASE("close() cuts TLS connections in every state") {
     smtpd::Options options = tls_options();
-    std::optional<TestServer> ts;
-    ts.emplace(options);
+    smtpd::TestServer ts(options);
     CtxPtr ctx = verifying_client();
-    TlsClient idle(ts->port());
+    TlsClient idle(ts.port());
     REQUIRE(start_tls_session(idle, ctx.get()));
-    TlsClient in_data(ts->port());
+    TlsClient in_data(ts.port());
     REQUIRE(start_tls_session(in_data, ctx.get()));
     CHECK(in_data.command("MAIL FROM:<a@example.org>") == "250 2.1.0 Ok\r\n");
     CHECK(in_data.command("RCPT TO:<b@example.net>") == "250 2.1.5 Ok\r\n");
     CHECK(in_data.command("DATA") == "354 End data with <CR><LF>.<CR><LF>\r\n");
-    TlsClient mid_handshake(ts->port());
+    TlsClient mid_handshake(ts.port());
     ready_for_handshake(mid_handshake);
     std::string hello = client_hello();
     REQUIRE(mid_handshake.send_raw(hello.substr(0, hello.size() / 2)));
     std::this_thread::sleep_for(50ms);
 
     auto start = Clock::now();
-    ts.reset(); // close() and join
+    ts.stop(); // close() and join
     CHECK(elapsed_ms(start) < 3000);
     CHECK(idle.wait_closed());
     CHECK(in_data.wait_closed());
