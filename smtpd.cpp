@@ -815,6 +815,12 @@ Reply need_rcpt() {
   return {503, "5.5.1", "Need RCPT command"};
 }
 
+// no_valid_recipients - DATA after MAIL whose every RCPT was refused: RFC 5321 §3.3 allows 503
+// or 554; 554 tells a pipelining client why (Postfix and the alienscience seed say the same).
+Reply no_valid_recipients() {
+  return {554, "5.5.1", "No valid recipients"};
+}
+
 Reply refused_session() {
   return {503, "5.5.1", "Service refused, only QUIT allowed"};
 }
@@ -989,6 +995,7 @@ struct Protocol::State {
   std::string hostname; // our name, sanitised
   std::string appname;  // sanitised
   Stage stage = Stage::greeted;
+  std::size_t rcpts_tried = 0;   // RCPT commands in this transaction, accepted or not
   std::string out;               // replies not yet taken
   std::string partial;           // the start of a command line whose end has not arrived
   bool discarding = false;       // skipping the rest of a refused line, up to the next CRLF
@@ -1071,12 +1078,15 @@ struct Protocol::State {
 
   // ---- replies -----------------------------------------------------------------------------
 
-  // reply - queue `r`; enhanced codes go out once EHLO negotiated them (RFC 2034 §3).
+  // reply - queue `r`; enhanced codes go out once EHLO negotiated them (RFC 2034 §3). A 421,
+  // whoever chose it (a limit here, or a hook, handler or sink), means the server is closing the
+  // channel (RFC 5321 §3.8): nothing more is read after it.
   void reply(const Reply& r) {
     if (r.code >= 500) count_error();
     std::size_t start = out.size();
     append_reply(out, r, session.esmtp);
     if (options.log_write) log_lines(options.log_write, std::string_view(out).substr(start));
+    if (r.code == 421) stage = Stage::closed;
   }
 
   // count_error - one more error: past soft_error_limit each one is answered slowly (a tarpit,
@@ -1152,6 +1162,7 @@ struct Protocol::State {
   void reset_transaction() {
     sink.reset(); // a streamed message not finished is abandoned
     envelope = Envelope{};
+    rcpts_tried = 0;
     if (message.capacity() > keep_buffer_bytes) std::string().swap(message);
     message.clear();
   }
@@ -1330,6 +1341,7 @@ struct Protocol::State {
     next.from = std::move(from);
     next.mail_params = std::move(params);
     envelope = std::move(next);
+    rcpts_tried = 0;
     stage = Stage::mail;
     reply(r);
   }
@@ -1381,6 +1393,7 @@ struct Protocol::State {
   // cmd_rcpt - RCPT TO:<forward-path> [SP params] (RFC 5321 §4.1.1.3): adds a recipient.
   void cmd_rcpt(std::string_view argument) {
     if (stage != Stage::mail) return reply(replies::need_mail());
+    ++rcpts_tried;
     std::string to;
     Params params;
     std::string_view path_and_params;
@@ -1408,7 +1421,8 @@ struct Protocol::State {
   // cmd_data - DATA (RFC 5321 §4.1.1.4): 354, then message content until CRLF.CRLF.
   void cmd_data(std::string_view) {
     if (stage != Stage::mail) return reply(replies::need_mail());
-    if (envelope.to.empty()) return reply(replies::need_rcpt());
+    if (envelope.to.empty())
+      return reply(rcpts_tried > 0 ? replies::no_valid_recipients() : replies::need_rcpt());
     if (options.stream_handler && !open_sink()) return;
     begin_message();
     stage = Stage::data;
@@ -2744,6 +2758,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   std::vector<pthread_t> finished; // workers that ended, to be joined
 
   explicit Impl(Options o) : options(std::move(o)) {
+    if (options.addr.empty()) options.addr = ":25"; // as mhale/smtpd: every address, port 25
     validate(options);
     for (const std::string& cidr : options.limit_exempt_networks)
       exempt.push_back(parse_network(cidr));

@@ -99,7 +99,9 @@ struct SessionInfo {
 // Every hook may return a Reply (or throw one) to answer with that reply instead of the
 // default; a 2xx reply accepts, a 4xx/5xx reply refuses. Returning std::nullopt accepts with
 // the default reply. Any other exception a hook throws becomes "451 4.3.0" and the session goes
-// on. Hooks run on the connection's thread, synchronously, one session at a time per thread.
+// on. A 421 from any hook, handler or sink is sent and then the connection is closed (RFC 5321
+// §3.8: 421 means the server is closing the channel); other 4xx replies leave the session open.
+// Hooks run on the connection's thread, synchronously, one session at a time per thread.
 // ---------------------------------------------------------------------------------------------
 
 // Handler - called once per message, after the final dot, before the server replies. `data` is
@@ -111,7 +113,7 @@ using Handler = std::function<void(const Peer& remote, const std::string& from,
 
 // MessageHandler - the same moment as Handler, for users who need the whole session (HELO name,
 // TLS, AUTH) and envelope. Return nullopt or a 2xx Reply to accept, a 4xx/5xx Reply to refuse.
-// When set it is called instead of Handler.
+// Set one of handler, message_handler and stream_handler (Server throws when two are set).
 using MessageHandler = std::function<std::optional<Reply>(
     const SessionInfo& session, const Envelope& envelope, const std::string& data)>;
 
@@ -130,7 +132,7 @@ public:
 
 // StreamHandler - called at DATA, before the 354: return the sink for this message, or throw a
 // Reply to refuse the DATA command. Memory per message then stays within stream_chunk_bytes
-// whatever its size (go-smtp's io.Reader style). Set instead of handler and message_handler.
+// whatever its size (go-smtp's io.Reader style). Set it instead of handler or message_handler.
 using StreamHandler = std::function<std::unique_ptr<MessageSink>(const SessionInfo& session,
                                                                  const Envelope& envelope)>;
 
@@ -182,12 +184,13 @@ using ErrorLog = std::function<void(std::string_view message)>;
 // serving starts: Server copies it at construction.
 // ---------------------------------------------------------------------------------------------
 struct Options {
-  std::string addr = ":25";       // "host:port", "[v6]:port" or ":port" (all addresses)
+  std::string addr = ":25";       // "host:port", "[v6]:port" or ":port" (all addresses);
+                                  // "" is ":25", every address on the SMTP port
   std::string appname = "smtpd";  // shown in the greeting and the Received header
   std::string hostname;           // our name in the greeting; "" = the system host name
   Handler handler;                // see Handler
-  MessageHandler message_handler; // see MessageHandler; used instead of handler when set
-  StreamHandler stream_handler;   // see StreamHandler; instead of the two above
+  MessageHandler message_handler; // see MessageHandler; set at most one of these three:
+  StreamHandler stream_handler;   // see StreamHandler; Server throws when two are set
   std::size_t stream_chunk_bytes = 64 * 1024; // the most a StreamHandler's message buffers
 
   ConnectHook on_connect; // see ConnectHook
@@ -440,8 +443,9 @@ private:
 };
 
 // ListenAndServe - serve SMTP on `addr` with `handler` until the process ends (mhale/smtpd's
-// ListenAndServe). `appname` "" means "smtpd", `hostname` "" the system host name. Throws
-// std::system_error or std::invalid_argument when it cannot listen.
+// ListenAndServe). `addr` "" means ":25" (every address, port 25), `appname` "" means "smtpd",
+// `hostname` "" the system host name. Throws std::system_error or std::invalid_argument when it
+// cannot listen.
 void ListenAndServe(const std::string& addr, Handler handler, const std::string& appname,
                     const std::string& hostname);
 
