@@ -1256,7 +1256,7 @@ Received receive(smtpd::Options o, smtpd::SessionInfo info, const std::string& h
 
 // The end of the header after "id ": the queue id, "for <rcpt>" when there is one recipient,
 // then ";" and an RFC 5322 §3.3 date such as "Sun, 22 Nov 2026 11:00:00 +0000".
-const std::regex received_tail("([0-9A-F]{14})(\r\n\tfor <[^<>\r\n]*>)?;\r\n\t"
+const std::regex received_tail("([0-9A-F]{16})(\r\n\tfor <[^<>\r\n]*>)?;\r\n\t"
                                "(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [1-9][0-9]? "
                                "(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
                                "([01][0-9]|2[0-3]):[0-5][0-9]:[0-6][0-9] [+-][0-9]{4}\r\n");
