@@ -2992,7 +2992,10 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     std::unique_lock<std::mutex> lock(mu);
     stop_accepting(lock);
     changed.wait_until(lock, until, [&] { return clients.empty() || stopping; });
-    return clients.empty();
+    bool none_left = clients.empty();
+    lock.unlock();
+    join_finished(); // the accept loop, which used to, is gone
+    return none_left;
   }
 
   // stop - the shared part of shutdown() and close(): stop accepting, tell the sessions (idle
