@@ -1623,7 +1623,8 @@ void install_auth(smtpd::Options& options, const Users& accounts) {
 // Signals are handled the thread-safe way: SIGINT and SIGTERM are blocked before any thread
 // exists, so every thread inherits the block and none is interrupted; one thread takes them
 // with sigwait() and tells main() through Stop, which also hears of --count, --exit-after and
-// a failure of serving. main() then calls Server::shutdown(), which is not async-signal-safe.
+// a failure of serving. main() then calls Server::shutdown(), which is not async-signal-safe;
+// after --count, Server::drain() first, so that the last sender's QUIT still gets 221.
 // =============================================================================================
 
 // keep_standard_fds_open - open /dev/null as any of stdin, stdout and stderr that is closed,
