@@ -3164,9 +3164,11 @@ bool in_network(const Network& n, const std::string& ip) {
 // detached and keeps it alive until it returns.
 struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   Options options;
-  std::vector<Network> exempt; // limit_exempt_networks, parsed
-  std::atomic<bool> stopping{false};
-  int wake[2] = {-1, -1}; // written once at shutdown; connections and accept poll wake[0]
+  std::vector<Network> exempt;       // limit_exempt_networks, parsed
+  std::atomic<bool> closing{false};  // no longer accepting: drain(), shutdown() or close() began
+  std::atomic<bool> stopping{false}; // shutdown() or close() began: idle sessions get 421
+  int wake[2] = {-1, -1};            // written once when stopping; connections poll wake[0]
+  int accept_wake[2] = {-1, -1};     // written once when closing; the accept loop polls it
 
   mutable std::mutex mu;
   mutable std::condition_variable changed; // serving, clients or threads changed
@@ -3197,30 +3199,39 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       exempt.push_back(parse_network(cidr));
     if (tls_configured(options)) tls_context = make_tls_context(options);
     if (options.hostname.empty()) options.hostname = system_hostname();
-    if (::pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0)
-      throw std::system_error(errno, std::generic_category(), "smtpd: pipe");
+    if (::pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0 ||
+        ::pipe2(accept_wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+      int error = errno;
+      close_pipes(); // no destructor runs for a constructor that throws
+      throw std::system_error(error, std::generic_category(), "smtpd: pipe");
+    }
   }
 
   ~Impl() {
     if (listen_fd >= 0) ::close(listen_fd);
-    ::close(wake[0]);
-    ::close(wake[1]);
+    close_pipes();
+  }
+
+  void close_pipes() {
+    for (int fd : {wake[0], wake[1], accept_wake[0], accept_wake[1]})
+      if (fd >= 0) ::close(fd);
   }
 
   void log_error(const std::string& message) const {
     if (options.log_error) options.log_error(message);
   }
 
-  // accept_loop - accept until stopping.
+  // accept_loop - accept until closing. It has a wake pipe of its own: the connections' one
+  // would tell them to stop too, and drain() leaves them alone.
   void accept_loop(int fd) {
     for (;;) {
-      pollfd fds[2] = {{fd, POLLIN, 0}, {wake[0], POLLIN, 0}};
+      pollfd fds[2] = {{fd, POLLIN, 0}, {accept_wake[0], POLLIN, 0}};
       // The timeout lets workers that ended while no client came be joined (their stacks freed).
       if (::poll(fds, 2, 10000) < 0 && errno != EINTR) {
         log_error(std::string("smtpd: poll: ") + std::strerror(errno));
         return;
       }
-      if (stopping.load()) return;
+      if (closing.load()) return;
       if (fds[0].revents & (POLLERR | POLLNVAL)) {
         log_error("smtpd: the listening socket failed; no longer accepting");
         return;
@@ -3359,7 +3370,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
 
   // end_client - close the connection (under the lock, so cut_all() never shuts down a
   // descriptor number already reused), then park until another connection comes, or end the
-  // thread: when stopping, when the pool is full, or after a while without work.
+  // thread: when no longer accepting, when the pool is full, or after a while without work.
   std::optional<std::list<Client>::iterator> end_client(std::list<Client>::iterator client) {
     std::unique_lock<std::mutex> lock(mu);
     bool detached = client->detached;
@@ -3367,10 +3378,10 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     forget(client);
     changed.notify_all();
     if (detached) return std::nullopt; // shutdown gave up on this thread: just end
-    if (!stopping && parked < options.max_idle_threads) {
+    if (!closing && parked < options.max_idle_threads) {
       ++parked;
       bool got = work.wait_for(lock, std::chrono::seconds(30),
-                               [&] { return !pending.empty() || stopping; });
+                               [&] { return !pending.empty() || closing; });
       if (got && !pending.empty()) { // accept_one reserved us by decrementing `parked`
         auto next = pending.front();
         pending.pop_front();
@@ -3409,19 +3420,42 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       ::shutdown(c.fd, SHUT_RDWR);
   }
 
-  // stop - the shared part of shutdown() and close(): stop accepting, wait for connections to
-  // end until `deadline`, cut the rest, give them a moment, and detach any thread still stuck in
-  // user code (a handler that never returns) so that shutdown always returns.
-  void stop(std::chrono::milliseconds deadline) {
-    auto until = std::chrono::steady_clock::now() + deadline;
-    if (!stopping.exchange(true)) (void)::write(wake[1], "x", 1);
-    std::unique_lock<std::mutex> lock(mu);
-    work.notify_all();                            // parked workers end
-    changed.wait(lock, [&] { return !serving; }); // the accept loop has returned
+  // stop_accepting - for good (lock held): the accept loop returns, then the listener is
+  // closed, so that new clients are refused by the kernel. Open sessions are not disturbed.
+  // Every caller waits for the accept loop, so none returns while it may still accept.
+  void stop_accepting(std::unique_lock<std::mutex>& lock) {
+    if (!closing.exchange(true)) (void)::write(accept_wake[1], "x", 1);
+    work.notify_all(); // no connection will come for the parked workers: they end
+    changed.wait(lock, [&] { return !serving; });
     if (listen_fd >= 0) {
-      ::close(listen_fd); // stop accepting: new clients are refused by the kernel
+      ::close(listen_fd);
       listen_fd = -1;
     }
+  }
+
+  // drain - stop accepting, then wait until every session has ended by itself, `timeout`
+  // passes or a shutdown begins; true when no session is left.
+  bool drain(std::chrono::milliseconds timeout) {
+    auto until = std::chrono::steady_clock::now() + timeout;
+    std::unique_lock<std::mutex> lock(mu);
+    stop_accepting(lock);
+    changed.wait_until(lock, until, [&] { return clients.empty() || stopping; });
+    bool none_left = clients.empty();
+    lock.unlock();
+    join_finished(); // the accept loop, which used to, is gone
+    return none_left;
+  }
+
+  // stop - the shared part of shutdown() and close(): stop accepting, tell the sessions (idle
+  // ones say 421 at once), wait for them to end until `deadline`, cut the rest, give them a
+  // moment, and detach any thread still stuck in user code (a handler that never returns) so
+  // that shutdown always returns.
+  void stop(std::chrono::milliseconds deadline) {
+    auto until = std::chrono::steady_clock::now() + deadline;
+    std::unique_lock<std::mutex> lock(mu);
+    stop_accepting(lock);
+    if (!stopping.exchange(true)) (void)::write(wake[1], "x", 1);
+    changed.notify_all(); // a drain() waiting on another thread returns
     changed.wait_until(lock, until, [&] { return clients.empty(); });
     lock.unlock();
     cut_all();
@@ -3467,7 +3501,7 @@ void Server::serve() {
   int fd;
   {
     std::unique_lock<std::mutex> lock(impl_->mu);
-    if (impl_->stopping) return; // shut down before it began
+    if (impl_->closing) return; // drained or shut down before it began
     if (impl_->listen_fd < 0) throw std::logic_error("smtpd: serve() before listen()");
     if (impl_->serving) throw std::logic_error("smtpd: serve() is already running");
     fd = impl_->listen_fd;
@@ -3515,6 +3549,10 @@ uint16_t Server::port() const {
 bool Server::wait_ready(std::chrono::milliseconds timeout) const {
   std::unique_lock<std::mutex> lock(impl_->mu);
   return impl_->changed.wait_for(lock, timeout, [&] { return impl_->serving; });
+}
+
+bool Server::drain(std::chrono::milliseconds timeout) {
+  return impl_->drain(timeout);
 }
 
 void Server::shutdown(std::chrono::milliseconds deadline) {

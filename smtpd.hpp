@@ -468,13 +468,13 @@ public:
   // listen - bind and listen on options.addr; afterwards address() tells the bound port.
   void listen();
 
-  // serve - accept connections on the listener from listen() until shutdown() or close().
-  // Returns at once if shutdown() or close() came first (they are final). Throws
+  // serve - accept connections on the listener from listen() until drain(), shutdown() or
+  // close(). Returns at once if one of them came first (they are final). Throws
   // std::logic_error when called before listen() or while already serving.
   void serve();
 
   // serve - accept connections on `listening_fd` (a bound, listening socket the Server now
-  // owns) until shutdown() or close().
+  // owns) until drain(), shutdown() or close().
   void serve(int listening_fd);
 
   // listen_and_serve - listen() then serve().
@@ -488,6 +488,15 @@ public:
 
   // wait_ready - blocks until serve() is accepting or `timeout` passes; true when ready.
   bool wait_ready(std::chrono::milliseconds timeout) const;
+
+  // drain - stop accepting for good and leave the open sessions alone: new clients are refused
+  // (by the kernel) from the moment it is called and serve() returns, while each session goes
+  // on as usual, further transactions included, until its client says QUIT or goes away. Waits
+  // until no session is left (true) or `timeout` passes (false); drain(0ms) only stops
+  // accepting. Returns early when shutdown() or close() begins on another thread. Then call
+  // shutdown() or close() as usual: a client that QUITs during the drain gets 221, not 421.
+  // Callable from any thread, concurrently with shutdown() and close().
+  bool drain(std::chrono::milliseconds timeout);
 
   // shutdown - graceful: stop accepting, send 421 to idle clients, let transactions in flight
   // finish until `deadline` passes, then cut the rest; join every thread. A thread still inside

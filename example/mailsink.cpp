@@ -504,8 +504,9 @@ void print_usage(std::ostream& out) {
       << "                        content summed up as its size (default: no transcript)\n"
       << "\n"
       << "stopping (besides SIGINT and SIGTERM):\n"
-      << "  --count N             exit 0 once N messages were accepted; later ones are\n"
-      << "                        refused with 451 4.3.2 (default: no limit)\n"
+      << "  --count N             exit 0 once N messages were accepted: take no new client,\n"
+      << "                        give open sessions 2 s to QUIT, then stop. Later messages\n"
+      << "                        are refused with 451 4.3.2 (default: no limit)\n"
       << "  --exit-after SECONDS  stop after SECONDS: exit 1 when --count was given and fewer\n"
       << "                        messages arrived, exit 0 without --count (default: no limit)\n"
       << "\n"
@@ -1495,7 +1496,7 @@ private:
   }
 
   // count_accepted - count an accepted message; the Nth of --count N asks main() to stop.
-  // The 250 still reaches the client: the graceful shutdown lets the session finish its reply.
+  // The 250 still reaches the client, and so does the 221 to its QUIT: main() drains first.
   void count_accepted() {
     std::lock_guard<std::mutex> lock(count_mutex_);
     if (++accepted_ == config_.count) stop_.request(StopReason::count_reached);
@@ -1622,7 +1623,8 @@ void install_auth(smtpd::Options& options, const Users& accounts) {
 // Signals are handled the thread-safe way: SIGINT and SIGTERM are blocked before any thread
 // exists, so every thread inherits the block and none is interrupted; one thread takes them
 // with sigwait() and tells main() through Stop, which also hears of --count, --exit-after and
-// a failure of serving. main() then calls Server::shutdown(), which is not async-signal-safe.
+// a failure of serving. main() then calls Server::shutdown(), which is not async-signal-safe;
+// after --count, Server::drain() first, so that the last sender's QUIT still gets 221.
 // =============================================================================================
 
 // keep_standard_fds_open - open /dev/null as any of stdin, stdout and stderr that is closed,
@@ -1712,6 +1714,9 @@ smtpd::Options server_options(const Config& config, Sink& sink, Output& output) 
   return options;
 }
 
+// count_drain_time - how long open sessions may go on after the Nth message of --count N.
+constexpr std::chrono::seconds count_drain_time(2);
+
 // serve_until_stop - serve on a thread until a signal, --count or --exit-after, then shut down
 // gracefully. Returns the exit status.
 int serve_until_stop(smtpd::Server& server, const sigset_t& stop_signals, const Config& config,
@@ -1735,6 +1740,10 @@ int serve_until_stop(smtpd::Server& server, const sigset_t& stop_signals, const 
   // Wait until serve() accepts, so that shutdown() cannot come before it, unless it failed.
   while (!server.wait_ready(std::chrono::milliseconds(100)) && !stop.requested()) {}
   const StopReason reason = stop.wait(deadline);
+  // The sender of the Nth message is still connected, about to say QUIT: a 421 in reply would
+  // make its client report an error (Python's smtplib raises). So take no new client, and give
+  // the open sessions a moment to end by themselves before the 421 of the graceful shutdown.
+  if (reason == StopReason::count_reached) server.drain(count_drain_time);
   server.shutdown(std::chrono::seconds(10));
   serving.join();
   pthread_kill(signals.native_handle(), SIGTERM); // no signal came: wake it from sigwait()
