@@ -2173,7 +2173,9 @@ int key_password(char* buf, int size, int, void* userdata) {
 // exchange costs the server many times the CPU of X25519 per handshake, which any client can
 // demand over and over (the "D(HE)at" attack, CVE-2002-20001). Who must serve such clients
 // appends "DHE-RSA-AES128-GCM-SHA256" and the like to tls_ciphers: SSL_CTX_set_dh_auto below
-// then picks a group as strong as the certificate's key.
+// then picks a group as strong as the certificate's key. (The key-exchange groups are left as
+// OpenSSL ships them; for TLS 1.3 they include the RFC 7919 ffdhe groups, which a client may
+// ask for as well.)
 
 // split_names - the non-empty ':'-separated names of `list`, without surrounding spaces.
 std::vector<std::string> split_names(std::string_view list) {

@@ -227,10 +227,10 @@ struct Options {
                                      // CAs; a client without one is still served
   std::string tls_min_version = "TLSv1.2"; // "TLSv1.2" or "TLSv1.3"
   // The TLS 1.2 ciphers, in order of preference (the server's order wins), in OpenSSL's
-  // cipher-list syntax (openssl-ciphers(1)): by default only ECDHE key exchange (forward
-  // secrecy) with AEAD ciphers, as Mozilla's "intermediate" profile; no static RSA, no CBC, no
-  // DHE. Widen it only for old clients, e.g. append ":AES128-SHA". A list that selects no
-  // TLS 1.2 cipher makes Server throw.
+  // cipher-list syntax (openssl-ciphers(1)). The default is Mozilla's "intermediate" TLS 1.2
+  // list without its DHE ciphers (why: smtpd.cpp, section 6): ECDHE key exchange (forward
+  // secrecy) with AEAD ciphers only, so no static RSA and no CBC. Widen it only for old
+  // clients, e.g. append ":AES128-SHA". A list that selects no TLS 1.2 cipher makes Server throw.
   std::string tls_ciphers = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
                             "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
                             "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256";
