@@ -2606,9 +2606,86 @@ int key_password(char* buf, int size, int, void* userdata) {
   return int(password.size());
 }
 
+// The ciphers offered (Options::tls_ciphers and tls_ciphersuites; their defaults are there).
+// OpenSSL's own TLS 1.2 default also offers static-RSA key exchange (AES256-GCM-SHA384,
+// AES128-SHA...), where whoever later obtains the server's key can decrypt every recorded
+// session, and CBC ciphers with HMAC, whose MAC-then-encrypt construction keeps leaking
+// through timing (Lucky Thirteen and its successors). The default list keeps what Mozilla's
+// "intermediate" profile keeps for TLS 1.2 with an ECDHE key exchange: ephemeral elliptic-curve
+// Diffie-Hellman (forward secrecy) with an AEAD cipher (AES-GCM or ChaCha20-Poly1305), for
+// ECDSA and RSA certificates alike. Names, not keyword expressions like "ECDHE+AESGCM", so the
+// set cannot grow when OpenSSL adds ciphers. The order follows OpenSSL's TLS 1.3 default
+// (AES-256-GCM, ChaCha20, AES-128-GCM) so both versions prefer the same strength; the server's
+// order wins (SSL_OP_CIPHER_SERVER_PREFERENCE), except that a client listing ChaCha20 first
+// (one without AES instructions) gets it (SSL_OP_PRIORITIZE_CHACHA). TLS 1.3 has only
+// forward-secret AEAD suites: OpenSSL's default stands.
+//
+// No DHE, though Mozilla's profile has DHE-RSA with AES-GCM and ChaCha20 over ffdhe2048. The
+// clients it is there for have TLS 1.2 and AES-GCM but no ECDHE-RSA with GCM, chiefly Windows 7
+// and Server 2008 R2 with an RSA certificate, out of support since 2020; and a finite-field
+// exchange costs the server many times the CPU of X25519 per handshake, which any client can
+// demand over and over (the "D(HE)at" attack, CVE-2002-20001). Who must serve such clients
+// appends "DHE-RSA-AES128-GCM-SHA256" and the like to tls_ciphers: SSL_CTX_set_dh_auto below
+// then picks a group as strong as the certificate's key. (The key-exchange groups are left as
+// OpenSSL ships them; for TLS 1.3 they include the RFC 7919 ffdhe groups, which a client may
+// ask for as well.)
+
+// split_names - the non-empty ':'-separated names of `list`, without surrounding spaces.
+std::vector<std::string> split_names(std::string_view list) {
+  std::vector<std::string> names;
+  for (;;) {
+    std::size_t colon = list.find(':');
+    std::string_view name = trim_trailing_spaces(skip_spaces(list.substr(0, colon)));
+    if (!name.empty()) names.emplace_back(name);
+    if (colon == std::string_view::npos) return names;
+    list.remove_prefix(colon + 1);
+  }
+}
+
+// set_tls_ciphers - put tls_ciphers and tls_ciphersuites on `c`; with no suites, TLS 1.2 at
+// most. Throws std::invalid_argument for a tls_ciphers that selects no TLS 1.2 cipher
+// (OpenSSL's rule), for a tls_ciphersuites name that is not a TLS 1.3 suite (OpenSSL skips
+// those silently, so a typo could turn TLS 1.3 off), and for no suites at all when TLS 1.3 is
+// the minimum.
+void set_tls_ciphers(SSL_CTX* c, const Options& o) {
+  ERR_clear_error();
+  if (SSL_CTX_set_cipher_list(c, o.tls_ciphers.c_str()) != 1)
+    throw std::invalid_argument("smtpd: tls_ciphers selects no TLS 1.2 cipher: \"" + o.tls_ciphers +
+                                "\": " + openssl_errors());
+  std::vector<std::string> names = split_names(o.tls_ciphersuites);
+  if (names.empty() && o.tls_min_version == "TLSv1.3")
+    throw std::invalid_argument("smtpd: tls_ciphersuites is empty but tls_min_version is TLSv1.3");
+  if (SSL_CTX_set_ciphersuites(c, o.tls_ciphersuites.c_str()) != 1 && !names.empty())
+    throw std::invalid_argument("smtpd: tls_ciphersuites has no TLS 1.3 suite: \"" +
+                                o.tls_ciphersuites + "\": " + openssl_errors());
+  // Without suites OpenSSL would still choose TLS 1.3 with a client that offers it, then find
+  // no cipher and fail the handshake: TLS 1.2 must be the ceiling instead.
+  if (names.empty()) SSL_CTX_set_max_proto_version(c, TLS1_2_VERSION);
+  std::vector<std::string> known; // the TLS 1.3 suites now configured, by RFC 8446 name
+  STACK_OF(SSL_CIPHER)* configured = SSL_CTX_get_ciphers(c);
+  for (int i = 0; i < sk_SSL_CIPHER_num(configured); ++i) {
+    const SSL_CIPHER* cipher = sk_SSL_CIPHER_value(configured, i);
+    if (std::strcmp(SSL_CIPHER_get_version(cipher), "TLSv1.3") == 0)
+      known.push_back(SSL_CIPHER_standard_name(cipher));
+  }
+  for (const std::string& name : names)
+    if (std::find(known.begin(), known.end(), name) == known.end())
+      throw std::invalid_argument("smtpd: tls_ciphersuites: " + name + " is not a TLS 1.3 suite");
+}
+
+// check_tls_ciphers - validate()'s test of lists that differ from the defaults: set them on a
+// scratch context, so a bad list throws at construction even without a certificate.
+void check_tls_ciphers(const Options& o) {
+  ERR_clear_error();
+  TlsContext scratch(SSL_CTX_new(TLS_server_method()), SSL_CTX_free);
+  if (!scratch) throw tls_error("cannot create a TLS context");
+  set_tls_ciphers(scratch.get(), o);
+}
+
 // make_tls_context - the SSL_CTX that Options describe: the user's own, or one built from the
-// certificate and key files with TLS 1.2 as the floor, no compression or renegotiation (known
-// attacks: CRIME, renegotiation DoS), and client certificates verified when a CA file is set.
+// certificate and key files with TLS 1.2 as the floor, the ciphers above, no compression or
+// renegotiation (known attacks: CRIME, renegotiation DoS), and client certificates verified
+// when a CA file is set.
 TlsContext make_tls_context(const Options& o) {
   if (o.tls_context != nullptr) {
     SSL_CTX_up_ref(o.tls_context);
@@ -2621,7 +2698,9 @@ TlsContext make_tls_context(const Options& o) {
   SSL_CTX_set_min_proto_version(c,
                                 o.tls_min_version == "TLSv1.3" ? TLS1_3_VERSION : TLS1_2_VERSION);
   SSL_CTX_set_options(c, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                             SSL_OP_CIPHER_SERVER_PREFERENCE);
+                             SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_PRIORITIZE_CHACHA);
+  set_tls_ciphers(c, o);
+  SSL_CTX_set_dh_auto(c, 1); // used only if tls_ciphers was given DHE ciphers
   SSL_CTX_set_default_passwd_cb(c, key_password);
   SSL_CTX_set_default_passwd_cb_userdata(c, const_cast<std::string*>(&o.tls_key_password));
   bool loaded = SSL_CTX_use_certificate_chain_file(c, o.tls_cert_file.c_str()) == 1 &&
@@ -2762,6 +2841,9 @@ std::unique_ptr<Transport> start_tls(int fd, const TlsContext& context,
 }
 
 #else // SMTPD_NO_TLS: the same names, refusing.
+
+// check_tls_ciphers - nothing to check: validate() refuses lists other than the defaults.
+void check_tls_ciphers(const Options&) {}
 
 TlsContext make_tls_context(const Options&) {
   throw std::invalid_argument("smtpd: built with SMTPD_NO_TLS: TLS options cannot be used");
@@ -3105,7 +3187,11 @@ void validate(const Options& o) {
     throw std::invalid_argument("smtpd: stream_chunk_bytes must be positive");
   bool files = !o.tls_cert_file.empty() || !o.tls_key_file.empty();
   bool tls = files || o.tls_context != nullptr;
-  if (!tls_compiled && (tls || o.tls_required || o.tls_implicit || !o.tls_client_ca_file.empty()))
+  const Options defaults;
+  bool ciphers =
+      o.tls_ciphers != defaults.tls_ciphers || o.tls_ciphersuites != defaults.tls_ciphersuites;
+  if (!tls_compiled &&
+      (tls || o.tls_required || o.tls_implicit || !o.tls_client_ca_file.empty() || ciphers))
     throw std::invalid_argument("smtpd: built with SMTPD_NO_TLS: TLS options cannot be used");
   if (files && (o.tls_cert_file.empty() || o.tls_key_file.empty()))
     throw std::invalid_argument("smtpd: tls_cert_file and tls_key_file go together");
@@ -3114,6 +3200,7 @@ void validate(const Options& o) {
         "smtpd: TLS options need tls_cert_file/tls_key_file or tls_context");
   if (o.tls_min_version != "TLSv1.2" && o.tls_min_version != "TLSv1.3")
     throw std::invalid_argument("smtpd: tls_min_version must be TLSv1.2 or TLSv1.3");
+  if (ciphers) check_tls_ciphers(o); // the defaults are known to be good
   validate_auth(o);
   validate_session(o);
 }

@@ -330,6 +330,9 @@ const Flag flags[] = {
     {"--tls-implicit", false, [](Config& c, const std::string&) { c.options.tls_implicit = true; }},
     {"--tls-client-ca", true,
      [](Config& c, const std::string& v) { c.options.tls_client_ca_file = v; }},
+    {"--tls-ciphers", true, [](Config& c, const std::string& v) { c.options.tls_ciphers = v; }},
+    {"--tls-ciphersuites", true,
+     [](Config& c, const std::string& v) { c.options.tls_ciphersuites = v; }},
     // AUTH
     {"--auth", true, [](Config& c, const std::string& v) { add_account(c.users, v, "the value"); }},
     {"--auth-file", true, [](Config& c, const std::string& v) { c.auth_files.push_back(v); }},
@@ -369,6 +372,10 @@ void check_tls_flags(const smtpd::Options& options) {
     alone = "--tls-implicit";
   else if (!options.tls_client_ca_file.empty())
     alone = "--tls-client-ca";
+  else if (options.tls_ciphers != smtpd::Options().tls_ciphers)
+    alone = "--tls-ciphers";
+  else if (options.tls_ciphersuites != smtpd::Options().tls_ciphersuites)
+    alone = "--tls-ciphersuites";
   if (alone != nullptr) throw UsageError(std::string(alone) + " needs --tls-cert and --tls-key");
 }
 
@@ -443,6 +450,23 @@ Config parse_args(int argc, char** argv) {
     check_delivery_flags(config);
   }
   return config;
+}
+
+// wrap_list - a ':'-separated list broken after a ':' so that no line, once indented by
+// `indent` spaces, passes 80 columns; every line but the first starts with the indent.
+std::string wrap_list(const std::string& list, std::size_t indent) {
+  std::string text, line;
+  for (std::size_t start = 0; start < list.size();) {
+    std::size_t end = std::min(list.find(':', start), list.size() - 1) + 1; // ':' included
+    std::string piece = list.substr(start, end - start);
+    if (!line.empty() && indent + line.size() + piece.size() > 80) {
+      text += line + "\n" + std::string(indent, ' ');
+      line.clear();
+    }
+    line += piece;
+    start = end;
+  }
+  return text + line;
 }
 
 // print_usage - the --help text; the defaults shown come from smtpd::Options itself.
@@ -555,6 +579,15 @@ void print_usage(std::ostream& out) {
       << "  --tls-client-ca FILE  ask clients for a certificate and verify it with the PEM\n"
       << "                        CAs in FILE; clients without one are still served; needs\n"
       << "                        --tls-cert and --tls-key (default: no client certificates)\n"
+      << "  --tls-ciphers LIST    the TLS 1.2 ciphers, in order of preference, in OpenSSL's\n"
+      << "                        syntax (openssl-ciphers(1)); widen it only for old clients,\n"
+      << "                        e.g. append :AES128-SHA; needs --tls-cert and --tls-key\n"
+      << "                        (default: ECDHE with AES-GCM or ChaCha20-Poly1305 only:\n"
+      << "                        " << wrap_list(defaults.tls_ciphers + ")", 24) << "\n"
+      << "  --tls-ciphersuites LIST\n"
+      << "                        the TLS 1.3 suites, in order of preference, ':' between\n"
+      << "                        names; needs --tls-cert and --tls-key (default:\n"
+      << "                        " << wrap_list(defaults.tls_ciphersuites + ")", 24) << "\n"
       << "\n"
       << "AUTH:\n"
       << "  --auth USER:PASSWORD  offer AUTH (RFC 4954: PLAIN, LOGIN, CRAM-MD5) and accept USER\n"
