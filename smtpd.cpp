@@ -815,6 +815,12 @@ Reply need_rcpt() {
   return {503, "5.5.1", "Need RCPT command"};
 }
 
+// no_valid_recipients - DATA after MAIL whose every RCPT was refused: RFC 5321 §3.3 allows 503
+// or 554; 554 tells a pipelining client why (Postfix and the alienscience seed say the same).
+Reply no_valid_recipients() {
+  return {554, "5.5.1", "No valid recipients"};
+}
+
 Reply refused_session() {
   return {503, "5.5.1", "Service refused, only QUIT allowed"};
 }
@@ -939,6 +945,16 @@ void append_reply(std::string& out, const Reply& r, bool enhanced) {
 // =============================================================================================
 // 5. Protocol - one SMTP session, socket-free
 //
+// The bytes a client sends take one path through the Protocol, and it is cut into parts along
+// that path, each with its own state and one reset:
+//
+//   bytes ─┬─► LineReader ─► a command line ─► the session: command table, stage guards, verbs
+//          │                                      │            └─► Auth (its mechanism table)
+//          └─► DotReader (in DATA) ─► content ─► MessageBuilder ─► the verdict
+//
+// Every call into user code (hooks, handlers, sinks, the Session object) goes through UserCode,
+// the one exception boundary. Deadlines (Clocks) say when the client must have sent more.
+//
 // The session moves through stages (RFC 5321 §3.3): greeted → (HELO/EHLO) ready → (MAIL) mail
 // → (RCPT...) mail with recipients → (DATA) data → (final dot) ready again. Command lines are
 // looked up in a table whose flags hold the guards every verb shares; each verb then has its own
@@ -958,13 +974,905 @@ enum class Stage {
   closed,  // QUIT answered or 421 sent: nothing more is read
 };
 
-// DataScan - where the DATA scanner is within a line of message content.
-enum class DataScan {
-  line_start, // just after CRLF (or right after the 354)
-  dot,        // a "." at the start of a line: dot-stuffing or the end of data
-  dot_cr,     // ".\r" at the start of a line: the end of data if LF follows
-  middle,     // inside a line
+// tls_configured - whether Options ask for TLS at all (a context, or certificate files).
+bool tls_configured(const Options& o) {
+  return o.tls_context != nullptr || !o.tls_cert_file.empty();
+}
+
+// ---- 5.1 The command line reader ------------------------------------------------------------
+
+// LineLimit - the longest command line allowed, CRLF included, judged from the line's start:
+// AUTH lines and AUTH responses may be longer than other commands (RFC 4954 §4).
+struct LineLimit {
+  std::size_t command; // Options::max_command_line_bytes (RFC 5321 §4.5.3.1.4)
+  bool auth_exchange;  // an AUTH dialogue is in progress: every line is a response
+
+  std::size_t of(std::string_view start) const {
+    return auth_exchange || istarts_with(start, "AUTH ") ? max_auth_line : command;
+  }
 };
+
+// LineReader - cuts the client's bytes into command lines. A line ends only at CRLF (RFC 5321
+// §2.3.8): a line ended by a bare LF is refused and the rest of it, up to the next CRLF, is
+// discarded, as is the rest of a line that grew too long. A line may straddle reads: its start
+// is kept, within the limit, so a client cannot make the buffer grow.
+class LineReader {
+public:
+  enum class Got {
+    line,     // a whole line, without its CRLF
+    bare_lf,  // a line that ended with LF alone: refuse it
+    bare_cr,  // a CRLF line with a CR inside it: refuse it
+    too_long, // a line over its limit: refuse it
+  };
+
+  // read - take bytes from `in` up to and including the first LF (all of them when there is
+  // none); returns how many. A line that ends calls on_line(Got, line) before read returns.
+  template <class OnLine>
+  std::size_t read(std::string_view in, const LineLimit& limit, OnLine&& on_line) {
+    const char* lf = static_cast<const char*>(std::memchr(in.data(), '\n', in.size()));
+    if (lf == nullptr) {
+      keep_partial(in, limit, on_line);
+      return in.size();
+    }
+    std::size_t used = std::size_t(lf - in.data()) + 1;
+    bool crlf = used >= 2 ? in[used - 2] == '\r' : last_was_cr_;
+    last_was_cr_ = false;
+    std::string_view piece = in.substr(0, used - 1);
+    if (discarding_) {
+      discarding_ = !crlf; // a bare LF does not end the discarded line either
+    } else if (partial_.empty()) {
+      complete(piece, crlf, limit, on_line);
+    } else {
+      partial_.append(piece);
+      complete(partial_, crlf, limit, on_line);
+    }
+    partial_.clear();
+    return used;
+  }
+
+  // idle - no partial line is pending.
+  bool idle() const { return partial_.empty() && !discarding_; }
+
+  // lines_completed - CRLF-terminated lines read so far (a deadline per line restarts on each).
+  std::size_t lines_completed() const { return lines_; }
+
+  // reset - forget any partial line (after STARTTLS, RFC 3207 §4.2).
+  void reset() {
+    partial_.clear();
+    discarding_ = false;
+    last_was_cr_ = false;
+  }
+
+private:
+  // keep_partial - hold the start of a line until its end arrives, within the limit.
+  template <class OnLine>
+  void keep_partial(std::string_view piece, const LineLimit& limit, OnLine& on_line) {
+    if (piece.empty()) return;
+    last_was_cr_ = piece.back() == '\r'; // a CRLF may straddle two reads
+    if (discarding_) return;
+    partial_.append(piece);
+    if (partial_.size() > limit.of(partial_)) {
+      partial_.clear();
+      discarding_ = true;
+      on_line(Got::too_long, std::string_view());
+    }
+  }
+
+  // complete - a line ended (without its LF): say what it is.
+  template <class OnLine>
+  void complete(std::string_view line, bool crlf, const LineLimit& limit, OnLine& on_line) {
+    if (!crlf) {
+      discarding_ = true; // up to the next CRLF
+      return on_line(Got::bare_lf, line);
+    }
+    line.remove_suffix(1); // the CR
+    ++lines_;
+    if (line.size() + 2 > limit.of(line)) return on_line(Got::too_long, line);
+    if (line.find('\r') != std::string_view::npos) return on_line(Got::bare_cr, line);
+    on_line(Got::line, line);
+  }
+
+  std::string partial_;      // the start of a line whose end has not arrived
+  bool discarding_ = false;  // skipping the rest of a refused line, up to the next CRLF
+  bool last_was_cr_ = false; // the last byte read was CR
+  std::size_t lines_ = 0;
+};
+
+// ---- 5.2 The DATA reader --------------------------------------------------------------------
+
+// DotReader - reads message content up to the end of data (RFC 5321 §4.1.1.4), removing
+// dot-stuffing (§4.5.2). Only CR LF "." CR LF ends the data: a "." between bare LFs or bare CRs
+// is content (the SMTP smuggling attacks of 2023). It notes bare CRs and LFs and lines over
+// 1000 octets for strict mode, and resumes exactly where a read stopped.
+class DotReader {
+public:
+  // read - take content from `in`, handing it on (dot-unstuffed) through append(p, n); returns
+  // the bytes taken, which stop just after the final CRLF.CRLF when it is found (`done`).
+  template <class Append> std::size_t read(std::string_view in, Append&& append, bool& done) {
+    const char* p = in.data();
+    const char* end = p + in.size();
+    done = false;
+    while (p < end) {
+      switch (at_) {
+      case At::line_start:
+        at_ = *p == '.' ? At::dot : At::middle;
+        if (at_ == At::dot) ++p;
+        break;
+      case At::dot: // the leading dot is removed, whatever follows
+        at_ = *p == '\r' ? At::dot_cr : At::middle;
+        if (at_ == At::dot_cr) ++p;
+        break;
+      case At::dot_cr:
+        if (*p == '\n') {
+          done = true;
+          return std::size_t(p + 1 - in.data());
+        }
+        append("\r", 1); // ".\r" not followed by LF: that CR is content
+        line_bytes_ = 1;
+        last_was_cr_ = true;
+        at_ = At::middle;
+        break;
+      case At::middle: p = scan_lines(p, end, append); break;
+      }
+    }
+    return in.size();
+  }
+
+  bool bare_cr_or_lf() const { return bare_cr_or_lf_; } // a CR or LF not part of CRLF
+
+  bool long_line() const { return long_line_; } // a line over 1000 octets
+
+  // reset - ready for a new message, right after its 354.
+  void reset() { *this = DotReader(); }
+
+private:
+  // At - where the reader is within a line of content.
+  enum class At {
+    line_start, // just after CRLF (or right after the 354)
+    dot,        // a "." at the start of a line: dot-stuffing or the end of data
+    dot_cr,     // ".\r" at the start of a line: the end of data if LF follows
+    middle,     // inside a line
+  };
+
+  // scan_lines - hand on content up to the next line that starts with "." (the state machine's
+  // business) or the end of the bytes at hand. memchr finds each LF; the whole run of lines is
+  // appended at once.
+  template <class Append> const char* scan_lines(const char* p, const char* end, Append& append) {
+    const char* run = p; // content not yet appended
+    for (;;) {
+      const char* lf = static_cast<const char*>(std::memchr(p, '\n', std::size_t(end - p)));
+      const char* stop = lf ? lf : end;
+      bool ends_with_cr = note_crs(p, stop);
+      line_bytes_ += std::size_t(stop - p);
+      if (lf == nullptr) {
+        last_was_cr_ = ends_with_cr;
+        append(run, std::size_t(end - run));
+        return end;
+      }
+      last_was_cr_ = false;
+      p = lf + 1;
+      if (!ends_with_cr) { // a bare LF is content, never a line end
+        bare_cr_or_lf_ = true;
+        ++line_bytes_;
+        continue;
+      }
+      if (line_bytes_ + 1 > max_text_line) long_line_ = true; // CRLF: the line is complete
+      line_bytes_ = 0;
+      if (p == end || *p == '.') {
+        append(run, std::size_t(p - run));
+        at_ = At::line_start;
+        return p;
+      }
+    }
+  }
+
+  // note_crs - note a bare CR (one not followed by LF) in the line piece [p, stop), where
+  // `stop` is an LF or the end of the bytes at hand; true if the piece ends with a CR (which
+  // may be the previous read's last byte). Only the first CR matters: if it is not the piece's
+  // last byte, something other than LF follows it.
+  bool note_crs(const char* p, const char* stop) {
+    if (p == stop) return last_was_cr_;
+    if (last_was_cr_) bare_cr_or_lf_ = true; // the last read ended with a CR, and no LF came
+    const void* cr = std::memchr(p, '\r', std::size_t(stop - p));
+    if (cr != nullptr && static_cast<const char*>(cr) + 1 < stop) bare_cr_or_lf_ = true;
+    return stop[-1] == '\r';
+  }
+
+  At at_ = At::line_start;
+  std::size_t line_bytes_ = 0; // octets of the current line so far
+  bool last_was_cr_ = false;
+  bool bare_cr_or_lf_ = false;
+  bool long_line_ = false;
+};
+
+} // namespace
+
+// ---- 5.3 Calls into user code -----------------------------------------------------------------
+
+// The Session interface's accepting defaults.
+std::optional<Reply> Session::command(const SessionInfo&, std::string_view) {
+  return std::nullopt;
+}
+
+std::optional<Reply> Session::hello(const SessionInfo&, const std::string&) {
+  return std::nullopt;
+}
+
+std::optional<Reply> Session::mail(const SessionInfo&, const std::string&, const MailOptions&) {
+  return std::nullopt;
+}
+
+std::optional<Reply> Session::rcpt(const SessionInfo&, const Envelope&, const std::string&,
+                                   const RcptOptions&) {
+  return std::nullopt;
+}
+
+std::unique_ptr<MessageSink> Session::data(const SessionInfo&, const Envelope&) {
+  return nullptr;
+}
+
+std::optional<Reply> Session::message(const SessionInfo&, const Envelope&, const std::string&) {
+  return std::nullopt;
+}
+
+void Session::reset(const SessionInfo&) {}
+
+void Session::close(const SessionInfo&, SessionEnd) {}
+
+std::vector<std::string> Session::auth_mechanisms(const SessionInfo&) {
+  return {};
+}
+
+bool Session::check_password(const SessionInfo&, const std::string&, const std::string&,
+                             const std::string&, const std::string&) {
+  return false;
+}
+
+std::optional<std::string> Session::secret(const SessionInfo&, const std::string&) {
+  return std::nullopt;
+}
+
+namespace {
+
+// Mechanism - one SASL mechanism of AUTH (RFC 4954): the table below is the one list, used to
+// advertise, to run an exchange and to validate Options.
+struct Mechanism {
+  std::string_view name;
+  bool sends_password; // PLAIN, LOGIN: only under TLS unless auth_insecure (RFC 4954 §4: 538)
+  bool uses_secret;    // CRAM-MD5 checks against the user's secret (auth_secret), not on_auth
+  bool server_first;   // the server speaks first: an initial response is refused (RFC 2195)
+};
+
+constexpr Mechanism mechanism_table[] = {
+    {"PLAIN", true, false, false},   // RFC 4616
+    {"LOGIN", true, false, false},   // draft-murchison-sasl-login
+    {"CRAM-MD5", false, true, true}, // RFC 2195
+};
+
+// find_mechanism - the table entry for `name` (any case), or null.
+const Mechanism* find_mechanism(std::string_view name) {
+  for (const Mechanism& m : mechanism_table)
+    if (iequals(m.name, name)) return &m;
+  return nullptr;
+}
+
+// HookSession - the Session that Options' function hooks and handlers make up: the hooks are
+// one implementation of the Session interface, so every path through the Protocol is the same.
+class HookSession final : public Session {
+public:
+  explicit HookSession(const Options& o) : o_(o) {}
+
+  std::optional<Reply> hello(const SessionInfo& s, const std::string& name) override {
+    return o_.on_helo ? o_.on_helo(s, name) : std::nullopt;
+  }
+
+  std::optional<Reply> mail(const SessionInfo& s, const std::string& from,
+                            const MailOptions& m) override {
+    return o_.on_mail ? o_.on_mail(s, from, m.params) : std::nullopt;
+  }
+
+  std::optional<Reply> rcpt(const SessionInfo& s, const Envelope&, const std::string& to,
+                            const RcptOptions& r) override {
+    return o_.on_rcpt ? o_.on_rcpt(s, to, r.params) : std::nullopt;
+  }
+
+  std::unique_ptr<MessageSink> data(const SessionInfo& s, const Envelope& e) override {
+    if (!o_.stream_handler) return nullptr; // the message is buffered for message()
+    std::unique_ptr<MessageSink> sink = o_.stream_handler(s, e);
+    if (!sink) throw std::runtime_error("stream_handler returned no sink");
+    return sink;
+  }
+
+  std::optional<Reply> message(const SessionInfo& s, const Envelope& e,
+                               const std::string& data) override {
+    if (o_.message_handler) return o_.message_handler(s, e, data);
+    if (o_.handler) o_.handler(s.peer, e.from, e.to, data);
+    return std::nullopt;
+  }
+
+  // auth_mechanisms - those of auth_mechanisms (all, when empty) whose callback is set.
+  std::vector<std::string> auth_mechanisms(const SessionInfo&) override {
+    std::vector<std::string> chosen;
+    for (const Mechanism& m : mechanism_table)
+      chosen.emplace_back(m.name);
+    if (!o_.auth_mechanisms.empty()) chosen = o_.auth_mechanisms;
+    std::vector<std::string> usable;
+    for (const std::string& name : chosen) {
+      const Mechanism* m = find_mechanism(name);
+      if (m && (m->uses_secret ? bool(o_.auth_secret) : bool(o_.on_auth)))
+        usable.emplace_back(m->name);
+    }
+    return usable;
+  }
+
+  bool check_password(const SessionInfo& s, const std::string& mechanism,
+                      const std::string& username, const std::string& password,
+                      const std::string& authzid) override {
+    return o_.on_auth && o_.on_auth(s, mechanism, username, password, authzid);
+  }
+
+  std::optional<std::string> secret(const SessionInfo& s, const std::string& username) override {
+    return o_.auth_secret ? o_.auth_secret(s, username) : std::nullopt;
+  }
+
+private:
+  const Options& o_;
+};
+
+// UserCode - the only code that calls hooks, handlers, sinks and the Session object, each call
+// through one exception boundary (consult): a thrown Reply is a reply, checked like a returned
+// one; any other exception is logged and becomes a local error, and the session goes on.
+class UserCode {
+public:
+  UserCode(const Options& o, const SessionInfo& s) : options_(o), session_(s) {}
+
+  // start - make this session's Session object (the user's, or the hooks'); the reply says
+  // whether to greet: `greeting` to accept, a 4xx or 5xx to refuse the client.
+  Reply start(const Reply& greeting) {
+    Reply r = consult(
+        label("on_connect", "new_session"),
+        [&]() -> std::optional<Reply> {
+          if (options_.new_session) {
+            object_ = options_.new_session(session_);
+            if (!object_) throw std::runtime_error("new_session returned no Session");
+            return std::nullopt;
+          }
+          object_ = std::make_unique<HookSession>(options_);
+          return options_.on_connect ? options_.on_connect(session_) : std::nullopt;
+        },
+        greeting);
+    if (!object_) object_ = std::make_unique<Session>(); // refused: only QUIT and close() remain
+    return r;
+  }
+
+  // filter - the Session's verdict on a command line before it runs; nullopt lets it run.
+  std::optional<Reply> filter(std::string_view line) {
+    Reply r = consult(
+        "Session::command", [&] { return object_->command(session_, line); }, replies::ok());
+    if (r.positive()) return std::nullopt;
+    return r;
+  }
+
+  Reply hello(const std::string& name, const Reply& ok) {
+    return consult(
+        label("on_helo", "Session::hello"), [&] { return object_->hello(session_, name); }, ok,
+        replies::hook_failed_early());
+  }
+
+  Reply mail(const std::string& from, const MailOptions& m) {
+    return consult(
+        label("on_mail", "Session::mail"), [&] { return object_->mail(session_, from, m); },
+        replies::sender_ok());
+  }
+
+  Reply rcpt(const Envelope& e, const std::string& to, const RcptOptions& r) {
+    return consult(
+        label("on_rcpt", "Session::rcpt"), [&] { return object_->rcpt(session_, e, to, r); },
+        replies::recipient_ok());
+  }
+
+  // data - at DATA: 354 with `sink` set when the message is to be streamed (null: buffered),
+  // or the refusal.
+  Reply data(const Envelope& e, std::unique_ptr<MessageSink>& sink) {
+    return consult(
+        label("stream_handler", "Session::data"),
+        [&]() -> std::optional<Reply> {
+          sink = object_->data(session_, e);
+          return std::nullopt;
+        },
+        replies::start_data());
+  }
+
+  // write - one piece to a sink: ok, or what it refused with.
+  Reply write(MessageSink& sink, std::string_view piece) {
+    return consult(
+        "MessageSink::write",
+        [&]() -> std::optional<Reply> {
+          sink.write(piece);
+          return std::nullopt;
+        },
+        replies::ok());
+  }
+
+  Reply finish(MessageSink& sink, const Reply& queued) {
+    return consult(
+        "MessageSink::finish", [&] { return sink.finish(); }, queued);
+  }
+
+  Reply message(const Envelope& e, const std::string& data, const Reply& queued) {
+    return consult(
+        label("handler", "Session::message"), [&] { return object_->message(session_, e, data); },
+        queued);
+  }
+
+  // mechanisms - the AUTH mechanisms the Session offers now (an exception: none, logged).
+  std::vector<std::string> mechanisms() {
+    try {
+      return object_->auth_mechanisms(session_);
+    } catch (...) {
+      log(std::string(label("auth_mechanisms", "Session::auth_mechanisms")) + " threw");
+      return {};
+    }
+  }
+
+  // check_password - PLAIN or LOGIN: 235, 535, or the Reply the check threw.
+  Reply check_password(const std::string& mechanism, const std::string& username,
+                       const std::string& password, const std::string& authzid) {
+    return consult(
+        label("on_auth", "Session::check_password"),
+        [&]() -> std::optional<Reply> {
+          if (object_->check_password(session_, mechanism, username, password, authzid))
+            return std::nullopt;
+          return replies::invalid_credentials();
+        },
+        replies::auth_successful(), replies::auth_temporary_failure());
+  }
+
+  // check_cram_md5 - RFC 2195: hex(HMAC-MD5(secret, challenge)) compared in constant time.
+  Reply check_cram_md5(const std::string& username, const std::string& digest,
+                       const std::string& challenge) {
+    return consult(
+        label("auth_secret", "Session::secret"),
+        [&]() -> std::optional<Reply> {
+          std::optional<std::string> secret = object_->secret(session_, username);
+          if (!username.empty() && secret &&
+              constant_time_equals(hmac_md5_hex(*secret, challenge), digest))
+            return std::nullopt;
+          return replies::invalid_credentials();
+        },
+        replies::auth_successful(), replies::auth_temporary_failure());
+  }
+
+  void reset() {
+    quietly("Session::reset", [&] { object_->reset(session_); });
+  }
+
+  // close - tell the Session why it ended, once.
+  void close(SessionEnd why) {
+    if (closed_ || !object_) return;
+    closed_ = true;
+    quietly("Session::close", [&] { object_->close(session_, why); });
+  }
+
+  // log - one line for log_error, naming the session.
+  void log(const std::string& message) const {
+    if (options_.log_error) options_.log_error("smtpd: session " + session_.id + ": " + message);
+  }
+
+private:
+  // consult - run `call` at the exception boundary: the Reply it gave (checked), `fallback` when
+  // it gave none, `on_exception` (logged) when it threw anything but a Reply.
+  template <class Fn>
+  Reply consult(const char* what, Fn&& call, const Reply& fallback,
+                const Reply& on_exception = replies::local_error()) {
+    try {
+      std::optional<Reply> r = call();
+      return r ? normalize_user_reply(std::move(*r), options_.log_error) : fallback;
+    } catch (const Reply& r) {
+      return normalize_user_reply(r, options_.log_error);
+    } catch (const std::exception& e) {
+      log(std::string(what) + " threw: " + e.what());
+    } catch (...) { log(std::string(what) + " threw a non-standard exception"); }
+    return on_exception;
+  }
+
+  // quietly - run a call whose result is nothing; an exception is only logged.
+  template <class Fn> void quietly(const char* what, Fn&& call) {
+    consult(
+        what,
+        [&]() -> std::optional<Reply> {
+          call();
+          return std::nullopt;
+        },
+        replies::ok());
+  }
+
+  // label - the name of what is called, for logs: the hook's, or the Session method's.
+  const char* label(const char* hook, const char* method) const {
+    return options_.new_session ? method : hook;
+  }
+
+  const Options& options_;
+  const SessionInfo& session_;
+  std::unique_ptr<Session> object_;
+  bool closed_ = false;
+};
+
+// ---- 5.4 AUTH (RFC 4954) ----------------------------------------------------------------------
+
+// AuthStep - what one step of an AUTH exchange came to: a 334 challenge while it goes on, or
+// its end (235 with the authenticated user, 535, 501, 454...).
+struct AuthStep {
+  Reply reply;
+  std::string user; // on success: the identity that authenticated
+};
+
+// Auth - one AUTH exchange at a time: the mechanism chosen, its state between lines, and its
+// steps. Lines during an exchange are responses, not commands (RFC 4954 §4).
+class Auth {
+public:
+  explicit Auth(const Options& o, UserCode& user) : options_(o), user_(user) {}
+
+  bool in_progress() const { return mechanism_ != nullptr; }
+
+  void cancel() { mechanism_ = nullptr; }
+
+  // offered - the mechanisms to advertise now, space-separated, in the Session's order.
+  std::string offered(bool tls) {
+    std::string list;
+    for (const std::string& name : user_.mechanisms()) {
+      const Mechanism* m = find_mechanism(name);
+      if (m == nullptr || !secure_now(*m, tls) || has_word(list, m->name)) continue;
+      list += list.empty() ? "" : " ";
+      list += m->name;
+    }
+    return list;
+  }
+
+  // configured - the Session offers some mechanism, under TLS or not.
+  bool configured() { return !user_.mechanisms().empty(); }
+
+  // start - AUTH mechanism [initial-response] (RFC 4954 §4), once the session's guards passed.
+  AuthStep start(std::string_view argument, bool tls, const std::string& hostname) {
+    std::size_t space = argument.find(' ');
+    std::string name = upper(argument.substr(0, space));
+    if (name.empty()) return end(replies::syntax("AUTH mechanism [initial-response]"));
+    const Mechanism* m = find_mechanism(name);
+    std::vector<std::string> offered_now = user_.mechanisms();
+    bool offered = m && std::any_of(offered_now.begin(), offered_now.end(),
+                                    [&](const std::string& o) { return iequals(o, name); });
+    if (!offered) return end(replies::unknown_mechanism());
+    if (!secure_now(*m, tls)) return end(replies::encryption_required());
+    mechanism_ = m;
+    username_.reset();
+    if (space == std::string_view::npos) return challenge(hostname);
+    if (m->server_first) return end(replies::syntax("AUTH " + name));
+    std::string_view initial = argument.substr(space + 1);
+    return respond(initial == "=" ? std::string_view() : initial); // "=": empty (RFC 4954 §4)
+  }
+
+  // respond - one base64 line from the client during the exchange; "*" cancels it.
+  AuthStep respond(std::string_view line) {
+    if (line == "*") return end(replies::auth_cancelled());
+    std::optional<std::string> decoded = base64_decode(line);
+    if (!decoded) return end(replies::cannot_decode());
+    if (mechanism_->name == "PLAIN") return plain(*decoded);
+    if (mechanism_->name == "LOGIN") return login(*decoded);
+    return cram_md5(*decoded);
+  }
+
+  // mask - a command line fit for logs and the Session's filter: AUTH's initial response holds
+  // a password. Any line that starts like AUTH but is not "AUTH mechanism" is masked whole.
+  static std::string mask(std::string_view line) {
+    if (!istarts_with(line, "AUTH") || line.size() == 4) return std::string(line);
+    std::size_t response = line[4] == ' ' ? line.find(' ', 5) : 4;
+    if (response == std::string_view::npos) return std::string(line);
+    return std::string(line.substr(0, response)) + " ****";
+  }
+
+private:
+  // secure_now - PLAIN and LOGIN send the password itself: only under TLS, unless allowed.
+  bool secure_now(const Mechanism& m, bool tls) const {
+    return !m.sends_password || tls || options_.auth_insecure;
+  }
+
+  static bool has_word(const std::string& list, std::string_view word) {
+    return (" " + list + " ").find(" " + std::string(word) + " ") != std::string::npos;
+  }
+
+  // challenge - the first 334 of a mechanism started without an initial response.
+  AuthStep challenge(const std::string& hostname) {
+    if (mechanism_->name == "LOGIN") return go_on(base64_encode("Username:"));
+    if (mechanism_->name == "CRAM-MD5") {
+      // RFC 2195: a fresh, unpredictable challenge per attempt, never reused.
+      uint64_t random = (uint64_t(std::random_device{}()) << 32) | std::random_device{}();
+      challenge_ = "<" + std::to_string(random) + "." + std::to_string(std::time(nullptr)) + "@" +
+                   hostname + ">";
+      return go_on(base64_encode(challenge_));
+    }
+    return go_on(""); // PLAIN: an empty challenge
+  }
+
+  // plain - RFC 4616: authzid NUL authcid NUL passwd.
+  AuthStep plain(const std::string& message) {
+    std::size_t first = message.find('\0');
+    std::size_t second = first == std::string::npos ? first : message.find('\0', first + 1);
+    if (second == std::string::npos || message.find('\0', second + 1) != std::string::npos)
+      return end(replies::cannot_decode());
+    std::string authzid = message.substr(0, first);
+    std::string username = message.substr(first + 1, second - first - 1);
+    return check_password(username, message.substr(second + 1), authzid);
+  }
+
+  // login - the LOGIN mechanism: user name, then password, each after a 334 prompt.
+  AuthStep login(std::string value) {
+    if (!username_) {
+      username_ = std::move(value);
+      return go_on(base64_encode("Password:"));
+    }
+    return check_password(*username_, value, "");
+  }
+
+  // check_password - an empty name or password is never valid (RFC 4616: 1*SAFE): an empty
+  // auth_user means "not logged in".
+  AuthStep check_password(const std::string& username, const std::string& password,
+                          const std::string& authzid) {
+    if (username.empty() || password.empty()) return end(replies::invalid_credentials());
+    std::string mechanism(mechanism_->name);
+    return end(user_.check_password(mechanism, username, password, authzid), username);
+  }
+
+  // cram_md5 - RFC 2195: "user hex(HMAC-MD5(secret, challenge))".
+  AuthStep cram_md5(const std::string& answer) {
+    std::size_t space = answer.rfind(' ');
+    std::string username = answer.substr(0, space);
+    std::string digest = space == std::string::npos ? "" : answer.substr(space + 1);
+    return end(user_.check_cram_md5(username, digest, challenge_), username);
+  }
+
+  static AuthStep go_on(std::string text) { return {Reply{334, "", std::move(text)}, ""}; }
+
+  AuthStep end(Reply r, std::string user = "") {
+    mechanism_ = nullptr;
+    bool ok = r.positive();
+    return {std::move(r), ok ? std::move(user) : std::string()};
+  }
+
+  const Options& options_;
+  UserCode& user_;
+  const Mechanism* mechanism_ = nullptr; // the exchange in progress, or null
+  std::optional<std::string> username_;  // LOGIN: the name given in the first step
+  std::string challenge_;                // CRAM-MD5: the challenge sent
+};
+
+// ---- 5.5 The message being assembled ------------------------------------------------------
+
+// MessageBuilder - one message from its 354 to its verdict: our Received header, then the
+// content, kept whole for the handler or passed on in pieces to a sink; the size limit; and
+// the verdict, which decides the reply to the final dot (RFC 5321 §4.1.1.4: 250 only if the
+// message was accepted).
+class MessageBuilder {
+public:
+  MessageBuilder(const Options& o, UserCode& user) : options_(o), user_(user) {}
+
+  // begin - a new message, `header` first. With a sink, pieces of stream_chunk_bytes go to it;
+  // without, the buffer reserves the size the client declared (RFC 1870, up to the limit):
+  // untouched pages cost nothing on Linux's default overcommit, so trusting SIZE= costs a liar
+  // nothing, and the content is appended with few reallocations.
+  void begin(std::string queue_id, const std::string& header, uint64_t declared,
+             std::unique_ptr<MessageSink> sink) {
+    queue_id_ = std::move(queue_id);
+    sink_ = std::move(sink);
+    sink_refusal_.reset();
+    content_bytes_ = 0;
+    too_big_ = false;
+    buffer_.assign(header);
+    std::size_t most = sink_ ? options_.stream_chunk_bytes : options_.max_message_bytes;
+    if (declared > 0) {
+      buffer_.reserve(buffer_.size() +
+                      std::min<uint64_t>({declared, options_.max_message_bytes, most}));
+      advise_huge_pages(buffer_);
+    }
+  }
+
+  // append - add content, or only count it once past max_message_bytes: the rest of the
+  // message is read and dropped, never buffered (RFC 5321 §4.5.3.1.10 and 552).
+  void append(const char* p, std::size_t n) {
+    content_bytes_ += n;
+    if (content_bytes_ > options_.max_message_bytes) too_big_ = true;
+    if (too_big_) return;
+    if (!sink_) return (void)buffer_.append(p, n);
+    for (;;) { // pieces of exactly stream_chunk_bytes (the header's may be longer)
+      if (buffer_.size() >= options_.stream_chunk_bytes) pass_to_sink(); // empties buffer_
+      if (n == 0) return;
+      std::size_t take = std::min(n, options_.stream_chunk_bytes - buffer_.size());
+      buffer_.append(p, take);
+      p += take;
+      n -= take;
+    }
+  }
+
+  bool too_big() const { return too_big_; }
+
+  std::size_t content_bytes() const { return content_bytes_; }
+
+  // verdict - after the final dot: the message handed over whole, or the sink's last piece and
+  // its answer; "250 ... queued as ID" when they accept without a reply of their own.
+  Reply verdict(const Envelope& envelope) {
+    Reply queued = replies::queued(queue_id_);
+    if (!sink_) return user_.message(envelope, buffer_, queued);
+    pass_to_sink();
+    if (sink_refusal_) return *sink_refusal_;
+    Reply r = user_.finish(*sink_, queued);
+    sink_.reset();
+    return r;
+  }
+
+  // clear - drop the message; a sink not finished is abandoned (destroyed without finish()).
+  void clear() {
+    sink_.reset();
+    if (buffer_.capacity() > keep_buffer_bytes) std::string().swap(buffer_);
+    buffer_.clear();
+  }
+
+private:
+  // pass_to_sink - hand the buffered piece over and empty the buffer (its capacity stays). After
+  // a refused write() the rest is read and dropped, and the refusal is the verdict.
+  void pass_to_sink() {
+    if (!sink_refusal_ && !buffer_.empty()) {
+      Reply r = user_.write(*sink_, buffer_);
+      if (!r.positive()) sink_refusal_ = r;
+    }
+    buffer_.clear();
+  }
+
+  const Options& options_;
+  UserCode& user_;
+  std::string queue_id_;              // names the message in Received and in the 250 reply
+  std::unique_ptr<MessageSink> sink_; // a streamed message's sink, or null: buffered
+  std::optional<Reply> sink_refusal_; // what a write() refused with
+  std::string buffer_;                // the whole message, or the piece not yet passed on
+  std::size_t content_bytes_ = 0;
+  bool too_big_ = false;
+};
+
+// received_header - the trace header of RFC 5321 §4.4 (RFC 5322 §3.6.7):
+//   Received: from HELO (RDNS [IP])
+//           by HOSTNAME (APPNAME) with ESMTP id QUEUEID
+//           for <rcpt>; DATE
+// "for" names the recipient only when there is exactly one, so a Bcc is never revealed.
+// Client text is sanitised, so a HELO name cannot break the line and forge a header. The "with"
+// keyword is SMTP, or ESMTP with S for TLS and A for AUTH (RFC 3848), UTF8SMTP... when the
+// transaction used SMTPUTF8 (RFC 6531 §3.7.3).
+std::string received_header(const SessionInfo& session, const Envelope& envelope,
+                            const std::string& by, const std::string& queue_id) {
+  const Peer& peer = session.peer;
+  std::string with = "SMTP";
+  if (session.esmtp) {
+    with = envelope.smtputf8 ? "UTF8SMTP" : "ESMTP";
+    if (session.tls) with += "S";
+    if (!session.auth_user.empty()) with += "A";
+  }
+  std::string h = "Received: from " + sanitize_for_header(session.helo, max_domain) + " (";
+  if (!peer.hostname.empty()) h += sanitize_for_header(peer.hostname, max_domain) + " ";
+  h += peer.ip.find(':') != std::string::npos ? "[IPv6:" : "[";
+  h += sanitize_for_header(peer.ip, 64) + "])\r\n\tby " + by + " with " + with + " id " + queue_id;
+  if (session.tls)
+    h += "\r\n\t(using " + sanitize_for_header(session.tls_version, 32) + " with cipher " +
+         sanitize_for_header(session.tls_cipher, 64) + ")";
+  if (envelope.to.size() == 1) h += "\r\n\tfor <" + envelope.to.front() + ">";
+  return h + ";\r\n\t" + rfc5322_date(std::time(nullptr)) + "\r\n";
+}
+
+// ---- 5.6 MAIL and RCPT arguments --------------------------------------------------------------
+
+// split_keyword - "FROM:" or "TO:" at the start of `argument`, case-insensitive; lenient mode
+// allows spaces after the colon ("MAIL FROM: <a@b>"), strict mode does not.
+bool split_keyword(std::string_view argument, std::string_view keyword, bool strict,
+                   std::string_view& rest) {
+  if (!istarts_with(argument, keyword)) return false;
+  rest = argument.substr(keyword.size());
+  if (!strict) rest = skip_spaces(rest);
+  return true;
+}
+
+// utf8_values_allowed - parameter values may be UTF-8 only when SMTPUTF8 is among them
+// (RFC 6531 §3.3).
+bool utf8_values_allowed(const Params& params) {
+  bool smtputf8 = std::any_of(params.begin(), params.end(),
+                              [](const auto& p) { return p.first == "SMTPUTF8"; });
+  return smtputf8 || std::none_of(params.begin(), params.end(),
+                                  [](const auto& p) { return has_8bit(p.second); });
+}
+
+// MailRules - what decides which MAIL parameters are known in this session.
+struct MailRules {
+  bool esmtp;    // parameters are defined by EHLO extensions: a HELO session has none
+  bool smtputf8; // SMTPUTF8 is advertised (Options::smtputf8)
+  bool auth;     // AUTH is offered, so AUTH= is known (RFC 4954 §5)
+};
+
+// mail_options - SIZE (RFC 1870), BODY (RFC 6152), SMTPUTF8 (RFC 6531) and AUTH= (RFC 4954 §5;
+// kept, never trusted: we believe only an identity we authenticated ourselves).
+std::optional<Reply> mail_options(const Params& params, const MailRules& rules,
+                                  const std::size_t max_bytes, MailOptions& m) {
+  for (const auto& [keyword, value] : params) {
+    if (!rules.esmtp) return replies::unknown_parameter(); // RFC 1869 §4.2
+    if (keyword == "SIZE") {
+      if (!parse_size(value, m.size)) return replies::bad_size();
+      if (m.size > max_bytes) return replies::message_too_big();
+    } else if (keyword == "BODY") {
+      if (iequals(value, "8BITMIME"))
+        m.body_8bit = true;
+      else if (!iequals(value, "7BIT"))
+        return replies::bad_body();
+    } else if (keyword == "AUTH" && rules.auth) {
+      m.auth = value;
+    } else if (keyword == "SMTPUTF8" && value.empty() && rules.smtputf8) {
+      m.smtputf8 = true;
+    } else {
+      return replies::unknown_parameter();
+    }
+  }
+  m.params = params;
+  return std::nullopt;
+}
+
+// ---- 5.7 Deadlines ----------------------------------------------------------------------------
+
+// Clocks - when the client must have sent more, which the Connection asks before each read. A
+// command line must arrive whole within command_timeout (RFC 5321 §4.5.3.2.7), however slowly
+// it trickles in; message content may pause data_timeout at most, and the whole of it may take
+// data_timeout plus its size at min_data_rate (Postfix's smtpd_min_data_rate); no session
+// outlives max_session_duration.
+class Clocks {
+public:
+  using Clock = std::chrono::steady_clock;
+
+  explicit Clocks(const Options& o) : options_(o) {
+    Clock::time_point now = Clock::now();
+    session_end_ = now + o.max_session_duration;
+    line_deadline_ = now + o.command_timeout;
+  }
+
+  // read - `n` bytes arrived (`in_data`: as message content).
+  void read(std::size_t n, bool in_data) {
+    last_read_ = Clock::now();
+    if (in_data) data_bytes_ += n;
+  }
+
+  // deadline - the deadline now; `lines` (lines completed) and `data` describe the session now:
+  // a line completed restarts the command clock, as does the end of DATA.
+  Clock::time_point deadline(std::size_t lines, bool data) {
+    Clock::time_point now = Clock::now();
+    if (lines != lines_seen_ || (in_data_ && !data)) {
+      lines_seen_ = lines;
+      line_deadline_ = now + options_.command_timeout;
+    }
+    if (data && !in_data_) {
+      data_start_ = last_read_ = now;
+      data_bytes_ = 0;
+    }
+    in_data_ = data;
+    if (!data) return std::min(line_deadline_, session_end_);
+    auto allowance = std::chrono::milliseconds(data_bytes_ * 1000 / options_.min_data_rate);
+    return std::min({last_read_ + options_.data_timeout,
+                     data_start_ + options_.data_timeout + allowance, session_end_});
+  }
+
+private:
+  const Options& options_;
+  Clock::time_point session_end_, line_deadline_, data_start_, last_read_;
+  std::size_t lines_seen_ = 0;
+  bool in_data_ = false;
+  std::size_t data_bytes_ = 0;
+};
+
+} // namespace
+
+// ---- 5.8 The session: stages, the command table, the verbs -----------------------------------
+
+namespace {
 
 // Command flags: the guards shared by several verbs, checked once before cmd_<verb> runs.
 enum CommandFlag : unsigned {
@@ -975,55 +1883,40 @@ enum CommandFlag : unsigned {
   junk = 16,       // counts toward junk_command_limit (Postfix smtpd_junk_command_limit)
 };
 
-// tls_configured - whether Options ask for TLS at all (a context, or certificate files).
-bool tls_configured(const Options& o) {
-  return o.tls_context != nullptr || !o.tls_cert_file.empty();
-}
-
 } // namespace
 
+// Protocol::State - the session: where it is (stage, envelope, counters), the parts the bytes
+// go through, and one function per verb.
 struct Protocol::State {
   const Options& options;
   SessionInfo session;
   Envelope envelope;
+  MailOptions mail;     // this transaction's MAIL parameters, parsed
   std::string hostname; // our name, sanitised
   std::string appname;  // sanitised
   Stage stage = Stage::greeted;
-  std::string out;               // replies not yet taken
-  std::string partial;           // the start of a command line whose end has not arrived
-  bool discarding = false;       // skipping the rest of a refused line, up to the next CRLF
-  bool starttls_pending = false; // STARTTLS accepted; waiting for the owner's handshake
-
-  // AuthExchange - an AUTH dialogue in progress (RFC 4954 §4): lines are responses, not commands.
-  struct AuthExchange {
-    std::string mechanism; // "PLAIN", "LOGIN" or "CRAM-MD5"
-    bool have_username;    // LOGIN: the first step (the user name) is done
-    std::string username;  // LOGIN: the name given in the first step
-    std::string challenge; // CRAM-MD5: the challenge sent
-  };
-
-  std::optional<AuthExchange> auth;
-  std::size_t auth_failures = 0;
+  SessionEnd end = SessionEnd::client_gone; // why, once stage is closed
+  std::string out;                          // replies not yet taken
+  bool starttls_pending = false;            // STARTTLS accepted; the owner runs the handshake
   std::chrono::milliseconds reply_delay{0}; // see Protocol::take_reply_delay
-  bool last_was_cr = false;        // the last byte read was CR (a CRLF may straddle two reads)
-  std::size_t errors = 0;          // 5xx replies so far (Options::hard_error_limit)
-  std::size_t junk_commands = 0;   // NOOP RSET VRFY HELP since the last message
-  std::size_t lines_completed = 0; // whole lines read (see Protocol::lines_completed)
+  std::size_t rcpts_tried = 0;              // RCPT commands in this transaction
+  std::size_t messages = 0;                 // messages begun in this session (queue ids)
+  std::size_t errors = 0;                   // 5xx replies so far (Options::hard_error_limit)
+  std::size_t junk_commands = 0;            // NOOP RSET VRFY HELP since the last message
+  std::size_t auth_failures = 0;
 
-  // The message being received.
-  std::unique_ptr<MessageSink> sink; // the StreamHandler's, while a streamed message arrives
-  bool sink_failed = false;          // its write() threw: drain the rest, then say why
-  std::optional<Reply> sink_error;   // the Reply it threw, if it threw one
-  std::string message;               // our Received header, then the content
-  std::string queue_id;              // names the message in Received and in the 250 reply
-  std::size_t content_bytes = 0;
-  std::size_t line_bytes = 0; // octets of the current content line so far
-  DataScan scan = DataScan::line_start;
-  bool too_big = false;       // content passed max_message_bytes: drain, then 552
-  bool bare_cr_or_lf = false; // a CR or LF that was not part of CRLF (smuggling material)
-  bool long_line = false;     // a content line over 1000 octets
+  UserCode user;
+  LineReader lines;
+  DotReader dots;
+  MessageBuilder message;
+  Auth auth;
+  Clocks clocks;
 
-  State(const Options& o, SessionInfo s) : options(o), session(std::move(s)) {}
+  State(const Options& o, SessionInfo s)
+      : options(o), session(std::move(s)), user(o, session), message(o, user), auth(o, user),
+        clocks(o) {}
+
+  ~State() { user.close(SessionEnd::client_gone); } // no-op when close() was already called
 
   // ---- the command table -------------------------------------------------------------------
 
@@ -1033,50 +1926,22 @@ struct Protocol::State {
     unsigned flags;
   };
 
-  static const Command* find_command(std::string_view verb) {
-    static const Command table[] = {
-        {"HELO", &State::cmd_helo, before_tls | before_auth},
-        {"EHLO", &State::cmd_ehlo, before_tls | before_auth},
-        {"MAIL", &State::cmd_mail, needs_helo},
-        {"RCPT", &State::cmd_rcpt, needs_helo},
-        {"DATA", &State::cmd_data, needs_helo | no_argument},
-        {"RSET", &State::cmd_rset, no_argument | before_tls | before_auth | junk},
-        {"NOOP", &State::cmd_noop, before_tls | before_auth | junk},
-        {"QUIT", &State::cmd_quit, no_argument | before_tls | before_auth},
-        {"STARTTLS", &State::cmd_starttls, no_argument | before_tls | before_auth},
-        {"AUTH", &State::cmd_auth, needs_helo | before_auth},
-        // A web browser or proxy that reached the SMTP port: no dialogue, close (Postfix's
-        // smtpd_forbidden_commands).
-        {"GET", &State::cmd_http, before_tls | before_auth},
-        {"POST", &State::cmd_http, before_tls | before_auth},
-        {"HEAD", &State::cmd_http, before_tls | before_auth},
-        {"PUT", &State::cmd_http, before_tls | before_auth},
-        {"CONNECT", &State::cmd_http, before_tls | before_auth},
-        {"VRFY", &State::cmd_vrfy, junk},
-        {"EXPN", &State::cmd_not_implemented, 0},
-        {"HELP", &State::cmd_help, junk},
-        // Known to RFC 5321 or common extensions, not offered here: 502 rather than 500.
-        {"TURN", &State::cmd_not_implemented, 0},
-        {"ETRN", &State::cmd_not_implemented, 0},
-        {"ATRN", &State::cmd_not_implemented, 0},
-        {"BDAT", &State::cmd_not_implemented, 0},
-        {"SEND", &State::cmd_not_implemented, 0},
-        {"SOML", &State::cmd_not_implemented, 0},
-        {"SAML", &State::cmd_not_implemented, 0},
-    };
-    for (const Command& c : table)
-      if (iequals(c.verb, verb)) return &c;
-    return nullptr;
-  }
+  static const Command* find_command(std::string_view verb); // below: the table
 
   // ---- replies -----------------------------------------------------------------------------
 
-  // reply - queue `r`; enhanced codes go out once EHLO negotiated them (RFC 2034 §3).
+  // reply - queue `r`; enhanced codes go out once EHLO negotiated them (RFC 2034 §3). A 421,
+  // whoever chose it (a limit here, or a hook, handler or sink), means the server is closing the
+  // channel (RFC 5321 §3.8): nothing more is read after it.
   void reply(const Reply& r) {
     if (r.code >= 500) count_error();
     std::size_t start = out.size();
     append_reply(out, r, session.esmtp);
     if (options.log_write) log_lines(options.log_write, std::string_view(out).substr(start));
+    if (r.code == 421 && stage != Stage::closed) {
+      stage = Stage::closed;
+      end = SessionEnd::refused;
+    }
   }
 
   // count_error - one more error: past soft_error_limit each one is answered slowly (a tarpit,
@@ -1089,50 +1954,28 @@ struct Protocol::State {
   // log_lines - pass each CRLF-terminated line of `text` to `log`.
   void log_lines(const LogHook& log, std::string_view text) {
     while (!text.empty()) {
-      std::size_t end = text.find("\r\n");
-      log(session.peer, text.substr(0, end));
-      if (end == std::string_view::npos) break;
-      text.remove_prefix(end + 2);
+      std::size_t end_of_line = text.find("\r\n");
+      log(session.peer, text.substr(0, end_of_line));
+      if (end_of_line == std::string_view::npos) break;
+      text.remove_prefix(end_of_line + 2);
     }
-  }
-
-  void log_error(const std::string& message) {
-    if (options.log_error) options.log_error(message);
-  }
-
-  // consult - run a user hook at the exception boundary and return the reply to send: the
-  // hook's own (checked), or `fallback` when it returned nothing. A thrown Reply is a reply;
-  // any other exception is logged and becomes 451 4.3.0, and the session goes on.
-  template <class Fn>
-  Reply consult(const char* what, Fn&& hook, Reply fallback,
-                const Reply& on_exception = replies::local_error()) {
-    try {
-      std::optional<Reply> r = hook();
-      return r ? normalize_user_reply(std::move(*r), options.log_error) : fallback;
-    } catch (const Reply& r) {
-      return normalize_user_reply(r, options.log_error);
-    } catch (const std::exception& e) {
-      log_error(std::string("smtpd: ") + what + " threw: " + e.what());
-    } catch (...) { log_error(std::string("smtpd: ") + what + " threw a non-standard exception"); }
-    return on_exception;
   }
 
   // ---- session start and end -----------------------------------------------------------------
 
-  // start - run on_connect and greet (RFC 5321 §4.2: "220 domain text"), or refuse.
+  // start - name the session, make its Session object, greet (RFC 5321 §4.2: "220 domain
+  // text"), or refuse.
   void start() {
+    if (session.id.empty()) session.id = new_queue_id();
     hostname = sanitize_for_header(options.hostname.empty() ? system_hostname() : options.hostname,
                                    max_domain);
     appname = sanitize_for_header(options.appname.empty() ? "smtpd" : options.appname, 64);
     Reply greeting{220, "", hostname + " ESMTP " + appname};
-    Reply r = consult(
-        "on_connect",
-        [&] { return options.on_connect ? options.on_connect(session) : std::nullopt; }, greeting);
+    Reply r = user.start(greeting);
     if (r.positive()) {
       reply(greeting);
     } else if (r.code < 500) { // a temporary refusal closes: 421 (RFC 5321 §3.8)
-      reply({421, r.enhanced, r.text});
-      stage = Stage::closed;
+      close_with({421, r.enhanced, r.text}, SessionEnd::refused);
     } else { // a permanent refusal: 554, then only QUIT (RFC 5321 §3.1)
       reply({554, r.enhanced, r.text});
       errors = 0;
@@ -1141,110 +1984,66 @@ struct Protocol::State {
   }
 
   // close_with - queue a final reply and end the session.
-  void close_with(const Reply& r) {
+  void close_with(const Reply& r, SessionEnd why) {
     if (stage == Stage::closed) return;
+    end = why;
+    stage = Stage::closed; // before the reply, so that its 421 keeps `why`
     reply(r);
-    stage = Stage::closed;
     reset_transaction();
+  }
+
+  // ended - tell the Session object, once the session is over (the owner asks after each call).
+  void ended() {
+    if (stage == Stage::closed) user.close(end);
   }
 
   // reset_transaction - forget MAIL, RCPTs and any message (RFC 5321 §4.1.1.5, §4.1.4).
   void reset_transaction() {
-    sink.reset(); // a streamed message not finished is abandoned
+    message.clear(); // a streamed message not finished is abandoned
     envelope = Envelope{};
-    if (message.capacity() > keep_buffer_bytes) std::string().swap(message);
-    message.clear();
+    mail = MailOptions{};
+    rcpts_tried = 0;
   }
 
   // ---- reading command lines -----------------------------------------------------------------
 
-  // read_command - consume `in` up to and including the first LF, executing the command line it
-  // completes; returns the bytes consumed. A line ends only at CRLF: a bare LF is refused and
-  // the rest of that line, up to the next CRLF, discarded (RFC 5321 §2.3.8). Lines are kept
-  // within max_command_line, so a client cannot make the buffer grow.
+  // read_command - consume `in` up to and including the first LF; returns the bytes consumed.
   std::size_t read_command(std::string_view in) {
-    const char* lf = static_cast<const char*>(std::memchr(in.data(), '\n', in.size()));
-    if (lf == nullptr) {
-      keep_partial_line(in);
-      return in.size();
-    }
-    std::size_t take = std::size_t(lf - in.data()) + 1;
-    bool crlf = take >= 2 ? in[take - 2] == '\r' : last_was_cr;
-    last_was_cr = false;
-    std::string_view line = in.substr(0, take - 1);
-    if (discarding) {
-      discarding = !crlf;
-    } else if (!partial.empty()) {
-      partial.append(line);
-      complete_line(partial, crlf);
-    } else {
-      complete_line(line, crlf);
-    }
-    partial.clear();
-    return take;
-  }
-
-  // keep_partial_line - hold the start of a line until its end arrives, within the limit.
-  void keep_partial_line(std::string_view piece) {
-    if (piece.empty()) return;
-    last_was_cr = piece.back() == '\r';
-    if (discarding) return;
-    partial.append(piece);
-    if (partial.size() > line_limit(partial)) {
-      reply(too_long_reply()); // RFC 5321 §4.5.3.1.4, RFC 4954 §4
-      auth.reset();
-      partial.clear();
-      discarding = true;
+    LineLimit limit{options.max_command_line_bytes, auth.in_progress()};
+    return lines.read(in, limit, [this](LineReader::Got got, std::string_view line) {
+      on_line(got, line);
       after_command();
-    }
+    });
   }
 
-  // complete_line - a whole line arrived (without its LF): check it, then execute it, or pass
-  // it to the AUTH dialogue in progress. A refused line also ends that dialogue.
-  void complete_line(std::string_view line, bool crlf) {
-    std::optional<Reply> refused;
-    if (!crlf) {
-      refused = replies::bare_lf();
-      discarding = true;
-    } else {
-      line.remove_suffix(1); // the CR
-      ++lines_completed;
-      if (line.size() + 2 > line_limit(line))
-        refused = too_long_reply();
-      else if (line.find('\r') != std::string_view::npos)
-        refused = replies::bare_cr();
-    }
-    if (refused) {
-      auth.reset();
-      reply(*refused);
-    } else if (auth) {
+  // on_line - a line ended: refuse it, pass it to the AUTH exchange in progress, or execute it.
+  // A refused line also ends that exchange.
+  void on_line(LineReader::Got got, std::string_view line) {
+    if (got == LineReader::Got::line && auth.in_progress()) {
       if (options.log_read) options.log_read(session.peer, "****"); // a password, maybe
-      auth_response(line);
-    } else {
-      execute(line);
+      return auth_step(auth.respond(line));
     }
-    after_command();
-  }
-
-  // line_limit - the longest line allowed, judged from its start: AUTH lines and AUTH responses
-  // may be longer than other commands (RFC 4954 §4).
-  std::size_t line_limit(std::string_view start) const {
-    return auth || istarts_with(start, "AUTH ") ? max_auth_line : max_command_line;
-  }
-
-  Reply too_long_reply() const {
-    return auth ? replies::auth_line_too_long() : replies::line_too_long();
+    if (got == LineReader::Got::line) return execute(line);
+    Reply refused = got == LineReader::Got::bare_lf   ? replies::bare_lf()
+                    : got == LineReader::Got::bare_cr ? replies::bare_cr()
+                    : auth.in_progress()              ? replies::auth_line_too_long()
+                                                      : replies::line_too_long();
+    auth.cancel();
+    reply(refused); // RFC 5321 §2.3.8, §4.5.3.1.4; RFC 4954 §4
   }
 
   // after_command - enforce the per-session error limit (Postfix's smtpd_hard_error_limit).
   void after_command() {
-    if (errors >= options.hard_error_limit && stage != Stage::closed)
-      close_with(replies::too_many_errors());
+    if (errors >= options.hard_error_limit)
+      close_with(replies::too_many_errors(), SessionEnd::refused);
   }
 
-  // execute - look the verb up in the command table, apply its guards, run it.
+  // execute - the Session's filter first, then look the verb up in the command table, apply its
+  // guards, run it.
   void execute(std::string_view line) {
-    if (options.log_read) options.log_read(session.peer, mask_auth(line));
+    std::string masked = Auth::mask(line);
+    if (options.log_read) options.log_read(session.peer, masked);
+    if (std::optional<Reply> refused = user.filter(masked)) return reply(*refused);
     std::size_t space = line.find(' ');
     std::string_view verb = line.substr(0, space);
     std::string_view argument = space == std::string_view::npos ? "" : line.substr(space + 1);
@@ -1265,7 +2064,15 @@ struct Protocol::State {
     (this->*command->run)(argument);
   }
 
-  // ---- the verbs -----------------------------------------------------------------------------
+  // pipelining_forbidden - more commands arrived before the reply to the last one, though
+  // PIPELINING was not advertised (no EHLO yet, or HELO): RFC 2920 §3.1 says the client must
+  // wait. Spammers' bulk tools do this; real clients do not.
+  bool pipelining_forbidden() const {
+    bool commands = stage != Stage::data && stage != Stage::closed && !starttls_pending;
+    return options.reject_unauthorized_pipelining && commands && !session.esmtp;
+  }
+
+  // ---- HELO and EHLO -------------------------------------------------------------------------
 
   void cmd_helo(std::string_view argument) { hello(argument, false); }
 
@@ -1278,12 +2085,11 @@ struct Protocol::State {
     if (options.strict && !is_valid_helo_name(name))
       return reply({501, "5.5.4", "Invalid domain name"});
     std::string helo(name);
-    Reply r = consult(
-        "on_helo", [&] { return options.on_helo ? options.on_helo(session, helo) : std::nullopt; },
-        Reply{250, "", hostname}, replies::hook_failed_early());
-    if (r.code == 421) return close_with(r); // the hook failed before any mail: give up
+    Reply r = user.hello(helo, Reply{250, "", hostname});
+    if (r.code == 421) return close_with(r, SessionEnd::refused); // a hook failed: give up
     if (!r.positive()) return reply(r);
     reset_transaction();
+    user.reset();
     session.helo = std::move(helo);
     session.esmtp = extended;
     stage = Stage::ready;
@@ -1291,137 +2097,130 @@ struct Protocol::State {
   }
 
   // ehlo_reply - the greeting line and the extensions that work (RFC 5321 §4.1.1.1).
-  Reply ehlo_reply() const {
+  Reply ehlo_reply() {
     std::string text = hostname;
     text += "\nSIZE " + std::to_string(options.max_message_bytes); // RFC 1870
     text += "\n8BITMIME";                                          // RFC 6152
     text += "\nPIPELINING";                                        // RFC 2920
     text += "\nENHANCEDSTATUSCODES";                               // RFC 2034
-    text += "\nSMTPUTF8";                                          // RFC 6531
+    if (options.smtputf8) text += "\nSMTPUTF8";                    // RFC 6531
     if (tls_offered()) text += "\nSTARTTLS";                       // RFC 3207
-    std::string mechanisms = usable_mechanisms();
+    std::string mechanisms = auth.offered(session.tls);
     if (!mechanisms.empty()) text += "\nAUTH " + mechanisms; // RFC 4954
     return {250, "", text};
   }
 
+  // ---- the transaction: MAIL, RCPT, DATA --------------------------------------------------
+
   // cmd_mail - MAIL FROM:<reverse-path> [SP params] (RFC 5321 §4.1.1.2): opens a transaction.
   void cmd_mail(std::string_view argument) {
     if (stage != Stage::ready) return reply(replies::nested_mail());
-    std::string from;
-    Params params;
     std::string_view path_and_params;
-    if (!split_keyword(argument, "FROM:", path_and_params))
+    if (!split_keyword(argument, "FROM:", options.strict, path_and_params))
       return reply(replies::syntax("MAIL FROM:<address>"));
+    std::string from;
     Cursor in{path_and_params};
     PathError error = parse_path(in, true, false, !options.strict, from);
     if (error == PathError::syntax) return reply(replies::bad_sender());
     if (error == PathError::too_long) return reply(replies::path_too_long());
+    Params params;
     if (!parse_params(in.rest, true, !options.strict, params) || !utf8_values_allowed(params))
       return reply(replies::syntax("MAIL FROM:<address> [parameters]"));
-    Envelope next;
-    if (std::optional<Reply> refused = apply_mail_params(params, next)) return reply(*refused);
-    if (error == PathError::needs_smtputf8 && !next.smtputf8)
-      return reply(replies::needs_smtputf8());
-    Reply r = consult(
-        "on_mail",
-        [&] { return options.on_mail ? options.on_mail(session, from, params) : std::nullopt; },
-        replies::sender_ok());
+    MailOptions m;
+    bool auth_known = !params.empty() && auth.configured();
+    MailRules rules{session.esmtp, options.smtputf8, auth_known};
+    if (std::optional<Reply> refused = mail_options(params, rules, options.max_message_bytes, m))
+      return reply(*refused);
+    if (error == PathError::needs_smtputf8 && !m.smtputf8) return reply(replies::needs_smtputf8());
+    Reply r = user.mail(from, m);
     if (!r.positive()) return reply(r);
-    next.from = std::move(from);
-    next.mail_params = std::move(params);
-    envelope = std::move(next);
+    envelope = Envelope{std::move(from), {}, m.params, m.smtputf8, m.body_8bit};
+    mail = std::move(m);
+    rcpts_tried = 0;
     stage = Stage::mail;
     reply(r);
-  }
-
-  // split_keyword - "FROM:" or "TO:" at the start of `argument`, case-insensitive; lenient mode
-  // allows spaces after the colon ("MAIL FROM: <a@b>"), strict mode does not.
-  bool split_keyword(std::string_view argument, std::string_view keyword,
-                     std::string_view& rest) const {
-    if (!istarts_with(argument, keyword)) return false;
-    rest = argument.substr(keyword.size());
-    if (!options.strict) rest = skip_spaces(rest);
-    return true;
-  }
-
-  // utf8_values_allowed - parameter values may be UTF-8 only when SMTPUTF8 is among them
-  // (RFC 6531 §3.3).
-  static bool utf8_values_allowed(const Params& params) {
-    bool smtputf8 = std::any_of(params.begin(), params.end(),
-                                [](const auto& p) { return p.first == "SMTPUTF8"; });
-    return smtputf8 || std::none_of(params.begin(), params.end(),
-                                    [](const auto& p) { return has_8bit(p.second); });
-  }
-
-  // apply_mail_params - SIZE (RFC 1870), BODY (RFC 6152) and SMTPUTF8 (RFC 6531); parameters
-  // are defined by EHLO extensions, so a HELO session may use none (RFC 1869 §4.2).
-  std::optional<Reply> apply_mail_params(const Params& params, Envelope& next) const {
-    for (const auto& [keyword, value] : params) {
-      if (!session.esmtp) return replies::unknown_parameter();
-      if (keyword == "SIZE") {
-        uint64_t size = 0;
-        if (!parse_size(value, size)) return replies::bad_size();
-        if (size > options.max_message_bytes) return replies::message_too_big();
-      } else if (keyword == "BODY") {
-        if (iequals(value, "8BITMIME"))
-          next.body_8bit = true;
-        else if (!iequals(value, "7BIT"))
-          return replies::bad_body();
-      } else if (keyword == "AUTH" && auth_configured()) {
-        // RFC 4954 §5: accepted; we do not trust an identity we did not authenticate ourselves.
-      } else if (keyword == "SMTPUTF8" && value.empty()) {
-        next.smtputf8 = true;
-      } else {
-        return replies::unknown_parameter();
-      }
-    }
-    return std::nullopt;
   }
 
   // cmd_rcpt - RCPT TO:<forward-path> [SP params] (RFC 5321 §4.1.1.3): adds a recipient.
   void cmd_rcpt(std::string_view argument) {
     if (stage != Stage::mail) return reply(replies::need_mail());
-    std::string to;
-    Params params;
+    ++rcpts_tried;
     std::string_view path_and_params;
-    if (!split_keyword(argument, "TO:", path_and_params))
+    if (!split_keyword(argument, "TO:", options.strict, path_and_params))
       return reply(replies::syntax("RCPT TO:<address>"));
+    std::string to;
     Cursor in{path_and_params, false};
     PathError error = parse_path(in, false, true, !options.strict, to);
     if (error == PathError::syntax) return reply(replies::bad_recipient());
     if (error == PathError::too_long) return reply(replies::path_too_long());
     if (error == PathError::needs_smtputf8 && !envelope.smtputf8)
       return reply(replies::needs_smtputf8());
-    if (!parse_params(in.rest, envelope.smtputf8, !options.strict, params))
+    RcptOptions r;
+    if (!parse_params(in.rest, envelope.smtputf8, !options.strict, r.params))
       return reply(replies::syntax("RCPT TO:<address> [parameters]"));
-    if (!params.empty()) return reply(replies::unknown_parameter());
+    if (!r.params.empty()) return reply(replies::unknown_parameter());
     if (envelope.to.size() >= options.max_recipients) // RFC 5321 §4.5.3.1.10
       return reply(replies::too_many_recipients());
-    Reply r = consult(
-        "on_rcpt",
-        [&] { return options.on_rcpt ? options.on_rcpt(session, to, params) : std::nullopt; },
-        replies::recipient_ok());
-    if (r.positive()) envelope.to.push_back(std::move(to));
+    Reply verdict = user.rcpt(envelope, to, r);
+    if (verdict.positive()) envelope.to.push_back(std::move(to));
+    reply(verdict);
+  }
+
+  // cmd_data - DATA (RFC 5321 §4.1.1.4): 354, then message content until CRLF.CRLF. With no
+  // recipient: 503 if none was tried, 554 if all were refused (RFC 5321 §3.3, as Postfix).
+  void cmd_data(std::string_view) {
+    if (stage != Stage::mail) return reply(replies::need_mail());
+    if (envelope.to.empty())
+      return reply(rcpts_tried > 0 ? replies::no_valid_recipients() : replies::need_rcpt());
+    std::unique_ptr<MessageSink> sink;
+    Reply r = user.data(envelope, sink);
+    if (r.code != 354) return reply(r);
+    ++messages; // the queue id: the session's id, then the message's number in it
+    std::string id = session.id + hex(messages, messages < 256 ? 2 : 16);
+    std::string by = hostname + " (" + appname + ")";
+    message.begin(id, received_header(session, envelope, by, id), mail.size, std::move(sink));
+    dots.reset();
+    stage = Stage::data;
     reply(r);
   }
 
-  // cmd_data - DATA (RFC 5321 §4.1.1.4): 354, then message content until CRLF.CRLF.
-  void cmd_data(std::string_view) {
-    if (stage != Stage::mail) return reply(replies::need_mail());
-    if (envelope.to.empty()) return reply(replies::need_rcpt());
-    if (options.stream_handler && !open_sink()) return;
-    begin_message();
-    stage = Stage::data;
-    reply(replies::start_data());
+  // read_data - consume message content from `in`; returns the bytes consumed.
+  std::size_t read_data(std::string_view in) {
+    bool done = false;
+    std::size_t used = dots.read(
+        in, [this](const char* p, std::size_t n) { message.append(p, n); }, done);
+    if (done) finish_message();
+    return used;
   }
 
-  // pipelining_forbidden - more commands arrived before the reply to the last one, though
-  // PIPELINING was not advertised (no EHLO yet, or HELO): RFC 2920 §3.1 says the client must
-  // wait. Spammers' bulk tools do this; real clients do not.
-  bool pipelining_forbidden() const {
-    bool commands = stage != Stage::data && stage != Stage::closed && !starttls_pending;
-    return options.reject_unauthorized_pipelining && commands && !session.esmtp;
+  // finish_message - the final dot arrived: refuse, or hand the message over and say 250 only
+  // if it was accepted (RFC 5321 §4.1.1.4, §6.1).
+  void finish_message() {
+    if (options.log_read)
+      options.log_read(session.peer,
+                       "<" + std::to_string(message.content_bytes()) + " octets of message data>");
+    stage = Stage::ready;
+    if (message.too_big())
+      reply(replies::message_too_big());
+    else if (options.strict && dots.bare_cr_or_lf())
+      reply(replies::bare_cr_lf_in_data());
+    else if (options.strict && dots.long_line())
+      reply(replies::data_line_too_long());
+    else
+      deliver();
+    reset_transaction();
+    user.reset();
+    after_command();
   }
+
+  // deliver - the verdict decides the reply; a delivered message resets the junk count.
+  void deliver() {
+    Reply r = message.verdict(envelope);
+    if (r.positive()) junk_commands = 0;
+    reply(r);
+  }
+
+  // ---- STARTTLS (RFC 3207) ---------------------------------------------------------------------
 
   // tls_offered - STARTTLS is configured, compiled in, and not in effect yet (RFC 3207 §4).
   bool tls_offered() const { return tls_compiled && tls_configured(options) && !session.tls; }
@@ -1447,196 +2246,50 @@ struct Protocol::State {
     session.helo.clear();
     session.esmtp = false;
     session.auth_user.clear();
-    auth.reset();
+    auth.cancel();
     reset_transaction();
+    user.reset();
+    lines.reset();
     stage = Stage::greeted;
-    partial.clear();
-    discarding = false;
-    last_was_cr = false;
     starttls_pending = false;
   }
 
-  // ---- AUTH (RFC 4954) ------------------------------------------------------------------------
-
-  // auth_configured - some mechanism has its callback.
-  bool auth_configured() const { return options.on_auth || options.auth_secret; }
-
-  // mechanism_enabled - `mechanism` has its callback and is among auth_mechanisms (if given).
-  bool mechanism_enabled(std::string_view mechanism) const {
-    bool has_callback = mechanism == "CRAM-MD5" ? bool(options.auth_secret)
-                                                : (mechanism == "PLAIN" || mechanism == "LOGIN") &&
-                                                      bool(options.on_auth);
-    const auto& chosen = options.auth_mechanisms;
-    return has_callback &&
-           (chosen.empty() || std::any_of(chosen.begin(), chosen.end(), [&](const std::string& m) {
-              return iequals(m, mechanism);
-            }));
-  }
-
-  // mechanism_secure_now - PLAIN and LOGIN send the password itself: only under TLS, unless the
-  // user allowed it (RFC 4954 §4, 538).
-  bool mechanism_secure_now(std::string_view mechanism) const {
-    return mechanism == "CRAM-MD5" || session.tls || options.auth_insecure;
-  }
-
-  // usable_mechanisms - what EHLO advertises now, space-separated, in a fixed order.
-  std::string usable_mechanisms() const {
-    static const char* const known[] = {"PLAIN", "LOGIN", "CRAM-MD5"};
-    std::vector<std::string> order(options.auth_mechanisms);
-    if (order.empty()) order.assign(std::begin(known), std::end(known));
-    std::string list;
-    for (const std::string& m : order) {
-      std::string name = upper(m);
-      if (!mechanism_enabled(name) || !mechanism_secure_now(name)) continue;
-      list += list.empty() ? "" : " ";
-      list += name;
-    }
-    return list;
-  }
-
-  // mask_auth - a command line fit for the log: AUTH's initial response holds a password. Any
-  // line that starts like AUTH but is not "AUTH mechanism" is masked whole after the verb.
-  static std::string mask_auth(std::string_view line) {
-    if (!istarts_with(line, "AUTH") || line.size() == 4) return std::string(line);
-    std::size_t response = line[4] == ' ' ? line.find(' ', 5) : 4;
-    if (response == std::string_view::npos) return std::string(line);
-    return std::string(line.substr(0, response)) + " ****";
-  }
+  // ---- AUTH (RFC 4954) --------------------------------------------------------------------------
 
   // cmd_auth - AUTH mechanism [initial-response] (RFC 4954 §4).
   void cmd_auth(std::string_view argument) {
-    if (!auth_configured()) return reply(replies::not_implemented());
+    if (!auth.configured()) return reply(replies::not_implemented());
     if (!session.auth_user.empty()) return reply(replies::already_authenticated());
     if (stage == Stage::mail) return reply(replies::transaction_in_progress());
-    std::size_t space = argument.find(' ');
-    std::string mechanism = upper(argument.substr(0, space));
-    if (mechanism.empty()) return reply(replies::syntax("AUTH mechanism [initial-response]"));
-    if (!mechanism_enabled(mechanism)) return reply(replies::unknown_mechanism());
-    if (!mechanism_secure_now(mechanism)) return reply(replies::encryption_required());
-    auth = AuthExchange{mechanism, false, "", ""};
-    if (space == std::string_view::npos) return auth_challenge();
-    if (mechanism == "CRAM-MD5") { // the server speaks first in CRAM-MD5 (RFC 2195)
-      auth.reset();
-      return reply(replies::syntax("AUTH CRAM-MD5"));
-    }
-    std::string_view initial = argument.substr(space + 1);
-    auth_response(initial == "=" ? std::string_view() : initial); // "=": empty (RFC 4954 §4)
+    auth_step(auth.start(argument, session.tls, hostname));
   }
 
-  // auth_challenge - the first 334 of a mechanism started without an initial response.
-  void auth_challenge() {
-    if (auth->mechanism == "LOGIN") return reply({334, "", base64_encode("Username:")});
-    if (auth->mechanism == "CRAM-MD5") {
-      // RFC 2195: a fresh, unpredictable challenge per attempt, never reused.
-      uint64_t random = (uint64_t(std::random_device{}()) << 32) | std::random_device{}();
-      auth->challenge = "<" + std::to_string(random) + "." + std::to_string(std::time(nullptr)) +
-                        "@" + hostname + ">";
-      return reply({334, "", base64_encode(auth->challenge)});
-    }
-    reply({334, "", ""}); // PLAIN: an empty challenge
-  }
-
-  // auth_response - one base64 line from the client during AUTH; "*" cancels (RFC 4954 §4).
-  void auth_response(std::string_view line) {
-    if (line == "*") {
-      auth.reset();
-      return reply(replies::auth_cancelled());
-    }
-    std::optional<std::string> decoded = base64_decode(line);
-    if (!decoded) {
-      auth.reset();
-      return reply(replies::cannot_decode());
-    }
-    if (auth->mechanism == "PLAIN") return auth_plain(*decoded);
-    if (auth->mechanism == "LOGIN") return auth_login(*decoded);
-    auth_cram_md5(*decoded);
-  }
-
-  // auth_plain - RFC 4616: authzid NUL authcid NUL passwd.
-  void auth_plain(const std::string& message) {
-    std::size_t first = message.find('\0');
-    std::size_t second = first == std::string::npos ? first : message.find('\0', first + 1);
-    if (second == std::string::npos || message.find('\0', second + 1) != std::string::npos) {
-      auth.reset();
-      return reply(replies::cannot_decode());
-    }
-    std::string authzid = message.substr(0, first);
-    std::string username = message.substr(first + 1, second - first - 1);
-    check_password(username, message.substr(second + 1), authzid);
-  }
-
-  // auth_login - the LOGIN mechanism: user name, then password, each after a 334 prompt.
-  void auth_login(std::string value) {
-    if (!auth->have_username) {
-      auth->have_username = true;
-      auth->username = std::move(value);
-      return reply({334, "", base64_encode("Password:")});
-    }
-    check_password(auth->username, value, "");
-  }
-
-  // check_password - ask on_auth about a PLAIN or LOGIN user name and password. An empty name
-  // or password is never valid (RFC 4616: 1*SAFE): an empty auth_user means "not logged in".
-  void check_password(const std::string& username, const std::string& password,
-                      const std::string& authzid) {
-    if (username.empty() || password.empty())
-      return finish_auth(replies::invalid_credentials(), "");
-    std::string mechanism = auth->mechanism;
-    Reply r = consult(
-        "on_auth",
-        [&]() -> std::optional<Reply> {
-          if (options.on_auth(session, mechanism, username, password, authzid)) return std::nullopt;
-          return replies::invalid_credentials();
-        },
-        replies::auth_successful(), replies::auth_temporary_failure());
-    finish_auth(r, username);
-  }
-
-  // auth_cram_md5 - RFC 2195: "user hex(HMAC-MD5(secret, challenge))", compared in constant time.
-  void auth_cram_md5(const std::string& answer) {
-    std::size_t space = answer.rfind(' ');
-    std::string username = answer.substr(0, space);
-    std::string digest = space == std::string::npos ? "" : answer.substr(space + 1);
-    std::string challenge = auth->challenge;
-    Reply r = consult(
-        "auth_secret",
-        [&]() -> std::optional<Reply> {
-          std::optional<std::string> secret = options.auth_secret(session, username);
-          bool ok = !username.empty() && secret &&
-                    constant_time_equals(hmac_md5_hex(*secret, challenge), digest);
-          if (ok) return std::nullopt;
-          return replies::invalid_credentials();
-        },
-        replies::auth_successful(), replies::auth_temporary_failure());
-    finish_auth(r, username);
-  }
-
-  // finish_auth - success: the session is authenticated (235). Failure: counted and slowed
-  // down, and after auth_max_failures the connection is closed, so a script cannot try
-  // thousands of passwords on one connection.
-  void finish_auth(const Reply& r, const std::string& username) {
-    auth.reset();
-    if (r.positive()) {
-      session.auth_user = username;
-      return reply(r);
-    }
-    if (r.code == 535) {
+  // auth_step - the reply to one step. Success authenticates the session (235); each failure
+  // is counted and slowed down, and after auth_max_failures the connection is closed, so a
+  // script cannot try thousands of passwords on one connection.
+  void auth_step(const AuthStep& step) {
+    if (step.reply.positive() && !auth.in_progress()) session.auth_user = step.user;
+    if (step.reply.code == 535) {
       ++auth_failures;
       reply_delay = std::max(reply_delay, options.auth_failure_delay);
     }
-    reply(r);
-    if (auth_failures >= options.auth_max_failures) close_with(replies::too_many_auth_failures());
+    reply(step.reply);
+    if (auth_failures >= options.auth_max_failures)
+      close_with(replies::too_many_auth_failures(), SessionEnd::refused);
   }
+
+  // ---- the other verbs -----------------------------------------------------------------------
 
   void cmd_rset(std::string_view) { // RFC 5321 §4.1.1.5
     reset_transaction();
+    user.reset();
     if (stage == Stage::mail) stage = Stage::ready;
     reply(replies::ok());
   }
 
   void cmd_noop(std::string_view) { reply(replies::ok()); } // RFC 5321 §4.1.1.9
 
-  void cmd_quit(std::string_view) { close_with(replies::bye()); } // RFC 5321 §4.1.1.10
+  void cmd_quit(std::string_view) { close_with(replies::bye(), SessionEnd::quit); } // §4.1.1.10
 
   // cmd_vrfy - RFC 5321 §3.5.3: 252 says "not verified, but try", without revealing users.
   void cmd_vrfy(std::string_view argument) {
@@ -1647,275 +2300,67 @@ struct Protocol::State {
 
   void cmd_not_implemented(std::string_view) { reply(replies::not_implemented()); }
 
-  void cmd_http(std::string_view) { close_with(replies::not_smtp()); }
-
-  // ---- the message ---------------------------------------------------------------------------
-
-  // begin_message - start a message buffer with our Received header on top, reserving the
-  // size the client declared (RFC 1870, up to max_message_bytes) so the content is appended
-  // with few reallocations.
-  void begin_message() {
-    queue_id = new_queue_id();
-    message.clear();
-    uint64_t declared = 0;
-    for (const auto& [keyword, value] : envelope.mail_params)
-      if (keyword == "SIZE") parse_size(value, declared);
-    append_received_header(message);
-    // Reserved but untouched pages cost no memory until content arrives (on Linux's default
-    // overcommit), so trusting SIZE= costs a liar nothing; a streamed message needs one piece.
-    std::size_t most = sink ? options.stream_chunk_bytes : options.max_message_bytes;
-    if (declared > 0) {
-      message.reserve(message.size() +
-                      std::min<uint64_t>({declared, options.max_message_bytes, most}));
-      advise_huge_pages(message);
-    }
-    content_bytes = 0;
-    line_bytes = 0;
-    scan = DataScan::line_start;
-    too_big = bare_cr_or_lf = long_line = false;
-    last_was_cr = false;
-  }
-
-  // append_received_header - the trace header of RFC 5321 §4.4 (RFC 5322 §3.6.7):
-  //   Received: from HELO (RDNS [IP])
-  //           by HOSTNAME (APPNAME) with ESMTP id QUEUEID
-  //           for <rcpt>; DATE
-  // "for" names the recipient only when there is exactly one, so a Bcc is never revealed.
-  // Client text is sanitised, so a HELO name cannot break the line and forge a header.
-  void append_received_header(std::string& h) const {
-    const Peer& peer = session.peer;
-    bool v6 = peer.ip.find(':') != std::string::npos;
-    h += "Received: from ";
-    h += sanitize_for_header(session.helo, max_domain);
-    h += " (";
-    if (!peer.hostname.empty()) h += sanitize_for_header(peer.hostname, max_domain) + " ";
-    h += v6 ? "[IPv6:" : "[";
-    h += sanitize_for_header(peer.ip, 64) + "])\r\n\tby " + hostname + " (" + appname + ")";
-    h += " with " + protocol_name() + " id " + queue_id;
-    if (session.tls)
-      h += "\r\n\t(using " + sanitize_for_header(session.tls_version, 32) + " with cipher " +
-           sanitize_for_header(session.tls_cipher, 64) + ")";
-    if (envelope.to.size() == 1) h += "\r\n\tfor <" + envelope.to.front() + ">";
-    h += ";\r\n\t" + rfc5322_date(std::time(nullptr)) + "\r\n";
-  }
-
-  // protocol_name - the "with" keyword: SMTP, ESMTP with S for TLS and A for AUTH (RFC 3848),
-  // UTF8SMTP... when the transaction used SMTPUTF8 (RFC 6531 §3.7.3).
-  std::string protocol_name() const {
-    if (!session.esmtp) return "SMTP";
-    std::string name = envelope.smtputf8 ? "UTF8SMTP" : "ESMTP";
-    if (session.tls) name += "S";
-    if (!session.auth_user.empty()) name += "A";
-    return name;
-  }
-
-  // append_content - add message content, or only count it once past the size limit: the rest
-  // of the message is read and dropped, never buffered (RFC 5321 §4.5.3.1.10 and 552).
-  void append_content(const char* p, std::size_t n) {
-    content_bytes += n;
-    if (content_bytes > options.max_message_bytes) too_big = true;
-    if (too_big) return;
-    if (!sink) return (void)message.append(p, n);
-    for (;;) { // a StreamHandler gets pieces of stream_chunk_bytes (the header may be one more)
-      if (message.size() >= options.stream_chunk_bytes) pass_to_sink(); // empties `message`
-      if (n == 0) return;
-      std::size_t take = std::min(n, options.stream_chunk_bytes - message.size());
-      message.append(p, take);
-      p += take;
-      n -= take;
-    }
-  }
-
-  // ---- streaming (StreamHandler) ---------------------------------------------------------------
-
-  // open_sink - ask the StreamHandler for this message's sink; false (and a reply) if refused.
-  bool open_sink() {
-    Reply r = consult(
-        "stream_handler",
-        [&]() -> std::optional<Reply> {
-          sink = options.stream_handler(session, envelope);
-          if (!sink) throw std::runtime_error("stream_handler returned no sink");
-          return std::nullopt;
-        },
-        replies::start_data());
-    sink_failed = false;
-    sink_error.reset();
-    if (r.code == 354) return true;
-    sink.reset();
-    reply(r);
-    return false;
-  }
-
-  // pass_to_sink - hand the buffered piece to the sink and empty the buffer (its capacity stays).
-  void pass_to_sink() {
-    if (!sink_failed && !message.empty()) {
-      Reply r = consult(
-          "MessageSink::write",
-          [&]() -> std::optional<Reply> {
-            sink->write(message);
-            return std::nullopt;
-          },
-          replies::ok());
-      if (!r.positive()) {
-        sink_failed = true;
-        sink_error = r;
-      }
-    }
-    message.clear();
-  }
-
-  // finish_sink - the last piece, then the sink's verdict.
-  Reply finish_sink() {
-    pass_to_sink();
-    if (sink_failed) return *sink_error;
-    Reply r = consult(
-        "MessageSink::finish", [&] { return sink->finish(); }, replies::queued(queue_id));
-    sink.reset();
-    return r;
-  }
-
-  // scan_data - consume message content from `in`; returns the bytes consumed, which stop just
-  // after the final CRLF.CRLF when it is found (RFC 5321 §4.1.1.4). Only CR LF "." CR LF ends the
-  // data: a "." between bare LFs or bare CRs is content (the SMTP smuggling attacks of 2023).
-  std::size_t scan_data(std::string_view in) {
-    const char* p = in.data();
-    const char* end = p + in.size();
-    while (p < end) {
-      switch (scan) {
-      case DataScan::line_start:
-        if (*p == '.') {
-          scan = DataScan::dot;
-          ++p;
-        } else {
-          scan = DataScan::middle;
-        }
-        break;
-      case DataScan::dot: // RFC 5321 §4.5.2: the leading dot is removed, whatever follows
-        if (*p == '\r') {
-          scan = DataScan::dot_cr;
-          ++p;
-        } else {
-          scan = DataScan::middle;
-        }
-        break;
-      case DataScan::dot_cr:
-        if (*p == '\n') {
-          finish_message();
-          return std::size_t(p + 1 - in.data());
-        }
-        append_content("\r", 1); // ".\r" not followed by LF: that CR is content
-        line_bytes = 1;
-        last_was_cr = true;
-        scan = DataScan::middle;
-        break;
-      case DataScan::middle: p = scan_lines(p, end); break;
-      }
-    }
-    return in.size();
-  }
-
-  // scan_lines - copy content up to the next line that starts with "." (the state machine's
-  // business) or the end of the bytes at hand, noting bare CRs and LFs and over-long lines.
-  // memchr finds each LF; the whole run of lines is appended at once.
-  const char* scan_lines(const char* p, const char* end) {
-    const char* run = p; // content not yet appended
-    for (;;) {
-      const char* lf = static_cast<const char*>(std::memchr(p, '\n', std::size_t(end - p)));
-      const char* stop = lf ? lf : end;
-      bool ends_with_cr = note_crs(p, stop);
-      line_bytes += std::size_t(stop - p);
-      if (lf == nullptr) {
-        last_was_cr = ends_with_cr;
-        append_content(run, std::size_t(end - run));
-        return end;
-      }
-      last_was_cr = false;
-      p = lf + 1;
-      if (!ends_with_cr) { // a bare LF is content, never a line end
-        bare_cr_or_lf = true;
-        ++line_bytes;
-        continue;
-      }
-      if (line_bytes + 1 > max_text_line) long_line = true; // CRLF: the line is complete
-      line_bytes = 0;
-      if (p == end || *p == '.') {
-        append_content(run, std::size_t(p - run));
-        scan = DataScan::line_start;
-        return p;
-      }
-    }
-  }
-
-  // note_crs - note a bare CR (one not followed by LF) in the line piece [p, stop), where
-  // `stop` is an LF or the end of the bytes at hand; true if the piece ends with a CR (which
-  // may be the previous read's last byte). Only the first CR matters: if it is not the piece's
-  // last byte, something other than LF follows it.
-  bool note_crs(const char* p, const char* stop) {
-    if (p == stop) return last_was_cr;
-    if (last_was_cr) bare_cr_or_lf = true; // the last read ended with a CR, and no LF came
-    const void* cr = std::memchr(p, '\r', std::size_t(stop - p));
-    if (cr != nullptr && static_cast<const char*>(cr) + 1 < stop) bare_cr_or_lf = true;
-    return stop[-1] == '\r';
-  }
-
-  // finish_message - the final dot arrived: refuse, or hand the message to the handler and
-  // say 250 only if it accepted (RFC 5321 §4.1.1.4, §6.1).
-  void finish_message() {
-    if (options.log_read)
-      options.log_read(session.peer,
-                       "<" + std::to_string(content_bytes) + " octets of message data>");
-    stage = Stage::ready;
-    if (too_big)
-      reply(replies::message_too_big());
-    else if (options.strict && bare_cr_or_lf)
-      reply(replies::bare_cr_lf_in_data());
-    else if (options.strict && long_line)
-      reply(replies::data_line_too_long());
-    else
-      deliver_and_reply();
-    reset_transaction();
-    after_command();
-  }
-
-  // deliver_and_reply - hand the message over; a delivered message resets the junk count.
-  void deliver_and_reply() {
-    Reply r = deliver();
-    if (r.positive()) junk_commands = 0;
-    reply(r);
-  }
-
-  // deliver - call the message handler at the exception boundary.
-  Reply deliver() {
-    if (sink) return finish_sink();
-    return consult(
-        "handler",
-        [&]() -> std::optional<Reply> {
-          if (options.message_handler) return options.message_handler(session, envelope, message);
-          if (options.handler) options.handler(session.peer, envelope.from, envelope.to, message);
-          return std::nullopt;
-        },
-        replies::queued(queue_id));
-  }
+  void cmd_http(std::string_view) { close_with(replies::not_smtp(), SessionEnd::refused); }
 };
+
+// find_command - the command table: each verb, its cmd_<verb> and its guards.
+const Protocol::State::Command* Protocol::State::find_command(std::string_view verb) {
+  static const Command table[] = {
+      {"HELO", &State::cmd_helo, before_tls | before_auth},
+      {"EHLO", &State::cmd_ehlo, before_tls | before_auth},
+      {"MAIL", &State::cmd_mail, needs_helo},
+      {"RCPT", &State::cmd_rcpt, needs_helo},
+      {"DATA", &State::cmd_data, needs_helo | no_argument},
+      {"RSET", &State::cmd_rset, no_argument | before_tls | before_auth | junk},
+      {"NOOP", &State::cmd_noop, before_tls | before_auth | junk},
+      {"QUIT", &State::cmd_quit, no_argument | before_tls | before_auth},
+      {"STARTTLS", &State::cmd_starttls, no_argument | before_tls | before_auth},
+      {"AUTH", &State::cmd_auth, needs_helo | before_auth},
+      // A web browser or proxy that reached the SMTP port: no dialogue, close (Postfix's
+      // smtpd_forbidden_commands).
+      {"GET", &State::cmd_http, before_tls | before_auth},
+      {"POST", &State::cmd_http, before_tls | before_auth},
+      {"HEAD", &State::cmd_http, before_tls | before_auth},
+      {"PUT", &State::cmd_http, before_tls | before_auth},
+      {"CONNECT", &State::cmd_http, before_tls | before_auth},
+      {"VRFY", &State::cmd_vrfy, junk},
+      {"EXPN", &State::cmd_not_implemented, 0},
+      {"HELP", &State::cmd_help, junk},
+      // Known to RFC 5321 or common extensions, not offered here: 502 rather than 500.
+      {"TURN", &State::cmd_not_implemented, 0},
+      {"ETRN", &State::cmd_not_implemented, 0},
+      {"ATRN", &State::cmd_not_implemented, 0},
+      {"BDAT", &State::cmd_not_implemented, 0},
+      {"SEND", &State::cmd_not_implemented, 0},
+      {"SOML", &State::cmd_not_implemented, 0},
+      {"SAML", &State::cmd_not_implemented, 0},
+  };
+  for (const Command& c : table)
+    if (iequals(c.verb, verb)) return &c;
+  return nullptr;
+}
 
 // ---- Protocol's public face: thin calls into State ------------------------------------------
 
 Protocol::Protocol(const Options& options, SessionInfo session)
     : s_(std::make_unique<State>(options, std::move(session))) {
   s_->start();
+  s_->ended();
 }
 
 Protocol::~Protocol() = default;
 
 void Protocol::feed(std::string_view bytes) {
+  s_->clocks.read(bytes.size(), s_->stage == Stage::data);
   // After STARTTLS the rest of `bytes` is plaintext injected before the handshake: dropped.
   while (!bytes.empty() && s_->stage != Stage::closed && !s_->starttls_pending) {
     bool command = s_->stage != Stage::data;
-    std::size_t used = command ? s_->read_command(bytes) : s_->scan_data(bytes);
+    std::size_t used = command ? s_->read_command(bytes) : s_->read_data(bytes);
     bytes.remove_prefix(used);
     if (command && !bytes.empty() && s_->pipelining_forbidden())
-      s_->close_with(replies::unauthorized_pipelining());
+      s_->close_with(replies::unauthorized_pipelining(), SessionEnd::refused);
   }
+  s_->ended();
 }
 
 std::string Protocol::take_output() {
@@ -1944,7 +2389,11 @@ bool Protocol::in_data() const {
 bool Protocol::idle() const {
   bool between =
       s_->stage == Stage::greeted || s_->stage == Stage::ready || s_->stage == Stage::refused;
-  return between && s_->partial.empty() && !s_->discarding && !s_->auth && !s_->starttls_pending;
+  return between && s_->lines.idle() && !s_->auth.in_progress() && !s_->starttls_pending;
+}
+
+std::chrono::steady_clock::time_point Protocol::deadline() {
+  return s_->clocks.deadline(s_->lines.lines_completed(), s_->stage == Stage::data);
 }
 
 std::chrono::milliseconds Protocol::take_reply_delay() {
@@ -1960,20 +2409,24 @@ void Protocol::tls_started(std::string version, std::string cipher, std::string 
 }
 
 std::size_t Protocol::lines_completed() const {
-  return s_->lines_completed;
+  return s_->lines.lines_completed();
 }
 
 void Protocol::timeout() {
-  s_->close_with(replies::timeout());
+  s_->close_with(replies::timeout(), SessionEnd::timeout);
+  s_->ended();
 }
 
 void Protocol::shutting_down() {
-  s_->close_with(replies::shutting_down());
+  s_->close_with(replies::shutting_down(), SessionEnd::shutdown);
+  s_->ended();
 }
 
 void Protocol::disconnected() {
+  if (s_->stage != Stage::closed) s_->end = SessionEnd::client_gone;
   s_->stage = Stage::closed; // a partial message is dropped: the handler never sees it
   s_->reset_transaction();
+  s_->ended();
 }
 
 const SessionInfo& Protocol::session() const {
@@ -2153,9 +2606,86 @@ int key_password(char* buf, int size, int, void* userdata) {
   return int(password.size());
 }
 
+// The ciphers offered (Options::tls_ciphers and tls_ciphersuites; their defaults are there).
+// OpenSSL's own TLS 1.2 default also offers static-RSA key exchange (AES256-GCM-SHA384,
+// AES128-SHA...), where whoever later obtains the server's key can decrypt every recorded
+// session, and CBC ciphers with HMAC, whose MAC-then-encrypt construction keeps leaking
+// through timing (Lucky Thirteen and its successors). The default list keeps what Mozilla's
+// "intermediate" profile keeps for TLS 1.2 with an ECDHE key exchange: ephemeral elliptic-curve
+// Diffie-Hellman (forward secrecy) with an AEAD cipher (AES-GCM or ChaCha20-Poly1305), for
+// ECDSA and RSA certificates alike. Names, not keyword expressions like "ECDHE+AESGCM", so the
+// set cannot grow when OpenSSL adds ciphers. The order follows OpenSSL's TLS 1.3 default
+// (AES-256-GCM, ChaCha20, AES-128-GCM) so both versions prefer the same strength; the server's
+// order wins (SSL_OP_CIPHER_SERVER_PREFERENCE), except that a client listing ChaCha20 first
+// (one without AES instructions) gets it (SSL_OP_PRIORITIZE_CHACHA). TLS 1.3 has only
+// forward-secret AEAD suites: OpenSSL's default stands.
+//
+// No DHE, though Mozilla's profile has DHE-RSA with AES-GCM and ChaCha20 over ffdhe2048. The
+// clients it is there for have TLS 1.2 and AES-GCM but no ECDHE-RSA with GCM, chiefly Windows 7
+// and Server 2008 R2 with an RSA certificate, out of support since 2020; and a finite-field
+// exchange costs the server many times the CPU of X25519 per handshake, which any client can
+// demand over and over (the "D(HE)at" attack, CVE-2002-20001). Who must serve such clients
+// appends "DHE-RSA-AES128-GCM-SHA256" and the like to tls_ciphers: SSL_CTX_set_dh_auto below
+// then picks a group as strong as the certificate's key. (The key-exchange groups are left as
+// OpenSSL ships them; for TLS 1.3 they include the RFC 7919 ffdhe groups, which a client may
+// ask for as well.)
+
+// split_names - the non-empty ':'-separated names of `list`, without surrounding spaces.
+std::vector<std::string> split_names(std::string_view list) {
+  std::vector<std::string> names;
+  for (;;) {
+    std::size_t colon = list.find(':');
+    std::string_view name = trim_trailing_spaces(skip_spaces(list.substr(0, colon)));
+    if (!name.empty()) names.emplace_back(name);
+    if (colon == std::string_view::npos) return names;
+    list.remove_prefix(colon + 1);
+  }
+}
+
+// set_tls_ciphers - put tls_ciphers and tls_ciphersuites on `c`; with no suites, TLS 1.2 at
+// most. Throws std::invalid_argument for a tls_ciphers that selects no TLS 1.2 cipher
+// (OpenSSL's rule), for a tls_ciphersuites name that is not a TLS 1.3 suite (OpenSSL skips
+// those silently, so a typo could turn TLS 1.3 off), and for no suites at all when TLS 1.3 is
+// the minimum.
+void set_tls_ciphers(SSL_CTX* c, const Options& o) {
+  ERR_clear_error();
+  if (SSL_CTX_set_cipher_list(c, o.tls_ciphers.c_str()) != 1)
+    throw std::invalid_argument("smtpd: tls_ciphers selects no TLS 1.2 cipher: \"" + o.tls_ciphers +
+                                "\": " + openssl_errors());
+  std::vector<std::string> names = split_names(o.tls_ciphersuites);
+  if (names.empty() && o.tls_min_version == "TLSv1.3")
+    throw std::invalid_argument("smtpd: tls_ciphersuites is empty but tls_min_version is TLSv1.3");
+  if (SSL_CTX_set_ciphersuites(c, o.tls_ciphersuites.c_str()) != 1 && !names.empty())
+    throw std::invalid_argument("smtpd: tls_ciphersuites has no TLS 1.3 suite: \"" +
+                                o.tls_ciphersuites + "\": " + openssl_errors());
+  // Without suites OpenSSL would still choose TLS 1.3 with a client that offers it, then find
+  // no cipher and fail the handshake: TLS 1.2 must be the ceiling instead.
+  if (names.empty()) SSL_CTX_set_max_proto_version(c, TLS1_2_VERSION);
+  std::vector<std::string> known; // the TLS 1.3 suites now configured, by RFC 8446 name
+  STACK_OF(SSL_CIPHER)* configured = SSL_CTX_get_ciphers(c);
+  for (int i = 0; i < sk_SSL_CIPHER_num(configured); ++i) {
+    const SSL_CIPHER* cipher = sk_SSL_CIPHER_value(configured, i);
+    if (std::strcmp(SSL_CIPHER_get_version(cipher), "TLSv1.3") == 0)
+      known.push_back(SSL_CIPHER_standard_name(cipher));
+  }
+  for (const std::string& name : names)
+    if (std::find(known.begin(), known.end(), name) == known.end())
+      throw std::invalid_argument("smtpd: tls_ciphersuites: " + name + " is not a TLS 1.3 suite");
+}
+
+// check_tls_ciphers - validate()'s test of lists that differ from the defaults: set them on a
+// scratch context, so a bad list throws at construction even without a certificate.
+void check_tls_ciphers(const Options& o) {
+  ERR_clear_error();
+  TlsContext scratch(SSL_CTX_new(TLS_server_method()), SSL_CTX_free);
+  if (!scratch) throw tls_error("cannot create a TLS context");
+  set_tls_ciphers(scratch.get(), o);
+}
+
 // make_tls_context - the SSL_CTX that Options describe: the user's own, or one built from the
-// certificate and key files with TLS 1.2 as the floor, no compression or renegotiation (known
-// attacks: CRIME, renegotiation DoS), and client certificates verified when a CA file is set.
+// certificate and key files with TLS 1.2 as the floor, the ciphers above, no compression or
+// renegotiation (known attacks: CRIME, renegotiation DoS), and client certificates verified
+// when a CA file is set.
 TlsContext make_tls_context(const Options& o) {
   if (o.tls_context != nullptr) {
     SSL_CTX_up_ref(o.tls_context);
@@ -2168,7 +2698,9 @@ TlsContext make_tls_context(const Options& o) {
   SSL_CTX_set_min_proto_version(c,
                                 o.tls_min_version == "TLSv1.3" ? TLS1_3_VERSION : TLS1_2_VERSION);
   SSL_CTX_set_options(c, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
-                             SSL_OP_CIPHER_SERVER_PREFERENCE);
+                             SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_PRIORITIZE_CHACHA);
+  set_tls_ciphers(c, o);
+  SSL_CTX_set_dh_auto(c, 1); // used only if tls_ciphers was given DHE ciphers
   SSL_CTX_set_default_passwd_cb(c, key_password);
   SSL_CTX_set_default_passwd_cb_userdata(c, const_cast<std::string*>(&o.tls_key_password));
   bool loaded = SSL_CTX_use_certificate_chain_file(c, o.tls_cert_file.c_str()) == 1 &&
@@ -2310,6 +2842,9 @@ std::unique_ptr<Transport> start_tls(int fd, const TlsContext& context,
 
 #else // SMTPD_NO_TLS: the same names, refusing.
 
+// check_tls_ciphers - nothing to check: validate() refuses lists other than the defaults.
+void check_tls_ciphers(const Options&) {}
+
 TlsContext make_tls_context(const Options&) {
   throw std::invalid_argument("smtpd: built with SMTPD_NO_TLS: TLS options cannot be used");
 }
@@ -2330,6 +2865,8 @@ std::unique_ptr<Transport> start_tls(int, const TlsContext&, std::chrono::millis
 // read and feed. This is the exception boundary of a connection: hooks' exceptions are already
 // caught in the Protocol, and anything else ends only this connection.
 // =============================================================================================
+
+Peer peer_of(const sockaddr_storage& address, socklen_t length);
 
 // ServerControl - what a connection needs from its server.
 struct ServerControl {
@@ -2356,9 +2893,8 @@ public:
     if (options_.tls_implicit && !implicit_tls(info)) return; // RFC 8314 §3.3: TLS first
     if (options_.reject_early_talkers && !options_.tls_implicit && talked_first())
       return refuse_early_talker();
+    info.local = local_address();
     Protocol protocol(options_, std::move(info));
-    session_end_ = Clock::now() + options_.max_session_duration;
-    line_deadline_ = Clock::now() + options_.command_timeout;
     std::unique_ptr<char[]> buf(new char[read_buffer_bytes]);
     for (;;) {
       if (!flush(protocol)) return;
@@ -2435,11 +2971,19 @@ private:
     return conn_->write_all(replies_, options_.command_timeout);
   }
 
-  // read_and_feed - one read under the current deadline, fed to the Protocol; false when the
-  // client went away.
+  // local_address - our end of the connection, as the client reached it.
+  Peer local_address() const {
+    sockaddr_storage address{};
+    socklen_t length = sizeof address;
+    if (::getsockname(fd_, reinterpret_cast<sockaddr*>(&address), &length) != 0) return Peer();
+    return peer_of(address, length);
+  }
+
+  // read_and_feed - one read under the Protocol's deadline, fed to it; false when the client
+  // went away.
   bool read_and_feed(Protocol& protocol, char* buf) {
     auto timeout =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline(protocol) - Clock::now());
+        std::chrono::duration_cast<std::chrono::milliseconds>(protocol.deadline() - Clock::now());
     if (timeout.count() <= 0) {
       protocol.timeout();
       return true;
@@ -2447,11 +2991,7 @@ private:
     std::size_t got = 0;
     switch (conn_->read_some(buf, read_buffer_bytes, got, timeout,
                              saw_stopping_ ? -1 : server_.wake_fd)) {
-    case ReadResult::data:
-      last_read_ = Clock::now();
-      if (protocol.in_data()) data_bytes_ += got;
-      protocol.feed(std::string_view(buf, got));
-      return true;
+    case ReadResult::data: protocol.feed(std::string_view(buf, got)); return true;
     case ReadResult::timeout: protocol.timeout(); return true;
     case ReadResult::woken: return true;
     case ReadResult::closed:
@@ -2461,28 +3001,6 @@ private:
     return false;
   }
 
-  // deadline - when the client must have sent more. A command line must arrive whole within
-  // command_timeout (RFC 5321 §4.5.3.2.7), however slowly it trickles in; message content may
-  // pause data_timeout at most, and the whole of it may take data_timeout plus its size at
-  // min_data_rate (Postfix's smtpd_min_data_rate); no session outlives max_session_duration.
-  Clock::time_point deadline(const Protocol& protocol) {
-    Clock::time_point now = Clock::now();
-    bool data = protocol.in_data();
-    if (protocol.lines_completed() != lines_seen_ || (in_data_ && !data)) {
-      lines_seen_ = protocol.lines_completed(); // a new command line may start now
-      line_deadline_ = now + options_.command_timeout;
-    }
-    if (data && !in_data_) {
-      data_start_ = last_read_ = now;
-      data_bytes_ = 0;
-    }
-    in_data_ = data;
-    if (!data) return std::min(line_deadline_, session_end_);
-    auto allowance = std::chrono::milliseconds(data_bytes_ * 1000 / options_.min_data_rate);
-    return std::min({last_read_ + options_.data_timeout,
-                     data_start_ + options_.data_timeout + allowance, session_end_});
-  }
-
   const ServerControl& server_;
   const Options& options_;
   int fd_;
@@ -2490,10 +3008,6 @@ private:
   std::unique_ptr<Transport> conn_;
   std::string replies_; // the burst of replies being written
   bool saw_stopping_ = false;
-  Clock::time_point session_end_, line_deadline_, data_start_, last_read_;
-  std::size_t lines_seen_ = 0;
-  bool in_data_ = false;
-  std::size_t data_bytes_ = 0;
 };
 
 // reverse_lookup - the client's host name if its PTR record resolves back to its address
@@ -2627,18 +3141,30 @@ int open_listener(const std::string& addr) {
   throw std::system_error(last_errno, std::generic_category(), "smtpd: cannot listen on " + addr);
 }
 
-// validate_auth - every chosen mechanism is known and has its callback; auth_required needs one.
+// validate_auth - every chosen mechanism is in the mechanism table (section 5) and has its
+// callback; auth_required needs a way to authenticate.
 void validate_auth(const Options& o) {
-  for (const std::string& m : o.auth_mechanisms) {
-    bool password = (iequals(m, "PLAIN") || iequals(m, "LOGIN")) && o.on_auth;
-    bool secret = iequals(m, "CRAM-MD5") && o.auth_secret;
-    if (!password && !secret)
-      throw std::invalid_argument("smtpd: auth mechanism " + m +
+  for (const std::string& name : o.auth_mechanisms) {
+    const Mechanism* m = find_mechanism(name);
+    if (m == nullptr || !(m->uses_secret ? bool(o.auth_secret) : bool(o.on_auth)))
+      throw std::invalid_argument("smtpd: auth mechanism " + name +
                                   " is unknown or lacks its callback (on_auth / auth_secret)");
   }
-  if (o.auth_required && !o.on_auth && !o.auth_secret)
-    throw std::invalid_argument("smtpd: auth_required needs on_auth or auth_secret");
+  if (o.auth_required && !o.on_auth && !o.auth_secret && !o.new_session)
+    throw std::invalid_argument("smtpd: auth_required needs on_auth, auth_secret or new_session");
   if (o.auth_max_failures == 0) throw std::invalid_argument("smtpd: limits must be positive");
+}
+
+// validate_session - new_session replaces the hooks and handlers: setting both would leave two
+// places deciding, so it is refused.
+void validate_session(const Options& o) {
+  bool hooks = o.on_connect || o.on_helo || o.on_mail || o.on_rcpt || o.handler ||
+               o.message_handler || o.stream_handler || o.on_auth || o.auth_secret ||
+               !o.auth_mechanisms.empty();
+  if (o.new_session && hooks)
+    throw std::invalid_argument("smtpd: new_session replaces on_connect, on_helo, on_mail, "
+                                "on_rcpt, the handlers, on_auth, auth_secret and "
+                                "auth_mechanisms: set one kind");
 }
 
 // validate - refuse options that would disable a protection by accident (a zero timeout or
@@ -2653,13 +3179,19 @@ void validate(const Options& o) {
     throw std::invalid_argument("smtpd: limits must be positive");
   if (int(bool(o.message_handler)) + int(bool(o.handler)) + int(bool(o.stream_handler)) > 1)
     throw std::invalid_argument("smtpd: set one of handler, message_handler, stream_handler");
+  if (o.max_command_line_bytes < max_command_line) // RFC 5321 §4.5.3.1.4
+    throw std::invalid_argument("smtpd: max_command_line_bytes must be at least 512");
   if (o.read_spin.count() < 0 || o.read_spin > std::chrono::milliseconds(10))
     throw std::invalid_argument("smtpd: read_spin must be between 0 and 10 ms");
   if (o.stream_handler && o.stream_chunk_bytes == 0)
     throw std::invalid_argument("smtpd: stream_chunk_bytes must be positive");
   bool files = !o.tls_cert_file.empty() || !o.tls_key_file.empty();
   bool tls = files || o.tls_context != nullptr;
-  if (!tls_compiled && (tls || o.tls_required || o.tls_implicit || !o.tls_client_ca_file.empty()))
+  const Options defaults;
+  bool ciphers =
+      o.tls_ciphers != defaults.tls_ciphers || o.tls_ciphersuites != defaults.tls_ciphersuites;
+  if (!tls_compiled &&
+      (tls || o.tls_required || o.tls_implicit || !o.tls_client_ca_file.empty() || ciphers))
     throw std::invalid_argument("smtpd: built with SMTPD_NO_TLS: TLS options cannot be used");
   if (files && (o.tls_cert_file.empty() || o.tls_key_file.empty()))
     throw std::invalid_argument("smtpd: tls_cert_file and tls_key_file go together");
@@ -2668,7 +3200,9 @@ void validate(const Options& o) {
         "smtpd: TLS options need tls_cert_file/tls_key_file or tls_context");
   if (o.tls_min_version != "TLSv1.2" && o.tls_min_version != "TLSv1.3")
     throw std::invalid_argument("smtpd: tls_min_version must be TLSv1.2 or TLSv1.3");
+  if (ciphers) check_tls_ciphers(o); // the defaults are known to be good
   validate_auth(o);
+  validate_session(o);
 }
 
 // Network - an address range from limit_exempt_networks, e.g. 127.0.0.0/8 or ::1/128.
@@ -2717,9 +3251,11 @@ bool in_network(const Network& n, const std::string& ip) {
 // detached and keeps it alive until it returns.
 struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   Options options;
-  std::vector<Network> exempt; // limit_exempt_networks, parsed
-  std::atomic<bool> stopping{false};
-  int wake[2] = {-1, -1}; // written once at shutdown; connections and accept poll wake[0]
+  std::vector<Network> exempt;       // limit_exempt_networks, parsed
+  std::atomic<bool> closing{false};  // no longer accepting: drain(), shutdown() or close() began
+  std::atomic<bool> stopping{false}; // shutdown() or close() began: idle sessions get 421
+  int wake[2] = {-1, -1};            // written once when stopping; connections poll wake[0]
+  int accept_wake[2] = {-1, -1};     // written once when closing; the accept loop polls it
 
   mutable std::mutex mu;
   mutable std::condition_variable changed; // serving, clients or threads changed
@@ -2744,35 +3280,45 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   std::vector<pthread_t> finished; // workers that ended, to be joined
 
   explicit Impl(Options o) : options(std::move(o)) {
+    if (options.addr.empty()) options.addr = ":25"; // as mhale/smtpd: every address, port 25
     validate(options);
     for (const std::string& cidr : options.limit_exempt_networks)
       exempt.push_back(parse_network(cidr));
     if (tls_configured(options)) tls_context = make_tls_context(options);
     if (options.hostname.empty()) options.hostname = system_hostname();
-    if (::pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0)
-      throw std::system_error(errno, std::generic_category(), "smtpd: pipe");
+    if (::pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0 ||
+        ::pipe2(accept_wake, O_CLOEXEC | O_NONBLOCK) != 0) {
+      int error = errno;
+      close_pipes(); // no destructor runs for a constructor that throws
+      throw std::system_error(error, std::generic_category(), "smtpd: pipe");
+    }
   }
 
   ~Impl() {
     if (listen_fd >= 0) ::close(listen_fd);
-    ::close(wake[0]);
-    ::close(wake[1]);
+    close_pipes();
+  }
+
+  void close_pipes() {
+    for (int fd : {wake[0], wake[1], accept_wake[0], accept_wake[1]})
+      if (fd >= 0) ::close(fd);
   }
 
   void log_error(const std::string& message) const {
     if (options.log_error) options.log_error(message);
   }
 
-  // accept_loop - accept until stopping.
+  // accept_loop - accept until closing. It has a wake pipe of its own: the connections' one
+  // would tell them to stop too, and drain() leaves them alone.
   void accept_loop(int fd) {
     for (;;) {
-      pollfd fds[2] = {{fd, POLLIN, 0}, {wake[0], POLLIN, 0}};
+      pollfd fds[2] = {{fd, POLLIN, 0}, {accept_wake[0], POLLIN, 0}};
       // The timeout lets workers that ended while no client came be joined (their stacks freed).
       if (::poll(fds, 2, 10000) < 0 && errno != EINTR) {
         log_error(std::string("smtpd: poll: ") + std::strerror(errno));
         return;
       }
-      if (stopping.load()) return;
+      if (closing.load()) return;
       if (fds[0].revents & (POLLERR | POLLNVAL)) {
         log_error("smtpd: the listening socket failed; no longer accepting");
         return;
@@ -2911,7 +3457,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
 
   // end_client - close the connection (under the lock, so cut_all() never shuts down a
   // descriptor number already reused), then park until another connection comes, or end the
-  // thread: when stopping, when the pool is full, or after a while without work.
+  // thread: when no longer accepting, when the pool is full, or after a while without work.
   std::optional<std::list<Client>::iterator> end_client(std::list<Client>::iterator client) {
     std::unique_lock<std::mutex> lock(mu);
     bool detached = client->detached;
@@ -2919,10 +3465,10 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     forget(client);
     changed.notify_all();
     if (detached) return std::nullopt; // shutdown gave up on this thread: just end
-    if (!stopping && parked < options.max_idle_threads) {
+    if (!closing && parked < options.max_idle_threads) {
       ++parked;
       bool got = work.wait_for(lock, std::chrono::seconds(30),
-                               [&] { return !pending.empty() || stopping; });
+                               [&] { return !pending.empty() || closing; });
       if (got && !pending.empty()) { // accept_one reserved us by decrementing `parked`
         auto next = pending.front();
         pending.pop_front();
@@ -2961,19 +3507,42 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       ::shutdown(c.fd, SHUT_RDWR);
   }
 
-  // stop - the shared part of shutdown() and close(): stop accepting, wait for connections to
-  // end until `deadline`, cut the rest, give them a moment, and detach any thread still stuck in
-  // user code (a handler that never returns) so that shutdown always returns.
-  void stop(std::chrono::milliseconds deadline) {
-    auto until = std::chrono::steady_clock::now() + deadline;
-    if (!stopping.exchange(true)) (void)::write(wake[1], "x", 1);
-    std::unique_lock<std::mutex> lock(mu);
-    work.notify_all();                            // parked workers end
-    changed.wait(lock, [&] { return !serving; }); // the accept loop has returned
+  // stop_accepting - for good (lock held): the accept loop returns, then the listener is
+  // closed, so that new clients are refused by the kernel. Open sessions are not disturbed.
+  // Every caller waits for the accept loop, so none returns while it may still accept.
+  void stop_accepting(std::unique_lock<std::mutex>& lock) {
+    if (!closing.exchange(true)) (void)::write(accept_wake[1], "x", 1);
+    work.notify_all(); // no connection will come for the parked workers: they end
+    changed.wait(lock, [&] { return !serving; });
     if (listen_fd >= 0) {
-      ::close(listen_fd); // stop accepting: new clients are refused by the kernel
+      ::close(listen_fd);
       listen_fd = -1;
     }
+  }
+
+  // drain - stop accepting, then wait until every session has ended by itself, `timeout`
+  // passes or a shutdown begins; true when no session is left.
+  bool drain(std::chrono::milliseconds timeout) {
+    auto until = std::chrono::steady_clock::now() + timeout;
+    std::unique_lock<std::mutex> lock(mu);
+    stop_accepting(lock);
+    changed.wait_until(lock, until, [&] { return clients.empty() || stopping; });
+    bool none_left = clients.empty();
+    lock.unlock();
+    join_finished(); // the accept loop, which used to, is gone
+    return none_left;
+  }
+
+  // stop - the shared part of shutdown() and close(): stop accepting, tell the sessions (idle
+  // ones say 421 at once), wait for them to end until `deadline`, cut the rest, give them a
+  // moment, and detach any thread still stuck in user code (a handler that never returns) so
+  // that shutdown always returns.
+  void stop(std::chrono::milliseconds deadline) {
+    auto until = std::chrono::steady_clock::now() + deadline;
+    std::unique_lock<std::mutex> lock(mu);
+    stop_accepting(lock);
+    if (!stopping.exchange(true)) (void)::write(wake[1], "x", 1);
+    changed.notify_all(); // a drain() waiting on another thread returns
     changed.wait_until(lock, until, [&] { return clients.empty(); });
     lock.unlock();
     cut_all();
@@ -3019,7 +3588,7 @@ void Server::serve() {
   int fd;
   {
     std::unique_lock<std::mutex> lock(impl_->mu);
-    if (impl_->stopping) return; // shut down before it began
+    if (impl_->closing) return; // drained or shut down before it began
     if (impl_->listen_fd < 0) throw std::logic_error("smtpd: serve() before listen()");
     if (impl_->serving) throw std::logic_error("smtpd: serve() is already running");
     fd = impl_->listen_fd;
@@ -3067,6 +3636,10 @@ uint16_t Server::port() const {
 bool Server::wait_ready(std::chrono::milliseconds timeout) const {
   std::unique_lock<std::mutex> lock(impl_->mu);
   return impl_->changed.wait_for(lock, timeout, [&] { return impl_->serving; });
+}
+
+bool Server::drain(std::chrono::milliseconds timeout) {
+  return impl_->drain(timeout);
 }
 
 void Server::shutdown(std::chrono::milliseconds deadline) {

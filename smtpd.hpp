@@ -81,14 +81,31 @@ struct Envelope {
   bool body_8bit = false;      // MAIL carried BODY=8BITMIME (RFC 6152)
 };
 
+// MailOptions - the parameters of MAIL FROM, parsed (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531
+// SMTPUTF8, RFC 4954 AUTH); `params` keeps every one as given.
+struct MailOptions {
+  uint64_t size = 0;      // SIZE=; 0 when not given
+  bool body_8bit = false; // BODY=8BITMIME
+  bool smtputf8 = false;  // SMTPUTF8
+  std::string auth;       // AUTH= as given (xtext, RFC 4954 §5), "" when absent; not trusted
+  Params params;
+};
+
+// RcptOptions - the parameters of RCPT TO, as given.
+struct RcptOptions {
+  Params params;
+};
+
 // SessionInfo - the connection, as far as the client has told us (RFC 5321 §3: a session).
 struct SessionInfo {
+  std::string id; // unique per session; also in the Received header's id clause and log lines
   Peer peer;
-  std::string helo;             // the HELO/EHLO argument; empty before it
-  bool esmtp = false;           // true after EHLO, false after HELO
-  bool tls = false;             // the session runs over TLS
-  std::string tls_version;      // "TLSv1.3" when tls
-  std::string tls_cipher;       // "TLS_AES_256_GCM_SHA384" when tls
+  Peer local;              // our end: the address and port the client connected to (no hostname)
+  std::string helo;        // the HELO/EHLO argument; empty before it
+  bool esmtp = false;      // true after EHLO, false after HELO
+  bool tls = false;        // the session runs over TLS
+  std::string tls_version; // "TLSv1.3" when tls
+  std::string tls_cipher;  // "TLS_AES_256_GCM_SHA384" when tls
   std::string tls_peer_subject; // the verified client certificate's subject (RFC 2253), or ""
   std::string auth_user;        // the authenticated identity; empty when not authenticated
 };
@@ -99,7 +116,9 @@ struct SessionInfo {
 // Every hook may return a Reply (or throw one) to answer with that reply instead of the
 // default; a 2xx reply accepts, a 4xx/5xx reply refuses. Returning std::nullopt accepts with
 // the default reply. Any other exception a hook throws becomes "451 4.3.0" and the session goes
-// on. Hooks run on the connection's thread, synchronously, one session at a time per thread.
+// on. A 421 from any hook, handler or sink is sent and then the connection is closed (RFC 5321
+// §3.8: 421 means the server is closing the channel); other 4xx replies leave the session open.
+// Hooks run on the connection's thread, synchronously, one session at a time per thread.
 // ---------------------------------------------------------------------------------------------
 
 // Handler - called once per message, after the final dot, before the server replies. `data` is
@@ -111,7 +130,7 @@ using Handler = std::function<void(const Peer& remote, const std::string& from,
 
 // MessageHandler - the same moment as Handler, for users who need the whole session (HELO name,
 // TLS, AUTH) and envelope. Return nullopt or a 2xx Reply to accept, a 4xx/5xx Reply to refuse.
-// When set it is called instead of Handler.
+// Set one of handler, message_handler and stream_handler (Server throws when two are set).
 using MessageHandler = std::function<std::optional<Reply>(
     const SessionInfo& session, const Envelope& envelope, const std::string& data)>;
 
@@ -130,7 +149,7 @@ public:
 
 // StreamHandler - called at DATA, before the 354: return the sink for this message, or throw a
 // Reply to refuse the DATA command. Memory per message then stays within stream_chunk_bytes
-// whatever its size (go-smtp's io.Reader style). Set instead of handler and message_handler.
+// whatever its size (go-smtp's io.Reader style). Set it instead of handler or message_handler.
 using StreamHandler = std::function<std::unique_ptr<MessageSink>(const SessionInfo& session,
                                                                  const Envelope& envelope)>;
 
@@ -178,16 +197,107 @@ using LogHook = std::function<void(const Peer& peer, std::string_view line)>;
 using ErrorLog = std::function<void(std::string_view message)>;
 
 // ---------------------------------------------------------------------------------------------
+// Session - an object per connection (go-smtp's Session, alienscience's SessionHandler), for
+// state that lives as long as the session: greylisting triplets, a database handle, counters.
+// Set Options::new_session; it is called once per connection, before the greeting, and the
+// object lives until just after close(). Every method runs on the connection's thread, so the
+// object needs no locking of its own. Each method may return or throw a Reply as hooks do (see
+// above); every method has an accepting default, so override only what you need.
+// ---------------------------------------------------------------------------------------------
+
+// SessionEnd - why a session ended, as close() is told.
+enum class SessionEnd {
+  quit,        // the client said QUIT (RFC 5321 §4.1.1.10)
+  timeout,     // the client was silent too long (421 4.4.2)
+  client_gone, // the connection broke or the client closed it without QUIT, TLS failure included
+  shutdown,    // the server is stopping (421 4.3.2)
+  refused,     // we closed it: a 421 from a limit, a hook or this object, or a 554 non-SMTP verb
+};
+
+class Session {
+public:
+  virtual ~Session() = default;
+
+  // command - every command line, before it runs (mailhog's verb filter); AUTH's credentials
+  // are masked as in logs. Return a Reply to refuse it (it is then not run), nullopt to go on.
+  virtual std::optional<Reply> command(const SessionInfo& session, std::string_view line);
+
+  // hello - HELO/EHLO `name` (RFC 5321 §4.1.1.1).
+  virtual std::optional<Reply> hello(const SessionInfo& session, const std::string& name);
+
+  // mail - MAIL FROM:<from> (RFC 5321 §4.1.1.2); "" is the null reverse-path <>.
+  virtual std::optional<Reply> mail(const SessionInfo& session, const std::string& from,
+                                    const MailOptions& options);
+
+  // rcpt - RCPT TO:<to> (RFC 5321 §4.1.1.3); `envelope` holds the sender and the recipients
+  // accepted so far (greylisting sees client, sender and recipient together).
+  virtual std::optional<Reply> rcpt(const SessionInfo& session, const Envelope& envelope,
+                                    const std::string& to, const RcptOptions& options);
+
+  // data - DATA was accepted: return a MessageSink to receive the message in pieces as it
+  // arrives, or nullptr (the default) to get it whole in message(). Throw a Reply to refuse.
+  virtual std::unique_ptr<MessageSink> data(const SessionInfo& session, const Envelope& envelope);
+
+  // message - the whole message after the final dot (when data() returned nullptr), with our
+  // Received header on top; the reply (250 by default) is sent only after this returns.
+  virtual std::optional<Reply> message(const SessionInfo& session, const Envelope& envelope,
+                                       const std::string& data);
+
+  // reset - the transaction ended or was abandoned: RSET, HELO/EHLO, STARTTLS, or after the
+  // final dot whatever the verdict (RFC 5321 §4.1.1.5).
+  virtual void reset(const SessionInfo& session);
+
+  // close - the session ended (called once, last); the object is destroyed right after.
+  virtual void close(const SessionInfo& session, SessionEnd why);
+
+  // auth_mechanisms - the AUTH mechanisms (RFC 4954) to offer this session, of "PLAIN",
+  // "LOGIN" and "CRAM-MD5"; asked at each EHLO and AUTH. PLAIN and LOGIN are still offered only
+  // under TLS unless Options::auth_insecure. Default: none, so AUTH is not offered.
+  virtual std::vector<std::string> auth_mechanisms(const SessionInfo& session);
+
+  // check_password - AUTH PLAIN or LOGIN: true accepts. Default: false.
+  virtual bool check_password(const SessionInfo& session, const std::string& mechanism,
+                              const std::string& username, const std::string& password,
+                              const std::string& authzid);
+
+  // secret - AUTH CRAM-MD5: the user's plaintext secret, nullopt for an unknown user (default).
+  virtual std::optional<std::string> secret(const SessionInfo& session,
+                                            const std::string& username);
+};
+
+// SessionFactory - makes the Session of a new connection, before the greeting. Throw a Reply
+// to refuse the client as on_connect does (4xx: 421 and close; 5xx: 554, then only QUIT).
+using SessionFactory = std::function<std::unique_ptr<Session>(const SessionInfo& session)>;
+
+// Tracer - the exact bytes of one session (alienscience's SessionTracer), for debugging: what
+// the client sent (AUTH exchanges masked as "****", message content included), what we wrote,
+// a mark after each burst written, and the end. Runs on the connection's thread.
+class Tracer {
+public:
+  virtual ~Tracer() = default;
+  virtual void client(std::string_view bytes) = 0; // bytes read, in order
+  virtual void server(std::string_view bytes) = 0; // bytes queued to write, in order
+
+  virtual void flush() {} // the bytes since the last flush went out
+
+  virtual void close() {} // the session ended
+};
+
+// TracerFactory - a Tracer for a new session, or nullptr not to trace it.
+using TracerFactory = std::function<std::unique_ptr<Tracer>(const SessionInfo& session)>;
+
+// ---------------------------------------------------------------------------------------------
 // Options - every setting of a Server (and of a Protocol), with its default. Frozen once
 // serving starts: Server copies it at construction.
 // ---------------------------------------------------------------------------------------------
 struct Options {
-  std::string addr = ":25";       // "host:port", "[v6]:port" or ":port" (all addresses)
+  std::string addr = ":25";       // "host:port", "[v6]:port" or ":port" (all addresses);
+                                  // "" is ":25", every address on the SMTP port
   std::string appname = "smtpd";  // shown in the greeting and the Received header
   std::string hostname;           // our name in the greeting; "" = the system host name
   Handler handler;                // see Handler
-  MessageHandler message_handler; // see MessageHandler; used instead of handler when set
-  StreamHandler stream_handler;   // see StreamHandler; instead of the two above
+  MessageHandler message_handler; // see MessageHandler; set at most one of these three:
+  StreamHandler stream_handler;   // see StreamHandler; Server throws when two are set
   std::size_t stream_chunk_bytes = 64 * 1024; // the most a StreamHandler's message buffers
 
   ConnectHook on_connect; // see ConnectHook
@@ -195,12 +305,19 @@ struct Options {
   MailHook on_mail;       // see MailHook
   RcptHook on_rcpt;       // see RcptHook
 
+  // A Session object per connection instead of the hooks above, the three handlers, on_auth
+  // and auth_secret (setting both kinds makes Server throw: one place decides). See Session.
+  SessionFactory new_session;
+  TracerFactory new_tracer; // see Tracer; unset: no tracing
+
   LogHook log_read;   // see LogHook
   LogHook log_write;  // see LogHook
   ErrorLog log_error; // see ErrorLog
 
   std::size_t max_message_bytes = 25 * 1024 * 1024; // RFC 1870 SIZE; advertised in EHLO
   std::size_t max_recipients = 100;                 // RFC 5321 §4.5.3.1.8: at least 100
+  std::size_t max_command_line_bytes = 512;         // with CRLF; RFC 5321 §4.5.3.1.4: at least 512
+  bool smtputf8 = true; // advertise and accept SMTPUTF8 (RFC 6531); false: 555 for it
   std::chrono::milliseconds command_timeout = std::chrono::minutes(5); // RFC 5321 §4.5.3.2.7
   std::chrono::milliseconds data_timeout = std::chrono::minutes(5);    // between data reads
   std::size_t max_connections = 1000; // concurrent; beyond it: 421 and close
@@ -226,6 +343,19 @@ struct Options {
   std::string tls_client_ca_file;    // ask clients for a certificate, verify it with these
                                      // CAs; a client without one is still served
   std::string tls_min_version = "TLSv1.2"; // "TLSv1.2" or "TLSv1.3"
+  // The TLS 1.2 ciphers, in order of preference (the server's order wins), in OpenSSL's
+  // cipher-list syntax (openssl-ciphers(1)). The default is Mozilla's "intermediate" TLS 1.2
+  // list without its DHE ciphers (why: smtpd.cpp, section 6): ECDHE key exchange (forward
+  // secrecy) with AEAD ciphers only, so no static RSA and no CBC. Widen it only for old
+  // clients, e.g. append ":AES128-SHA". A list that selects no TLS 1.2 cipher makes Server throw.
+  std::string tls_ciphers = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                            "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+                            "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256";
+  // The TLS 1.3 cipher suites, in order of preference: OpenSSL's own default. Names from
+  // RFC 8446 §B.4 separated by ':'; an unknown name makes Server throw; "" turns TLS 1.3 off
+  // (refused with tls_min_version "TLSv1.3"). Neither list applies to a tls_context.
+  std::string tls_ciphersuites =
+      "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256";
 
   // AUTH (RFC 4954). Offered when on_auth (PLAIN, LOGIN) or auth_secret (CRAM-MD5) is set.
   AuthHook on_auth;                         // see AuthHook
@@ -297,9 +427,14 @@ public:
   // idle - between transactions with no partial command: a graceful shutdown may close now.
   bool idle() const;
 
-  // lines_completed - how many whole lines (commands, AUTH responses) have been read; an owner
-  // enforcing a deadline per command line restarts it when this changes.
+  // lines_completed - how many whole lines (commands, AUTH responses) have been read.
   std::size_t lines_completed() const;
+
+  // deadline - when the client must have sent more, by the rule of the phase it is in now: a
+  // whole command line within command_timeout, message content within data_timeout of silence
+  // and min_data_rate overall, the session within max_session_duration. An owner asks before
+  // each read and calls timeout() once it passes. (The only member that reads a clock.)
+  std::chrono::steady_clock::time_point deadline();
 
   // starttls_requested - STARTTLS was accepted: send the output, then run the TLS handshake and
   // call tls_started(). Input fed after the STARTTLS line was discarded (RFC 3207 §4.2 and the
@@ -346,13 +481,13 @@ public:
   // listen - bind and listen on options.addr; afterwards address() tells the bound port.
   void listen();
 
-  // serve - accept connections on the listener from listen() until shutdown() or close().
-  // Returns at once if shutdown() or close() came first (they are final). Throws
+  // serve - accept connections on the listener from listen() until drain(), shutdown() or
+  // close(). Returns at once if one of them came first (they are final). Throws
   // std::logic_error when called before listen() or while already serving.
   void serve();
 
   // serve - accept connections on `listening_fd` (a bound, listening socket the Server now
-  // owns) until shutdown() or close().
+  // owns) until drain(), shutdown() or close().
   void serve(int listening_fd);
 
   // listen_and_serve - listen() then serve().
@@ -366,6 +501,15 @@ public:
 
   // wait_ready - blocks until serve() is accepting or `timeout` passes; true when ready.
   bool wait_ready(std::chrono::milliseconds timeout) const;
+
+  // drain - stop accepting for good and leave the open sessions alone: new clients are refused
+  // (by the kernel) from the moment it is called and serve() returns, while each session goes
+  // on as usual, further transactions included, until its client says QUIT or goes away. Waits
+  // until no session is left (true) or `timeout` passes (false); drain(0ms) only stops
+  // accepting. Returns early when shutdown() or close() begins on another thread. Then call
+  // shutdown() or close() as usual: a client that QUITs during the drain gets 221, not 421.
+  // Callable from any thread, concurrently with shutdown() and close().
+  bool drain(std::chrono::milliseconds timeout);
 
   // shutdown - graceful: stop accepting, send 421 to idle clients, let transactions in flight
   // finish until `deadline` passes, then cut the rest; join every thread. A thread still inside
@@ -449,8 +593,9 @@ private:
 };
 
 // ListenAndServe - serve SMTP on `addr` with `handler` until the process ends (mhale/smtpd's
-// ListenAndServe). `appname` "" means "smtpd", `hostname` "" the system host name. Throws
-// std::system_error or std::invalid_argument when it cannot listen.
+// ListenAndServe). `addr` "" means ":25" (every address, port 25), `appname` "" means "smtpd",
+// `hostname` "" the system host name. Throws std::system_error or std::invalid_argument when it
+// cannot listen.
 void ListenAndServe(const std::string& addr, Handler handler, const std::string& appname,
                     const std::string& hostname);
 

@@ -330,6 +330,9 @@ const Flag flags[] = {
     {"--tls-implicit", false, [](Config& c, const std::string&) { c.options.tls_implicit = true; }},
     {"--tls-client-ca", true,
      [](Config& c, const std::string& v) { c.options.tls_client_ca_file = v; }},
+    {"--tls-ciphers", true, [](Config& c, const std::string& v) { c.options.tls_ciphers = v; }},
+    {"--tls-ciphersuites", true,
+     [](Config& c, const std::string& v) { c.options.tls_ciphersuites = v; }},
     // AUTH
     {"--auth", true, [](Config& c, const std::string& v) { add_account(c.users, v, "the value"); }},
     {"--auth-file", true, [](Config& c, const std::string& v) { c.auth_files.push_back(v); }},
@@ -369,6 +372,10 @@ void check_tls_flags(const smtpd::Options& options) {
     alone = "--tls-implicit";
   else if (!options.tls_client_ca_file.empty())
     alone = "--tls-client-ca";
+  else if (options.tls_ciphers != smtpd::Options().tls_ciphers)
+    alone = "--tls-ciphers";
+  else if (options.tls_ciphersuites != smtpd::Options().tls_ciphersuites)
+    alone = "--tls-ciphersuites";
   if (alone != nullptr) throw UsageError(std::string(alone) + " needs --tls-cert and --tls-key");
 }
 
@@ -445,6 +452,23 @@ Config parse_args(int argc, char** argv) {
   return config;
 }
 
+// wrap_list - a ':'-separated list broken after a ':' so that no line, once indented by
+// `indent` spaces, passes 80 columns; every line but the first starts with the indent.
+std::string wrap_list(const std::string& list, std::size_t indent) {
+  std::string text, line;
+  for (std::size_t start = 0; start < list.size();) {
+    std::size_t end = std::min(list.find(':', start), list.size() - 1) + 1; // ':' included
+    std::string piece = list.substr(start, end - start);
+    if (!line.empty() && indent + line.size() + piece.size() > 80) {
+      text += line + "\n" + std::string(indent, ' ');
+      line.clear();
+    }
+    line += piece;
+    start = end;
+  }
+  return text + line;
+}
+
 // print_usage - the --help text; the defaults shown come from smtpd::Options itself.
 void print_usage(std::ostream& out) {
   const smtpd::Options defaults;
@@ -504,8 +528,9 @@ void print_usage(std::ostream& out) {
       << "                        content summed up as its size (default: no transcript)\n"
       << "\n"
       << "stopping (besides SIGINT and SIGTERM):\n"
-      << "  --count N             exit 0 once N messages were accepted; later ones are\n"
-      << "                        refused with 451 4.3.2 (default: no limit)\n"
+      << "  --count N             exit 0 once N messages were accepted: take no new client,\n"
+      << "                        give open sessions 2 s to QUIT, then stop. Later messages\n"
+      << "                        are refused with 451 4.3.2 (default: no limit)\n"
       << "  --exit-after SECONDS  stop after SECONDS: exit 1 when --count was given and fewer\n"
       << "                        messages arrived, exit 0 without --count (default: no limit)\n"
       << "\n"
@@ -554,6 +579,15 @@ void print_usage(std::ostream& out) {
       << "  --tls-client-ca FILE  ask clients for a certificate and verify it with the PEM\n"
       << "                        CAs in FILE; clients without one are still served; needs\n"
       << "                        --tls-cert and --tls-key (default: no client certificates)\n"
+      << "  --tls-ciphers LIST    the TLS 1.2 ciphers, in order of preference, in OpenSSL's\n"
+      << "                        syntax (openssl-ciphers(1)); widen it only for old clients,\n"
+      << "                        e.g. append :AES128-SHA; needs --tls-cert and --tls-key\n"
+      << "                        (default: ECDHE with AES-GCM or ChaCha20-Poly1305 only:\n"
+      << "                        " << wrap_list(defaults.tls_ciphers + ")", 24) << "\n"
+      << "  --tls-ciphersuites LIST\n"
+      << "                        the TLS 1.3 suites, in order of preference, ':' between\n"
+      << "                        names; needs --tls-cert and --tls-key (default:\n"
+      << "                        " << wrap_list(defaults.tls_ciphersuites + ")", 24) << "\n"
       << "\n"
       << "AUTH:\n"
       << "  --auth USER:PASSWORD  offer AUTH (RFC 4954: PLAIN, LOGIN, CRAM-MD5) and accept USER\n"
@@ -1495,7 +1529,7 @@ private:
   }
 
   // count_accepted - count an accepted message; the Nth of --count N asks main() to stop.
-  // The 250 still reaches the client: the graceful shutdown lets the session finish its reply.
+  // The 250 still reaches the client, and so does the 221 to its QUIT: main() drains first.
   void count_accepted() {
     std::lock_guard<std::mutex> lock(count_mutex_);
     if (++accepted_ == config_.count) stop_.request(StopReason::count_reached);
@@ -1622,7 +1656,8 @@ void install_auth(smtpd::Options& options, const Users& accounts) {
 // Signals are handled the thread-safe way: SIGINT and SIGTERM are blocked before any thread
 // exists, so every thread inherits the block and none is interrupted; one thread takes them
 // with sigwait() and tells main() through Stop, which also hears of --count, --exit-after and
-// a failure of serving. main() then calls Server::shutdown(), which is not async-signal-safe.
+// a failure of serving. main() then calls Server::shutdown(), which is not async-signal-safe;
+// after --count, Server::drain() first, so that the last sender's QUIT still gets 221.
 // =============================================================================================
 
 // keep_standard_fds_open - open /dev/null as any of stdin, stdout and stderr that is closed,
@@ -1712,6 +1747,9 @@ smtpd::Options server_options(const Config& config, Sink& sink, Output& output) 
   return options;
 }
 
+// count_drain_time - how long open sessions may go on after the Nth message of --count N.
+constexpr std::chrono::seconds count_drain_time(2);
+
 // serve_until_stop - serve on a thread until a signal, --count or --exit-after, then shut down
 // gracefully. Returns the exit status.
 int serve_until_stop(smtpd::Server& server, const sigset_t& stop_signals, const Config& config,
@@ -1735,6 +1773,10 @@ int serve_until_stop(smtpd::Server& server, const sigset_t& stop_signals, const 
   // Wait until serve() accepts, so that shutdown() cannot come before it, unless it failed.
   while (!server.wait_ready(std::chrono::milliseconds(100)) && !stop.requested()) {}
   const StopReason reason = stop.wait(deadline);
+  // The sender of the Nth message is still connected, about to say QUIT: a 421 in reply would
+  // make its client report an error (Python's smtplib raises). So take no new client, and give
+  // the open sessions a moment to end by themselves before the 421 of the graceful shutdown.
+  if (reason == StopReason::count_reached) server.drain(count_drain_time);
   server.shutdown(std::chrono::seconds(10));
   serving.join();
   pthread_kill(signals.native_handle(), SIGTERM); // no signal came: wake it from sigwait()

@@ -3,8 +3,9 @@
 # Python smtplib on free loopback ports: the stdout summary (with and without --print-body),
 # --mbox (byte for byte, mboxrd quoting, appending, the fcntl lock), --exec (environment,
 # stdin, exit statuses, time limit, no shell injection, no descriptor leaks, no zombies),
-# --json, --discard, --count, --exit-after, --accept-domain, --fail-rate/--fail-reply/
-# --fail-stage/--seed, --verbose (AUTH masked), and the command-line errors.
+# --json, --discard, --count (the last sender's QUIT gets 221, with smtplib and swaks),
+# --exit-after, --accept-domain, --fail-rate/--fail-reply/--fail-stage/--seed, --verbose (AUTH
+# masked), and the command-line errors.
 #
 # Each check prints "ok - NAME" or "FAIL - NAME: reason" (details follow on "#" lines); the last
 # line is "mailsink-cli: N passed, N failed". Exit status 1 if any check failed, 2 on bad usage.
@@ -558,6 +559,110 @@ if start $name --count 1; then
   elif [ "$(wc -l < $name.out)" -ne 1 ]; then fail $name "not one summary line"; details $name.out
   else ok $name; fi
 else fail $name "$WHY"; fi
+
+# After the Nth message of --count N, mailsink takes no new client but lets the open sessions
+# end by themselves for a moment: the last sender's QUIT gets 221, not the shutdown's 421,
+# which smtplib's context manager raises and swaks reports as an error (issue 11).
+cat > count_client.py <<'EOF'
+# count_client.py MODE PORT: one client of a mailsink --count 1; prints one "WHAT CODE TEXT"
+# line per reply that matters. An exception (a refused message, a 421 to QUIT in the context
+# manager, a dropped connection) ends it with a traceback and a non-zero status.
+#   with     send in `with smtplib.SMTP(...) as c:`, as a user's script does; QUIT's reply
+#   others   a session opened before the message: it goes on (NOOP), QUITs after the last
+#            sender, and a new connection in between is refused (NEW refused)
+#   idle     send, then stay silent: the server ends the session itself (the reply it sends)
+import smtplib, socket, sys, time
+mode, port = sys.argv[1], int(sys.argv[2])
+message = b'Subject: the last one\r\n\r\nThe body line.\r\n'
+def show(what, code, text):
+    print(what, code, text.decode('utf-8', 'replace'), flush=True)
+class Client(smtplib.SMTP):
+    def __init__(self, name):
+        super().__init__('127.0.0.1', port, local_hostname=name, timeout=30)
+    def docmd(self, cmd, args=''):  # what the context manager sends QUIT with
+        code, text = super().docmd(cmd, args)
+        if cmd.upper() == 'QUIT':
+            show('QUIT', code, text)
+        return code, text
+def refused():  # the stop is asynchronous to our 250: try for a while
+    for _ in range(50):
+        try:
+            socket.create_connection(('127.0.0.1', port), timeout=5).close()
+        except ConnectionRefusedError:
+            return 'refused'
+        time.sleep(0.02)
+    return 'accepted'
+if mode == 'with':
+    with Client('client.test') as c:
+        c.sendmail('alice@example.test', ['bob@example.test'], message)
+        # A script does a little more before it leaves the block; without it the QUIT could
+        # outrun mailsink's (asynchronous) stop, and the check would not see the 421 it had.
+        time.sleep(0.3)
+elif mode == 'others':
+    other = Client('other.test')
+    other.ehlo()
+    last = Client('client.test')
+    last.sendmail('alice@example.test', ['bob@example.test'], message)
+    last.docmd('QUIT')
+    show('NOOP', *other.noop())
+    print('NEW', refused(), flush=True)
+    other.docmd('QUIT')
+elif mode == 'idle':
+    c = Client('client.test')
+    c.sendmail('alice@example.test', ['bob@example.test'], message)
+    show('THEN', *c.getreply())
+EOF
+# count_run NAME MODE: mailsink --count 1 --json, count_client.py MODE against it (output in
+# NAME.client), then wait for mailsink to exit; RC is the client's status, STATUS mailsink's.
+count_run() {
+  if ! start "$1" --count 1 --json; then fail "$1" "$WHY"; return 1; fi
+  "${LIMIT[@]}" "$PY" count_client.py "$2" "${PORT[$SERVER]}" > "$1.client" 2>&1; RC=$?
+  wait_exit 15
+}
+# count_done NAME: mailsink exited 0 with the one JSON line; fails NAME otherwise.
+count_done() {
+  if [ "$STATUS" != 0 ]; then fail "$1" "mailsink exit status: $STATUS, not 0"; details "$1.err"
+  elif [ "$(wc -l < "$1.out")" -ne 1 ]; then fail "$1" "not one JSON line"; details "$1.out"
+  else return 0; fi
+  return 1
+}
+
+name=count-last-quit-smtplib
+if count_run $name with; then
+  if [ $RC -ne 0 ]; then fail $name "the sending script failed (exit status $RC)"; details $name.client
+  elif ! grep -q '^QUIT 221 ' $name.client; then fail $name "QUIT did not get 221"; details $name.client
+  elif count_done $name; then ok $name; fi
+fi
+
+name=count-others-end-by-themselves
+if count_run $name others; then
+  got=$(grep -E '^(QUIT|NOOP|NEW) ' $name.client | cut -d' ' -f1,2 | tr '\n' ' ')
+  want='QUIT 221 NOOP 250 NEW refused QUIT 221 '
+  if [ $RC -ne 0 ] || [ "$got" != "$want" ]; then
+    fail $name "replies: $got(exit status $RC), not $want"; details $name.client
+  elif count_done $name; then ok $name; fi
+fi
+
+name=count-idle-session-421 # a session still open after the grace is ended by the shutdown
+if count_run $name idle; then
+  if [ $RC -ne 0 ] || ! grep -q '^THEN 421 4\.3\.2 ' $name.client; then
+    fail $name "no 421 4.3.2 to the silent session (exit status $RC)"; details $name.client
+  elif count_done $name; then ok $name; fi
+fi
+
+name=count-last-quit-swaks
+find_clients
+write_probe_message
+if need $name "$SWAKS" "$NO_SWAKS" && start $name --count 1 --json; then
+  "${LIMIT[@]}" "$SWAKS" --server "127.0.0.1:${PORT[$SERVER]}" --helo client.test \
+    --from alice@example.test --to bob@example.test --data @msg-nofinal.eml > $name.client 2>&1
+  rc=$?
+  wait_exit 15
+  if [ $rc -ne 0 ]; then fail $name "swaks exit status $rc"; details $name.client
+  elif grep -q '^<\*\*' $name.client; then fail $name "swaks marks a reply as an error"; details $name.client
+  elif ! grep -q '^<-  221 ' $name.client; then fail $name "QUIT did not get 221"; details $name.client
+  elif count_done $name; then ok $name; fi
+elif [ -n "$SWAKS" ]; then fail $name "$WHY"; fi
 
 name=exit-after-with-count
 began=$(date +%s)

@@ -11,9 +11,12 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstddef>
+#include <functional>
 #include <initializer_list>
+#include <memory>
 #include <optional>
 #include <regex>
 #include <stdexcept>
@@ -369,7 +372,7 @@ TEST_SUITE("protocol") {
     CHECK(s.protocol.envelope().to == std::vector<std::string>{"e@f.test"});
   }
 
-  TEST_CASE("RFC 5321 §4.1.1.3: DATA without an accepted recipient gets 503, even after refusals") {
+  TEST_CASE("RFC 5321 §3.3: DATA without an accepted recipient, after refusals, gets 554") {
     smtpd::Options o;
     o.on_rcpt = [](const smtpd::SessionInfo&, const std::string&,
                    const smtpd::Params&) -> std::optional<smtpd::Reply> {
@@ -378,7 +381,7 @@ TEST_SUITE("protocol") {
     Session s(o);
     enter(s, mail);
     script(s, {"C: RCPT TO:<c@d.test>", "S: 550 5.1.1 No such user", "C: DATA",
-               "S: 503 5.5.1 Need RCPT command"});
+               "S: 554 5.5.1 No valid recipients"});
   }
 
   // =============================================================================================
@@ -436,7 +439,7 @@ TEST_SUITE("protocol") {
     script(s, {"C: RCPT TO:<c@d.test> NOTIFY=NEVER", "S: 555 5.5.4 Unsupported MAIL/RCPT parameter",
                "C: RCPT TO:<c@d.test> ORCPT=rfc822;c@d.test",
                "S: 555 5.5.4 Unsupported MAIL/RCPT parameter", "C: DATA",
-               "S: 503 5.5.1 Need RCPT command"});
+               "S: 554 5.5.1 No valid recipients"});
     CHECK(s.protocol.envelope().to.empty());
   }
 
@@ -729,7 +732,7 @@ TEST_SUITE("protocol") {
       Session s(o);
       enter(s, mail);
       script(s, {"C: RCPT TO:<c@d.test>", "S: 550 5.1.1 No such user here", "C: DATA",
-                 "S: 503 5.5.1 Need RCPT command"});
+                 "S: 554 5.5.1 No valid recipients"});
       CHECK(s.protocol.envelope().to.empty());
       CHECK(s.protocol.envelope().from == "a@b.test");
     }
@@ -772,6 +775,31 @@ TEST_SUITE("protocol") {
     CHECK(errors[1].find("on_mail") != std::string::npos);
   }
 
+  TEST_CASE("RFC 5321 §3.3: DATA after every RCPT was refused gets 554 5.5.1, not 503") {
+    smtpd::Options o;
+    o.on_rcpt = [](const smtpd::SessionInfo&, const std::string& to, const smtpd::Params&) -> Hook {
+      if (to == "good@d.test") return std::nullopt;
+      return smtpd::Reply{550, "5.1.1", "No such user here"};
+    };
+    Session s(o);
+    enter(s, mail);
+    // Pipelined (RFC 2920): the client learns from DATA's reply why there is no 354.
+    CHECK(s.send("RCPT TO:<c@d.test>\r\nRCPT TO:<bad syntax>\r\nDATA\r\n") ==
+          "550 5.1.1 No such user here\r\n501 5.1.3 Bad recipient address syntax\r\n"
+          "554 5.5.1 No valid recipients\r\n");
+    // The transaction stays open: a good recipient makes DATA work.
+    script(s, {"C: RCPT TO:<good@d.test>", "S: 250 2.1.5 Ok", "C: DATA",
+               "S: 354 End data with <CR><LF>.<CR><LF>"});
+    // No MAIL, or MAIL but no RCPT tried at all: still 503 (a bad sequence of commands).
+    Session t(o);
+    t.line(ehlo_client);
+    script(t, {"C: DATA", "S: 503 5.5.1 Need MAIL command", "C: MAIL FROM:<a@b.test>",
+               "S: 250 2.1.0 Ok", "C: DATA", "S: 503 5.5.1 Need RCPT command",
+               "C: RCPT TO:<c@d.test>", "S: 550 5.1.1 No such user here", "C: RSET",
+               "S: 250 2.0.0 Ok", "C: MAIL FROM:<a@b.test>", "S: 250 2.1.0 Ok", "C: DATA",
+               "S: 503 5.5.1 Need RCPT command"});
+  }
+
   TEST_CASE("hooks: on_connect throwing std::runtime_error closes with 421, logged") {
     std::vector<std::string> errors;
     smtpd::Options o;
@@ -781,6 +809,128 @@ TEST_SUITE("protocol") {
     CHECK(s.greeting == "421 Local error in processing, try again later\r\n");
     CHECK(s.closed());
     CHECK(errors.size() == 1);
+  }
+
+} // TEST_SUITE("protocol")
+
+namespace {
+
+const smtpd::Reply going_down{421, "4.3.2", "Going down for maintenance"};
+
+// ClosingSink - a MessageSink whose write() or finish() answers 421.
+class ClosingSink : public smtpd::MessageSink {
+public:
+  explicit ClosingSink(bool in_write) : in_write_(in_write) {}
+
+  void write(std::string_view) override {
+    if (in_write_) throw going_down;
+  }
+
+  std::optional<smtpd::Reply> finish() override { return going_down; }
+
+private:
+  bool in_write_;
+};
+
+// Stage421 - where user code answers 421, and the client input that reaches that point.
+struct Stage421 {
+  const char* name;
+  std::function<void(smtpd::Options&)> set_up;
+  std::string input;
+};
+
+const std::string plain_alice_pw = "AGFsaWNlAHB3"; // base64 of "\0alice\0pw" (RFC 4616)
+const std::string transaction = "EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\n";
+const std::string message = transaction + "DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n";
+
+std::vector<Stage421> stages_421() {
+  using smtpd::Envelope;
+  using smtpd::Params;
+  using smtpd::SessionInfo;
+  auto thrown = [](auto&&...) -> Hook { throw going_down; };
+  auto returned = [](auto&&...) -> Hook { return going_down; };
+  return {
+      {"on_helo returns", [=](smtpd::Options& o) { o.on_helo = returned; }, "EHLO c.test\r\n"},
+      {"on_mail throws", [=](smtpd::Options& o) { o.on_mail = thrown; }, transaction},
+      {"on_rcpt returns", [=](smtpd::Options& o) { o.on_rcpt = returned; }, transaction},
+      {"stream_handler throws at DATA",
+       [](smtpd::Options& o) {
+         o.stream_handler = [](const SessionInfo&,
+                               const Envelope&) -> std::unique_ptr<smtpd::MessageSink> {
+           throw going_down;
+         };
+       },
+       transaction + "DATA\r\n"},
+      {"handler throws after the dot",
+       [](smtpd::Options& o) {
+         o.handler = [](const smtpd::Peer&, const std::string&, const std::vector<std::string>&,
+                        const std::string&) { throw going_down; };
+       },
+       message},
+      {"message_handler returns after the dot",
+       [=](smtpd::Options& o) { o.message_handler = returned; }, message},
+      {"sink write throws",
+       [](smtpd::Options& o) {
+         o.stream_handler = [](const SessionInfo&, const Envelope&) {
+           return std::make_unique<ClosingSink>(true);
+         };
+       },
+       message},
+      {"sink finish returns",
+       [](smtpd::Options& o) {
+         o.stream_handler = [](const SessionInfo&, const Envelope&) {
+           return std::make_unique<ClosingSink>(false);
+         };
+       },
+       message},
+      {"on_auth throws during AUTH",
+       [](smtpd::Options& o) {
+         o.auth_insecure = true;
+         o.on_auth = [](const SessionInfo&, const std::string&, const std::string&,
+                        const std::string&, const std::string&) -> bool { throw going_down; };
+       },
+       "EHLO c.test\r\nAUTH PLAIN " + plain_alice_pw + "\r\n"},
+      {"auth_secret throws during AUTH",
+       [](smtpd::Options& o) {
+         o.auth_secret = [](const SessionInfo&, const std::string&) -> std::optional<std::string> {
+           throw going_down;
+         };
+       },
+       "EHLO c.test\r\nAUTH CRAM-MD5\r\nYWxpY2UgMDA=\r\n"},
+  };
+}
+
+} // namespace
+
+TEST_SUITE("protocol") {
+
+  TEST_CASE("RFC 5321 §3.8: a 421 from user code at any stage is sent, then the channel closes") {
+    for (const Stage421& stage : stages_421()) {
+      CAPTURE(stage.name);
+      smtpd::Options o;
+      stage.set_up(o);
+      Session s(o);
+      std::string replies = s.send(stage.input);
+      // The last reply is the 421 (with its enhanced code once EHLO negotiated them).
+      std::size_t last =
+          replies.rfind("\r\n", replies.size() - std::min<std::size_t>(replies.size(), 3));
+      std::string last_line = replies.substr(last == std::string::npos ? 0 : last + 2);
+      CHECK((last_line == "421 4.3.2 Going down for maintenance\r\n" ||
+             last_line == "421 Going down for maintenance\r\n"));
+      CHECK(s.closed());
+      CHECK(s.send("NOOP\r\n") == ""); // nothing more is read
+    }
+  }
+
+  TEST_CASE("RFC 5321 §3.8: other 4xx replies from user code leave the session open") {
+    smtpd::Options o;
+    o.on_rcpt = reply_from<smtpd::SessionInfo, std::string, smtpd::Params>(
+        {450, "4.2.0", "Greylisted, try again later"}, true);
+    Session s(o);
+    CHECK(s.send(transaction) == crlf_lines(ehlo_reply_lines) +
+                                     "250 2.1.0 Ok\r\n450 4.2.0 Greylisted, try again later\r\n");
+    CHECK_FALSE(s.closed());
+    CHECK(s.line("NOOP") == "250 2.0.0 Ok\r\n");
   }
 
 } // TEST_SUITE("protocol")
@@ -1106,7 +1256,7 @@ Received receive(smtpd::Options o, smtpd::SessionInfo info, const std::string& h
 
 // The end of the header after "id ": the queue id, "for <rcpt>" when there is one recipient,
 // then ";" and an RFC 5322 §3.3 date such as "Sun, 22 Nov 2026 11:00:00 +0000".
-const std::regex received_tail("([0-9A-F]{14})(\r\n\tfor <[^<>\r\n]*>)?;\r\n\t"
+const std::regex received_tail("([0-9A-F]{16})(\r\n\tfor <[^<>\r\n]*>)?;\r\n\t"
                                "(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [1-9][0-9]? "
                                "(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
                                "([01][0-9]|2[0-3]):[0-5][0-9]:[0-6][0-9] [+-][0-9]{4}\r\n");

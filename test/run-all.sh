@@ -5,6 +5,7 @@
 #
 # The suites, in order, each with its output left on the terminal:
 #   doctest  BUILD/tests                     counted by its "[doctest] test cases: ..." line
+#   readme   test/readme_build.sh            the README's hello listing and g++ lines (no BUILD)
 #   interop  test/interop*.sh BUILD/mailsink counted by their "NAME: N passed, N failed" lines
 # N sums doctest test cases and interop checks. A suite that is missing, crashes, times out
 # (SUITE_TIMEOUT seconds, default 1200), prints no summary, counts nothing at all, or exits
@@ -81,6 +82,11 @@ if [ -x "$build/fuzz-replay" ]; then
 else
   missing fuzz-replay "$build/fuzz-replay (build it with: make $build/fuzz-replay)"
 fi
+
+# --- the README's claims: hello.cpp is its listing, and builds with its g++ lines alone ---
+run_suite readme-build \
+  's/^readme-build: *\([0-9][0-9]*\) passed, *\([0-9][0-9]*\) failed[[:space:]]*$/\1 \2/p' \
+  bash test/readme_build.sh
 
 # --- interop: real SMTP clients against the mail catcher, one script per theme ---
 # Each test/interop*.sh takes the mailsink path and ends with "NAME: N passed, N failed".

@@ -656,8 +656,8 @@ TEST_SUITE("server") {
   }
 
   TEST_CASE("bad addresses throw std::invalid_argument from listen()") {
-    for (const char* addr : {"nonsense", "1.2.3.4", "127.0.0.1:99999", "[::1:25", "127.0.0.1:",
-                             "127.0.0.1:port", "::1:25", "[::1]25", "", "127.0.0.1:-1"}) {
+    for (const char* addr : {"nonsense", "1.2.3.4", "127.0.0.1:99999", "[::1:25",
+                             "127.0.0.1:", "127.0.0.1:port", "::1:25", "[::1]25", "127.0.0.1:-1"}) {
       CAPTURE(addr);
       smtpd::Options options = loopback_options();
       options.addr = addr;
