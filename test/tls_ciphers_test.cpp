@@ -132,7 +132,7 @@ CtxPtr tls13_client(const std::string& suites) {
 // negotiate - greeting, EHLO, STARTTLS and a handshake with `ctx` against `ts`: the cipher
 // agreed on, or "refused: <why>" when the handshake failed. After a success the session is
 // checked to go on (EHLO over TLS gets 250).
-std::string negotiate(TestServer& ts, SSL_CTX* ctx) {
+std::string negotiate(smtpd::TestServer& ts, SSL_CTX* ctx) {
   TlsClient c(ts.port());
   REQUIRE(c.connected());
   CHECK(reply_code(c.read_reply()) == 220);
@@ -188,7 +188,7 @@ TEST_SUITE("tls") {
   }
 
   TEST_CASE("default ciphers: TLS 1.2 static RSA key exchange is refused (no forward secrecy)") {
-    TestServer ts(rsa_options());
+    smtpd::TestServer ts(rsa_options());
     for (const char* cipher :
          {"AES256-GCM-SHA384", "AES128-GCM-SHA256", "AES128-SHA", "AES256-SHA256"}) {
       CAPTURE(cipher);
@@ -199,14 +199,14 @@ TEST_SUITE("tls") {
   }
 
   TEST_CASE("default ciphers: TLS 1.2 CBC ciphers are refused even with ECDHE (Lucky Thirteen)") {
-    TestServer rsa(rsa_options());
+    smtpd::TestServer rsa(rsa_options());
     for (const char* cipher : {"ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES256-SHA384"}) {
       CAPTURE(cipher);
       CtxPtr ctx = tls12_client(cipher);
       std::string negotiated = negotiate(rsa, ctx.get());
       CHECK_MESSAGE(refused(negotiated), "negotiated " << negotiated);
     }
-    TestServer ecdsa(ecdsa_options());
+    smtpd::TestServer ecdsa(ecdsa_options());
     for (const char* cipher : {"ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384"}) {
       CAPTURE(cipher);
       CtxPtr ctx = tls12_client(cipher);
@@ -217,13 +217,13 @@ TEST_SUITE("tls") {
 
   TEST_CASE("default ciphers: TLS 1.2 ECDHE with AES-GCM or ChaCha20-Poly1305 works, for RSA "
             "and ECDSA certificates") {
-    TestServer rsa(rsa_options());
+    smtpd::TestServer rsa(rsa_options());
     for (const char* cipher : {"ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384",
                                "ECDHE-RSA-CHACHA20-POLY1305"}) {
       CtxPtr ctx = tls12_client(cipher);
       CHECK(negotiate(rsa, ctx.get()) == cipher);
     }
-    TestServer ecdsa(ecdsa_options());
+    smtpd::TestServer ecdsa(ecdsa_options());
     for (const char* cipher : {"ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
                                "ECDHE-ECDSA-CHACHA20-POLY1305"}) {
       CtxPtr ctx = tls12_client(cipher);
@@ -232,13 +232,13 @@ TEST_SUITE("tls") {
   }
 
   TEST_CASE("default ciphers: the server's order wins: AES-256-GCM before AES-128-GCM") {
-    TestServer ts(rsa_options());
+    smtpd::TestServer ts(rsa_options());
     CtxPtr ctx = tls12_client("ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384");
     CHECK(negotiate(ts, ctx.get()) == "ECDHE-RSA-AES256-GCM-SHA384");
   }
 
   TEST_CASE("default suites: TLS 1.3 works with each of OpenSSL's default suites") {
-    TestServer ts(ecdsa_options());
+    smtpd::TestServer ts(ecdsa_options());
     for (const char* suite :
          {"TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"}) {
       CtxPtr ctx = tls13_client(suite);
@@ -251,7 +251,7 @@ TEST_SUITE("tls") {
   TEST_CASE("tls_ciphers: a list that allows static RSA and CBC lets such a client in") {
     smtpd::Options options = rsa_options();
     options.tls_ciphers = options.tls_ciphers + ":AES128-SHA";
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
     CtxPtr old_client = tls12_client("AES128-SHA");
     CHECK(negotiate(ts, old_client.get()) == "AES128-SHA");
     CtxPtr modern = tls12_client("AES128-SHA:ECDHE-RSA-AES128-GCM-SHA256");
@@ -261,7 +261,7 @@ TEST_SUITE("tls") {
   TEST_CASE("tls_ciphers: a narrower list refuses what it leaves out") {
     smtpd::Options options = ecdsa_options();
     options.tls_ciphers = "ECDHE-ECDSA-CHACHA20-POLY1305";
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
     CtxPtr left_out = tls12_client("ECDHE-ECDSA-AES256-GCM-SHA384");
     CHECK(refused(negotiate(ts, left_out.get())));
     CtxPtr kept = tls12_client("ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305");
@@ -272,14 +272,14 @@ TEST_SUITE("tls") {
     smtpd::Options options = ecdsa_options();
     options.tls_ciphersuites = "TLS_CHACHA20_POLY1305_SHA256";
     {
-      TestServer ts(options);
+      smtpd::TestServer ts(options);
       CtxPtr left_out = tls13_client("TLS_AES_256_GCM_SHA384");
       CHECK(refused(negotiate(ts, left_out.get())));
       CtxPtr both = tls13_client("TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
       CHECK(negotiate(ts, both.get()) == "TLS_CHACHA20_POLY1305_SHA256");
     }
     options.tls_ciphersuites = "";
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
     CtxPtr tls13 = tls13_client("TLS_AES_256_GCM_SHA384");
     CHECK(refused(negotiate(ts, tls13.get())));
     TlsClient c(ts.port());
@@ -302,7 +302,7 @@ TEST_SUITE("tls") {
     REQUIRE(SSL_CTX_set_cipher_list(own.get(), "ECDHE-ECDSA-AES128-SHA") == 1);
     smtpd::Options options = loopback_options();
     options.tls_context = own.get();
-    TestServer ts(options);
+    smtpd::TestServer ts(options);
     CtxPtr cbc = tls12_client("ECDHE-ECDSA-AES128-SHA");
     CHECK(negotiate(ts, cbc.get()) == "ECDHE-ECDSA-AES128-SHA"); // the context's own list
   }
