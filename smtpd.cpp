@@ -3761,7 +3761,12 @@ MessageHandler as_message_handler(Handler handler) {
 
 // install_recording - put `inbox` behind whichever handler the user set, or behind none. Options
 // with two handlers are left as they are, so that the Server refuses them with its own message.
+// A Session (new_session) receives the messages itself, and the Server allows no handler beside
+// it: refused here, in words that do not blame a handler the user never set.
 void install_recording(Options& o, const std::shared_ptr<Inbox>& inbox) {
+  if (o.new_session)
+    throw std::invalid_argument("smtpd: TestServer keeps messages through a handler; "
+                                "new_session cannot be used with it");
   if (int(bool(o.handler)) + int(bool(o.message_handler)) + int(bool(o.stream_handler)) > 1) return;
   if (o.stream_handler) {
     o.stream_handler = recording(std::move(o.stream_handler), inbox);

@@ -333,6 +333,15 @@ TEST_SUITE("testserver") {
     CHECK_THROWS_AS(smtpd::TestServer{options}, std::invalid_argument);
   }
 
+  TEST_CASE("TestServer: new_session is refused with std::invalid_argument that says why") {
+    smtpd::Options options;
+    options.new_session = [](const smtpd::SessionInfo&) {
+      return std::make_unique<smtpd::Session>();
+    };
+    CHECK_THROWS_WITH_AS(smtpd::TestServer{options},
+                         doctest::Contains("new_session cannot be used"), std::invalid_argument);
+  }
+
   // --- stopping --------------------------------------------------------------------------------
 
   TEST_CASE("TestServer: stop() cuts the clients and closes the port; again does nothing; port(), "
