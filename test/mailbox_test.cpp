@@ -469,7 +469,9 @@ TEST_SUITE("mailbox") {
          smtpd::Reply::domain_on_blocklist("dbl.example")},
         {"554 5.5.1 No valid recipients", smtpd::Reply::no_valid_recipients()},
     };
-    for (const auto& [wire, reply] : at_mail) {
+    for (const std::pair<const char*, smtpd::Reply>& row : at_mail) {
+      const char* wire = row.first;
+      const smtpd::Reply& reply = row.second;
       CAPTURE(wire);
       Wire w(hook_options("on_mail", reply));
       w.say("EHLO client.test");
