@@ -519,13 +519,30 @@ bool parse_address_literal(Cursor& in) {
   return true;
 }
 
-// parse_mailbox - Mailbox = Local-part "@" ( Domain / address-literal )
-bool parse_mailbox(Cursor& in) {
+// eaten - the text consumed from `start` up to where `in` stands now.
+std::string_view eaten(std::string_view start, const Cursor& in) {
+  return start.substr(0, start.size() - in.rest.size());
+}
+
+// MailboxParts - where eat_mailbox found the parts: the local part, and after the "@" the
+// domain or the address literal (brackets included).
+struct MailboxParts {
+  std::string_view local;
+  std::string_view domain;
+};
+
+// eat_mailbox - Mailbox = Local-part "@" ( Domain / address-literal ), Local-part =
+// Dot-string / Quoted-string; the local part at most 64 octets (RFC 5321 §4.5.3.1.1).
+bool eat_mailbox(Cursor& in, MailboxParts& parts) {
   std::string_view start = in.rest;
   bool local_ok = in.at('"') ? parse_quoted_string(in) : parse_dot_string(in);
-  if (!local_ok || start.size() - in.rest.size() > max_local_part) return false;
+  parts.local = eaten(start, in);
+  if (!local_ok || parts.local.size() > max_local_part) return false;
   if (!in.eat('@')) return false;
-  return in.at('[') ? parse_address_literal(in) : parse_domain(in);
+  start = in.rest;
+  bool domain_ok = in.at('[') ? parse_address_literal(in) : parse_domain(in);
+  parts.domain = eaten(start, in);
+  return domain_ok;
 }
 
 // parse_source_route - A-d-l = At-domain *( "," At-domain ); At-domain = "@" Domain.
@@ -565,7 +582,8 @@ PathError parse_path(Cursor& in, bool allow_null, bool allow_postmaster, bool le
   bool routed = bracketed && in.at('@');
   if (routed && !parse_source_route(in)) return PathError::syntax;
   std::string_view box_start = in.rest;
-  bool ok = parse_mailbox(in);
+  MailboxParts parts;
+  bool ok = eat_mailbox(in, parts);
   in.utf8 = utf8_allowed;
   std::string_view box = box_start.substr(0, box_start.size() - in.rest.size());
   if (!ok && allow_postmaster && !routed) { // "<Postmaster>" takes no source route
@@ -639,6 +657,62 @@ bool is_valid_helo_name(std::string_view name) {
   bool ok = in.at('[') ? parse_address_literal(in) : parse_domain(in);
   return ok && in.rest.empty();
 }
+
+// ---- parse_mailbox: the same parser, for users ------------------------------------------------
+
+// unquote_local_part - the content of a quoted local part with its quoted pairs resolved
+// ("a\"b" gives a"b: RFC 5321 §4.1.2 quoted-pairSMTP); a dot-string is returned as it is.
+std::string unquote_local_part(std::string_view local) {
+  if (local.size() < 2 || local.front() != '"' || local.back() != '"') return std::string(local);
+  local = local.substr(1, local.size() - 2);
+  std::string out;
+  for (std::size_t i = 0; i < local.size(); ++i) {
+    if (local[i] == '\\' && i + 1 < local.size()) ++i;
+    out += local[i];
+  }
+  return out;
+}
+
+} // namespace
+
+// parse_mailbox - a bare mailbox, or one in angle brackets, through eat_mailbox. UTF-8 is
+// parsed in any case and reported in `utf8`, as parse_path does before it asks for SMTPUTF8.
+// The text as written must fit the path limit (RFC 5321 §4.5.3.1.3), as parse_path checks it:
+// so every address a hook receives, bracketed or (lenient mode) not, parses here.
+std::optional<Mailbox> parse_mailbox(std::string_view text) {
+  if (text.size() > max_path) return std::nullopt;
+  Cursor in{text, true};
+  bool bracketed = in.eat('<');
+  MailboxParts parts;
+  if (!eat_mailbox(in, parts) || (bracketed && !in.eat('>')) || !in.rest.empty())
+    return std::nullopt;
+  Mailbox box;
+  box.local.assign(parts.local);
+  (parts.domain.front() == '[' ? box.address_literal : box.domain).assign(parts.domain);
+  box.utf8 = has_8bit(parts.local) || has_8bit(parts.domain);
+  return box;
+}
+
+// Mailbox::address - local "@" domain, or local "@" address literal.
+std::string Mailbox::address() const {
+  return local + "@" + (address_literal.empty() ? domain : address_literal);
+}
+
+// Mailbox::domain_lower - the domain, ASCII letters lower-cased.
+std::string Mailbox::domain_lower() const {
+  std::string out = domain;
+  for (char& c : out)
+    c = ascii_lower(c);
+  return out;
+}
+
+// Mailbox::user - the unquoted local part up to its first '+'.
+std::string Mailbox::user() const {
+  std::string name = unquote_local_part(local);
+  return name.substr(0, name.find('+'));
+}
+
+namespace {
 
 // =============================================================================================
 // 4. Replies (RFC 5321 §4.2, enhanced status codes RFC 3463 / RFC 2034)
@@ -815,12 +889,6 @@ Reply need_rcpt() {
   return {503, "5.5.1", "Need RCPT command"};
 }
 
-// no_valid_recipients - DATA after MAIL whose every RCPT was refused: RFC 5321 §3.3 allows 503
-// or 554; 554 tells a pipelining client why (Postfix and the alienscience seed say the same).
-Reply no_valid_recipients() {
-  return {554, "5.5.1", "No valid recipients"};
-}
-
 Reply refused_session() {
   return {503, "5.5.1", "Service refused, only QUIT allowed"};
 }
@@ -859,6 +927,13 @@ Reply bare_cr_lf_in_data() {
 
 Reply data_line_too_long() {
   return {554, "5.6.0", "Message line longer than 1000 octets"};
+}
+
+// no_valid_recipients - DATA after MAIL whose every RCPT was refused: RFC 5321 §3.3 allows 503
+// or 554; 554 tells a pipelining client why (Postfix and the alienscience seed say the same).
+// The public named refusal, so hooks and the server give the same reply.
+Reply no_valid_recipients() {
+  return Reply::no_valid_recipients();
 }
 
 Reply not_smtp() {
