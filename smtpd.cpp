@@ -1949,7 +1949,85 @@ private:
 
 } // namespace
 
-// ---- 5.8 The session: stages, the command table, the verbs -----------------------------------
+// ---- 5.8 The tracer ------------------------------------------------------------------------
+
+namespace {
+
+// Trace - a session's Tracer (alienscience's SessionTracer), if new_tracer gave one: the bytes
+// each way in the order of the dialogue, masking what may hold a password.
+class Trace {
+public:
+  Trace(const Options& o, const SessionInfo& session, UserCode& user) {
+    if (!o.new_tracer) return;
+    try {
+      tracer_ = o.new_tracer(session);
+    } catch (...) { user.log("new_tracer threw; the session is not traced"); }
+  }
+
+  ~Trace() {
+    if (tracer_) tracer_->close();
+  }
+
+  explicit operator bool() const { return tracer_ != nullptr; }
+
+  // command - the bytes a command read is about to take (up to the first LF), before they run.
+  // Masked: an AUTH response (`response`), an AUTH line's initial response, the rest of a
+  // pending AUTH line or of a line being discarded.
+  void command(std::string_view in, bool response, const LineReader& lines) {
+    const char* lf = static_cast<const char*>(std::memchr(in.data(), '\n', in.size()));
+    std::string_view piece = in.substr(0, lf ? std::size_t(lf - in.data()) + 1 : in.size());
+    bool continuation = !lines.idle();
+    if (response || (continuation && !lines.pending_plain()))
+      masked(piece, "****");
+    else if (!continuation)
+      line(piece);
+    else
+      tracer_->client(piece);
+  }
+
+  // content - message content, traced as it is.
+  void content(std::string_view bytes) { tracer_->client(bytes); }
+
+  // dropped - input never read as commands (after STARTTLS or the close), line by line: a
+  // client may have pipelined AUTH behind STARTTLS.
+  void dropped(std::string_view bytes) {
+    while (!bytes.empty()) {
+      std::size_t lf = bytes.find('\n');
+      std::size_t take = lf == std::string_view::npos ? bytes.size() : lf + 1;
+      line(bytes.substr(0, take));
+      bytes.remove_prefix(take);
+    }
+  }
+
+  void reply(std::string_view bytes) { tracer_->server(bytes); }
+
+  // taken - the owner took a burst to write (a mark); after the last one the trace is closed.
+  void taken(bool burst, bool over) {
+    if (burst) tracer_->flush();
+    if (!over) return;
+    tracer_->close();
+    tracer_.reset();
+  }
+
+private:
+  // line - a whole line from its start: an AUTH line shows its mechanism only.
+  void line(std::string_view piece) {
+    if (!istarts_with(piece, "AUTH")) return tracer_->client(piece);
+    masked(piece, Auth::mask(piece.substr(0, piece.find_last_not_of("\r\n") + 1)));
+  }
+
+  // masked - `shown` in place of a line's text, its line end (CRs and LF) kept as it was.
+  void masked(std::string_view piece, const std::string& shown) {
+    std::size_t text_end = piece.find_last_not_of("\r\n") + 1; // npos + 1 == 0: no text
+    tracer_->client((text_end == 0 ? std::string() : shown) + std::string(piece.substr(text_end)));
+  }
+
+  std::unique_ptr<Tracer> tracer_;
+};
+
+} // namespace
+
+// ---- 5.9 The session: stages, the command table, the verbs -----------------------------------
 
 namespace {
 
@@ -1984,23 +2062,27 @@ struct Protocol::State {
   std::size_t junk_commands = 0;            // NOOP RSET VRFY HELP since the last message
   std::size_t auth_failures = 0;
 
-  std::unique_ptr<Tracer> tracer; // Options::new_tracer's, or null
-
   UserCode user;
   LineReader lines;
   DotReader dots;
   MessageBuilder message;
   Auth auth;
   Clocks clocks;
+  Trace trace;
 
   State(const Options& o, SessionInfo s)
-      : options(o), session(std::move(s)), user(o, session), message(o, user), auth(o, user),
-        clocks(o) {}
+      : options(o), session(named(std::move(s))), user(o, session), message(o, user), auth(o, user),
+        clocks(o), trace(o, session, user) {}
 
   ~State() { // the owner went away without a goodbye; no-op when the session ended already
     stage = Stage::closed;
     ended();
-    if (tracer) tracer->close();
+  }
+
+  // named - the session with its id: the owner's, or a new one (before anything uses it).
+  static SessionInfo named(SessionInfo s) {
+    if (s.id.empty()) s.id = new_queue_id();
+    return s;
   }
 
   // ---- the command table -------------------------------------------------------------------
@@ -2023,7 +2105,7 @@ struct Protocol::State {
     std::size_t start = out.size();
     append_reply(out, r, session.esmtp);
     if (options.log_write) log_lines(options.log_write, std::string_view(out).substr(start));
-    if (tracer) tracer->server(std::string_view(out).substr(start));
+    if (trace) trace.reply(std::string_view(out).substr(start));
     if (r.code == 421 && stage != Stage::closed) {
       stage = Stage::closed;
       end = SessionEnd::refused;
@@ -2049,11 +2131,9 @@ struct Protocol::State {
 
   // ---- session start and end -----------------------------------------------------------------
 
-  // start - name the session, make its Session object, greet (RFC 5321 §4.2: "220 domain
+  // start - make the Session object, greet (RFC 5321 §4.2: "220 domain
   // text"), or refuse.
   void start() {
-    if (session.id.empty()) session.id = new_queue_id();
-    start_tracer();
     hostname = sanitize_for_header(options.hostname.empty() ? system_hostname() : options.hostname,
                                    max_domain);
     appname = sanitize_for_header(options.appname.empty() ? "smtpd" : options.appname, 64);
@@ -2084,67 +2164,6 @@ struct Protocol::State {
     if (stage == Stage::closed) user.close(end);
   }
 
-  // ---- the tracer (alienscience's SessionTracer) ------------------------------------------------
-
-  // output_taken - the owner took a burst to write: the tracer marks it, and after the last
-  // one (the session is over) it is closed.
-  void output_taken(bool burst) {
-    if (burst) tracer->flush();
-    if (stage != Stage::closed) return;
-    tracer->close();
-    tracer.reset();
-  }
-
-  // start_tracer - ask new_tracer for this session's tracer; a failure only loses the trace.
-  void start_tracer() {
-    if (!options.new_tracer) return;
-    try {
-      tracer = options.new_tracer(session);
-    } catch (...) { user.log("new_tracer threw; the session is not traced"); }
-  }
-
-  // trace_command - the bytes read_command is about to take (up to the first LF), before they
-  // run, so the trace keeps the order of the dialogue. What may hold a password is masked: an
-  // AUTH response, an AUTH line's initial response, the rest of a pending AUTH line, the rest of
-  // a line being discarded.
-  void trace_command(std::string_view in, bool response) {
-    const char* lf = static_cast<const char*>(std::memchr(in.data(), '\n', in.size()));
-    std::string_view piece = in.substr(0, lf ? std::size_t(lf - in.data()) + 1 : in.size());
-    bool continuation = !lines.idle();
-    if (response || (continuation && !lines.pending_plain()))
-      trace_masked(piece, "****");
-    else if (!continuation && istarts_with(piece, "AUTH"))
-      trace_masked(piece, masked_auth(piece));
-    else
-      tracer->client(piece);
-  }
-
-  // trace_masked - `shown` in place of a line's text, its line end (CRs and LF) kept as it was.
-  void trace_masked(std::string_view piece, const std::string& shown) {
-    std::size_t text_end = piece.find_last_not_of("\r\n") + 1; // npos + 1 == 0: no text
-    tracer->client((text_end == 0 ? std::string() : shown) + std::string(piece.substr(text_end)));
-  }
-
-  // masked_auth - an AUTH line's text with its initial response masked (Auth::mask).
-  static std::string masked_auth(std::string_view piece) {
-    return Auth::mask(piece.substr(0, piece.find_last_not_of("\r\n") + 1));
-  }
-
-  // trace_dropped - input never read as commands (after STARTTLS or the close), line by line,
-  // masked like commands: a client may have pipelined AUTH behind STARTTLS.
-  void trace_dropped(std::string_view bytes) {
-    while (!bytes.empty()) {
-      std::size_t lf = bytes.find('\n');
-      std::size_t take = lf == std::string_view::npos ? bytes.size() : lf + 1;
-      std::string_view piece = bytes.substr(0, take);
-      if (istarts_with(piece, "AUTH"))
-        trace_masked(piece, masked_auth(piece));
-      else
-        tracer->client(piece);
-      bytes.remove_prefix(take);
-    }
-  }
-
   // reset_transaction - forget MAIL, RCPTs and any message (RFC 5321 §4.1.1.5, §4.1.4).
   void reset_transaction() {
     message.clear(); // a streamed message not finished is abandoned
@@ -2158,7 +2177,7 @@ struct Protocol::State {
   // read_command - consume `in` up to and including the first LF; returns the bytes consumed.
   std::size_t read_command(std::string_view in) {
     LineLimit limit{options.max_command_line_bytes, auth.in_progress()};
-    if (tracer) trace_command(in, limit.auth_exchange);
+    if (trace) trace.command(in, limit.auth_exchange, lines);
     return lines.read(in, limit, [this](LineReader::Got got, std::string_view line) {
       on_line(got, line);
       after_command();
@@ -2338,7 +2357,7 @@ struct Protocol::State {
     bool done = false;
     std::size_t used = dots.read(
         in, [this](const char* p, std::size_t n) { message.append(p, n); }, done);
-    if (tracer) tracer->client(in.substr(0, used)); // message content is traced as it is
+    if (trace) trace.content(in.substr(0, used));
     if (done) finish_message();
     return used;
   }
@@ -2510,7 +2529,7 @@ void Protocol::feed(std::string_view bytes) {
     if (command && !bytes.empty() && s_->pipelining_forbidden())
       s_->close_with(replies::unauthorized_pipelining(), SessionEnd::refused);
   }
-  if (s_->tracer && !bytes.empty()) s_->trace_dropped(bytes);
+  if (s_->trace && !bytes.empty()) s_->trace.dropped(bytes);
   s_->ended();
 }
 
@@ -2523,7 +2542,7 @@ std::string Protocol::take_output() {
 void Protocol::take_output(std::string& into) {
   into.swap(s_->out);
   s_->out.clear();
-  if (s_->tracer) s_->output_taken(!into.empty());
+  if (s_->trace) s_->trace.taken(!into.empty(), s_->stage == Stage::closed);
 }
 
 bool Protocol::has_output() const {

@@ -1729,6 +1729,7 @@ public:
   Transcript(Output& output, smtpd::Peer peer) : output_(output), peer_(std::move(peer)) {}
 
   void client(std::string_view bytes) override { add(client_, true, bytes); }
+
   void server(std::string_view bytes) override { add(server_, false, bytes); }
 
   void close() override {
