@@ -245,14 +245,25 @@ next_minor_found=1
 [ "$major" -eq 0 ] && next_minor_found=0
 wants="$major.$minor;$version,EXACT;$major.$minor.$((patch + 1));$next_minor;$((major + 1)).0"
 wants+=";$major.$minor...$((major + 1)).0;$next_minor...$((major + 2)).0"
-printf -- '-- want %s\n' "$major.$minor: 1" "$version;EXACT: 1" "$major.$minor.$((patch + 1)): 0" \
-  "$next_minor: $next_minor_found" "$((major + 1)).0: 0" "$major.$minor...$((major + 1)).0: 1" \
-  "$next_minor...$((major + 2)).0: 0" >"$work/versions.expected"
+cat >"$work/versions.expected" <<EOF
+-- want $major.$minor: 1
+-- want $version;EXACT: 1
+-- want $major.$minor.$((patch + 1)): 0
+-- want $next_minor: $next_minor_found
+-- want $((major + 1)).0: 0
+-- want $major.$minor...$((major + 1)).0: 1
+-- want $next_minor...$((major + 2)).0: 0
+EOF
 mkdir -p "$work/versions"
-printf '%s\n' 'cmake_minimum_required(VERSION 3.16)' 'project(versions LANGUAGES CXX)' \
-  'foreach(want IN LISTS WANTS)' '  string(REPLACE "," ";" want "${want}")' \
-  '  find_package(smtpd ${want} CONFIG QUIET)' '  message(STATUS "want ${want}: ${smtpd_FOUND}")' \
-  'endforeach()' >"$work/versions/CMakeLists.txt"
+cat >"$work/versions/CMakeLists.txt" <<'EOF'
+cmake_minimum_required(VERSION 3.16)
+project(versions LANGUAGES CXX)
+foreach(want IN LISTS WANTS) # "X.Y,EXACT" stands for X.Y EXACT
+  string(REPLACE "," ";" want "${want}")
+  find_package(smtpd ${want} CONFIG QUIET)
+  message(STATUS "want ${want}: ${smtpd_FOUND}")
+endforeach()
+EOF
 check_versions() {
   local log=$work/$1.log
   if run "$log" cmake -S "$work/versions" -B "$work/$1" -DCMAKE_PREFIX_PATH="$2" "-DWANTS=$wants"; then
@@ -267,7 +278,7 @@ check_versions find_package-versions "$work/make-install-tls-on/prefix"
 # pkg_consumer NAME TLS PREFIX - plain `pkg-config --cflags --libs smtpd`, as a Makefile would
 # use it (the library being static, OpenSSL must come without --static), and the version.
 pkg_consumer() {
-  local name=$1 tls=$2 dir=$work/$1 log=$work/$1.log flags
+  local name=$1 tls=$2 dir=$work/$1 log=$work/$1.log flags words
   mkdir -p "$dir"
   export PKG_CONFIG_PATH=$3/lib/pkgconfig
   if ! flags=$(pkg-config --cflags --libs smtpd 2>>"$log"); then
@@ -278,8 +289,8 @@ pkg_consumer() {
     not_ok "$name" "TLS off, but the flags are: $flags"
   elif [ "$tls" = on ] && [[ "$flags" != *-lssl* || "$flags" == *SMTPD_NO_TLS* ]]; then
     not_ok "$name" "TLS on, but the flags are: $flags"
-  # $flags unquoted: they are several words.
-  elif ! (cd "$dir" && run "$log" g++ -std=c++17 -O2 "$src/test/consumer/consumer.cpp" $flags -o consumer); then
+  elif ! read -ra words <<<"$flags" ||
+    ! (cd "$dir" && run "$log" g++ -std=c++17 -O2 "$src/test/consumer/consumer.cpp" "${words[@]}" -o consumer); then
     not_ok "$name" "g++ failed with: $flags" "$log"
   else
     check_consumer "$name" "$tls" "$dir/consumer" "$log"

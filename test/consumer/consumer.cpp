@@ -24,8 +24,7 @@ int say(int fd, const std::string& line) {
   char c;
   while (recv(fd, &c, 1, 0) == 1) {
     current += c;
-    if (c != '\n')
-      continue;
+    if (c != '\n') continue;
     if (current.size() >= 4 && current[3] == ' ') // "250 ..." ends a reply, "250-..." does not
       return std::stoi(current.substr(0, 3));
     current.clear();
@@ -69,9 +68,7 @@ int main() {
   std::string error;
   try {
     smtpd::TestServer refused(tls);
-  } catch (const std::exception& e) {
-    error = e.what();
-  }
+  } catch (const std::exception& e) { error = e.what(); }
 #ifdef SMTPD_NO_TLS
   if (error.find("SMTPD_NO_TLS") == std::string::npos)
     return fail(("compiled with SMTPD_NO_TLS, but the library has TLS: " + error).c_str());
