@@ -14,8 +14,9 @@
 #                               log as "#" lines), then "consumer: N passed, N failed"
 #
 # Needs cmake, pkg-config, g++, OpenSSL and doctest (`make deps`); no network, no root.
-# Everything happens in one temporary directory, removed at exit. About two minutes on two
-# idle cores, nearly all of it compiling: smtpd.cpp 9 times, the doctest suites once.
+# Everything happens in one temporary directory, removed at exit. About 100 s of CPU (2 minutes
+# on a busy 2-core machine), nearly all of it compiling: smtpd.cpp 9 times, the doctest suites
+# once.
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 2
