@@ -3354,7 +3354,7 @@ void validate(const Options& o) {
     throw std::invalid_argument("smtpd: max_command_line_bytes must be at least 512");
   if (o.read_spin.count() < 0 || o.read_spin > std::chrono::milliseconds(10))
     throw std::invalid_argument("smtpd: read_spin must be between 0 and 10 ms");
-  if (o.stream_handler && o.stream_chunk_bytes == 0)
+  if (o.stream_chunk_bytes == 0) // a sink may come from stream_handler or Session::data()
     throw std::invalid_argument("smtpd: stream_chunk_bytes must be positive");
   bool files = !o.tls_cert_file.empty() || !o.tls_key_file.empty();
   bool tls = files || o.tls_context != nullptr;

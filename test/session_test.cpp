@@ -478,6 +478,9 @@ TEST_SUITE("session") {
     smtpd::Options o;
     o.new_session = [](const smtpd::SessionInfo&) { return std::make_unique<smtpd::Session>(); };
     CHECK_NOTHROW(smtpd::Server{o});
+    o.stream_chunk_bytes = 0; // Session::data() may return a sink: pieces must have a size
+    CHECK_THROWS_AS(smtpd::Server{o}, std::invalid_argument);
+    o.stream_chunk_bytes = 4096;
     o.on_rcpt = [](const smtpd::SessionInfo&, const std::string&,
                    const smtpd::Params&) -> std::optional<smtpd::Reply> { return std::nullopt; };
     CHECK_THROWS_AS(smtpd::Server{o}, std::invalid_argument);
