@@ -33,6 +33,8 @@ endif
 # Real clients for the interop tests: msmtp, Go, Postfix (SASL PLAIN needs libsasl2-modules).
 DEB_PACKAGES := g++ make libssl-dev openssl doctest-dev python3 swaks libnet-ssleay-perl curl \
   clang clang-format msmtp golang-go postfix libsasl2-modules
+# test/consumer.sh builds a program against smtpd with CMake and with pkg-config.
+DEB_PACKAGES += cmake pkgconf
 
 LIB_OBJ := $(BUILD)/smtpd.o
 EXAMPLES := $(BUILD)/hello $(BUILD)/mailsink
@@ -50,7 +52,7 @@ TSAN_ENV := TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 TSAN_TEST_ARGS ?= -ts=server,tls,auth,limits,testserver,shutdown
 
 .DEFAULT_GOAL := all
-.PHONY: all deps test run example asan tsan notls fmt fmt-check install clean help FORCE
+.PHONY: all deps test run example asan tsan notls fmt fmt-check install uninstall clean help FORCE
 .DELETE_ON_ERROR:
 
 all: $(LIB_OBJ) $(EXAMPLES) | deps
@@ -116,18 +118,77 @@ fmt-check:
 	$(CLANG_FORMAT) --dry-run -Werror $(FMT_SRCS)
 
 # --- installing --------------------------------------------------------------------------------
-# The library is two source files that users compile into their program: install both as
-# "headers" under include/smtpd/, and the mail catcher as a program.
-install: $(BUILD)/mailsink
-	install -d '$(DESTDIR)$(PREFIX)/include/smtpd' '$(DESTDIR)$(PREFIX)/bin'
-	install -m 644 smtpd.hpp smtpd.cpp '$(DESTDIR)$(PREFIX)/include/smtpd/'
-	install -m 755 $(BUILD)/mailsink '$(DESTDIR)$(PREFIX)/bin/'
+# make install [PREFIX=/usr/local] [DESTDIR=/staging] [TLS=0] puts what a C++ build needs to use
+# smtpd under $(DESTDIR)$(PREFIX):
+#   include/smtpd.hpp  lib/libsmtpd.a  lib/pkgconfig/smtpd.pc  bin/mailsink
+#   lib/cmake/smtpd/smtpdConfig.cmake, smtpdConfigVersion.cmake, smtpdTargets.cmake
+# The pkg-config and CMake files are filled in from the templates in cmake/ with sed (the same
+# templates CMakeLists.txt uses), so no CMake is needed to install, nor to build the library.
+# make uninstall (same PREFIX and DESTDIR) removes exactly those files, then the directories
+# the first install created, when they are empty again: install lists them, before creating
+# them, in lib/cmake/smtpd/make-install-created-dirs (paths without DESTDIR).
+SMTPD_VERSION := $(shell sed -n 's/^.define SMTPD_VERSION "\([^"]*\)"$$/\1/p' smtpd.hpp)
+INSTALL_ROOT = $(DESTDIR)$(PREFIX)
+CREATED_DIRS := lib/cmake/smtpd/make-install-created-dirs
+INSTALLED := include/smtpd.hpp lib/libsmtpd.a lib/pkgconfig/smtpd.pc bin/mailsink \
+  lib/cmake/smtpd/smtpdConfig.cmake lib/cmake/smtpd/smtpdConfigVersion.cmake \
+  lib/cmake/smtpd/smtpdTargets.cmake
+PACKAGE_FILES := smtpd.pc smtpdConfig.cmake smtpdConfigVersion.cmake smtpdTargets.cmake
+
+# The templates' variables (CMakeLists.txt sets the same ones). OpenSSL goes in Requires, not
+# Requires.private: libsmtpd.a is a static archive, which records no dependencies, so every
+# program linking it needs -lssl -lcrypto, also from plain `pkg-config --libs smtpd`.
+ifeq ($(TLS),0)
+  PKG_TLS := OFF
+  PKG_REQUIRES :=
+  PKG_CFLAGS := -DSMTPD_NO_TLS
+else
+  PKG_TLS := ON
+  PKG_REQUIRES := Requires: openssl
+  PKG_CFLAGS :=
+endif
+PKG_SED = sed -e 's|@SMTPD_VERSION@|$(SMTPD_VERSION)|g' -e 's|@SMTPD_TLS@|$(PKG_TLS)|g' \
+  -e 's|@SMTPD_PC_PREFIX@|$(PREFIX)|g' -e 's|@SMTPD_PC_LIBDIR@|$${prefix}/lib|g' \
+  -e 's|@SMTPD_PC_INCLUDEDIR@|$${prefix}/include|g' -e 's|@SMTPD_PC_REQUIRES@|$(PKG_REQUIRES)|g' \
+  -e 's|@SMTPD_PC_CFLAGS@|$(PKG_CFLAGS)|g'
+
+$(BUILD)/libsmtpd.a: $(LIB_OBJ)
+	rm -f $@
+	$(AR) rcs $@ $^
+
+install: $(BUILD)/libsmtpd.a $(BUILD)/mailsink
+	@mkdir -p $(BUILD)/package
+	for f in $(PACKAGE_FILES); do $(PKG_SED) cmake/$$f.in > $(BUILD)/package/$$f || exit 1; done
+	@created=$$(for d in include lib/pkgconfig lib/cmake/smtpd bin; do \
+	    d='$(PREFIX)'/$$d; \
+	    while [ ! -d '$(DESTDIR)'"$$d" ]; do echo "$$d"; d=$$(dirname "$$d"); done; \
+	  done | sort -u); \
+	install -d '$(INSTALL_ROOT)/include' '$(INSTALL_ROOT)/lib/pkgconfig' \
+	  '$(INSTALL_ROOT)/lib/cmake/smtpd' '$(INSTALL_ROOT)/bin' && \
+	if [ ! -f '$(INSTALL_ROOT)/$(CREATED_DIRS)' ]; then \
+	  printf '%s\n' "$$created" > '$(INSTALL_ROOT)/$(CREATED_DIRS)'; fi
+	install -m 644 smtpd.hpp '$(INSTALL_ROOT)/include/'
+	install -m 644 $(BUILD)/libsmtpd.a '$(INSTALL_ROOT)/lib/'
+	install -m 644 $(BUILD)/package/smtpd.pc '$(INSTALL_ROOT)/lib/pkgconfig/'
+	install -m 644 $(BUILD)/package/smtpdConfig.cmake $(BUILD)/package/smtpdConfigVersion.cmake \
+	  $(BUILD)/package/smtpdTargets.cmake '$(INSTALL_ROOT)/lib/cmake/smtpd/'
+	install -m 755 $(BUILD)/mailsink '$(INSTALL_ROOT)/bin/'
+
+# Deepest directories first (sort -r puts a directory after everything inside it); rmdir leaves
+# any directory that holds something else by now.
+uninstall:
+	@created=$$(cat '$(INSTALL_ROOT)/$(CREATED_DIRS)' 2>/dev/null); \
+	echo "rm -f $(INSTALLED) $(CREATED_DIRS) (in $(INSTALL_ROOT))"; \
+	rm -f $(foreach f,$(INSTALLED) $(CREATED_DIRS),'$(INSTALL_ROOT)/$(f)') && \
+	printf '%s\n' "$$created" | sort -r | while IFS= read -r d; do \
+	  [ -z "$$d" ] || rmdir '$(DESTDIR)'"$$d" 2>/dev/null || true; \
+	done
 
 clean:
 	rm -rf $(BUILD)
 
 help:
-	@echo 'targets: all (default) deps test run example asan tsan notls fmt fmt-check install clean'
+	@echo 'targets: all (default) deps test run example asan tsan notls fmt fmt-check install uninstall clean'
 	@echo 'variables: CXX=$(CXX) CXXFLAGS=$(CXXFLAGS) TLS=$(TLS) BUILD=$(BUILD) PREFIX=$(PREFIX)'
 
 # --- benchmark ---------------------------------------------------------------------------------

@@ -519,13 +519,30 @@ bool parse_address_literal(Cursor& in) {
   return true;
 }
 
-// parse_mailbox - Mailbox = Local-part "@" ( Domain / address-literal )
-bool parse_mailbox(Cursor& in) {
+// eaten - the text consumed from `start` up to where `in` stands now.
+std::string_view eaten(std::string_view start, const Cursor& in) {
+  return start.substr(0, start.size() - in.rest.size());
+}
+
+// MailboxParts - where eat_mailbox found the parts: the local part, and after the "@" the
+// domain or the address literal (brackets included).
+struct MailboxParts {
+  std::string_view local;
+  std::string_view domain;
+};
+
+// eat_mailbox - Mailbox = Local-part "@" ( Domain / address-literal ), Local-part =
+// Dot-string / Quoted-string; the local part at most 64 octets (RFC 5321 §4.5.3.1.1).
+bool eat_mailbox(Cursor& in, MailboxParts& parts) {
   std::string_view start = in.rest;
   bool local_ok = in.at('"') ? parse_quoted_string(in) : parse_dot_string(in);
-  if (!local_ok || start.size() - in.rest.size() > max_local_part) return false;
+  parts.local = eaten(start, in);
+  if (!local_ok || parts.local.size() > max_local_part) return false;
   if (!in.eat('@')) return false;
-  return in.at('[') ? parse_address_literal(in) : parse_domain(in);
+  start = in.rest;
+  bool domain_ok = in.at('[') ? parse_address_literal(in) : parse_domain(in);
+  parts.domain = eaten(start, in);
+  return domain_ok;
 }
 
 // parse_source_route - A-d-l = At-domain *( "," At-domain ); At-domain = "@" Domain.
@@ -565,7 +582,8 @@ PathError parse_path(Cursor& in, bool allow_null, bool allow_postmaster, bool le
   bool routed = bracketed && in.at('@');
   if (routed && !parse_source_route(in)) return PathError::syntax;
   std::string_view box_start = in.rest;
-  bool ok = parse_mailbox(in);
+  MailboxParts parts;
+  bool ok = eat_mailbox(in, parts);
   in.utf8 = utf8_allowed;
   std::string_view box = box_start.substr(0, box_start.size() - in.rest.size());
   if (!ok && allow_postmaster && !routed) { // "<Postmaster>" takes no source route
@@ -639,6 +657,62 @@ bool is_valid_helo_name(std::string_view name) {
   bool ok = in.at('[') ? parse_address_literal(in) : parse_domain(in);
   return ok && in.rest.empty();
 }
+
+// ---- parse_mailbox: the same parser, for users ------------------------------------------------
+
+// unquote_local_part - the content of a quoted local part with its quoted pairs resolved
+// ("a\"b" gives a"b: RFC 5321 §4.1.2 quoted-pairSMTP); a dot-string is returned as it is.
+std::string unquote_local_part(std::string_view local) {
+  if (local.size() < 2 || local.front() != '"' || local.back() != '"') return std::string(local);
+  local = local.substr(1, local.size() - 2);
+  std::string out;
+  for (std::size_t i = 0; i < local.size(); ++i) {
+    if (local[i] == '\\' && i + 1 < local.size()) ++i;
+    out += local[i];
+  }
+  return out;
+}
+
+} // namespace
+
+// parse_mailbox - a bare mailbox, or one in angle brackets, through eat_mailbox. UTF-8 is
+// parsed in any case and reported in `utf8`, as parse_path does before it asks for SMTPUTF8.
+// The text as written must fit the path limit (RFC 5321 §4.5.3.1.3), as parse_path checks it:
+// so every address a hook receives, bracketed or (lenient mode) not, parses here.
+std::optional<Mailbox> parse_mailbox(std::string_view text) {
+  if (text.size() > max_path) return std::nullopt;
+  Cursor in{text, true};
+  bool bracketed = in.eat('<');
+  MailboxParts parts;
+  if (!eat_mailbox(in, parts) || (bracketed && !in.eat('>')) || !in.rest.empty())
+    return std::nullopt;
+  Mailbox box;
+  box.local.assign(parts.local);
+  (parts.domain.front() == '[' ? box.address_literal : box.domain).assign(parts.domain);
+  box.utf8 = has_8bit(parts.local) || has_8bit(parts.domain);
+  return box;
+}
+
+// Mailbox::address - local "@" domain, or local "@" address literal.
+std::string Mailbox::address() const {
+  return local + "@" + (address_literal.empty() ? domain : address_literal);
+}
+
+// Mailbox::domain_lower - the domain, ASCII letters lower-cased.
+std::string Mailbox::domain_lower() const {
+  std::string out = domain;
+  for (char& c : out)
+    c = ascii_lower(c);
+  return out;
+}
+
+// Mailbox::user - the unquoted local part up to its first '+'.
+std::string Mailbox::user() const {
+  std::string name = unquote_local_part(local);
+  return name.substr(0, name.find('+'));
+}
+
+namespace {
 
 // =============================================================================================
 // 4. Replies (RFC 5321 §4.2, enhanced status codes RFC 3463 / RFC 2034)
@@ -815,12 +889,6 @@ Reply need_rcpt() {
   return {503, "5.5.1", "Need RCPT command"};
 }
 
-// no_valid_recipients - DATA after MAIL whose every RCPT was refused: RFC 5321 §3.3 allows 503
-// or 554; 554 tells a pipelining client why (Postfix and the alienscience seed say the same).
-Reply no_valid_recipients() {
-  return {554, "5.5.1", "No valid recipients"};
-}
-
 Reply refused_session() {
   return {503, "5.5.1", "Service refused, only QUIT allowed"};
 }
@@ -859,6 +927,13 @@ Reply bare_cr_lf_in_data() {
 
 Reply data_line_too_long() {
   return {554, "5.6.0", "Message line longer than 1000 octets"};
+}
+
+// no_valid_recipients - DATA after MAIL whose every RCPT was refused: RFC 5321 §3.3 allows 503
+// or 554; 554 tells a pipelining client why (Postfix and the alienscience seed say the same).
+// The public named refusal, so hooks and the server give the same reply.
+Reply no_valid_recipients() {
+  return Reply::no_valid_recipients();
 }
 
 Reply not_smtp() {
@@ -1032,6 +1107,10 @@ public:
 
   // idle - no partial line is pending.
   bool idle() const { return partial_.empty() && !discarding_; }
+
+  // pending_plain - a partial line is pending and it is not an AUTH line (for the tracer, which
+  // masks what may hold a password: AUTH lines, and the rest of a line being discarded).
+  bool pending_plain() const { return !partial_.empty() && !istarts_with(partial_, "AUTH"); }
 
   // lines_completed - CRLF-terminated lines read so far (a deadline per line restarts on each).
   std::size_t lines_completed() const { return lines_; }
@@ -1870,7 +1949,85 @@ private:
 
 } // namespace
 
-// ---- 5.8 The session: stages, the command table, the verbs -----------------------------------
+// ---- 5.8 The tracer ------------------------------------------------------------------------
+
+namespace {
+
+// Trace - a session's Tracer (alienscience's SessionTracer), if new_tracer gave one: the bytes
+// each way in the order of the dialogue, masking what may hold a password.
+class Trace {
+public:
+  Trace(const Options& o, const SessionInfo& session, UserCode& user) {
+    if (!o.new_tracer) return;
+    try {
+      tracer_ = o.new_tracer(session);
+    } catch (...) { user.log("new_tracer threw; the session is not traced"); }
+  }
+
+  ~Trace() {
+    if (tracer_) tracer_->close();
+  }
+
+  explicit operator bool() const { return tracer_ != nullptr; }
+
+  // command - the bytes a command read is about to take (up to the first LF), before they run.
+  // Masked: an AUTH response (`response`), an AUTH line's initial response, the rest of a
+  // pending AUTH line or of a line being discarded.
+  void command(std::string_view in, bool response, const LineReader& lines) {
+    const char* lf = static_cast<const char*>(std::memchr(in.data(), '\n', in.size()));
+    std::string_view piece = in.substr(0, lf ? std::size_t(lf - in.data()) + 1 : in.size());
+    bool continuation = !lines.idle();
+    if (response || (continuation && !lines.pending_plain()))
+      masked(piece, "****");
+    else if (!continuation)
+      line(piece);
+    else
+      tracer_->client(piece);
+  }
+
+  // content - message content, traced as it is.
+  void content(std::string_view bytes) { tracer_->client(bytes); }
+
+  // dropped - input never read as commands (after STARTTLS or the close), line by line: a
+  // client may have pipelined AUTH behind STARTTLS.
+  void dropped(std::string_view bytes) {
+    while (!bytes.empty()) {
+      std::size_t lf = bytes.find('\n');
+      std::size_t take = lf == std::string_view::npos ? bytes.size() : lf + 1;
+      line(bytes.substr(0, take));
+      bytes.remove_prefix(take);
+    }
+  }
+
+  void reply(std::string_view bytes) { tracer_->server(bytes); }
+
+  // taken - the owner took a burst to write (a mark); after the last one the trace is closed.
+  void taken(bool burst, bool over) {
+    if (burst) tracer_->flush();
+    if (!over) return;
+    tracer_->close();
+    tracer_.reset();
+  }
+
+private:
+  // line - a whole line from its start: an AUTH line shows its mechanism only.
+  void line(std::string_view piece) {
+    if (!istarts_with(piece, "AUTH")) return tracer_->client(piece);
+    masked(piece, Auth::mask(piece.substr(0, piece.find_last_not_of("\r\n") + 1)));
+  }
+
+  // masked - `shown` in place of a line's text, its line end (CRs and LF) kept as it was.
+  void masked(std::string_view piece, const std::string& shown) {
+    std::size_t text_end = piece.find_last_not_of("\r\n") + 1; // npos + 1 == 0: no text
+    tracer_->client((text_end == 0 ? std::string() : shown) + std::string(piece.substr(text_end)));
+  }
+
+  std::unique_ptr<Tracer> tracer_;
+};
+
+} // namespace
+
+// ---- 5.9 The session: stages, the command table, the verbs -----------------------------------
 
 namespace {
 
@@ -1911,12 +2068,22 @@ struct Protocol::State {
   MessageBuilder message;
   Auth auth;
   Clocks clocks;
+  Trace trace;
 
   State(const Options& o, SessionInfo s)
-      : options(o), session(std::move(s)), user(o, session), message(o, user), auth(o, user),
-        clocks(o) {}
+      : options(o), session(named(std::move(s))), user(o, session), message(o, user), auth(o, user),
+        clocks(o), trace(o, session, user) {}
 
-  ~State() { user.close(SessionEnd::client_gone); } // no-op when close() was already called
+  ~State() { // the owner went away without a goodbye; no-op when the session ended already
+    stage = Stage::closed;
+    ended();
+  }
+
+  // named - the session with its id: the owner's, or a new one (before anything uses it).
+  static SessionInfo named(SessionInfo s) {
+    if (s.id.empty()) s.id = new_queue_id();
+    return s;
+  }
 
   // ---- the command table -------------------------------------------------------------------
 
@@ -1938,6 +2105,7 @@ struct Protocol::State {
     std::size_t start = out.size();
     append_reply(out, r, session.esmtp);
     if (options.log_write) log_lines(options.log_write, std::string_view(out).substr(start));
+    if (trace) trace.reply(std::string_view(out).substr(start));
     if (r.code == 421 && stage != Stage::closed) {
       stage = Stage::closed;
       end = SessionEnd::refused;
@@ -1963,10 +2131,9 @@ struct Protocol::State {
 
   // ---- session start and end -----------------------------------------------------------------
 
-  // start - name the session, make its Session object, greet (RFC 5321 §4.2: "220 domain
+  // start - make the Session object, greet (RFC 5321 §4.2: "220 domain
   // text"), or refuse.
   void start() {
-    if (session.id.empty()) session.id = new_queue_id();
     hostname = sanitize_for_header(options.hostname.empty() ? system_hostname() : options.hostname,
                                    max_domain);
     appname = sanitize_for_header(options.appname.empty() ? "smtpd" : options.appname, 64);
@@ -2010,6 +2177,7 @@ struct Protocol::State {
   // read_command - consume `in` up to and including the first LF; returns the bytes consumed.
   std::size_t read_command(std::string_view in) {
     LineLimit limit{options.max_command_line_bytes, auth.in_progress()};
+    if (trace) trace.command(in, limit.auth_exchange, lines);
     return lines.read(in, limit, [this](LineReader::Got got, std::string_view line) {
       on_line(got, line);
       after_command();
@@ -2189,6 +2357,7 @@ struct Protocol::State {
     bool done = false;
     std::size_t used = dots.read(
         in, [this](const char* p, std::size_t n) { message.append(p, n); }, done);
+    if (trace) trace.content(in.substr(0, used));
     if (done) finish_message();
     return used;
   }
@@ -2360,6 +2529,7 @@ void Protocol::feed(std::string_view bytes) {
     if (command && !bytes.empty() && s_->pipelining_forbidden())
       s_->close_with(replies::unauthorized_pipelining(), SessionEnd::refused);
   }
+  if (s_->trace && !bytes.empty()) s_->trace.dropped(bytes);
   s_->ended();
 }
 
@@ -2372,6 +2542,7 @@ std::string Protocol::take_output() {
 void Protocol::take_output(std::string& into) {
   into.swap(s_->out);
   s_->out.clear();
+  if (s_->trace) s_->trace.taken(!into.empty(), s_->stage == Stage::closed);
 }
 
 bool Protocol::has_output() const {
@@ -3183,7 +3354,7 @@ void validate(const Options& o) {
     throw std::invalid_argument("smtpd: max_command_line_bytes must be at least 512");
   if (o.read_spin.count() < 0 || o.read_spin > std::chrono::milliseconds(10))
     throw std::invalid_argument("smtpd: read_spin must be between 0 and 10 ms");
-  if (o.stream_handler && o.stream_chunk_bytes == 0)
+  if (o.stream_chunk_bytes == 0) // a sink may come from stream_handler or Session::data()
     throw std::invalid_argument("smtpd: stream_chunk_bytes must be positive");
   bool files = !o.tls_cert_file.empty() || !o.tls_key_file.empty();
   bool tls = files || o.tls_context != nullptr;

@@ -56,6 +56,47 @@ struct Reply {
       : code(reply_code), enhanced(std::move(enhanced_code)), text(std::move(reply_text)) {}
 
   bool positive() const { return code >= 200 && code < 400; }
+
+  // ---- named refusals: the common policy answers, with their RFC 3463 enhanced codes ----
+  // Return or throw them from a hook: `return smtpd::Reply::no_such_user();`.
+
+  // no_such_user - 550 5.1.1 "No such user": the recipient's mailbox does not exist (RCPT).
+  static Reply no_such_user() { return {550, "5.1.1", "No such user"}; }
+
+  // bad_helo - 550 5.7.1 "Bad HELO": the HELO/EHLO name is refused by policy.
+  static Reply bad_helo() { return {550, "5.7.1", "Bad HELO"}; }
+
+  // fcrdns_failure - 550 5.7.25 "FCrDNS failure": the client's address has no forward-confirmed
+  // reverse DNS name (RFC 7372 §3.3, "reverse DNS validation failed"). From on_connect it goes
+  // out as the 554 greeting, as every permanent refusal there does (RFC 5321 §3.1).
+  static Reply fcrdns_failure() { return {550, "5.7.25", "FCrDNS failure"}; }
+
+  // ip_on_blocklist - 554 5.7.1 "IP address is on a blocklist", followed by ": " and `zone`
+  // (a DNSBL zone or a reason) when one is given.
+  static Reply ip_on_blocklist(std::string_view zone = {}) {
+    return {554, "5.7.1", with_reason("IP address is on a blocklist", zone)};
+  }
+
+  // domain_on_blocklist - 554 5.7.1 "Domain is on a blocklist", followed by ": " and `zone`
+  // when one is given.
+  static Reply domain_on_blocklist(std::string_view zone = {}) {
+    return {554, "5.7.1", with_reason("Domain is on a blocklist", zone)};
+  }
+
+  // no_valid_recipients - 554 5.5.1 "No valid recipients": the server's own answer to DATA
+  // after every RCPT was refused (RFC 5321 §3.3).
+  static Reply no_valid_recipients() { return {554, "5.5.1", "No valid recipients"}; }
+
+private:
+  // with_reason - `text`, then ": " and `reason` with CR, LF and every other control character
+  // made a space (so a zone can neither end the reply line nor add one); "" adds nothing.
+  static std::string with_reason(std::string text, std::string_view reason) {
+    if (reason.empty()) return text;
+    text += ": ";
+    for (char c : reason)
+      text += static_cast<unsigned char>(c) < 0x20 || c == 0x7F ? ' ' : c;
+    return text;
+  }
 };
 
 // Peer - the remote end of a connection.
@@ -109,6 +150,38 @@ struct SessionInfo {
   std::string tls_peer_subject; // the verified client certificate's subject (RFC 2253), or ""
   std::string auth_user;        // the authenticated identity; empty when not authenticated
 };
+
+// ---------------------------------------------------------------------------------------------
+// Addresses - a mailbox split into its parts, for hooks and handlers (RFC 5321 §4.1.2)
+// ---------------------------------------------------------------------------------------------
+
+// Mailbox - one address: local "@" domain, or local "@" address literal.
+struct Mailbox {
+  std::string local;           // the local part exactly as written: quotes, backslashes, case
+  std::string domain;          // the domain as written; "" when the address has a literal
+  std::string address_literal; // with its brackets: "[192.0.2.1]", "[IPv6:2001:db8::1]"; or ""
+  bool utf8 = false;           // holds UTF-8 (non-ASCII): needs SMTPUTF8 (RFC 6531) to travel
+
+  // address - the mailbox again, as written: local "@" domain (or address literal).
+  std::string address() const;
+
+  // domain_lower - the domain with ASCII letters lower-cased (other octets as they are), for
+  // comparing domains; "" when the address has a literal.
+  std::string domain_lower() const;
+
+  // user - the local part without its quotes and backslashes ("john smith"@x gives john smith,
+  // "a\"b"@x gives a"b), cut before its first '+': jo+news@x gives jo, +news@x gives "" (the
+  // tag is all there is). Case is kept.
+  std::string user() const;
+};
+
+// parse_mailbox - split "local@domain" (a mailbox as hooks receive it) or "<local@domain>" with
+// the parser the server uses for MAIL and RCPT (RFC 5321 §4.1.2; UTF-8 local parts and domains
+// as RFC 6531 allows, with `utf8` set), within its limits: local part 64 octets, domain 255,
+// the text 256 (RFC 5321 §4.5.3.1). So every `from` and `to` a hook receives parses, but ""
+// (the null reverse-path <>) and the bare "Postmaster" RCPT accepts (RFC 5321 §4.1.1.3): those
+// are no mailboxes. nullopt when not valid: also "<>", a source route, spaces around it.
+std::optional<Mailbox> parse_mailbox(std::string_view text);
 
 // ---------------------------------------------------------------------------------------------
 // Hooks and handlers

@@ -524,8 +524,9 @@ void print_usage(std::ostream& out) {
       << "  --quiet               print nothing per message and no startup line; errors\n"
       << "                        still go to stderr (default: not quiet)\n"
       << "  --verbose             print the SMTP transcript on stderr, 'C:' for what the client\n"
-      << "                        sent and 'S:' for our replies, AUTH secrets masked and message\n"
-      << "                        content summed up as its size (default: no transcript)\n"
+      << "                        sent and 'S:' for our replies, line by line as the library's\n"
+      << "                        tracer saw them: AUTH secrets masked, message content\n"
+      << "                        included (default: no transcript)\n"
       << "\n"
       << "stopping (besides SIGINT and SIGTERM):\n"
       << "  --count N             exit 0 once N messages were accepted: take no new client,\n"
@@ -1721,6 +1722,38 @@ void prepare_delivery(const Config& config, Deliveries& deliveries) {
     deliveries.runner.emplace(config.exec, std::chrono::seconds(*config.exec_timeout)).prepare();
 }
 
+// Transcript - the --verbose tracer: the session's bytes each way, cut into lines for
+// Output::transcript. A line is printed once its LF arrives, or at the close.
+class Transcript : public smtpd::Tracer {
+public:
+  Transcript(Output& output, smtpd::Peer peer) : output_(output), peer_(std::move(peer)) {}
+
+  void client(std::string_view bytes) override { add(client_, true, bytes); }
+
+  void server(std::string_view bytes) override { add(server_, false, bytes); }
+
+  void close() override {
+    if (!client_.empty()) output_.transcript(peer_, true, client_);
+    if (!server_.empty()) output_.transcript(peer_, false, server_);
+  }
+
+private:
+  // add - append to one direction's pending text and print each whole line, without CRLF.
+  void add(std::string& pending, bool from_client, std::string_view bytes) {
+    pending.append(bytes);
+    std::size_t start = 0;
+    for (std::size_t lf; (lf = pending.find('\n', start)) != std::string::npos; start = lf + 1) {
+      std::size_t end = lf > start && pending[lf - 1] == '\r' ? lf - 1 : lf;
+      output_.transcript(peer_, from_client, std::string_view(pending).substr(start, end - start));
+    }
+    pending.erase(0, start);
+  }
+
+  Output& output_;
+  smtpd::Peer peer_;
+  std::string client_, server_; // a line each way whose end has not arrived
+};
+
 // server_options - the command line's options plus the hooks, the message handler, the error
 // log, the --verbose transcript and, when there are users, the AUTH checks.
 smtpd::Options server_options(const Config& config, Sink& sink, Output& output) {
@@ -1736,11 +1769,8 @@ smtpd::Options server_options(const Config& config, Sink& sink, Output& output) 
   };
   options.log_error = [&output](std::string_view message) { output.log(std::string(message)); };
   if (config.verbose) {
-    options.log_read = [&output](const smtpd::Peer& peer, std::string_view line) {
-      output.transcript(peer, true, line);
-    };
-    options.log_write = [&output](const smtpd::Peer& peer, std::string_view line) {
-      output.transcript(peer, false, line);
+    options.new_tracer = [&output](const smtpd::SessionInfo& session) {
+      return std::make_unique<Transcript>(output, session.peer);
     };
   }
   install_auth(options, config.users);

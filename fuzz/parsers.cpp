@@ -28,6 +28,13 @@
 //     same address (when "<address>" fits in the 256-octet path limit);
 //   - the parameters on_mail sees have upper-case keywords of letters, digits and '-', values of
 //     %d33-126 but '=' (or UTF-8 with SMTPUTF8); on_rcpt sees none (RCPT takes no parameters).
+//   - the public smtpd::parse_mailbox agrees with the server: an address a hook saw (but "" and
+//     "Postmaster") parses, and its address() is that address, utf8 set exactly when it has
+//     8-bit octets;
+//   - smtpd::parse_mailbox of bytes 1.. as they are: when it gives a Mailbox, its parts have the
+//     shape above (local part 1..64 octets, a domain or an address literal, not both), user()
+//     holds no '+', domain_lower() no upper-case letter, and address() parses again to the
+//     same parts, bare and in angle brackets, and is accepted by a fresh RCPT TO.
 #include "fuzz/fuzz.hpp"
 #include "smtpd.hpp"
 
@@ -147,6 +154,50 @@ void reparse(const std::string& address) {
   FUZZ_CHECK(seen.calls == 1 && seen.address == address);
 }
 
+// same_parts - two Mailboxes with equal fields.
+bool same_parts(const smtpd::Mailbox& a, const smtpd::Mailbox& b) {
+  return a.local == b.local && a.domain == b.domain && a.address_literal == b.address_literal &&
+         a.utf8 == b.utf8;
+}
+
+// has_8bit - whether any octet is outside ASCII.
+bool has_8bit(std::string_view s) {
+  for (unsigned char c : s)
+    if (c >= 0x80) return true;
+  return false;
+}
+
+// check_parsed_mailbox - the invariants of a Mailbox that smtpd::parse_mailbox returned.
+void check_parsed_mailbox(const smtpd::Mailbox& box) {
+  FUZZ_CHECK(!box.local.empty() && box.local.size() <= 64);
+  FUZZ_CHECK(box.domain.empty() != box.address_literal.empty());
+  if (!box.address_literal.empty())
+    FUZZ_CHECK(box.address_literal.front() == '[' && box.address_literal.back() == ']');
+  std::string address = box.address();
+  FUZZ_CHECK(address == box.local + "@" + box.domain + box.address_literal);
+  FUZZ_CHECK(box.utf8 == has_8bit(address));
+  check_mailbox(address, true);
+  FUZZ_CHECK(box.user().find('+') == std::string::npos && box.user().size() <= box.local.size());
+  std::string lower = box.domain_lower();
+  FUZZ_CHECK(lower.size() == box.domain.size() && iequals(lower, box.domain));
+  for (unsigned char c : lower)
+    FUZZ_CHECK(c < 'A' || c > 'Z');
+  std::optional<smtpd::Mailbox> again = smtpd::parse_mailbox(address);
+  FUZZ_CHECK(again && same_parts(*again, box));
+  if (address.size() + 2 <= 256) {
+    std::optional<smtpd::Mailbox> bracketed = smtpd::parse_mailbox("<" + address + ">");
+    FUZZ_CHECK(bracketed && same_parts(*bracketed, box));
+  }
+  reparse(address);
+}
+
+// check_hook_address - an address a hook saw parses with smtpd::parse_mailbox, unchanged.
+void check_hook_address(const std::string& address) {
+  if (address.empty() || iequals(address, "postmaster")) return;
+  std::optional<smtpd::Mailbox> box = smtpd::parse_mailbox(address);
+  FUZZ_CHECK(box && box->address() == address && box->utf8 == has_8bit(address));
+}
+
 } // namespace
 
 int fuzz_parsers(const uint8_t* data, size_t size) {
@@ -157,6 +208,7 @@ int fuzz_parsers(const uint8_t* data, size_t size) {
 
   std::string_view arg = in.rest();
   arg = arg.substr(0, arg.find_first_of("\r\n"));
+  if (std::optional<smtpd::Mailbox> box = smtpd::parse_mailbox(arg)) check_parsed_mailbox(*box);
   std::string line = rcpt ? (keyword ? "RCPT TO:" : "RCPT ") : (keyword ? "MAIL FROM:" : "MAIL ");
   line += std::string(arg.substr(0, 510 - line.size()));
 
@@ -199,6 +251,7 @@ int fuzz_parsers(const uint8_t* data, size_t size) {
     if (!ehlo) FUZZ_CHECK(mail.params.empty());
     if (!mail.address.empty()) check_mailbox(mail.address, smtputf8);
     check_params(mail.params, smtputf8);
+    check_hook_address(mail.address);
     reparse(mail.address);
   } else {
     FUZZ_CHECK(mail.calls == 1);
@@ -209,6 +262,7 @@ int fuzz_parsers(const uint8_t* data, size_t size) {
     FUZZ_CHECK(!rcpt_seen.address.empty());
     FUZZ_CHECK(rcpt_seen.params.empty());
     check_mailbox(rcpt_seen.address, utf8_mail);
+    check_hook_address(rcpt_seen.address);
     reparse(rcpt_seen.address);
   }
   return 0;

@@ -35,22 +35,32 @@ RCPTS = {1: 0, 2: 1, 5: 2, 100: 3}
 ERRORS = {1: 0, 3: 1, 10: 2, 20: 3}
 HANDLERS = {"accept": 0, "reply550": 1, "throw": 2, "message": 3, "custom250": 4,
             "reply452": 5, "none": 6, "hooks": 7}
+# The same bits in session mode: the Session object's behaviour.
+SESSION_MODES = {"accept": 0, "reply550": 1, "throw": 2, "close421": 3, "custom250": 4,
+                 "reply452": 5, "filter": 6, "names": 7}
 CHUNKS = {"line": 0, "fixed": 1, "all": 2, "random": 3}
 CONNECT = {"none": 0, "refuse554": 2, "refuse4xx": 3}
 JUNK = {1: 0, 3: 1, 10: 2, 100: 3}
 SOFT = {0: 0, 1: 1, 3: 2, 10: 3}
 
 
-def protocol(name, session, strict=False, size="big", tls=False, tls_required=False,
+def protocol(name, client, strict=False, size="big", tls=False, tls_required=False,
              auth=False, insecure=False, auth_required=False, rcpts=100, errors=20,
              handler="accept", v6=False, chunk="line", n=0, connect="none", pipelining_ok=False,
-             junk=100, soft=10, early=False):
+             junk=100, soft=10, session=False, stream=False, gone=False):
+    """client: the client's bytes;
+    session: a Session object instead of the hooks (handler then names one of SESSION_MODES);
+    stream: session mode only, data() returns a sink (pieces of 2**n bytes for n < 8);
+    gone: the client goes away at the end (v6: disconnected(), else the Protocol destroyed)."""
+    assert session or not stream, "stream needs session"
     b0 = (strict and 1) | SIZES[size] << 1 | (tls and 8) | (tls_required and 16) \
         | (auth and 32) | (insecure and 64) | (auth_required and 128)
-    b1 = RCPTS[rcpts] | ERRORS[errors] << 2 | HANDLERS[handler] << 4 | (v6 and 128)
+    h = SESSION_MODES[handler] if session else HANDLERS[handler]
+    b1 = RCPTS[rcpts] | ERRORS[errors] << 2 | h << 4 | (v6 and 128)
     b2 = CHUNKS[chunk] | (n & 15) << 2 | CONNECT[connect] << 6
-    b3 = (pipelining_ok and 1) | JUNK[junk] << 1 | SOFT[soft] << 3 | (early and 32)
-    write("protocol", name, bytes([b0, b1, b2, b3]) + b(session))
+    b3 = (pipelining_ok and 1) | JUNK[junk] << 1 | SOFT[soft] << 3 | (session and 32) \
+        | (stream and 64) | (gone and 128)
+    write("protocol", name, bytes([b0, b1, b2, b3]) + b(client))
 
 
 def lines(*ls):
@@ -232,10 +242,65 @@ for mode, h in HANDLERS.items():
 protocol("helo-hook-throws", lines("EHLO throw.example", "QUIT"), handler="hooks")
 protocol("connect-refused", lines("EHLO c.example", "QUIT"), connect="refuse554")
 protocol("connect-tempfail", lines("EHLO c.example"), connect="refuse4xx")
-protocol("early-talker", lines("EHLO c.example"), early=True)
 protocol("timeout-mid-data", lines("EHLO c.example", "MAIL FROM:<a@b.example>",
                                    "RCPT TO:<c@d.example>", "DATA", "partial"), v6=True)
 protocol("quit-then-more", lines("EHLO c.example", "QUIT", "NOOP") + transaction(), chunk="all")
+protocol("gone-mid-data", lines("EHLO c.example", "MAIL FROM:<a@b.example>",
+                                "RCPT TO:<c@d.example>", "DATA", "partial"), v6=True, gone=True)
+protocol("gone-destroyed", lines("EHLO c.example", "MAIL FROM:<a@b.example>"), gone=True)
+
+# Session mode: a Session object (Options::new_session) instead of the hooks, behaving as
+# SESSION_MODES names (fuzz/protocol.cpp's header says how).
+SESSION_STEPS = lines("EHLO c.example", "HELO bad.example", "EHLO c.example",
+                      "MAIL FROM:<bad@b.example>", "MAIL FROM:<a@b.example>",
+                      "RCPT TO:<bad@x.example>", "RCPT TO:<throw@x.example>",
+                      "RCPT TO:<ok@x.example>", "RCPT TO:<ok2@x.example>", "DATA", "body", ".",
+                      "VRFY a", "HELP", "NOOP", "RSET", "QUIT")
+for mode in SESSION_MODES:
+    protocol("session-" + mode, SESSION_STEPS, handler=mode, session=True)
+for mode in ("accept", "reply550", "reply452", "close421"):
+    protocol("session-stream-" + mode, SESSION_STEPS, handler=mode, session=True, stream=True,
+             n=3)
+protocol("session-stream-big", lines("EHLO c.example") + transaction(body=BODY * 40)
+         + transaction(body="x" * 90 + "\r\n") + lines("QUIT"), session=True, stream=True,
+         size=1000, n=8)
+protocol("session-filter-etrn", lines("EHLO c.example", "MAIL FROM:<a@b.example>", "ETRN x",
+                                      "QUIT"), handler="filter", session=True)
+protocol("session-hello-throws", lines("EHLO throw.example", "QUIT"), handler="names",
+         session=True)
+protocol("session-auth", lines("EHLO c.example", "AUTH PLAIN " + b64("\0alice\0nope"),
+                               "AUTH LOGIN", b64("alice"), b64("wonderland"))
+         + transaction() + lines("QUIT"), session=True, auth=True, insecure=True,
+         auth_required=True)
+protocol("session-auth-cram", lines("EHLO c.example", "AUTH PLAIN " + b64("\0alice\0wonderland"),
+                                    "AUTH CRAM-MD5", b64("alice 00112233445566778899aabbccddeeff"),
+                                    "MAIL FROM:<a@b.example> AUTH=<>", "QUIT"),
+         session=True, auth=True)
+protocol("session-starttls", lines("EHLO c.example", "MAIL FROM:<a@b.example>", "STARTTLS",
+                                   "RSET", "STARTTLS", "EHLO c.example",
+                                   "AUTH PLAIN " + b64("\0alice\0wonderland")) + transaction()
+         + lines("QUIT"), session=True, tls=True, tls_required=True, auth=True)
+protocol("session-connect-refused", lines("EHLO c.example", "QUIT"), session=True,
+         connect="refuse554")
+protocol("session-connect-tempfail", lines("EHLO c.example"), session=True, connect="refuse4xx")
+protocol("session-http", lines("GET / HTTP/1.1", "Host: mx.example.org", ""), session=True)
+protocol("session-pipelined-before-ehlo", lines("HELO c.example", "MAIL FROM:<a@b.example>"),
+         session=True, chunk="all")
+protocol("session-error-limit", lines("EHLO c.example", "BOGUS", "BOGUS", "BOGUS", "QUIT"),
+         session=True, errors=3)
+protocol("session-strict-refused", lines("EHLO c.example") + transaction(body="a\nb\r\n")
+         + transaction(body="z" * 40 + "\r\n") + lines("QUIT"), session=True, strict=True,
+         size=16)
+protocol("session-timeout-mid-data", lines("EHLO c.example", "MAIL FROM:<a@b.example>",
+                                           "RCPT TO:<c@d.example>", "DATA", "partial"),
+         session=True, v6=True)
+protocol("session-shutdown", lines("EHLO c.example", "MAIL FROM:<a@b.example>"), session=True)
+protocol("session-gone-mid-data", lines("EHLO c.example", "MAIL FROM:<a@b.example>",
+                                        "RCPT TO:<c@d.example>", "DATA", "partial"),
+         session=True, stream=True, n=2, v6=True, gone=True)
+protocol("session-gone-destroyed", lines("EHLO c.example", "MAIL FROM:<a@b.example>",
+                                         "RCPT TO:<c@d.example>", "DATA", "partial"),
+         session=True, stream=True, n=2, gone=True)
 
 # ---- parsers: 1 flag byte, then the rest of the MAIL or RCPT line -----------------------------
 STRICT, EHLO, RCPT, UTF8, KEYWORD = 1, 2, 4, 8, 16

@@ -111,6 +111,7 @@ else
       bash "$script" "$mailsink"
   done
 fi
+run_suite consumer 's/^consumer: *\([0-9][0-9]*\) passed, *\([0-9][0-9]*\) failed[[:space:]]*$/\1 \2/p' bash test/consumer.sh
 
 echo
 for p in "${problems[@]}"; do echo "run-all: $p"; done

@@ -478,6 +478,9 @@ TEST_SUITE("session") {
     smtpd::Options o;
     o.new_session = [](const smtpd::SessionInfo&) { return std::make_unique<smtpd::Session>(); };
     CHECK_NOTHROW(smtpd::Server{o});
+    o.stream_chunk_bytes = 0; // Session::data() may return a sink: pieces must have a size
+    CHECK_THROWS_AS(smtpd::Server{o}, std::invalid_argument);
+    o.stream_chunk_bytes = 4096;
     o.on_rcpt = [](const smtpd::SessionInfo&, const std::string&,
                    const smtpd::Params&) -> std::optional<smtpd::Reply> { return std::nullopt; };
     CHECK_THROWS_AS(smtpd::Server{o}, std::invalid_argument);
@@ -581,6 +584,95 @@ TEST_SUITE("session") {
     CHECK(attempt("192.0.2.1") == "450 4.2.0 Greylisted, please try again later\r\n");
     CHECK(attempt("192.0.2.1") == "250 2.1.5 Ok\r\n");
     CHECK(attempt("192.0.2.2") == "450 4.2.0 Greylisted, please try again later\r\n");
+  }
+
+} // TEST_SUITE("session")
+
+// ---- the tracer ------------------------------------------------------------------------------
+
+namespace {
+
+// Trace - what a RecordingTracer saw: "C[bytes]" read, "S[bytes]" written, "|" a flush, "#" the
+// close, in order.
+class RecordingTracer : public smtpd::Tracer {
+public:
+  explicit RecordingTracer(std::string& trace) : trace_(trace) {}
+
+  void client(std::string_view bytes) override { trace_ += "C[" + printable(bytes) + "]"; }
+
+  void server(std::string_view bytes) override { trace_ += "S[" + printable(bytes) + "]"; }
+
+  void flush() override { trace_ += "|"; }
+
+  void close() override { trace_ += "#"; }
+
+private:
+  std::string& trace_;
+};
+
+} // namespace
+
+TEST_SUITE("session") {
+
+  TEST_CASE("Tracer: the exact bytes each way, a mark per burst, the close; AUTH masked") {
+    std::string trace;
+    smtpd::Options o;
+    o.hostname = "mx.test";
+    o.auth_insecure = true;
+    o.on_auth = [](const smtpd::SessionInfo&, const std::string&, const std::string& user,
+                   const std::string& password,
+                   const std::string&) { return user == "alice" && password == "pw"; };
+    o.new_tracer = [&](const smtpd::SessionInfo&) {
+      return std::make_unique<RecordingTracer>(trace);
+    };
+    smtpd::Protocol p(o, test::client_info());
+    p.take_output();
+    p.feed("EHLO c.test\r\n");
+    p.take_output();
+    trace.clear(); // the greeting and EHLO: as the next steps show, bytes are passed as they are
+    p.feed("AUTH PLAIN AGFsaW"); // an AUTH line split between reads: both pieces masked
+    p.feed("NlAHB3\r\n");
+    p.take_output();
+    CHECK(trace == "C[AUTH PLAIN ****]C[****\\r\\n]S[235 2.7.0 Authentication successful\\r\\n]|");
+    trace.clear();
+    p.feed("MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n");
+    p.take_output();
+    p.feed("secret stays\r\n.\r\nQUIT\r\n");
+    std::string out = test::mask_ids(p.take_output());
+    CHECK(trace == "C[MAIL FROM:<a@b.test>\\r\\n]S[250 2.1.0 Ok\\r\\n]"
+                   "C[RCPT TO:<c@d.test>\\r\\n]S[250 2.1.5 Ok\\r\\n]C[DATA\\r\\n]"
+                   "S[354 End data with <CR><LF>.<CR><LF>\\r\\n]|"
+                   "C[secret stays\\r\\n.\\r\\n]S[250 2.0.0 Ok: queued as " +
+                       p.session().id + "01\\r\\n]C[QUIT\\r\\n]S[221 2.0.0 Bye\\r\\n]|#");
+  }
+
+  TEST_CASE("Tracer: AUTH LOGIN responses and input dropped after STARTTLS are masked") {
+    std::string trace;
+    smtpd::Options o;
+    o.hostname = "mx.test";
+    o.auth_insecure = true;
+    o.tls_cert_file = "unused.pem";
+    o.on_auth = [](const smtpd::SessionInfo&, const std::string&, const std::string&,
+                   const std::string&, const std::string&) { return false; };
+    o.auth_failure_delay = std::chrono::milliseconds(0);
+    o.new_tracer = [&](const smtpd::SessionInfo&) {
+      return std::make_unique<RecordingTracer>(trace);
+    };
+    smtpd::Protocol p(o, test::client_info());
+    p.feed("EHLO c.test\r\n");
+    p.take_output();
+    trace.clear();
+    p.feed("AUTH LOGIN\r\ndXNlcg==\r\ncGFzc3dvcmQ=\r\n");
+    CHECK(trace == "C[AUTH LOGIN\\r\\n]S[334 VXNlcm5hbWU6\\r\\n]C[****\\r\\n]"
+                   "S[334 UGFzc3dvcmQ6\\r\\n]C[****\\r\\n]"
+                   "S[535 5.7.8 Authentication credentials invalid\\r\\n]");
+    trace.clear();
+    p.feed("AUTH PLAIN abc\rAGFsaWNlAHB3\r\n"); // a bare CR does not end what is masked
+    CHECK(trace == "C[AUTH PLAIN ****\\r\\n]S[500 5.5.2 Bare <CR> received in command line\\r\\n]");
+    trace.clear();
+    p.feed("STARTTLS\r\nAUTH PLAIN AGFsaWNlAHB3\r\nNOOP\r\n"); // injected behind STARTTLS
+    CHECK(trace == "C[STARTTLS\\r\\n]S[220 2.0.0 Ready to start TLS\\r\\n]"
+                   "C[AUTH PLAIN ****\\r\\n]C[NOOP\\r\\n]");
   }
 
 } // TEST_SUITE("session")
