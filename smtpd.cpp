@@ -3919,6 +3919,79 @@ StreamHandler recording(StreamHandler user, std::shared_ptr<Inbox> inbox) {
   };
 }
 
+// RecordingSession - the user's Session, looked through: every call is passed on, and the
+// messages it accepts are kept, whole (message()) or streamed (a RecordingSink around the sink
+// its data() returns). A method added to Session must be passed on here too: the testserver
+// suite checks that each one arrives.
+class RecordingSession final : public Session {
+public:
+  RecordingSession(std::unique_ptr<Session> user, std::shared_ptr<Inbox> inbox)
+      : user_(std::move(user)), inbox_(std::move(inbox)) {}
+
+  std::optional<Reply> command(const SessionInfo& s, std::string_view line) override {
+    return user_->command(s, line);
+  }
+
+  std::optional<Reply> hello(const SessionInfo& s, const std::string& name) override {
+    return user_->hello(s, name);
+  }
+
+  std::optional<Reply> mail(const SessionInfo& s, const std::string& from,
+                            const MailOptions& m) override {
+    return user_->mail(s, from, m);
+  }
+
+  std::optional<Reply> rcpt(const SessionInfo& s, const Envelope& e, const std::string& to,
+                            const RcptOptions& r) override {
+    return user_->rcpt(s, e, to, r);
+  }
+
+  std::unique_ptr<MessageSink> data(const SessionInfo& s, const Envelope& e) override {
+    std::unique_ptr<MessageSink> sink = user_->data(s, e);
+    if (!sink) return nullptr; // buffered: message() keeps it
+    return std::make_unique<RecordingSink>(std::move(sink), inbox_, TestServer::Message{s, e, ""});
+  }
+
+  std::optional<Reply> message(const SessionInfo& s, const Envelope& e,
+                               const std::string& data) override {
+    std::optional<Reply> verdict = user_->message(s, e, data);
+    if (accepted(verdict)) inbox_->add(TestServer::Message{s, e, data});
+    return verdict;
+  }
+
+  void reset(const SessionInfo& s) override { user_->reset(s); }
+
+  void close(const SessionInfo& s, SessionEnd why) override { user_->close(s, why); }
+
+  std::vector<std::string> auth_mechanisms(const SessionInfo& s) override {
+    return user_->auth_mechanisms(s);
+  }
+
+  bool check_password(const SessionInfo& s, const std::string& mechanism,
+                      const std::string& username, const std::string& password,
+                      const std::string& authzid) override {
+    return user_->check_password(s, mechanism, username, password, authzid);
+  }
+
+  std::optional<std::string> secret(const SessionInfo& s, const std::string& username) override {
+    return user_->secret(s, username);
+  }
+
+private:
+  std::unique_ptr<Session> user_;
+  std::shared_ptr<Inbox> inbox_;
+};
+
+// recording - a SessionFactory whose objects are the user's, wrapped in a RecordingSession.
+SessionFactory recording(SessionFactory user, std::shared_ptr<Inbox> inbox) {
+  return [user = std::move(user),
+          inbox = std::move(inbox)](const SessionInfo& s) -> std::unique_ptr<Session> {
+    std::unique_ptr<Session> session = user(s);
+    if (!session) return nullptr; // the Protocol refuses it, and says why
+    return std::make_unique<RecordingSession>(std::move(session), inbox);
+  };
+}
+
 // as_message_handler - a Handler in MessageHandler's shape (a Handler refuses by throwing, and
 // that passes through), because keeping a message needs the session and envelope it cannot see.
 MessageHandler as_message_handler(Handler handler) {
@@ -3930,14 +4003,14 @@ MessageHandler as_message_handler(Handler handler) {
   };
 }
 
-// install_recording - put `inbox` behind whichever handler the user set, or behind none. Options
-// with two handlers are left as they are, so that the Server refuses them with its own message.
-// A Session (new_session) receives the messages itself, and the Server allows no handler beside
-// it: refused here, in words that do not blame a handler the user never set.
+// install_recording - put `inbox` behind the user's Session objects, or whichever handler the
+// user set, or behind none. Options with two kinds are left as they are, so that the Server
+// refuses them with its own message.
 void install_recording(Options& o, const std::shared_ptr<Inbox>& inbox) {
-  if (o.new_session)
-    throw std::invalid_argument("smtpd: TestServer keeps messages through a handler; "
-                                "new_session cannot be used with it");
+  if (o.new_session) {
+    o.new_session = recording(std::move(o.new_session), inbox);
+    return;
+  }
   if (int(bool(o.handler)) + int(bool(o.message_handler)) + int(bool(o.stream_handler)) > 1) return;
   if (o.stream_handler) {
     o.stream_handler = recording(std::move(o.stream_handler), inbox);

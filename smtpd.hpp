@@ -623,7 +623,8 @@ private:
 // it is called first, its verdict is what the client hears, and only a message it accepts is
 // kept. A MessageSink gets every piece as usual; its message is kept when finish() accepts,
 // not when the sink is abandoned. With no handler set, every message is accepted and kept.
-// Options::new_session cannot be used (the Session would take the messages): it throws.
+// With Options::new_session instead, the Session objects get every call as usual, and a message
+// is kept when their message() accepts it, or the finish() of the sink their data() returned.
 // ---------------------------------------------------------------------------------------------
 class TestServer {
 public:

@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -15,6 +16,7 @@
 #include <vector>
 
 using namespace std::chrono_literals;
+using namespace std::string_literals;
 using test::contains;
 using test::ends_with;
 using test::starts_with;
@@ -333,13 +335,127 @@ TEST_SUITE("testserver") {
     CHECK_THROWS_AS(smtpd::TestServer{options}, std::invalid_argument);
   }
 
-  TEST_CASE("TestServer: new_session is refused with std::invalid_argument that says why") {
-    smtpd::Options options;
-    options.new_session = [](const smtpd::SessionInfo&) {
-      return std::make_unique<smtpd::Session>();
+  TEST_CASE("TestServer: a Session object gets every call through it, and its messages are kept") {
+    // Calls - every Session method, counted; the object streams when `stream` is set.
+    struct Calls {
+      std::mutex mu;
+      std::set<std::string> seen;
+
+      void add(const std::string& name) {
+        std::lock_guard<std::mutex> lock(mu);
+        seen.insert(name);
+      }
     };
-    CHECK_THROWS_WITH_AS(smtpd::TestServer{options},
-                         doctest::Contains("new_session cannot be used"), std::invalid_argument);
+
+    class Sink : public smtpd::MessageSink {
+    public:
+      void write(std::string_view) override {}
+
+      std::optional<smtpd::Reply> finish() override { return std::nullopt; }
+    };
+
+    class Counting : public smtpd::Session {
+    public:
+      explicit Counting(Calls& c) : c_(c) {}
+
+      std::optional<smtpd::Reply> command(const smtpd::SessionInfo&, std::string_view) override {
+        return note("command");
+      }
+
+      std::optional<smtpd::Reply> hello(const smtpd::SessionInfo&, const std::string&) override {
+        return note("hello");
+      }
+
+      std::optional<smtpd::Reply> mail(const smtpd::SessionInfo&, const std::string& from,
+                                       const smtpd::MailOptions&) override {
+        stream_ = from == "stream@example.test";
+        return note("mail");
+      }
+
+      std::optional<smtpd::Reply> rcpt(const smtpd::SessionInfo&, const smtpd::Envelope&,
+                                       const std::string&, const smtpd::RcptOptions&) override {
+        return note("rcpt");
+      }
+
+      std::unique_ptr<smtpd::MessageSink> data(const smtpd::SessionInfo&,
+                                               const smtpd::Envelope&) override {
+        note("data");
+        if (stream_) return std::make_unique<Sink>();
+        return nullptr;
+      }
+
+      std::optional<smtpd::Reply> message(const smtpd::SessionInfo&, const smtpd::Envelope&,
+                                          const std::string&) override {
+        return note("message");
+      }
+
+      void reset(const smtpd::SessionInfo&) override { note("reset"); }
+
+      void close(const smtpd::SessionInfo&, smtpd::SessionEnd) override { note("close"); }
+
+      std::vector<std::string> auth_mechanisms(const smtpd::SessionInfo&) override {
+        note("auth_mechanisms");
+        return {"PLAIN", "CRAM-MD5"};
+      }
+
+      bool check_password(const smtpd::SessionInfo&, const std::string&, const std::string&,
+                          const std::string&, const std::string&) override {
+        note("check_password");
+        return true;
+      }
+
+      std::optional<std::string> secret(const smtpd::SessionInfo&, const std::string&) override {
+        note("secret");
+        return std::nullopt;
+      }
+
+    private:
+      std::optional<smtpd::Reply> note(const std::string& name) {
+        c_.add(name);
+        return std::nullopt;
+      }
+
+      Calls& c_;
+      bool stream_ = false;
+    };
+
+    Calls calls;
+    smtpd::Options options;
+    options.auth_insecure = true;
+    options.auth_failure_delay = 0ms;
+    options.new_session = [&](const smtpd::SessionInfo&) {
+      return std::make_unique<Counting>(calls);
+    };
+    smtpd::TestServer smtp(options);
+    {
+      test::Client c(smtp.port());
+      session(c);
+      CHECK(starts_with(c.command("AUTH CRAM-MD5"), "334 "));
+      CHECK(starts_with(c.command("YWxpY2UgMDA="), "535 ")); // "alice 00": secret() is asked
+      CHECK(starts_with(c.command("AUTH PLAIN AGFsaWNlAHB3"), "235 "));
+      for (const char* from : {"whole@example.test", "stream@example.test"}) {
+        CHECK(starts_with(c.command("MAIL FROM:<"s + from + ">"), "250 "));
+        CHECK(starts_with(c.command("RCPT TO:<b@example.test>"), "250 "));
+        CHECK(starts_with(c.command("DATA"), "354 "));
+        CHECK(starts_with(c.command("Subject: s\r\n\r\nhi\r\n."), "250 "));
+      }
+      CHECK(starts_with(c.command("QUIT"), "221 "));
+    }
+    REQUIRE(smtp.wait_for(2, 5s));
+    std::vector<smtpd::TestServer::Message> got = smtp.messages();
+    CHECK(got[0].envelope.from == "whole@example.test");
+    CHECK(got[1].envelope.from == "stream@example.test");
+    CHECK(ends_with(got[1].data, "\r\nSubject: s\r\n\r\nhi\r\n"));
+    CHECK(test::poll_until(
+        [&] {
+          std::lock_guard<std::mutex> lock(calls.mu);
+          return calls.seen.count("close") == 1;
+        },
+        5s));
+    std::lock_guard<std::mutex> lock(calls.mu);
+    CHECK(calls.seen == std::set<std::string>{"command", "hello", "mail", "rcpt", "data", "message",
+                                              "reset", "close", "auth_mechanisms", "check_password",
+                                              "secret"});
   }
 
   // --- stopping --------------------------------------------------------------------------------
