@@ -985,8 +985,9 @@ TEST_SUITE("auth") {
       CHECK(P(got) == P(ok_235));
     }
     // In three reads: the middle one has no line end, so the line so far is judged on its own.
-    for (auto [first, second] : std::vector<std::pair<std::size_t, std::size_t>>{
+    for (const auto& reads : std::vector<std::pair<std::size_t, std::size_t>>{
              {1, 700}, {3, 700}, {4, 600}, {5, 600}, {3, 12000}, {100, 12000}}) {
+      std::size_t first = reads.first, second = reads.second; // (clang 14: no bindings in CAPTURE)
       CAPTURE(first);
       CAPTURE(second);
       Session s(o);

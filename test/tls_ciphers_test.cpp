@@ -53,14 +53,8 @@ struct RsaCert {
   std::string dir, cert, key, error;
 
   RsaCert() {
-    std::string base = (std::filesystem::temp_directory_path() / "smtpd-rsa-XXXXXX").string();
-    std::vector<char> name(base.begin(), base.end());
-    name.push_back('\0');
-    if (::mkdtemp(name.data()) == nullptr) {
-      error = "mkdtemp failed";
-      return;
-    }
-    dir = name.data();
+    dir = test::make_temp_dir("smtpd-rsa", error);
+    if (dir.empty()) return;
     cert = dir + "/cert.pem";
     key = dir + "/key.pem";
     std::string command = "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost "

@@ -34,6 +34,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace test {
 
@@ -42,6 +43,19 @@ inline bool write_file(const std::string& path, const std::string& content) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << content;
   return bool(out);
+}
+
+// make_temp_dir - a new private directory under the system's temporary one, named from
+// `prefix`; "" (and `error` set) when it cannot be made.
+inline std::string make_temp_dir(const std::string& prefix, std::string& error) {
+  std::string base = (std::filesystem::temp_directory_path() / (prefix + "-XXXXXX")).string();
+  std::vector<char> name(base.begin(), base.end());
+  name.push_back('\0');
+  if (::mkdtemp(name.data()) == nullptr) {
+    error = "mkdtemp failed";
+    return "";
+  }
+  return name.data();
 }
 
 // Certs - paths of the throwaway certificates and keys; `error` says what failed, if anything.
@@ -104,14 +118,8 @@ private:
   }
 
   void make() {
-    std::string base = (std::filesystem::temp_directory_path() / "smtpd-tls-XXXXXX").string();
-    std::vector<char> name(base.begin(), base.end());
-    name.push_back('\0');
-    if (::mkdtemp(name.data()) == nullptr) {
-      error = "mkdtemp failed";
-      return;
-    }
-    dir = name.data();
+    dir = make_temp_dir("smtpd-tls", error);
+    if (dir.empty()) return;
     if (dir.find('\'') != std::string::npos) {
       error = "temporary directory name has a quote: " + dir;
       return;
