@@ -2241,9 +2241,11 @@ struct Protocol::State {
   // refused (and answered). Out of line, so its temporaries are off the stack by the time the
   // verb runs.
   [[gnu::noinline]] bool filtered_out(std::string_view line) {
-    std::string masked = Auth::mask(line);
-    if (options.log_read) options.log_read(session.peer, masked);
-    std::optional<Reply> refused = user.filter(masked);
+    std::string masked; // only an AUTH line is copied: no allocation per ordinary command
+    std::string_view shown = line;
+    if (istarts_with(line, "AUTH")) shown = masked = Auth::mask(line);
+    if (options.log_read) options.log_read(session.peer, shown);
+    std::optional<Reply> refused = user.filter(shown);
     if (refused) reply(*refused);
     return refused.has_value();
   }
