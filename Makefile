@@ -33,6 +33,9 @@ endif
 # Real clients for the interop tests: msmtp, Go, Postfix (SASL PLAIN needs libsasl2-modules).
 DEB_PACKAGES := g++ make libssl-dev openssl doctest-dev python3 swaks libnet-ssleay-perl curl \
   clang clang-format msmtp golang-go postfix libsasl2-modules
+# Real components in front of and beside the server: HAProxy (PROXY protocol), nginx's mail
+# proxy (XCLIENT), dnsmasq (the DNS checks).
+DEB_PACKAGES += haproxy nginx libnginx-mod-mail dnsmasq
 # test/consumer.sh builds a program against smtpd with CMake and with pkg-config.
 DEB_PACKAGES += cmake pkgconf
 

@@ -3,7 +3,9 @@
 # are (one dpkg-query each, no apt). As root the missing ones are installed with apt-get;
 # otherwise the command to do so is printed and the exit status is 1. WHO names the caller in
 # messages (deps, bench-deps, ...). Postfix is preseeded to "No configuration", so installing it
-# neither writes /etc/postfix/main.cf nor starts a daemon.
+# neither writes /etc/postfix/main.cf nor starts a daemon; and while apt-get runs, a
+# policy-rc.d (invoke-rc.d(8)) keeps every package's service from starting: the tests start
+# nginx, HAProxy and dnsmasq themselves, on loopback ports of their own.
 set -u
 who=$1
 shift
@@ -22,7 +24,15 @@ done
 if [ "$(id -u)" = 0 ]; then
   echo "$who: installing: ${missing[*]}"
   echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections
+  policy=/usr/sbin/policy-rc.d
+  made_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+  fi
   apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+  status=$?
+  [ "$made_policy" = 1 ] && rm -f "$policy"
+  exit "$status"
 else
   echo "$who: missing Debian packages: ${missing[*]}" >&2
   echo "$who: install them with:  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2

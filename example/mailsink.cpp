@@ -121,6 +121,8 @@ struct Config {
   std::optional<Stage> fail_stage;
   std::optional<unsigned long long> seed;
 
+  bool limit_exempt_given = false; // --limit-exempt seen: it replaces the default list
+
   bool help = false;
 
   Config() {
@@ -271,6 +273,15 @@ void add_account(Users& users, const std::string& text, const char* what) {
     throw UsageError("gives user '" + user + "' a second time");
 }
 
+// add_limit_exempt - --limit-exempt CIDR: the first one replaces the default list (loopback),
+// "none" leaves it empty, so the per-client limits and checks can be tried from loopback. The
+// Server checks each CIDR when it starts.
+void add_limit_exempt(Config& config, const std::string& cidr) {
+  if (!config.limit_exempt_given) config.options.limit_exempt_networks.clear();
+  config.limit_exempt_given = true;
+  if (cidr != "none") config.options.limit_exempt_networks.push_back(cidr);
+}
+
 // Flag - one command-line flag: its name, whether a value follows it, what it sets, and
 // whether every later argument belongs to it too (--exec PROGRAM ARG...).
 struct Flag {
@@ -320,6 +331,7 @@ const Flag flags[] = {
     {"--timeout", true, [](Config& c, const std::string& v) { set_timeout(c, v); }},
     {"--max-connections", true,
      [](Config& c, const std::string& v) { c.options.max_connections = parse_size(v); }},
+    {"--limit-exempt", true, [](Config& c, const std::string& v) { add_limit_exempt(c, v); }},
     {"--strict", false, [](Config& c, const std::string&) { c.options.strict = true; }},
     // TLS
     {"--tls-cert", true, [](Config& c, const std::string& v) { c.options.tls_cert_file = v; }},
@@ -563,6 +575,9 @@ void print_usage(std::ostream& out) {
       << timeout.count() << ")\n"
       << "  --max-connections N   clients served at once; more are refused with 421\n"
       << "                        (default " << defaults.max_connections << ")\n"
+      << "  --limit-exempt CIDR   clients the per-client limits do not apply to (repeatable;\n"
+      << "                        \"none\": every client is held to them); the first one\n"
+      << "                        replaces the default, 127.0.0.0/8 and ::1/128\n"
       << "  --strict              refuse bare CR or LF in messages, over-long lines, and\n"
       << "                        MAIL/RCPT syntax RFC 5321 does not allow (default: lenient)\n"
       << "\n"
