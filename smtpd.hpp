@@ -113,28 +113,47 @@ struct Peer {
 // Keywords are upper-cased; a parameter without "=value" has an empty value.
 using Params = std::vector<std::pair<std::string, std::string>>;
 
-// Envelope - one mail transaction (RFC 5321 §3.3): reset by MAIL, RSET, HELO/EHLO and after DATA.
+// MailOptions - the parameters of MAIL FROM, parsed: RFC 1870 SIZE, RFC 6152 and RFC 3030
+// BODY, RFC 6531 SMTPUTF8, RFC 3461 RET and ENVID (DSN), RFC 8689 REQUIRETLS, RFC 4954 AUTH.
+// `params` keeps every parameter as given, those of Options::mail_parameters included.
+struct MailOptions {
+  uint64_t size = 0;       // SIZE=; 0 when not given
+  bool body_8bit = false;  // BODY=8BITMIME
+  bool binarymime = false; // BODY=BINARYMIME (RFC 3030 §3): the content may be any octets,
+                           // and it comes only with BDAT
+  bool smtputf8 = false;   // SMTPUTF8
+  bool requiretls = false; // REQUIRETLS (RFC 8689): pass the message on only over verified TLS
+  std::string ret;         // RET= (DSN): "FULL" or "HDRS" (upper case); "" when not given
+  std::string envid;       // ENVID= (DSN), xtext-decoded; "" when not given
+  // AUTH= (RFC 4954 §5), xtext-decoded: "<>" or a mailbox. Trusted only in an authenticated
+  // session; otherwise "<>" whatever the client said (§5: an untrusted value is not passed on).
+  // "" when not given.
+  std::string auth;
+  Params params;
+};
+
+// RcptOptions - the parameters of RCPT TO, parsed: RFC 3461 NOTIFY and ORCPT (DSN). `params`
+// keeps every parameter as given, those of Options::rcpt_parameters included.
+struct RcptOptions {
+  // NOTIFY= (DSN): {"NEVER"}, or some of "SUCCESS", "FAILURE", "DELAY" in the order given
+  // (upper case); empty when not given.
+  std::vector<std::string> notify;
+  std::string orcpt_type; // ORCPT= address type, e.g. "rfc822" (as given); "" when not given
+  std::string orcpt;      // ORCPT= original recipient, xtext-decoded
+  Params params;
+};
+
+// Envelope - one mail transaction (RFC 5321 §3.3): reset by MAIL, RSET, HELO/EHLO and after the
+// message.
 struct Envelope {
   std::string from;            // reverse-path without brackets; "" for the null path <>
   std::vector<std::string> to; // accepted forward-paths, without brackets, in order
   Params mail_params;          // parameters of the MAIL command (SIZE, BODY, SMTPUTF8...)
   bool smtputf8 = false;       // MAIL carried SMTPUTF8 (RFC 6531): addresses may be UTF-8
   bool body_8bit = false;      // MAIL carried BODY=8BITMIME (RFC 6152)
-};
-
-// MailOptions - the parameters of MAIL FROM, parsed (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531
-// SMTPUTF8, RFC 4954 AUTH); `params` keeps every one as given.
-struct MailOptions {
-  uint64_t size = 0;      // SIZE=; 0 when not given
-  bool body_8bit = false; // BODY=8BITMIME
-  bool smtputf8 = false;  // SMTPUTF8
-  std::string auth;       // AUTH= as given (xtext, RFC 4954 §5), "" when absent; not trusted
-  Params params;
-};
-
-// RcptOptions - the parameters of RCPT TO, as given.
-struct RcptOptions {
-  Params params;
+  MailOptions mail;            // the MAIL parameters, parsed (DSN, REQUIRETLS, AUTH=, BODY...)
+  std::vector<RcptOptions> rcpt; // the parameters of each accepted recipient: rcpt[i] is to[i]'s
+  bool chunked = false;          // the content came with BDAT (RFC 3030), not DATA
 };
 
 // SessionInfo - the connection, as far as the client has told us (RFC 5321 §3: a session).
@@ -351,6 +370,10 @@ public:
   virtual void client(std::string_view bytes) = 0; // bytes read, in order
   virtual void server(std::string_view bytes) = 0; // bytes queued to write, in order
 
+  // chunk - the octets of a BDAT chunk (RFC 3030), in order with the rest; by default they go
+  // to client() as well. Override it to show a size instead: they may be binary.
+  virtual void chunk(std::string_view bytes) { client(bytes); }
+
   virtual void flush() {} // the bytes since the last flush went out
 
   virtual void close() {} // the session ended
@@ -391,6 +414,21 @@ struct Options {
   std::size_t max_recipients = 100;                 // RFC 5321 §4.5.3.1.8: at least 100
   std::size_t max_command_line_bytes = 512;         // with CRLF; RFC 5321 §4.5.3.1.4: at least 512
   bool smtputf8 = true; // advertise and accept SMTPUTF8 (RFC 6531); false: 555 for it
+
+  // The ESMTP extensions that can be turned on or off; SIZE, 8BITMIME, PIPELINING and
+  // ENHANCEDSTATUSCODES are always on, and LIMITS (RFC 9422) always tells RCPTMAX.
+  bool chunking = true;    // CHUNKING (RFC 3030): the BDAT command
+  bool binarymime = false; // BINARYMIME (RFC 3030 §3), needs chunking. Off by default: the
+                           // handler then gets any octets (NUL, bare CR, bare LF) as content
+  bool dsn = false; // DSN (RFC 3461): RET, ENVID, NOTIFY and ORCPT. Off by default: a receiver
+                    // that advertises DSN owes the sender delivery notices (RFC 3461 §5.2)
+  bool requiretls = false; // REQUIRETLS (RFC 8689), offered inside TLS only
+  // Keywords of your own: MAIL and RCPT parameters to accept and pass on to the hooks and the
+  // session in `params` instead of answering 555 (e.g. "XOORG"), and lines to add to the EHLO
+  // reply (e.g. "XOORG" or "XFOO bar"). Unknown parameters still get 555.
+  std::vector<std::string> mail_parameters;
+  std::vector<std::string> rcpt_parameters;
+  std::vector<std::string> ehlo_keywords;
   std::chrono::milliseconds command_timeout = std::chrono::minutes(5); // RFC 5321 §4.5.3.2.7
   std::chrono::milliseconds data_timeout = std::chrono::minutes(5);    // between data reads
   std::size_t max_connections = 1000; // concurrent; beyond it: 421 and close
