@@ -69,6 +69,8 @@ namespace {
 constexpr std::size_t max_command_line = 512;
 // RFC 4954 §4: AUTH command and response lines may be up to 12288 octets, CRLF included.
 constexpr std::size_t max_auth_line = 12288;
+// RFC 3461 §4: with DSN, NOTIFY and ORCPT may lengthen a RCPT line by 500 characters.
+constexpr std::size_t dsn_line_allowance = 500;
 // RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets, CRLF included (enforced in strict
 // mode only: the message buffer is bounded by max_message_bytes whatever the line length).
 constexpr std::size_t max_text_line = 1000;
@@ -1423,6 +1425,32 @@ private:
   bool last_ = false;
 };
 
+// TextCheck - what strict mode refuses in message text that comes without dot-stuffing (BDAT
+// chunks without BODY=BINARYMIME, which RFC 3030 §3 says are still lines of text): a CR or LF
+// not part of CRLF (RFC 5321 §2.3.8), a line over 1000 octets. Resumes across chunks.
+class TextCheck {
+public:
+  void scan(const char* p, std::size_t n) {
+    for (const char* end = p + n; p < end; ++p) {
+      if (last_was_cr_ != (*p == '\n')) bare_cr_or_lf_ = true; // CR then not LF, or LF alone
+      last_was_cr_ = *p == '\r';
+      if (*p != '\n' && ++line_bytes_ + 1 > max_text_line) long_line_ = true;
+      if (*p == '\n') line_bytes_ = 0;
+    }
+  }
+
+  // bare_cr_or_lf - found one, or the text ends with a CR.
+  bool bare_cr_or_lf() const { return bare_cr_or_lf_ || last_was_cr_; }
+
+  bool long_line() const { return long_line_; }
+
+  void reset() { *this = TextCheck(); }
+
+private:
+  std::size_t line_bytes_ = 0; // octets of the current line so far, its CR included
+  bool last_was_cr_ = false, bare_cr_or_lf_ = false, long_line_ = false;
+};
+
 } // namespace
 
 // ---- 5.3 Calls into user code -----------------------------------------------------------------
@@ -2323,6 +2351,7 @@ struct Protocol::State {
   LineReader lines;
   DotReader dots;
   ChunkReader chunk;
+  TextCheck text; // strict mode's checks on BDAT text (DotReader makes them for DATA)
   std::optional<Reply> chunk_refusal; // a refused BDAT: its reply, owed once the chunk is read
   Stage after_chunk = Stage::ready;   // where the session goes on after a refused chunk
   MessageBuilder message;
@@ -2433,12 +2462,19 @@ struct Protocol::State {
 
   // read_command - consume `in` up to and including the first LF; returns the bytes consumed.
   std::size_t read_command(std::string_view in) {
-    LineLimit limit{options.max_command_line_bytes, auth.in_progress()};
+    LineLimit limit{command_line_limit(), auth.in_progress()};
     if (trace) trace.command(in, limit.auth_exchange, lines);
     return lines.read(in, limit, [this](LineReader::Got got, std::string_view line) {
       on_line(got, line);
       after_command();
     });
+  }
+
+  // command_line_limit - max_command_line_bytes, plus 500 when DSN is offered: RFC 3461 §4 lets
+  // NOTIFY and ORCPT lengthen RCPT by 500 characters (and RET and ENVID MAIL by 100), as RFC
+  // 5321 §4.5.3.1.4 allows extensions to.
+  std::size_t command_line_limit() const {
+    return options.max_command_line_bytes + (options.dsn ? dsn_line_allowance : 0);
   }
 
   // on_line - a line ended: refuse it, pass it to the AUTH exchange in progress, or execute it.
@@ -2678,12 +2714,14 @@ struct Protocol::State {
       options.log_read(session.peer,
                        "<" + std::to_string(message.content_bytes()) + " octets of message data>");
     stage = Stage::ready;
-    bool dotted = !envelope.chunked; // BDAT content has no lines to check (RFC 3030 §2)
+    bool text_checked = options.strict && !mail.binarymime; // BINARYMIME is any octets
+    bool bare = envelope.chunked ? text.bare_cr_or_lf() : dots.bare_cr_or_lf();
+    bool long_line = envelope.chunked ? text.long_line() : dots.long_line();
     if (message.too_big())
       reply(replies::message_too_big());
-    else if (options.strict && dotted && dots.bare_cr_or_lf())
+    else if (text_checked && bare)
       reply(replies::bare_cr_lf_in_data());
-    else if (options.strict && dotted && dots.long_line())
+    else if (text_checked && long_line)
       reply(replies::data_line_too_long());
     else
       deliver();
@@ -2723,6 +2761,7 @@ struct Protocol::State {
       Reply r = user.data(envelope, sink);
       if (r.code != 354) return skip_chunk(*bdat, r);
       begin_message(std::move(sink));
+      text.reset();
     }
     chunk.begin(bdat->size, bdat->last);
     stage = Stage::chunk;
@@ -2751,8 +2790,11 @@ struct Protocol::State {
 
   // read_chunk - consume chunk octets from `in`; returns the octets consumed.
   std::size_t read_chunk(std::string_view in) {
-    std::size_t used = chunk.read(in, [this](const char* p, std::size_t n) {
-      if (!chunk_refusal) message.append(p, n);
+    bool check_text = options.strict && !mail.binarymime;
+    std::size_t used = chunk.read(in, [&](const char* p, std::size_t n) {
+      if (chunk_refusal) return;
+      message.append(p, n);
+      if (check_text) text.scan(p, n);
     });
     if (trace) trace.chunk(in.substr(0, used));
     if (chunk.done()) end_chunk();
@@ -3761,6 +3803,20 @@ bool is_esmtp_keyword(std::string_view k) {
          std::all_of(k.begin(), k.end(), let_dig_hyphen);
 }
 
+// The parameters the library parses and the extensions it advertises: a user's keyword may not
+// shadow one of them (it would pass unparsed, or show twice in EHLO).
+const char* const parsed_parameters[] = {"SIZE",  "BODY",       "SMTPUTF8", "AUTH", "RET",
+                                         "ENVID", "REQUIRETLS", "NOTIFY",   "ORCPT"};
+const char* const advertised_extensions[] = {
+    "SIZE",       "8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES",
+    "SMTPUTF8",   "CHUNKING", "BINARYMIME", "DSN",
+    "REQUIRETLS", "LIMITS",   "STARTTLS",   "AUTH"};
+
+// is_ours - whether `keyword` (any case) is in `list`.
+template <std::size_t N> bool is_ours(const char* const (&list)[N], std::string_view keyword) {
+  return std::any_of(list, list + N, [&](const char* k) { return iequals(k, keyword); });
+}
+
 // validate_extensions - BINARYMIME travels only in BDAT (RFC 3030 §3); the user's parameter
 // keywords must be keywords, and their EHLO lines ehlo-lines (RFC 5321 §4.1.1.1): a keyword,
 // then printable parameters, so none can end the reply or add a line to it.
@@ -3769,14 +3825,14 @@ void validate_extensions(const Options& o) {
     throw std::invalid_argument("smtpd: binarymime needs chunking (RFC 3030 §3)");
   for (const auto* list : {&o.mail_parameters, &o.rcpt_parameters})
     for (const std::string& k : *list)
-      if (!is_esmtp_keyword(k))
-        throw std::invalid_argument("smtpd: not an ESMTP parameter keyword: " + k);
+      if (!is_esmtp_keyword(k) || is_ours(parsed_parameters, k))
+        throw std::invalid_argument("smtpd: not an ESMTP parameter keyword of your own: " + k);
   for (const std::string& line : o.ehlo_keywords) {
-    std::size_t space = line.find(' ');
+    std::string_view keyword = std::string_view(line).substr(0, line.find(' '));
     bool printable =
         std::all_of(line.begin(), line.end(), [](char c) { return c >= ' ' && c <= '~'; });
-    if (!is_esmtp_keyword(std::string_view(line).substr(0, space)) || !printable)
-      throw std::invalid_argument("smtpd: not an EHLO keyword line: " + line);
+    if (!is_esmtp_keyword(keyword) || !printable || is_ours(advertised_extensions, keyword))
+      throw std::invalid_argument("smtpd: not an EHLO keyword line of your own: " + line);
   }
 }
 

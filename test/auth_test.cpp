@@ -38,6 +38,7 @@ namespace {
 using test::client_info;
 using test::mask_ids;
 using test::printable;
+using test::tls_info;
 
 // ---- base64 (RFC 4648 §4), written out so the tests do not trust the library's own ------------
 
@@ -162,14 +163,6 @@ smtpd::Options auth_options(bool insecure = true, std::vector<AuthCall>* calls =
   o.auth_secret = alice_secret;
   o.auth_insecure = insecure;
   return o;
-}
-
-smtpd::SessionInfo tls_info() {
-  smtpd::SessionInfo info = client_info();
-  info.tls = true;
-  info.tls_version = "TLSv1.3";
-  info.tls_cipher = "TLS_AES_256_GCM_SHA384";
-  return info;
 }
 
 // Session - Options (hostname "mx.test") and the Protocol that uses them; the greeting is kept

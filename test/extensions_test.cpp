@@ -23,6 +23,7 @@ namespace {
 using test::client_info;
 using test::mask_ids;
 using test::printable;
+using test::tls_info;
 
 // Delivered - one message a handler accepted: its envelope and its content without our
 // Received header.
@@ -111,14 +112,6 @@ bool has(const std::vector<std::string>& lines, const std::string& line) {
   return false;
 }
 
-smtpd::SessionInfo tls_info() {
-  smtpd::SessionInfo info = client_info();
-  info.tls = true;
-  info.tls_version = "TLSv1.3";
-  info.tls_cipher = "TLS_AES_256_GCM_SHA384";
-  return info;
-}
-
 smtpd::Options with_dsn() {
   smtpd::Options o;
   o.dsn = true;
@@ -196,7 +189,13 @@ TEST_SUITE("extensions") {
       r.rcpt_parameters = {bad};
       throws(r);
     }
-    for (const char* bad : {"", " X", "X\r\n250 FAKE", "X\tY", "-X"}) {
+    for (const char* ours : {"RET", "notify", "SIZE", "AUTH"}) { // would pass unparsed
+      CAPTURE(ours);
+      smtpd::Options m;
+      m.mail_parameters = {ours};
+      throws(m);
+    }
+    for (const char* bad : {"", " X", "X\r\n250 FAKE", "X\tY", "-X", "CHUNKING", "dsn x"}) {
       CAPTURE(printable(bad));
       smtpd::Options e;
       e.ehlo_keywords = {bad};
@@ -354,6 +353,32 @@ TEST_SUITE("extensions") {
     CHECK(s.send("BDAT 4 LAST NOW\r\nRSET") == "501 5.5.4 Syntax: BDAT chunk-size [LAST]\r\n");
     CHECK(s.line("RCPT TO:<e@f.test>") == need_mail); // the refused chunk failed the transaction
     CHECK(s.delivered.empty());
+  }
+
+  TEST_CASE("RFC 3030 §3, RFC 5321 §2.3.8: strict mode checks BDAT text, not BINARYMIME") {
+    smtpd::Options o;
+    o.strict = true;
+    o.binarymime = true;
+    const std::string bare = "554 5.6.0 Message contains bare <CR> or <LF> (RFC 5321 §2.3.8)\r\n";
+    for (const char* text : {"a\nb\r\n", "a\rb\r\n", "ends with CR\r"}) {
+      CAPTURE(printable(text));
+      Session s(o);
+      s.transaction();
+      CHECK(s.send(bdat(text, true)) == bare);
+      Session binary(o);
+      binary.transaction(" BODY=BINARYMIME");
+      CHECK(binary.send(bdat(text, true)) == queued);
+    }
+    Session s(o); // a CRLF split between two chunks is a CRLF
+    s.transaction();
+    CHECK(s.send(bdat("line\r")) == "250 2.0.0 5 octets received\r\n");
+    CHECK(s.send(bdat("\nnext\r\n", true)) == queued);
+    REQUIRE(s.delivered.size() == 1);
+    s.transaction();
+    CHECK(s.send(bdat(std::string(999, 'x') + "\r\n", true)) ==
+          "554 5.6.0 Message line longer than 1000 octets\r\n");
+    s.transaction();
+    CHECK(s.send(bdat(std::string(998, 'x') + "\r\n", true)) == queued);
   }
 
   TEST_CASE("RFC 3030 §2, RFC 1870: the size limit counts across chunks; past it 552, then over") {
@@ -588,6 +613,25 @@ TEST_SUITE("extensions") {
       if (row.command.rfind("RCPT", 0) == 0) CHECK(s.line("MAIL FROM:<a@b.test>") == ok_mail);
       CHECK(s.line(row.command) == row.reply + "\r\n");
     }
+  }
+
+  TEST_CASE("RFC 3461 §4: with DSN a RCPT line may be 500 characters longer") {
+    const std::string box = std::string(64, 'l') + "@" + std::string(59, 'd') + "." +
+                            std::string(59, 'd') + "." + std::string(59, 'd') + ".test";
+    const std::string rcpt =
+        "RCPT TO:<" + box + "> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=rfc822;" + box;
+    REQUIRE(rcpt.size() + 2 > 512);
+    Session dsn(with_dsn());
+    dsn.line("EHLO client.test");
+    CHECK(dsn.line("MAIL FROM:<a@b.test>") == ok_mail);
+    CHECK(dsn.line(rcpt) == ok_rcpt);
+    CHECK(dsn.line("NOOP " + std::string(1012 - 6, 'x')) ==
+          "500 5.5.2 Line too long\r\n"); // 1013 octets: 512 + 500, no more
+    Session plain;
+    plain.line("EHLO client.test");
+    CHECK(plain.line("MAIL FROM:<a@b.test>") == ok_mail);
+    CHECK(plain.line("RCPT TO:<" + box + "> X=" + std::string(300, 'x')) ==
+          "500 5.5.2 Line too long\r\n");
   }
 
   TEST_CASE("RFC 1869 §4.2: with DSN off its parameters are unknown: 555") {

@@ -46,6 +46,16 @@ inline smtpd::SessionInfo client_info(std::string ip = "192.0.2.1", std::string 
   return info;
 }
 
+// tls_info - the SessionInfo of a test client whose session already runs over TLS 1.3 (as after
+// implicit TLS), for Protocol tests of what TLS changes.
+inline smtpd::SessionInfo tls_info() {
+  smtpd::SessionInfo info = client_info();
+  info.tls = true;
+  info.tls_version = "TLSv1.3";
+  info.tls_cipher = "TLS_AES_256_GCM_SHA384";
+  return info;
+}
+
 // mask_ids - "queued as 65A1B2C3D4E5F6" becomes "queued as " + `mask`: ids change per message.
 // Only a run of hex digits is replaced, so an id masked already is left as it is.
 inline std::string mask_ids(std::string replies, std::string_view mask = "XXXX") {
