@@ -88,7 +88,7 @@ cd "$WORK" || exit 1
 make_certificate "the tls server needs a certificate"
 write_probe_message
 
-# py NAME ARG...: the helper under $LIMIT (run_client wants the command).
+# The helper under $LIMIT, as a command for run_client.
 PYC=("${LIMIT[@]}" "$PY" "$HELPER")
 
 # --- starting the servers --------------------------------------------------------------------
@@ -185,14 +185,14 @@ elif [ ! -s "$name.log" ]; then fail "$name" "mailsink --help failed"; fi
 # --- EHLO: what each server offers -----------------------------------------------------------
 # RFC 3030 §2 (CHUNKING, on by default), §3 (BINARYMIME, opt-in); RFC 3461 §4 (DSN, opt-in);
 # --ehlo-keyword lines as given; RFC 8689 §2 (REQUIRETLS only inside TLS).
-name=ehlo-ext-rfc3030-rfc3461
+name=ehlo-ext-rfc3030-rfc3461-s4
 if need "$name" "$PY" "$NO_PY" && run_client "$name" ext "${PYC[@]}" ehlo "${PORT[ext]}" &&
    verify "$name" ehlo_has "$name.log" CHUNKING BINARYMIME DSN "XFOO bar baz"; then ok "$name"; fi
-name=ehlo-defaults-rfc3030
+name=ehlo-defaults-rfc3030-s2
 if need "$name" "$PY" "$NO_PY" && run_client "$name" plain "${PYC[@]}" ehlo "${PORT[plain]}" &&
    verify "$name" ehlo_has "$name.log" CHUNKING &&
    verify "$name" ehlo_lacks "$name.log" BINARYMIME DSN REQUIRETLS XFOO; then ok "$name"; fi
-name=ehlo-requiretls-rfc8689
+name=ehlo-requiretls-rfc8689-s2
 if need "$name" "$PY" "$NO_PY" &&
    run_client "$name" tls "${PYC[@]}" ehlo-starttls "${PORT[tls]}" "$CERT" &&
    verify "$name" ehlo_has "$name.log" "tls REQUIRETLS" "clear STARTTLS" &&
@@ -201,7 +201,7 @@ if need "$name" "$PY" "$NO_PY" &&
 # --- DSN with smtplib (RFC 3461) -------------------------------------------------------------
 # §4.3 RET and §4.4 ENVID on MAIL, §4.1 NOTIFY and §4.2 ORCPT on RCPT; ENVID and ORCPT's address
 # are xtext (§4): "+2B" is '+', "+3D" is '='.
-deliver_py dsn-smtplib-rfc3461 ext 1 msg.eml smtplib "${PORT[ext]}" msg.eml \
+deliver_py dsn-smtplib-rfc3461-s4 ext 1 msg.eml smtplib "${PORT[ext]}" msg.eml \
   --mail-option RET=HDRS --mail-option ENVID=env+2Bid+3D1 \
   --rcpt bob@example.test --rcpt-option NOTIFY=SUCCESS,FAILURE \
   --rcpt-option "ORCPT=rfc822;bob+2Bdsn@example.test" \
@@ -217,12 +217,12 @@ deliver_py dsn-absent-json-null ext 1 msg.eml smtplib "${PORT[ext]}" msg.eml \
   'rcpt_options.0.orcpt=null' 'requiretls=false' 'auth=null'
 # §4.1: NEVER with anything else, an unknown NOTIFY word; §4.3: RET neither FULL nor HDRS; §4.2:
 # ORCPT without ';'; §4.4: an ENVID with a bad xtext escape: 501 each.
-refused_py dsn-syntax-501-rfc3461 ext commands "${PORT[ext]}" \
+refused_py dsn-syntax-501-rcpt-rfc3461-s4.1-s4.2 ext commands "${PORT[ext]}" \
   "250:MAIL FROM:<alice@example.test>" \
   "501:RCPT TO:<bob@example.test> NOTIFY=NEVER,SUCCESS" \
   "501:RCPT TO:<bob@example.test> NOTIFY=SOMETIMES" \
   "501:RCPT TO:<bob@example.test> ORCPT=rfc822"
-refused_py dsn-syntax-501-mail-rfc3461 ext commands "${PORT[ext]}" \
+refused_py dsn-syntax-501-mail-rfc3461-s4.3-s4.4 ext commands "${PORT[ext]}" \
   "501:MAIL FROM:<alice@example.test> RET=SOME" \
   "501:MAIL FROM:<alice@example.test> ENVID=a+ZZb"
 # DSN off (the default): the parameters are refused as unknown, 555 (RFC 5321 §4.1.1.11).
@@ -251,9 +251,9 @@ deliver_py auth-param-trusted-rfc4954-s5 ext 1 msg.eml smtplib "${PORT[ext]}" ms
 
 # --- REQUIRETLS (RFC 8689) ------------------------------------------------------------------
 # §2: the MAIL parameter over TLS is recorded; in clear it is refused (5xx), nothing stored.
-deliver_py requiretls-starttls-rfc8689 tls 1 msg.eml smtplib "${PORT[tls]}" msg.eml \
+deliver_py requiretls-starttls-rfc8689-s2 tls 1 msg.eml smtplib "${PORT[tls]}" msg.eml \
   --starttls "$CERT" --mail-option REQUIRETLS --rcpt bob@example.test -- 'requiretls=true'
-refused_py requiretls-clear-refused-rfc8689 tls smtplib "${PORT[tls]}" msg.eml \
+refused_py requiretls-clear-refused-rfc8689-s2 tls smtplib "${PORT[tls]}" msg.eml \
   --mail-option REQUIRETLS --rcpt bob@example.test --mail-refused
 
 # --- BDAT over a raw socket (RFC 3030) ------------------------------------------------------
@@ -271,7 +271,7 @@ deliver_py bdat-zero-last-rfc3030-s2 ext 1 zero.eml bdat-zero "${PORT[ext]}" zer
 deliver_py bdat-no-smuggling-rfc3030-s2 ext 1 smuggle.eml smuggle "${PORT[ext]}" smuggle.eml \
   -- 'to=["bob@example.test"]' 'from="alice@example.test"'
 # The default server (CHUNKING, no BINARYMIME) takes BDAT too.
-deliver_py bdat-default-server-rfc3030 plain 1 zero.eml bdat-zero "${PORT[plain]}" zero.eml \
+deliver_py bdat-default-server-rfc3030-s2 plain 1 zero.eml bdat-zero "${PORT[plain]}" zero.eml \
   -- 'chunked=true'
 # §2: DATA and BDAT may not be mixed in one transaction; §3: BINARYMIME needs BDAT.
 refused_py bdat-then-data-503-rfc3030-s2 ext mix "${PORT[ext]}"
@@ -344,7 +344,7 @@ wait_new() {
   done
 }
 ENVID='interop-ext+env=1'
-name=postfix-dsn-rfc3461
+name=postfix-dsn-rfc3461-s4
 if [ -n "$PFX_MISSING" ]; then
   fail "$name" "$PFX_MISSING"
 elif ! pfx_setup > postfix-setup.log 2>&1; then
@@ -402,7 +402,7 @@ begin retry
 * * F,1m,10s
 CONF
 }
-EXIM_CHECKS=(exim-bdat-byte-exact-rfc3030 exim-bdat-transcript)
+EXIM_CHECKS=(exim-bdat-byte-exact-rfc3030-s2 exim-bdat-transcript)
 EXIM_MISSING=
 if [ ! -x "$EXIM" ]; then
   EXIM_MISSING="no Exim binary at $EXIM: run 'make deps' as root (.ci/exim.sh unpacks Debian's"
