@@ -15,8 +15,9 @@ it exits 0 when all were as expected, else prints the first mismatch and exits 1
                                   --mail-refused MAIL must get a 5xx and nothing is sent
   binary PORT OUT                 BODY=BINARYMIME, three BDAT chunks with every octet value
   pipelined PORT OUT              MAIL, RCPT and two BDAT chunks in one write (RFC 3030 §4.2)
-  bdat-zero PORT OUT              BDAT 20, then BDAT 0 LAST (RFC 3030 §2)
+  bdat-zero PORT OUT              BODY=8BITMIME, BDAT N, then BDAT 0 LAST (RFC 3030 §2)
   smuggle PORT OUT                one BDAT LAST chunk holding CRLF.CRLF and MAIL/RCPT/DATA
+  vanish PORT                     BDAT 1000 with 10 octets of it, then the connection closed
   mix PORT                        BDAT, then DATA in the same transaction: 503 (RFC 3030 §2)
   binarymime-data PORT            BODY=BINARYMIME, then DATA: 503 (RFC 3030 §3)
   json FILE PATH KEY=JSON...      the --json line in FILE whose "path" is PATH must have each
@@ -215,11 +216,11 @@ def mode_pipelined(port, out):
 
 
 def mode_bdat_zero(port, out):
-    body = header('zero') + b'Ends with BDAT 0 LAST.\r\n'
+    body = header('zero') + b'Ends with BDAT 0 LAST. 8 bits: \xc3\xa9t\xc3\xa9\r\n'
     write(out, body)
     raw = Raw(port)
     raw.ehlo()
-    envelope(raw)
+    envelope(raw, ' BODY=8BITMIME')
     raw.send(b'BDAT %d\r\n' % len(body) + body)
     raw.expect(250, 'BDAT %d' % len(body))
     raw.command('BDAT 0 LAST', 250)
@@ -237,6 +238,15 @@ def mode_smuggle(port, out):
     raw.expect(250, 'BDAT LAST')
     # The very next reply must be QUIT's: a command hidden in the chunk would answer first.
     raw.quit()
+
+
+def mode_vanish(port):
+    raw = Raw(port)
+    raw.ehlo()
+    envelope(raw)
+    raw.send(b'BDAT 1000\r\nvanishing!')
+    time.sleep(0.5)  # the server reads the 10 octets, then the end of the connection
+    raw.sock.close()
 
 
 def mode_mix(port):
@@ -297,7 +307,8 @@ def mode_json(path, stored, *checks):
 
 MODES = {'ehlo': mode_ehlo, 'ehlo-starttls': mode_ehlo_starttls, 'commands': mode_commands,
          'smtplib': mode_smtplib, 'binary': mode_binary, 'pipelined': mode_pipelined,
-         'bdat-zero': mode_bdat_zero, 'smuggle': mode_smuggle, 'mix': mode_mix,
+         'bdat-zero': mode_bdat_zero, 'smuggle': mode_smuggle, 'vanish': mode_vanish,
+         'mix': mode_mix,
          'binarymime-data': mode_binarymime_data, 'json': mode_json}
 
 if __name__ == '__main__':

@@ -265,7 +265,7 @@ deliver_py bdat-pipelined-rfc3030-s4.2 ext 1 pipelined.eml pipelined "${PORT[ext
   pipelined.eml -- 'chunked=true' 'body="7BIT"'
 # §2: a last chunk of size 0.
 deliver_py bdat-zero-last-rfc3030-s2 ext 1 zero.eml bdat-zero "${PORT[ext]}" zero.eml -- \
-  'chunked=true'
+  'chunked=true' 'body="8BITMIME"'
 # §2: a chunk is counted octets, never searched for the end of data: the commands in it stay
 # content, and only one message is stored (the helper checks QUIT's 221 comes next).
 deliver_py bdat-no-smuggling-rfc3030-s2 ext 1 smuggle.eml smuggle "${PORT[ext]}" smuggle.eml \
@@ -273,6 +273,11 @@ deliver_py bdat-no-smuggling-rfc3030-s2 ext 1 smuggle.eml smuggle "${PORT[ext]}"
 # The default server (CHUNKING, no BINARYMIME) takes BDAT too.
 deliver_py bdat-default-server-rfc3030-s2 plain 1 zero.eml bdat-zero "${PORT[plain]}" zero.eml \
   -- 'chunked=true'
+# A client gone in the middle of a chunk loses its partial message and nothing else: nothing is
+# stored, and the next session delivers (the partial octets are never shown, at most counted).
+refused_py bdat-vanish-mid-chunk-rfc3030-s2 ext vanish "${PORT[ext]}"
+deliver_py bdat-after-vanish-rfc3030-s2 ext 1 pipelined.eml pipelined "${PORT[ext]}" \
+  pipelined.eml -- 'chunked=true'
 # §2: DATA and BDAT may not be mixed in one transaction; §3: BINARYMIME needs BDAT.
 refused_py bdat-then-data-503-rfc3030-s2 ext mix "${PORT[ext]}"
 refused_py binarymime-data-503-rfc3030-s3 ext binarymime-data "${PORT[ext]}"
@@ -281,9 +286,14 @@ name=bdat-verbose-octets
 if verify "$name" log_has "$name" "$WORK/ext.err" ' C: BDAT 100$' "no 'C: BDAT 100' line" &&
    verify "$name" log_has "$name" "$WORK/ext.err" ' C: <100 octets>$' "no 'C: <100 octets>'" &&
    verify "$name" log_has "$name" "$WORK/ext.err" ' C: <0 octets>$' "no 'C: <0 octets>'"; then
-  if grep -q 'bare LF\|Sent in one write\|MAIL FROM:<evil' "$WORK/ext.err"; then
+  if grep -q 'bare LF\|Sent in one write\|MAIL FROM:<evil\|vanishing' "$WORK/ext.err"; then
     fail "$name" "the transcript shows a chunk's bytes"
-    grep -n 'bare LF\|Sent in one write\|MAIL FROM:<evil' "$WORK/ext.err" | head -n 5 | sed 's/^/#   /'
+    grep -n 'bare LF\|Sent in one write\|MAIL FROM:<evil\|vanishing' "$WORK/ext.err" | head -n 5 |
+      sed 's/^/#   /'
+  elif grep -q ' C: <[0-9]* octets>$' "$WORK/ext.err" &&
+       grep ' C: <[0-9 of]* octets>$' "$WORK/ext.err" | grep -qv ' C: <\(10 of 1000\|[0-9]*\) octets>$'; then
+    fail "$name" "a chunk's size line is not '<N octets>' or, for the vanished client, '<10 of 1000 octets>'"
+    grep ' C: <.*octets>' "$WORK/ext.err" | head -n 10 | sed 's/^/#   /'
   else
     ok "$name"
   fi
