@@ -659,6 +659,75 @@ bool parse_size(std::string_view digits, uint64_t& size) {
   return true;
 }
 
+// BdatArgument - BDAT's argument: chunk-size [SP "LAST"] (RFC 3030 §2).
+struct BdatArgument {
+  uint64_t size = 0;
+  bool last = false;
+  bool well_formed = false; // false: the size was read, but something else follows it
+};
+
+// parse_bdat - the argument of BDAT; nullopt when not even the size can be read (1*DIGIT; a
+// size too large for 64 bits saturates: no client can send that much in any case).
+std::optional<BdatArgument> parse_bdat(std::string_view argument) {
+  BdatArgument bdat;
+  std::size_t space = argument.find(' ');
+  if (!parse_size(argument.substr(0, space), bdat.size)) return std::nullopt;
+  bdat.last = space != std::string_view::npos;
+  bdat.well_formed = !bdat.last || iequals(skip_spaces(argument.substr(space)), "LAST");
+  return bdat;
+}
+
+// decode_xtext - RFC 3461 §4: xtext = *( xchar / hexchar ), where xchar is any of "!" to "~"
+// but "+" and "=", and hexchar is "+" and two upper-case hex digits standing for one octet.
+// DSN's ENVID and ORCPT and AUTH='s mailbox (RFC 4954 §5) travel in it. false when malformed.
+bool decode_xtext(std::string_view text, std::string& decoded) {
+  decoded.clear();
+  auto hex_value = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c - 'A' + 10; };
+  auto is_upper_hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F'); };
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '+') {
+      if (i + 2 >= text.size() || !is_upper_hex(text[i + 1]) || !is_upper_hex(text[i + 2]))
+        return false;
+      decoded += char(hex_value(text[i + 1]) * 16 + hex_value(text[i + 2]));
+      i += 2;
+    } else if (c >= '!' && c <= '~' && c != '=') {
+      decoded += c;
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
+// parse_notify - NOTIFY= (RFC 3461 §4.1): "NEVER", or a comma-separated list of SUCCESS,
+// FAILURE and DELAY (case-insensitive, none twice), upper-cased into `notify`.
+bool parse_notify(std::string_view value, std::vector<std::string>& notify) {
+  notify.clear();
+  while (true) {
+    std::size_t comma = value.find(',');
+    std::string word = upper(value.substr(0, comma));
+    bool known = word == "NEVER" || word == "SUCCESS" || word == "FAILURE" || word == "DELAY";
+    if (!known || std::find(notify.begin(), notify.end(), word) != notify.end()) return false;
+    notify.push_back(std::move(word));
+    if (comma == std::string_view::npos) break;
+    value.remove_prefix(comma + 1);
+  }
+  bool never = std::find(notify.begin(), notify.end(), "NEVER") != notify.end();
+  return !never || notify.size() == 1; // NEVER stands alone
+}
+
+// parse_orcpt - ORCPT=addr-type;xtext (RFC 3461 §4.2): addr-type is an atom such as "rfc822",
+// the address xtext-encoded; the whole at most 500 characters. The address must not be empty.
+bool parse_orcpt(std::string_view value, std::string& type, std::string& address) {
+  std::size_t semicolon = value.find(';');
+  if (value.size() > 500 || semicolon == 0 || semicolon == std::string_view::npos) return false;
+  type.assign(value.substr(0, semicolon));
+  for (unsigned char c : type)
+    if (!is_let_dig(c) && c != '-') return false;
+  return decode_xtext(value.substr(semicolon + 1), address) && !address.empty();
+}
+
 // is_valid_helo_name - Domain or address-literal, as RFC 5321 §4.1.1.1 asks of HELO/EHLO.
 bool is_valid_helo_name(std::string_view name) {
   Cursor in{name};
@@ -865,6 +934,52 @@ Reply bad_body() {
   return {501, "5.5.4", "BODY must be 7BIT or 8BITMIME"};
 }
 
+Reply bad_body_binary() {
+  return {501, "5.5.4", "BODY must be 7BIT, 8BITMIME or BINARYMIME"};
+}
+
+// bad_param - a DSN (RFC 3461 §4), AUTH= (RFC 4954 §5) or other parameter whose value is
+// malformed: "501 5.5.4 Bad RET parameter" and so on.
+Reply bad_param(std::string_view keyword) {
+  return {501, "5.5.4", "Bad " + std::string(keyword) + " parameter"};
+}
+
+Reply duplicate_param(std::string_view keyword) {
+  return {501, "5.5.4", "Duplicate " + std::string(keyword) + " parameter"};
+}
+
+Reply bdat_syntax() {
+  return {501, "5.5.4", "Syntax: BDAT chunk-size [LAST]"};
+}
+
+// bdat_unreadable - a BDAT line whose chunk size cannot be read: where the chunk ends, and so
+// where the next command begins, is unknown, and reading the octets that follow as commands
+// would let a chunk smuggle them (RFC 3030 §2). The only safe answer is to close.
+Reply bdat_unreadable() {
+  return {421, "4.5.4", "Syntax: BDAT chunk-size [LAST]; the chunk's end is unknown, closing"};
+}
+
+// chunk_received - the reply to a BDAT chunk that is not the last (RFC 3030 §2).
+Reply chunk_received(uint64_t octets) {
+  return {250, "2.0.0", std::to_string(octets) + " octets received"};
+}
+
+Reply data_after_bdat() {
+  return {503, "5.5.1", "DATA and BDAT cannot be mixed in one transaction (RFC 3030 §2)"};
+}
+
+Reply binarymime_needs_bdat() {
+  return {503, "5.5.1", "BODY=BINARYMIME requires BDAT, not DATA (RFC 3030 §3)"};
+}
+
+Reply rcpt_after_bdat() {
+  return {503, "5.5.1", "RCPT after BDAT: the recipients are already closed (RFC 3030 §2)"};
+}
+
+Reply requiretls_needs_tls() {
+  return {530, "5.7.10", "REQUIRETLS needs a TLS session (RFC 8689 §2)"};
+}
+
 Reply not_implemented() {
   return {502, "5.5.1", "Command not implemented"};
 }
@@ -1054,6 +1169,8 @@ enum class Stage {
   ready,   // after HELO/EHLO, no transaction open
   mail,    // MAIL accepted; RCPTs may follow, DATA once a recipient was accepted
   data,    // between 354 and the final dot
+  chunk,   // reading the octets of a BDAT chunk (RFC 3030)
+  bdat,    // between the chunks of a BDAT message: more BDAT, RSET, QUIT...
   closed,  // QUIT answered or 421 sent: nothing more is read
 };
 
@@ -1270,6 +1387,40 @@ private:
   bool last_was_cr_ = false;
   bool bare_cr_or_lf_ = false;
   bool long_line_ = false;
+};
+
+// ---- 5.2b The BDAT reader ---------------------------------------------------------------------
+
+// ChunkReader - reads the octets of one BDAT chunk (RFC 3030 §2): exactly the number the BDAT
+// command announced, whatever they are. No dot-stuffing, no end-of-data search, no line limit:
+// the count alone says where the chunk ends, so "\r\n.\r\n" inside one is only content, and
+// the next command begins right after the last octet.
+class ChunkReader {
+public:
+  // begin - a chunk of `size` octets; `last` when the BDAT command said LAST.
+  void begin(uint64_t size, bool last) {
+    size_ = remaining_ = size;
+    last_ = last;
+  }
+
+  // read - take up to the rest of the chunk from `in`, handing it on through append(p, n);
+  // returns the octets taken.
+  template <class Append> std::size_t read(std::string_view in, Append&& append) {
+    std::size_t take = std::size_t(std::min<uint64_t>(remaining_, in.size()));
+    if (take > 0) append(in.data(), take);
+    remaining_ -= take;
+    return take;
+  }
+
+  bool done() const { return remaining_ == 0; }
+
+  bool last() const { return last_; }
+
+  uint64_t size() const { return size_; }
+
+private:
+  uint64_t size_ = 0, remaining_ = 0;
+  bool last_ = false;
 };
 
 } // namespace
@@ -1782,6 +1933,13 @@ public:
 
   bool too_big() const { return too_big_; }
 
+  // failure - why the message cannot be accepted whatever comes next: past the size limit, or
+  // refused by its sink; nullopt while it can.
+  std::optional<Reply> failure() const {
+    if (too_big_) return replies::message_too_big();
+    return sink_refusal_;
+  }
+
   std::size_t content_bytes() const { return content_bytes_; }
 
   // verdict - after the final dot: the message handed over whole, or the sink's last piece and
@@ -1873,36 +2031,120 @@ bool utf8_values_allowed(const Params& params) {
                                   [](const auto& p) { return has_8bit(p.second); });
 }
 
-// MailRules - what decides which MAIL parameters are known in this session.
-struct MailRules {
-  bool esmtp;    // parameters are defined by EHLO extensions: a HELO session has none
-  bool smtputf8; // SMTPUTF8 is advertised (Options::smtputf8)
-  bool auth;     // AUTH is offered, so AUTH= is known (RFC 4954 §5)
+// ParamRules - what decides which MAIL and RCPT parameters are known in this session: a
+// parameter belongs to an extension, and only the extensions advertised are known (RFC 1869
+// §4.2: the others get 555).
+struct ParamRules {
+  const Options& options; // smtputf8, chunking, binarymime, dsn, requiretls, the user's keywords
+  bool esmtp;             // parameters are defined by EHLO extensions: a HELO session has none
+  bool auth;              // AUTH is offered, so AUTH= is known (RFC 4954 §5)
+  bool authenticated;     // the session authenticated: AUTH= is trusted
+  bool tls;               // the session runs over TLS (REQUIRETLS)
 };
 
-// mail_options - SIZE (RFC 1870), BODY (RFC 6152), SMTPUTF8 (RFC 6531) and AUTH= (RFC 4954 §5;
-// kept, never trusted: we believe only an identity we authenticated ourselves).
-std::optional<Reply> mail_options(const Params& params, const MailRules& rules,
-                                  const std::size_t max_bytes, MailOptions& m) {
+// is_listed - whether `keyword` (upper case) is one of the user's `keywords` (any case).
+bool is_listed(const std::vector<std::string>& keywords, std::string_view keyword) {
+  return std::any_of(keywords.begin(), keywords.end(),
+                     [&](const std::string& k) { return iequals(k, keyword); });
+}
+
+// first_duplicate - a keyword given twice, or nullptr: each parameter may appear once (RFC 3461
+// §4.3 and §4.4 say so of RET and ENVID; no extension defines a repeated one).
+const std::string* first_duplicate(const Params& params) {
+  for (std::size_t i = 0; i < params.size(); ++i)
+    for (std::size_t j = 0; j < i; ++j)
+      if (params[i].first == params[j].first) return &params[i].first;
+  return nullptr;
+}
+
+// body_param - BODY=7BIT / 8BITMIME (RFC 6152) / BINARYMIME (RFC 3030 §3, when offered).
+std::optional<Reply> body_param(const std::string& value, const Options& o, MailOptions& m) {
+  bool binary_offered = o.binarymime && o.chunking;
+  if (iequals(value, "8BITMIME"))
+    m.body_8bit = true;
+  else if (iequals(value, "BINARYMIME") && binary_offered)
+    m.binarymime = true;
+  else if (!iequals(value, "7BIT"))
+    return binary_offered ? replies::bad_body_binary() : replies::bad_body();
+  return std::nullopt;
+}
+
+// auth_param - AUTH=mailbox or AUTH=<> (RFC 4954 §5), xtext. The client's word is taken only
+// from a client that authenticated; otherwise the value is "<>", as §5 asks of an untrusted one.
+std::optional<Reply> auth_param(const std::string& value, const ParamRules& rules, MailOptions& m) {
+  std::string mailbox; // an addr-spec without brackets (e+3Dmc2@example.com), or "<>"
+  bool valid = decode_xtext(value, mailbox) &&
+               (mailbox == "<>" || (mailbox.front() != '<' && parse_mailbox(mailbox)));
+  if (!valid) return replies::bad_param("AUTH");
+  m.auth = rules.authenticated ? mailbox : "<>";
+  return std::nullopt;
+}
+
+// dsn_mail_param - RET=FULL|HDRS (RFC 3461 §4.3) and ENVID=xtext, at most 100 characters
+// (§4.4).
+std::optional<Reply> dsn_mail_param(const std::string& keyword, const std::string& value,
+                                    MailOptions& m) {
+  if (keyword == "RET") {
+    m.ret = upper(value);
+    if (m.ret != "FULL" && m.ret != "HDRS") return replies::bad_param("RET");
+  } else if (value.size() > 100 || !decode_xtext(value, m.envid) || m.envid.empty()) {
+    return replies::bad_param("ENVID");
+  }
+  return std::nullopt;
+}
+
+// mail_param - one MAIL parameter: SIZE (RFC 1870), BODY, SMTPUTF8 (RFC 6531), AUTH=, the DSN
+// ones, REQUIRETLS (RFC 8689, inside TLS only), or one of the user's own.
+std::optional<Reply> mail_param(const std::string& keyword, const std::string& value,
+                                const ParamRules& rules, MailOptions& m) {
+  const Options& o = rules.options;
+  bool flag = value.empty(); // SMTPUTF8 and REQUIRETLS take no value
+  if (keyword == "SIZE") {
+    if (!parse_size(value, m.size)) return replies::bad_size();
+    if (m.size > o.max_message_bytes) return replies::message_too_big();
+  } else if (keyword == "BODY") {
+    return body_param(value, o, m);
+  } else if (keyword == "SMTPUTF8" && flag && o.smtputf8) {
+    m.smtputf8 = true;
+  } else if (keyword == "AUTH" && rules.auth) {
+    return auth_param(value, rules, m);
+  } else if ((keyword == "RET" || keyword == "ENVID") && o.dsn) {
+    return dsn_mail_param(keyword, value, m);
+  } else if (keyword == "REQUIRETLS" && flag && o.requiretls) {
+    if (!rules.tls) return replies::requiretls_needs_tls();
+    m.requiretls = true;
+  } else if (!is_listed(o.mail_parameters, keyword)) {
+    return replies::unknown_parameter();
+  }
+  return std::nullopt;
+}
+
+// mail_options - every MAIL parameter parsed into `m`, or the reply refusing the first bad one.
+std::optional<Reply> mail_options(const Params& params, const ParamRules& rules, MailOptions& m) {
+  if (!params.empty() && !rules.esmtp) return replies::unknown_parameter(); // RFC 1869 §4.2
+  if (const std::string* twice = first_duplicate(params)) return replies::duplicate_param(*twice);
+  for (const auto& [keyword, value] : params)
+    if (std::optional<Reply> refused = mail_param(keyword, value, rules, m)) return refused;
+  m.params = params;
+  return std::nullopt;
+}
+
+// rcpt_options - every RCPT parameter parsed into `r`: NOTIFY and ORCPT (DSN, RFC 3461 §4.1,
+// §4.2) or the user's own; or the reply refusing the first bad one.
+std::optional<Reply> rcpt_options(const Params& params, const ParamRules& rules, RcptOptions& r) {
+  if (!params.empty() && !rules.esmtp) return replies::unknown_parameter();
+  if (const std::string* twice = first_duplicate(params)) return replies::duplicate_param(*twice);
+  const Options& o = rules.options;
   for (const auto& [keyword, value] : params) {
-    if (!rules.esmtp) return replies::unknown_parameter(); // RFC 1869 §4.2
-    if (keyword == "SIZE") {
-      if (!parse_size(value, m.size)) return replies::bad_size();
-      if (m.size > max_bytes) return replies::message_too_big();
-    } else if (keyword == "BODY") {
-      if (iequals(value, "8BITMIME"))
-        m.body_8bit = true;
-      else if (!iequals(value, "7BIT"))
-        return replies::bad_body();
-    } else if (keyword == "AUTH" && rules.auth) {
-      m.auth = value;
-    } else if (keyword == "SMTPUTF8" && value.empty() && rules.smtputf8) {
-      m.smtputf8 = true;
-    } else {
+    if (keyword == "NOTIFY" && o.dsn) {
+      if (!parse_notify(value, r.notify)) return replies::bad_param("NOTIFY");
+    } else if (keyword == "ORCPT" && o.dsn) {
+      if (!parse_orcpt(value, r.orcpt_type, r.orcpt)) return replies::bad_param("ORCPT");
+    } else if (!is_listed(o.rcpt_parameters, keyword)) {
       return replies::unknown_parameter();
     }
   }
-  m.params = params;
+  r.params = params;
   return std::nullopt;
 }
 
@@ -1998,6 +2240,11 @@ public:
   // content - message content, traced as it is.
   void content(std::string_view bytes) { tracer_->client(bytes); }
 
+  // chunk - the octets of a BDAT chunk, which the tracer may show as a size (they may be binary).
+  void chunk(std::string_view bytes) {
+    if (!bytes.empty()) tracer_->chunk(bytes);
+  }
+
   // dropped - input never read as commands (after STARTTLS or the close), line by line: a
   // client may have pipelined AUTH behind STARTTLS.
   void dropped(std::string_view bytes) {
@@ -2075,6 +2322,9 @@ struct Protocol::State {
   UserCode user;
   LineReader lines;
   DotReader dots;
+  ChunkReader chunk;
+  std::optional<Reply> chunk_refusal; // a refused BDAT: its reply, owed once the chunk is read
+  Stage after_chunk = Stage::ready;   // where the session goes on after a refused chunk
   MessageBuilder message;
   Auth auth;
   Clocks clocks;
@@ -2214,47 +2464,56 @@ struct Protocol::State {
   }
 
   // execute - the Session's filter first, then look the verb up in the command table, apply its
-  // guards, run it.
+  // guards, run it. A refused BDAT still has its chunk to come: it is read and dropped before
+  // the refusal is sent (RFC 3030 §2), so its octets never run as commands.
   void execute(std::string_view line) {
-    if (filtered_out(line)) return;
+    std::optional<Reply> refused = filter(line);
     std::size_t space = line.find(' ');
     std::string_view verb = line.substr(0, space);
     std::string_view argument = space == std::string_view::npos ? "" : line.substr(space + 1);
     if (!options.strict) argument = trim_trailing_spaces(skip_spaces(argument));
     const Command* command = find_command(verb);
-    if (stage == Stage::refused && !(command && command->run == &State::cmd_quit))
-      return reply(replies::refused_session());
-    if (command == nullptr) return reply(replies::unknown_command());
-    if (options.tls_required && !session.tls && !(command->flags & before_tls))
-      return reply(replies::must_starttls());
-    if (options.auth_required && session.auth_user.empty() && !(command->flags & before_auth))
-      return reply(replies::must_authenticate());
-    if ((command->flags & no_argument) && !argument.empty())
-      return reply(replies::syntax(std::string(command->verb)));
-    if ((command->flags & needs_helo) && stage == Stage::greeted)
-      return reply(replies::need_helo());
-    if ((command->flags & junk) && ++junk_commands > options.junk_command_limit) count_error();
-    (this->*command->run)(argument);
+    if (!refused) refused = guard(command, argument);
+    if (!refused) {
+      if ((command->flags & junk) && ++junk_commands > options.junk_command_limit) count_error();
+      return (this->*command->run)(argument);
+    }
+    if (command && command->run == &State::cmd_bdat && options.chunking)
+      return refuse_chunk(argument, *refused);
+    reply(*refused);
   }
 
-  // filtered_out - log the line (AUTH masked) and ask the Session's filter; true when it was
-  // refused (and answered). Out of line, so its temporaries are off the stack by the time the
-  // verb runs.
-  [[gnu::noinline]] bool filtered_out(std::string_view line) {
+  // guard - the checks shared by several verbs (the command's flags), before it runs: the
+  // refusal, or nullopt to run it.
+  std::optional<Reply> guard(const Command* command, std::string_view argument) const {
+    if (stage == Stage::refused && !(command && command->run == &State::cmd_quit))
+      return replies::refused_session();
+    if (command == nullptr) return replies::unknown_command();
+    if (options.tls_required && !session.tls && !(command->flags & before_tls))
+      return replies::must_starttls();
+    if (options.auth_required && session.auth_user.empty() && !(command->flags & before_auth))
+      return replies::must_authenticate();
+    if ((command->flags & no_argument) && !argument.empty())
+      return replies::syntax(std::string(command->verb));
+    if ((command->flags & needs_helo) && stage == Stage::greeted) return replies::need_helo();
+    return std::nullopt;
+  }
+
+  // filter - log the line (AUTH masked) and ask the Session's filter: its refusal, or nullopt.
+  // Out of line, so its temporaries are off the stack by the time the verb runs.
+  [[gnu::noinline]] std::optional<Reply> filter(std::string_view line) {
     std::string masked; // only an AUTH line is copied: no allocation per ordinary command
     std::string_view shown = line;
     if (istarts_with(line, "AUTH")) shown = masked = Auth::mask(line);
     if (options.log_read) options.log_read(session.peer, shown);
-    std::optional<Reply> refused = user.filter(shown);
-    if (refused) reply(*refused);
-    return refused.has_value();
+    return user.filter(shown);
   }
 
   // pipelining_forbidden - more commands arrived before the reply to the last one, though
   // PIPELINING was not advertised (no EHLO yet, or HELO): RFC 2920 §3.1 says the client must
   // wait. Spammers' bulk tools do this; real clients do not.
   bool pipelining_forbidden() const {
-    bool commands = stage != Stage::data && stage != Stage::closed && !starttls_pending;
+    bool commands = !in_content() && stage != Stage::closed && !starttls_pending;
     return options.reject_unauthorized_pipelining && commands && !session.esmtp;
   }
 
@@ -2290,9 +2549,16 @@ struct Protocol::State {
     text += "\nPIPELINING";                                        // RFC 2920
     text += "\nENHANCEDSTATUSCODES";                               // RFC 2034
     if (options.smtputf8) text += "\nSMTPUTF8";                    // RFC 6531
-    if (tls_offered()) text += "\nSTARTTLS";                       // RFC 3207
+    if (options.chunking) text += "\nCHUNKING";                    // RFC 3030
+    if (options.chunking && options.binarymime) text += "\nBINARYMIME";
+    if (options.dsn) text += "\nDSN";                                     // RFC 3461
+    if (options.requiretls && session.tls) text += "\nREQUIRETLS";        // RFC 8689 §2
+    text += "\nLIMITS RCPTMAX=" + std::to_string(options.max_recipients); // RFC 9422
+    if (tls_offered()) text += "\nSTARTTLS";                              // RFC 3207
     std::string mechanisms = auth.offered(session.tls);
     if (!mechanisms.empty()) text += "\nAUTH " + mechanisms; // RFC 4954
+    for (const std::string& keyword : options.ehlo_keywords)
+      text += "\n" + keyword;
     return {250, "", text};
   }
 
@@ -2313,22 +2579,28 @@ struct Protocol::State {
     if (!parse_params(in.rest, true, !options.strict, params) || !utf8_values_allowed(params))
       return reply(replies::syntax("MAIL FROM:<address> [parameters]"));
     MailOptions m;
-    bool auth_known = !params.empty() && auth.configured();
-    MailRules rules{session.esmtp, options.smtputf8, auth_known};
-    if (std::optional<Reply> refused = mail_options(params, rules, options.max_message_bytes, m))
+    if (std::optional<Reply> refused = mail_options(params, param_rules(!params.empty()), m))
       return reply(*refused);
     if (error == PathError::needs_smtputf8 && !m.smtputf8) return reply(replies::needs_smtputf8());
     Reply r = user.mail(from, m);
     if (!r.positive()) return reply(r);
-    envelope = Envelope{std::move(from), {}, m.params, m.smtputf8, m.body_8bit};
+    envelope = Envelope{std::move(from), {}, m.params, m.smtputf8, m.body_8bit, m, {}, false};
     mail = std::move(m);
     rcpts_tried = 0;
     stage = Stage::mail;
     reply(r);
   }
 
+  // param_rules - which parameters this session knows (`any`: there are some to check, so it is
+  // worth asking whether AUTH is offered).
+  ParamRules param_rules(bool any) {
+    bool auth_known = any && auth.configured();
+    return {options, session.esmtp, auth_known, !session.auth_user.empty(), session.tls};
+  }
+
   // cmd_rcpt - RCPT TO:<forward-path> [SP params] (RFC 5321 §4.1.1.3): adds a recipient.
   void cmd_rcpt(std::string_view argument) {
+    if (stage == Stage::bdat) return reply(replies::rcpt_after_bdat());
     if (stage != Stage::mail) return reply(replies::need_mail());
     ++rcpts_tried;
     std::string_view path_and_params;
@@ -2344,30 +2616,49 @@ struct Protocol::State {
     RcptOptions r;
     if (!parse_params(in.rest, envelope.smtputf8, !options.strict, r.params))
       return reply(replies::syntax("RCPT TO:<address> [parameters]"));
-    if (!r.params.empty()) return reply(replies::unknown_parameter());
+    if (std::optional<Reply> refused = rcpt_options(r.params, param_rules(false), r))
+      return reply(*refused);
     if (envelope.to.size() >= options.max_recipients) // RFC 5321 §4.5.3.1.10
       return reply(replies::too_many_recipients());
     Reply verdict = user.rcpt(envelope, to, r);
-    if (verdict.positive()) envelope.to.push_back(std::move(to));
+    if (verdict.positive()) {
+      envelope.to.push_back(std::move(to));
+      envelope.rcpt.push_back(std::move(r));
+    }
     reply(verdict);
   }
 
   // cmd_data - DATA (RFC 5321 §4.1.1.4): 354, then message content until CRLF.CRLF. With no
   // recipient: 503 if none was tried, 554 if all were refused (RFC 5321 §3.3, as Postfix).
   void cmd_data(std::string_view) {
-    if (stage != Stage::mail) return reply(replies::need_mail());
-    if (envelope.to.empty())
-      return reply(rcpts_tried > 0 ? replies::no_valid_recipients() : replies::need_rcpt());
+    if (stage == Stage::bdat) return reply(replies::data_after_bdat());
+    if (std::optional<Reply> refused = content_refusal()) return reply(*refused);
+    if (mail.binarymime) return reply(replies::binarymime_needs_bdat());
     std::unique_ptr<MessageSink> sink;
     Reply r = user.data(envelope, sink);
     if (r.code != 354) return reply(r);
-    ++messages; // the queue id: the session's id, then the message's number in it
-    std::string id = session.id + hex(messages, messages < 256 ? 2 : 16);
-    std::string by = hostname + " (" + appname + ")";
-    message.begin(id, received_header(session, envelope, by, id), mail.size, std::move(sink));
+    begin_message(std::move(sink));
     dots.reset();
     stage = Stage::data;
     reply(r);
+  }
+
+  // content_refusal - why the message content cannot begin now (DATA or the first BDAT): no
+  // transaction, or no recipient: 503 if none was tried, 554 if all were refused.
+  std::optional<Reply> content_refusal() const {
+    if (stage != Stage::mail) return replies::need_mail();
+    if (envelope.to.empty())
+      return rcpts_tried > 0 ? replies::no_valid_recipients() : replies::need_rcpt();
+    return std::nullopt;
+  }
+
+  // begin_message - a message begins, `sink` or buffered: its queue id is the session's id and
+  // the message's number in the session; our Received header goes first.
+  void begin_message(std::unique_ptr<MessageSink> sink) {
+    ++messages;
+    std::string id = session.id + hex(messages, messages < 256 ? 2 : 16);
+    std::string by = hostname + " (" + appname + ")";
+    message.begin(id, received_header(session, envelope, by, id), mail.size, std::move(sink));
   }
 
   // read_data - consume message content from `in`; returns the bytes consumed.
@@ -2387,11 +2678,12 @@ struct Protocol::State {
       options.log_read(session.peer,
                        "<" + std::to_string(message.content_bytes()) + " octets of message data>");
     stage = Stage::ready;
+    bool dotted = !envelope.chunked; // BDAT content has no lines to check (RFC 3030 §2)
     if (message.too_big())
       reply(replies::message_too_big());
-    else if (options.strict && dots.bare_cr_or_lf())
+    else if (options.strict && dotted && dots.bare_cr_or_lf())
       reply(replies::bare_cr_lf_in_data());
-    else if (options.strict && dots.long_line())
+    else if (options.strict && dotted && dots.long_line())
       reply(replies::data_line_too_long());
     else
       deliver();
@@ -2407,6 +2699,97 @@ struct Protocol::State {
     reply(r);
   }
 
+  // in_transaction - MAIL was accepted and the transaction is open: recipients, or the chunks
+  // of a BDAT message.
+  bool in_transaction() const { return stage == Stage::mail || stage == Stage::bdat; }
+
+  // in_content - the client is sending message content: after DATA's 354, or a BDAT chunk.
+  bool in_content() const { return stage == Stage::data || stage == Stage::chunk; }
+
+  // ---- BDAT (RFC 3030 CHUNKING) ----------------------------------------------------------------
+
+  // cmd_bdat - BDAT chunk-size [LAST] (RFC 3030 §2): the next chunk-size octets are content. The
+  // first chunk opens the message as DATA would (without a 354: the octets follow at once); each
+  // chunk is answered once read, the one marked LAST with the verdict on the whole message.
+  void cmd_bdat(std::string_view argument) {
+    if (!options.chunking) return reply(replies::not_implemented());
+    std::optional<BdatArgument> bdat = parse_bdat(argument);
+    if (!bdat) return close_with(replies::bdat_unreadable(), SessionEnd::refused);
+    if (!bdat->well_formed) return skip_chunk(*bdat, replies::bdat_syntax());
+    if (stage != Stage::bdat) {
+      if (std::optional<Reply> refused = content_refusal()) return skip_chunk(*bdat, *refused);
+      envelope.chunked = true; // before data(): the session or stream_handler may ask
+      std::unique_ptr<MessageSink> sink;
+      Reply r = user.data(envelope, sink);
+      if (r.code != 354) return skip_chunk(*bdat, r);
+      begin_message(std::move(sink));
+    }
+    chunk.begin(bdat->size, bdat->last);
+    stage = Stage::chunk;
+    if (chunk.done()) end_chunk(); // a chunk of 0 octets: nothing to wait for
+  }
+
+  // refuse_chunk - a BDAT refused before it ran (a guard or the Session's filter): read and drop
+  // its chunk, then refuse; or close when its size cannot be read.
+  void refuse_chunk(std::string_view argument, const Reply& refused) {
+    std::optional<BdatArgument> bdat = parse_bdat(argument);
+    if (!bdat) return close_with(replies::bdat_unreadable(), SessionEnd::refused);
+    skip_chunk(*bdat, refused);
+  }
+
+  // skip_chunk - read the chunk and drop it, then answer `refused`. A refused chunk fails its
+  // whole transaction (RFC 3030 §2: the client must send no more chunks of it), so chunks the
+  // client pipelined behind it find no transaction and are dropped in turn. A 421 closes now.
+  void skip_chunk(const BdatArgument& bdat, const Reply& refused) {
+    if (refused.code == 421) return reply(refused);
+    chunk_refusal = refused;
+    chunk.begin(bdat.size, bdat.last);
+    after_chunk = stage;
+    stage = Stage::chunk;
+    if (chunk.done()) end_chunk();
+  }
+
+  // read_chunk - consume chunk octets from `in`; returns the octets consumed.
+  std::size_t read_chunk(std::string_view in) {
+    std::size_t used = chunk.read(in, [this](const char* p, std::size_t n) {
+      if (!chunk_refusal) message.append(p, n);
+    });
+    if (trace) trace.chunk(in.substr(0, used));
+    if (chunk.done()) end_chunk();
+    return used;
+  }
+
+  // end_chunk - the chunk's last octet arrived: answer it. Past the size limit, or refused by a
+  // sink, the message is dropped with that reply (552 for the size, counted across chunks).
+  void end_chunk() {
+    if (chunk_refusal) return end_refused_chunk();
+    if (std::optional<Reply> failed = message.failure()) {
+      fail_transaction();
+      reply(*failed);
+    } else if (chunk.last()) {
+      return finish_message();
+    } else {
+      stage = Stage::bdat;
+      reply(replies::chunk_received(chunk.size()));
+    }
+    after_command();
+  }
+
+  // end_refused_chunk - a refused chunk is read: send the refusal it owed.
+  void end_refused_chunk() {
+    stage = after_chunk;
+    if (in_transaction()) fail_transaction();
+    reply(*std::exchange(chunk_refusal, std::nullopt));
+    after_command();
+  }
+
+  // fail_transaction - a failed chunk ends its transaction.
+  void fail_transaction() {
+    reset_transaction();
+    user.reset();
+    stage = Stage::ready;
+  }
+
   // ---- STARTTLS (RFC 3207) ---------------------------------------------------------------------
 
   // tls_offered - STARTTLS is configured, compiled in, and not in effect yet (RFC 3207 §4).
@@ -2418,7 +2801,7 @@ struct Protocol::State {
     if (session.tls) return reply(replies::tls_already_active());
     if (!tls_offered()) return reply(replies::not_implemented());
     if (stage == Stage::greeted) return reply(replies::need_helo()); // an EHLO extension
-    if (stage == Stage::mail) return reply(replies::transaction_in_progress());
+    if (in_transaction()) return reply(replies::transaction_in_progress());
     reply(replies::ready_to_start_tls());
     starttls_pending = true;
   }
@@ -2447,7 +2830,7 @@ struct Protocol::State {
   void cmd_auth(std::string_view argument) {
     if (!auth.configured()) return reply(replies::not_implemented());
     if (!session.auth_user.empty()) return reply(replies::already_authenticated());
-    if (stage == Stage::mail) return reply(replies::transaction_in_progress());
+    if (in_transaction()) return reply(replies::transaction_in_progress());
     auth_step(auth.start(argument, session.tls, hostname));
   }
 
@@ -2470,7 +2853,7 @@ struct Protocol::State {
   void cmd_rset(std::string_view) { // RFC 5321 §4.1.1.5
     reset_transaction();
     user.reset();
-    if (stage == Stage::mail) stage = Stage::ready;
+    if (in_transaction()) stage = Stage::ready;
     reply(replies::ok());
   }
 
@@ -2498,6 +2881,7 @@ const Protocol::State::Command* Protocol::State::find_command(std::string_view v
       {"MAIL", &State::cmd_mail, needs_helo},
       {"RCPT", &State::cmd_rcpt, needs_helo},
       {"DATA", &State::cmd_data, needs_helo | no_argument},
+      {"BDAT", &State::cmd_bdat, needs_helo},
       {"RSET", &State::cmd_rset, no_argument | before_tls | before_auth | junk},
       {"NOOP", &State::cmd_noop, before_tls | before_auth | junk},
       {"QUIT", &State::cmd_quit, no_argument | before_tls | before_auth},
@@ -2517,7 +2901,6 @@ const Protocol::State::Command* Protocol::State::find_command(std::string_view v
       {"TURN", &State::cmd_not_implemented, 0},
       {"ETRN", &State::cmd_not_implemented, 0},
       {"ATRN", &State::cmd_not_implemented, 0},
-      {"BDAT", &State::cmd_not_implemented, 0},
       {"SEND", &State::cmd_not_implemented, 0},
       {"SOML", &State::cmd_not_implemented, 0},
       {"SAML", &State::cmd_not_implemented, 0},
@@ -2538,11 +2921,13 @@ Protocol::Protocol(const Options& options, SessionInfo session)
 Protocol::~Protocol() = default;
 
 void Protocol::feed(std::string_view bytes) {
-  s_->clocks.read(bytes.size(), s_->stage == Stage::data);
+  s_->clocks.read(bytes.size(), s_->in_content());
   // After STARTTLS the rest of `bytes` is plaintext injected before the handshake: dropped.
   while (!bytes.empty() && s_->stage != Stage::closed && !s_->starttls_pending) {
-    bool command = s_->stage != Stage::data;
-    std::size_t used = command ? s_->read_command(bytes) : s_->read_data(bytes);
+    bool command = !s_->in_content();
+    std::size_t used = command                     ? s_->read_command(bytes)
+                       : s_->stage == Stage::chunk ? s_->read_chunk(bytes)
+                                                   : s_->read_data(bytes);
     bytes.remove_prefix(used);
     if (command && !bytes.empty() && s_->pipelining_forbidden())
       s_->close_with(replies::unauthorized_pipelining(), SessionEnd::refused);
@@ -2572,7 +2957,7 @@ bool Protocol::should_close() const {
 }
 
 bool Protocol::in_data() const {
-  return s_->stage == Stage::data;
+  return s_->in_content();
 }
 
 bool Protocol::idle() const {
@@ -2582,7 +2967,7 @@ bool Protocol::idle() const {
 }
 
 std::chrono::steady_clock::time_point Protocol::deadline() {
-  return s_->clocks.deadline(s_->lines.lines_completed(), s_->stage == Stage::data);
+  return s_->clocks.deadline(s_->lines.lines_completed(), s_->in_content());
 }
 
 std::chrono::milliseconds Protocol::take_reply_delay() {
@@ -3368,6 +3753,33 @@ void validate_session(const Options& o) {
                                 "auth_mechanisms: set one kind");
 }
 
+// is_esmtp_keyword - esmtp-keyword (RFC 5321 §4.1.2): a letter or digit, then letters, digits
+// and hyphens.
+bool is_esmtp_keyword(std::string_view k) {
+  auto let_dig_hyphen = [](unsigned char c) { return is_let_dig(c) || c == '-'; };
+  return !k.empty() && is_let_dig(static_cast<unsigned char>(k[0])) &&
+         std::all_of(k.begin(), k.end(), let_dig_hyphen);
+}
+
+// validate_extensions - BINARYMIME travels only in BDAT (RFC 3030 §3); the user's parameter
+// keywords must be keywords, and their EHLO lines ehlo-lines (RFC 5321 §4.1.1.1): a keyword,
+// then printable parameters, so none can end the reply or add a line to it.
+void validate_extensions(const Options& o) {
+  if (o.binarymime && !o.chunking)
+    throw std::invalid_argument("smtpd: binarymime needs chunking (RFC 3030 §3)");
+  for (const auto* list : {&o.mail_parameters, &o.rcpt_parameters})
+    for (const std::string& k : *list)
+      if (!is_esmtp_keyword(k))
+        throw std::invalid_argument("smtpd: not an ESMTP parameter keyword: " + k);
+  for (const std::string& line : o.ehlo_keywords) {
+    std::size_t space = line.find(' ');
+    bool printable =
+        std::all_of(line.begin(), line.end(), [](char c) { return c >= ' ' && c <= '~'; });
+    if (!is_esmtp_keyword(std::string_view(line).substr(0, space)) || !printable)
+      throw std::invalid_argument("smtpd: not an EHLO keyword line: " + line);
+  }
+}
+
 // validate - refuse options that would disable a protection by accident (a zero timeout or
 // limit is a mistake, not a wish for "none").
 void validate(const Options& o) {
@@ -3404,6 +3816,7 @@ void validate(const Options& o) {
   if (ciphers) check_tls_ciphers(o); // the defaults are known to be good
   validate_auth(o);
   validate_session(o);
+  validate_extensions(o);
 }
 
 // Network - an address range from limit_exempt_networks, e.g. 127.0.0.0/8 or ::1/128.

@@ -146,12 +146,12 @@ struct RcptOptions {
 // Envelope - one mail transaction (RFC 5321 §3.3): reset by MAIL, RSET, HELO/EHLO and after the
 // message.
 struct Envelope {
-  std::string from;            // reverse-path without brackets; "" for the null path <>
-  std::vector<std::string> to; // accepted forward-paths, without brackets, in order
-  Params mail_params;          // parameters of the MAIL command (SIZE, BODY, SMTPUTF8...)
-  bool smtputf8 = false;       // MAIL carried SMTPUTF8 (RFC 6531): addresses may be UTF-8
-  bool body_8bit = false;      // MAIL carried BODY=8BITMIME (RFC 6152)
-  MailOptions mail;            // the MAIL parameters, parsed (DSN, REQUIRETLS, AUTH=, BODY...)
+  std::string from;              // reverse-path without brackets; "" for the null path <>
+  std::vector<std::string> to;   // accepted forward-paths, without brackets, in order
+  Params mail_params;            // parameters of the MAIL command (SIZE, BODY, SMTPUTF8...)
+  bool smtputf8 = false;         // MAIL carried SMTPUTF8 (RFC 6531): addresses may be UTF-8
+  bool body_8bit = false;        // MAIL carried BODY=8BITMIME (RFC 6152)
+  MailOptions mail;              // the MAIL parameters, parsed (DSN, REQUIRETLS, AUTH=, BODY...)
   std::vector<RcptOptions> rcpt; // the parameters of each accepted recipient: rcpt[i] is to[i]'s
   bool chunked = false;          // the content came with BDAT (RFC 3030), not DATA
 };

@@ -120,7 +120,8 @@ const std::string password_334 = "334 UGFzc3dvcmQ6\r\n"; // "Password:"
 // when it is not empty, and with `starttls` when STARTTLS is offered.
 std::string ehlo_reply(const std::string& auth_line, bool starttls = false) {
   std::vector<std::string> lines = {"mx.test",    "SIZE 26214400",       "8BITMIME",
-                                    "PIPELINING", "ENHANCEDSTATUSCODES", "SMTPUTF8"};
+                                    "PIPELINING", "ENHANCEDSTATUSCODES", "SMTPUTF8",
+                                    "CHUNKING",   "LIMITS RCPTMAX=100"};
   if (starttls) lines.emplace_back("STARTTLS");
   if (!auth_line.empty()) lines.push_back(auth_line);
   std::string out;

@@ -42,7 +42,8 @@ const std::string helo_client = "HELO client.test";
 // The EHLO reply with the default options, one string per line.
 const std::vector<std::string> ehlo_reply_lines = {
     "250-mx.test",    "250-SIZE 26214400",       "250-8BITMIME",
-    "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 SMTPUTF8",
+    "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-SMTPUTF8",
+    "250-CHUNKING",   "250 LIMITS RCPTMAX=100",
 };
 
 // ---- the session under test --------------------------------------------------------------
@@ -178,8 +179,9 @@ TEST_SUITE("protocol") {
             "S: 503 Send HELO/EHLO first"});
     // After EHLO the same refusal carries its enhanced code.
     script({"C: EHLO client.test", "S: 250-mx.test", "S: 250-SIZE 26214400", "S: 250-8BITMIME",
-            "S: 250-PIPELINING", "S: 250-ENHANCEDSTATUSCODES", "S: 250 SMTPUTF8", "C: EHLO",
-            "S: 501 5.5.4 Syntax: EHLO domain", "C: HELO", "S: 501 5.5.4 Syntax: HELO domain"});
+            "S: 250-PIPELINING", "S: 250-ENHANCEDSTATUSCODES", "S: 250-SMTPUTF8", "S: 250-CHUNKING",
+            "S: 250 LIMITS RCPTMAX=100", "C: EHLO", "S: 501 5.5.4 Syntax: EHLO domain", "C: HELO",
+            "S: 501 5.5.4 Syntax: HELO domain"});
   }
 
   TEST_CASE("RFC 5321 §4.1.1.1: strict mode refuses a HELO name that is no domain with 501") {
@@ -280,6 +282,7 @@ const std::vector<Verb> verbs = {
     {ehlo, "MAIL FROM:<>", "250 2.1.0 Ok"},
     {ehlo, "RCPT TO:<c@d.test>", "503 5.5.1 Need MAIL command"},
     {ehlo, "DATA", "503 5.5.1 Need MAIL command"},
+    {ehlo, "BDAT 0 LAST", "503 5.5.1 Need MAIL command"}, // RFC 3030 §2, a chunk of no octets
     {ehlo, "RSET", "250 2.0.0 Ok"},
     {ehlo, "NOOP", "250 2.0.0 Ok"},
     {ehlo, "NOOP x y z", "250 2.0.0 Ok"},
@@ -292,7 +295,6 @@ const std::vector<Verb> verbs = {
     // Known verbs not offered here: 502; unknown ones and the empty line: 500.
     {ehlo, "TURN", "502 5.5.1 Command not implemented"},
     {ehlo, "ETRN mx.test", "502 5.5.1 Command not implemented"},
-    {ehlo, "BDAT 10 LAST", "502 5.5.1 Command not implemented"},
     {ehlo, "STARTTLS", "502 5.5.1 Command not implemented"},
     {ehlo, "AUTH PLAIN", "502 5.5.1 Command not implemented"},
     {ehlo, "FOO bar", "500 5.5.2 Command not recognized"},

@@ -845,15 +845,15 @@ TEST_SUITE("server") {
     CHECK(read == std::vector<std::string>{"EHLO client.example", "MAIL FROM:<a@example.org>",
                                            "RCPT TO:<b@example.net>", "DATA",
                                            "<20 octets of message data>", "QUIT"});
-    REQUIRE(written.size() == 12);
+    REQUIRE(written.size() == 14);
     CHECK(written[0] == "220 mx.test ESMTP smtpd");
     CHECK(written[1] == "250-mx.test");
-    CHECK(written[6] == "250 SMTPUTF8");
-    CHECK(written[7] == "250 2.1.0 Ok");
-    CHECK(written[8] == "250 2.1.5 Ok");
-    CHECK(written[9] == "354 End data with <CR><LF>.<CR><LF>");
-    CHECK(starts_with(written[10], "250 2.0.0 Ok: queued as "));
-    CHECK(written[11] == "221 2.0.0 Bye");
+    CHECK(written[8] == "250 LIMITS RCPTMAX=100");
+    CHECK(written[9] == "250 2.1.0 Ok");
+    CHECK(written[10] == "250 2.1.5 Ok");
+    CHECK(written[11] == "354 End data with <CR><LF>.<CR><LF>");
+    CHECK(starts_with(written[12], "250 2.0.0 Ok: queued as "));
+    CHECK(written[13] == "221 2.0.0 Bye");
     for (const std::string& line : written) {
       CAPTURE(line);
       CHECK_FALSE(contains(line, "\r"));

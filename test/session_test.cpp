@@ -367,7 +367,8 @@ TEST_SUITE("session") {
         o);
     CHECK(d.send("EHLO c.test\r\nVRFY root\r\nNOOP\r\nAUTH PLAIN AGFsaWNlAHB3\r\n") ==
           "250-mx.test\r\n250-SIZE 26214400\r\n250-8BITMIME\r\n250-PIPELINING\r\n"
-          "250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n502 5.5.1 VRFY is off here\r\n"
+          "250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 LIMITS RCPTMAX=100\r\n"
+          "502 5.5.1 VRFY is off here\r\n"
           "250 2.0.0 Ok\r\n502 5.5.1 Command not implemented\r\n");
     REQUIRE(object != nullptr);
     // AUTH's initial response is masked before the filter sees it, as in logs.
