@@ -369,9 +369,23 @@ elif server_running "$name" relay &&
     timeout -k 5 20 "$POSTQUEUE" -c "$PFX/etc" -p 2>&1 | sed 's/^/#   /'
     details "$PFX/maillog"
   else
-    delivered "$name" relay 2 msg.eml 'ret="HDRS"' "envid=\"$ENVID\"" \
-      'rcpt_options.0.notify=["SUCCESS","DELAY","FAILURE"]' \
-      'rcpt_options.0.orcpt="rfc822;bob@example.test"' 'to=["bob@example.test"]'
+    # On the wire (the relay's transcript): Postfix writes NOTIFY's words in its own order,
+    # whatever the order given to -N, and ENVID as xtext. --json must hold exactly those.
+    if verify "$name" log_has "$name" "$WORK/relay.err" \
+         ' C: MAIL FROM:<alice@example.test> .*RET=HDRS' "Postfix's MAIL has no RET=HDRS" &&
+       verify "$name" log_has "$name" "$WORK/relay.err" \
+         ' C: MAIL FROM:<alice@example.test> .*ENVID=interop-ext\+2Benv\+3D1' \
+         "Postfix's MAIL has no ENVID=interop-ext+2Benv+3D1" &&
+       verify "$name" log_has "$name" "$WORK/relay.err" \
+         ' C: RCPT TO:<bob@example.test> .*NOTIFY=SUCCESS,FAILURE,DELAY' \
+         "Postfix's RCPT has no NOTIFY=SUCCESS,FAILURE,DELAY" &&
+       verify "$name" log_has "$name" "$WORK/relay.err" \
+         ' C: RCPT TO:<bob@example.test> .*ORCPT=rfc822;bob@example.test' \
+         "Postfix's RCPT has no ORCPT=rfc822;bob@example.test"; then
+      delivered "$name" relay 2 msg.eml 'ret="HDRS"' "envid=\"$ENVID\"" \
+        'rcpt_options.0.notify=["SUCCESS","FAILURE","DELAY"]' \
+        'rcpt_options.0.orcpt="rfc822;bob@example.test"' 'to=["bob@example.test"]'
+    fi
   fi
 fi
 if [ -n "$PFX_STARTED" ]; then
