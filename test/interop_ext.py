@@ -9,10 +9,10 @@ it exits 0 when all were as expected, else prints the first mismatch and exits 1
   ehlo-starttls PORT CAFILE       "clear KEYWORD" lines, STARTTLS (verified), "tls KEYWORD"
   commands PORT CODE:COMMAND...   EHLO, then each COMMAND must get reply CODE (RSET, QUIT last)
   smtplib PORT FILE [--from A] [--mail-option P]... [--rcpt A [--rcpt-option P]...]...
-          [--login USER:PASS] [--starttls CAFILE] [--mail-refused]
+          [--login USER:PASS] [--starttls CAFILE] [--mail-refused CODE]
                                   smtplib: mail(from, options), rcpt(to, options) for each
                                   --rcpt with the --rcpt-options after it, data(FILE); with
-                                  --mail-refused MAIL must get a 5xx and nothing is sent
+                                  --mail-refused MAIL must get reply CODE and nothing is sent
   binary PORT OUT                 BODY=BINARYMIME, three BDAT chunks with every octet value
   pipelined PORT OUT              MAIL, RCPT and two BDAT chunks in one write (RFC 3030 §4.2)
   bdat-zero PORT OUT              BODY=8BITMIME, BDAT N, then BDAT 0 LAST (RFC 3030 §2)
@@ -134,7 +134,7 @@ def mode_commands(port, *steps):
 
 
 def mode_smtplib(port, path, *args):
-    sender, mail_options, rcpts, login, cafile, mail_refused = FROM, [], [], None, None, False
+    sender, mail_options, rcpts, login, cafile, mail_refused = FROM, [], [], None, None, None
     args = list(args)
     while args:
         flag = args.pop(0)
@@ -151,7 +151,7 @@ def mode_smtplib(port, path, *args):
         elif flag == '--starttls':
             cafile = args.pop(0)
         elif flag == '--mail-refused':
-            mail_refused = True
+            mail_refused = int(args.pop(0))
         else:
             die('unknown argument ' + flag)
     with open(path, 'rb') as fh:
@@ -166,8 +166,8 @@ def mode_smtplib(port, path, *args):
         code, text = client.mail(sender, mail_options)
         print('MAIL', mail_options, '->', code, text.decode())
         if mail_refused:
-            if not 500 <= code <= 599:
-                die('MAIL %s: expected a 5xx refusal, got %d %s' % (mail_options, code, text))
+            if code != mail_refused:
+                die('MAIL %s: expected %d, got %d %s' % (mail_options, mail_refused, code, text))
             client.rset()
             return
         if code != 250:

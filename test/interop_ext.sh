@@ -250,11 +250,12 @@ deliver_py auth-param-trusted-rfc4954-s5 ext 1 msg.eml smtplib "${PORT[ext]}" ms
   'auth="carol+x@example.test"' 'auth_user="alice"'
 
 # --- REQUIRETLS (RFC 8689) ------------------------------------------------------------------
-# §2: the MAIL parameter over TLS is recorded; in clear it is refused (5xx), nothing stored.
+# §2: the MAIL parameter over TLS is recorded; in clear it is refused with 530 (5.7.10,
+# encryption needed), and nothing is stored.
 deliver_py requiretls-starttls-rfc8689-s2 tls 1 msg.eml smtplib "${PORT[tls]}" msg.eml \
   --starttls "$CERT" --mail-option REQUIRETLS --rcpt bob@example.test -- 'requiretls=true'
 refused_py requiretls-clear-refused-rfc8689-s2 tls smtplib "${PORT[tls]}" msg.eml \
-  --mail-option REQUIRETLS --rcpt bob@example.test --mail-refused
+  --mail-option REQUIRETLS --rcpt bob@example.test --mail-refused 530
 
 # --- BDAT over a raw socket (RFC 3030) ------------------------------------------------------
 # §3: BINARYMIME content (NUL, bare CR, bare LF, no final CRLF) arrives byte for byte.
