@@ -18,6 +18,8 @@ it exits 0 when all were as expected, else prints the first mismatch and exits 1
   bdat-zero PORT OUT              BODY=8BITMIME, BDAT N, then BDAT 0 LAST (RFC 3030 §2)
   smuggle PORT OUT                one BDAT LAST chunk holding CRLF.CRLF and MAIL/RCPT/DATA
   vanish PORT                     BDAT 1000 with 10 octets of it, then the connection closed
+  oversize PORT MAX OUT           chunks past --max-size MAX: 552, then a small message in the
+                                  same session is accepted
   mix PORT                        BDAT, then DATA in the same transaction: 503 (RFC 3030 §2)
   binarymime-data PORT            BODY=BINARYMIME, then DATA: 503 (RFC 3030 §3)
   json FILE PATH KEY=JSON...      the --json line in FILE whose "path" is PATH must have each
@@ -249,6 +251,23 @@ def mode_vanish(port):
     raw.sock.close()
 
 
+def mode_oversize(port, most, out):
+    raw = Raw(port)
+    raw.ehlo()
+    envelope(raw)
+    half = int(most) // 2 + 10
+    raw.send(b'BDAT %d\r\n' % half + b'a' * half)
+    raw.expect(250, 'BDAT %d (under the limit)' % half)
+    raw.send(b'BDAT %d LAST\r\n' % half + b'b' * half)
+    raw.expect(552, 'BDAT %d LAST (past the limit across the chunks)' % half)
+    body = header('after oversize') + b'Small.\r\n'
+    write(out, body)
+    envelope(raw)
+    raw.send(b'BDAT %d LAST\r\n' % len(body) + body)
+    raw.expect(250, 'BDAT LAST (a small message after the 552)')
+    raw.quit()
+
+
 def mode_mix(port):
     raw = Raw(port)
     raw.ehlo()
@@ -308,7 +327,7 @@ def mode_json(path, stored, *checks):
 MODES = {'ehlo': mode_ehlo, 'ehlo-starttls': mode_ehlo_starttls, 'commands': mode_commands,
          'smtplib': mode_smtplib, 'binary': mode_binary, 'pipelined': mode_pipelined,
          'bdat-zero': mode_bdat_zero, 'smuggle': mode_smuggle, 'vanish': mode_vanish,
-         'mix': mode_mix,
+         'oversize': mode_oversize, 'mix': mode_mix,
          'binarymime-data': mode_binarymime_data, 'json': mode_json}
 
 if __name__ == '__main__':

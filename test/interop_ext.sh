@@ -19,7 +19,7 @@
 #     `make deps`, never installed), with hosts_try_chunking: a real BDAT sender, whose message
 #     must arrive byte for byte.
 # Four mailsinks run on free loopback ports, each with a Maildir and --json:
-#   ext    --dsn --binarymime --mail-parameter XOORG --rcpt-parameter XRCPT
+#   ext    --dsn --binarymime --max-size 20000 --mail-parameter XOORG --rcpt-parameter XRCPT
 #          --ehlo-keyword "XFOO bar baz" --auth alice:wonderland --auth-insecure --verbose
 #   plain  the defaults: CHUNKING on, no BINARYMIME, no DSN
 #   tls    STARTTLS with a throwaway certificate and --requiretls
@@ -92,8 +92,10 @@ write_probe_message
 PYC=("${LIMIT[@]}" "$PY" "$HELPER")
 
 # --- starting the servers --------------------------------------------------------------------
-start_server ext --json --verbose --dsn --binarymime --mail-parameter XOORG \
-  --rcpt-parameter XRCPT --ehlo-keyword "XFOO bar baz" --auth alice:wonderland --auth-insecure
+EXT_MAX_SIZE=20000
+start_server ext --json --verbose --dsn --binarymime --max-size "$EXT_MAX_SIZE" \
+  --mail-parameter XOORG --rcpt-parameter XRCPT --ehlo-keyword "XFOO bar baz" \
+  --auth alice:wonderland --auth-insecure
 start_server plain --json
 start_server tls --json --tls-cert "$CERT" --tls-key "$KEY" --requiretls
 start_server relay --json --verbose --dsn
@@ -177,7 +179,8 @@ sink_exits cli-ehlo-keyword-keyword 2 'ehlo-keyword needs an EHLO keyword' \
   "no message about the bad keyword" --ehlo-keyword '-XFOO'
 name=cli-help-extensions
 if "${LIMIT[@]}" "$SINK" --help > "$name.log" 2>&1 &&
-   verify "$name" log_has "$name" "$name.log" '^  --ehlo-keyword LINE' "--help lacks --ehlo-keyword" &&
+   verify "$name" log_has "$name" "$name.log" '^  --ehlo-keyword LINE' \
+     "--help lacks --ehlo-keyword" &&
    verify "$name" log_has "$name" "$name.log" '^  --binarymime ' "--help lacks --binarymime"; then
   ok "$name"
 elif [ ! -s "$name.log" ]; then fail "$name" "mailsink --help failed"; fi
@@ -279,22 +282,29 @@ deliver_py bdat-default-server-rfc3030-s2 plain 1 zero.eml bdat-zero "${PORT[pla
 refused_py bdat-vanish-mid-chunk-rfc3030-s2 ext vanish "${PORT[ext]}"
 deliver_py bdat-after-vanish-rfc3030-s2 ext 1 pipelined.eml pipelined "${PORT[ext]}" \
   pipelined.eml -- 'chunked=true'
+# The size limit counts across chunks (RFC 3030 §2 with RFC 1870): 552 for the chunk past it,
+# and the session goes on: only the small message after it is stored.
+deliver_py bdat-size-limit-552-rfc3030-s2 ext 1 small.eml oversize "${PORT[ext]}" \
+  "$EXT_MAX_SIZE" small.eml -- 'chunked=true'
 # §2: DATA and BDAT may not be mixed in one transaction; §3: BINARYMIME needs BDAT.
 refused_py bdat-then-data-503-rfc3030-s2 ext mix "${PORT[ext]}"
 refused_py binarymime-data-503-rfc3030-s3 ext binarymime-data "${PORT[ext]}"
-# --verbose shows each chunk as "C: <N octets>" after its BDAT line, never its bytes.
+# --verbose shows each chunk as "C: <N octets>" after its BDAT line, never its bytes; the chunk
+# of the client that vanished as "C: <10 of 1000 octets>".
 name=bdat-verbose-octets
-if verify "$name" log_has "$name" "$WORK/ext.err" ' C: BDAT 100$' "no 'C: BDAT 100' line" &&
-   verify "$name" log_has "$name" "$WORK/ext.err" ' C: <100 octets>$' "no 'C: <100 octets>'" &&
-   verify "$name" log_has "$name" "$WORK/ext.err" ' C: <0 octets>$' "no 'C: <0 octets>'"; then
-  if grep -q 'bare LF\|Sent in one write\|MAIL FROM:<evil\|vanishing' "$WORK/ext.err"; then
+ERR=$WORK/ext.err
+CHUNK_TEXT='bare LF\|Sent in one write\|MAIL FROM:<evil\|vanishing'
+if verify "$name" log_has "$name" "$ERR" ' C: BDAT 100$' "no 'C: BDAT 100' line" &&
+   verify "$name" log_has "$name" "$ERR" ' C: <100 octets>$' "no 'C: <100 octets>' line" &&
+   verify "$name" log_has "$name" "$ERR" ' C: <0 octets>$' "no 'C: <0 octets>' line" &&
+   verify "$name" log_has "$name" "$ERR" ' C: <10 of 1000 octets>$' \
+     "no 'C: <10 of 1000 octets>' line for the client gone mid-chunk"; then
+  if grep -q "$CHUNK_TEXT" "$ERR"; then
     fail "$name" "the transcript shows a chunk's bytes"
-    grep -n 'bare LF\|Sent in one write\|MAIL FROM:<evil\|vanishing' "$WORK/ext.err" | head -n 5 |
-      sed 's/^/#   /'
-  elif grep -q ' C: <[0-9]* octets>$' "$WORK/ext.err" &&
-       grep ' C: <[0-9 of]* octets>$' "$WORK/ext.err" | grep -qv ' C: <\(10 of 1000\|[0-9]*\) octets>$'; then
-    fail "$name" "a chunk's size line is not '<N octets>' or, for the vanished client, '<10 of 1000 octets>'"
-    grep ' C: <.*octets>' "$WORK/ext.err" | head -n 10 | sed 's/^/#   /'
+    grep -n "$CHUNK_TEXT" "$ERR" | head -n 5 | sed 's/^/#   /'
+  elif grep ' C: <.*octets>' "$ERR" | grep -qv ' C: <\([0-9]*\|10 of 1000\) octets>$'; then
+    fail "$name" "a size line other than '<N octets>' and the vanished client's"
+    grep ' C: <.*octets>' "$ERR" | head -n 10 | sed 's/^/#   /'
   else
     ok "$name"
   fi
