@@ -59,6 +59,30 @@ struct Bytes {
   std::string_view rest() { return take(size - pos); }
 };
 
+// Chunker - the lengths the client's bytes are fed in: 0 = one line per feed (split after each
+// LF), 1 = n + 1 bytes, 2 = all at once, 3 = lengths 1..64 from a xorshift generator.
+struct Chunker {
+  int mode;
+  unsigned n;
+  uint32_t state;
+
+  size_t next(std::string_view rest) {
+    switch (mode) {
+    case 0: {
+      size_t lf = rest.find('\n');
+      return lf == std::string_view::npos ? rest.size() : lf + 1;
+    }
+    case 1: return n + 1;
+    case 2: return rest.size();
+    default:
+      state ^= state << 13;
+      state ^= state >> 17;
+      state ^= state << 5;
+      return 1 + state % 64;
+    }
+  }
+};
+
 // ReplyLine - one line of server output, split up.
 struct ReplyLine {
   int code;

@@ -11,6 +11,7 @@
 //           bit 3  see bit 2
 //           bit 4  the target writes the keyword: "MAIL FROM:" + bytes or "RCPT TO:" + bytes;
 //                  else "MAIL " + bytes or "RCPT " + bytes
+//           bit 5  DSN and BINARYMIME on (RFC 3461 RET, ENVID, NOTIFY, ORCPT; RFC 3030 BODY)
 //   bytes 1.. the rest of the command line, cut at the first CR or LF and to fit in 512 octets
 //
 // Invariants checked:
@@ -27,7 +28,11 @@
 //   - the address parses again: "RCPT TO:<address>" in a fresh strict session gives 250 and the
 //     same address (when "<address>" fits in the 256-octet path limit);
 //   - the parameters on_mail sees have upper-case keywords of letters, digits and '-', values of
-//     %d33-126 but '=' (or UTF-8 with SMTPUTF8); on_rcpt sees none (RCPT takes no parameters).
+//     %d33-126 but '=' (or UTF-8 with SMTPUTF8); on_rcpt sees none without DSN, and only NOTIFY
+//     and ORCPT with it;
+//   - with DSN, what the envelope holds agrees with an xtext decoder written here (RFC 3461
+//     §4): ENVID decoded (at most 100 characters encoded), RET "FULL" or "HDRS", NOTIFY "NEVER"
+//     alone or distinct words of SUCCESS, FAILURE, DELAY, ORCPT's type and decoded address;
 //   - the public smtpd::parse_mailbox agrees with the server: an address a hook saw (but "" and
 //     "Postmaster") parses, and its address() is that address, utf8 set exactly when it has
 //     8-bit octets;
@@ -132,6 +137,63 @@ void check_params(const smtpd::Params& params, bool utf8_ok) {
   }
 }
 
+// xtext - RFC 3461 §4 decoding, written here independently: "+" and two upper-case hex digits
+// is one octet; any other octet of "!".."~" but "+" and "=" stands for itself.
+std::optional<std::string> xtext(std::string_view in) {
+  std::string out;
+  auto hex = [](char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 55 : -1;
+  };
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] == '+') {
+      if (i + 2 >= in.size() || hex(in[i + 1]) < 0 || hex(in[i + 2]) < 0) return std::nullopt;
+      out += char(hex(in[i + 1]) * 16 + hex(in[i + 2]));
+      i += 2;
+    } else if (in[i] < '!' || in[i] > '~' || in[i] == '=') {
+      return std::nullopt;
+    } else {
+      out += in[i];
+    }
+  }
+  return out;
+}
+
+// param - the value of `keyword` in `params`, or nullopt.
+std::optional<std::string> param(const smtpd::Params& params, std::string_view keyword) {
+  for (const auto& [k, v] : params)
+    if (k == keyword) return v;
+  return std::nullopt;
+}
+
+// check_dsn_mail - the DSN values of an accepted MAIL, against the raw parameters.
+void check_dsn_mail(const smtpd::MailOptions& m, const smtpd::Params& params) {
+  std::optional<std::string> envid = param(params, "ENVID");
+  FUZZ_CHECK(envid.has_value() != m.envid.empty());
+  if (envid) FUZZ_CHECK(envid->size() <= 100 && xtext(*envid) == m.envid);
+  FUZZ_CHECK(m.ret.empty() || m.ret == "FULL" || m.ret == "HDRS");
+  FUZZ_CHECK(param(params, "RET").has_value() != m.ret.empty());
+}
+
+// check_dsn_rcpt - the DSN values of an accepted RCPT, against the raw parameters.
+void check_dsn_rcpt(const smtpd::RcptOptions& r) {
+  for (const auto& kv : r.params)
+    FUZZ_CHECK(kv.first == "NOTIFY" || kv.first == "ORCPT");
+  const std::vector<std::string>& n = r.notify;
+  FUZZ_CHECK(param(r.params, "NOTIFY").has_value() != n.empty());
+  for (size_t i = 0; i < n.size(); ++i) {
+    FUZZ_CHECK(n[i] == "SUCCESS" || n[i] == "FAILURE" || n[i] == "DELAY" ||
+               (n[i] == "NEVER" && n.size() == 1));
+    for (size_t j = 0; j < i; ++j)
+      FUZZ_CHECK(n[i] != n[j]);
+  }
+  std::optional<std::string> orcpt = param(r.params, "ORCPT");
+  FUZZ_CHECK(orcpt.has_value() != r.orcpt.empty());
+  if (!orcpt) return;
+  size_t semi = orcpt->find(';');
+  FUZZ_CHECK(semi != std::string::npos && orcpt->substr(0, semi) == r.orcpt_type);
+  FUZZ_CHECK(xtext(orcpt->substr(semi + 1)) == r.orcpt);
+}
+
 // reparse - a fresh strict session must accept "<address>" as a recipient, unchanged.
 void reparse(const std::string& address) {
   if (address.empty() || address.size() + 2 > 256) return;
@@ -204,7 +266,7 @@ int fuzz_parsers(const uint8_t* data, size_t size) {
   fuzz::Bytes in{data, size};
   uint8_t flags = in.byte();
   bool strict = flags & 1, ehlo = flags & 2, rcpt = flags & 4, utf8_mail = (flags & 8) && ehlo;
-  bool keyword = flags & 16;
+  bool keyword = flags & 16, dsn = flags & 32;
 
   std::string_view arg = in.rest();
   arg = arg.substr(0, arg.find_first_of("\r\n"));
@@ -217,6 +279,7 @@ int fuzz_parsers(const uint8_t* data, size_t size) {
   o.hostname = "mx.example.org";
   o.strict = strict;
   o.max_message_bytes = 1000000;
+  o.dsn = o.binarymime = dsn;
   o.on_mail = [&mail](const smtpd::SessionInfo&, const std::string& from,
                       const smtpd::Params& params) -> std::optional<smtpd::Reply> {
     ++mail.calls;
@@ -251,6 +314,7 @@ int fuzz_parsers(const uint8_t* data, size_t size) {
     if (!ehlo) FUZZ_CHECK(mail.params.empty());
     if (!mail.address.empty()) check_mailbox(mail.address, smtputf8);
     check_params(mail.params, smtputf8);
+    if (dsn) check_dsn_mail(p.envelope().mail, mail.params);
     check_hook_address(mail.address);
     reparse(mail.address);
   } else {
@@ -260,7 +324,8 @@ int fuzz_parsers(const uint8_t* data, size_t size) {
     if (code != 250) return 0;
     FUZZ_CHECK(p.envelope().to.size() == 1 && p.envelope().to[0] == rcpt_seen.address);
     FUZZ_CHECK(!rcpt_seen.address.empty());
-    FUZZ_CHECK(rcpt_seen.params.empty());
+    if (!dsn) FUZZ_CHECK(rcpt_seen.params.empty());
+    if (dsn) check_dsn_rcpt(p.envelope().rcpt.at(0));
     check_mailbox(rcpt_seen.address, utf8_mail);
     check_hook_address(rcpt_seen.address);
     reparse(rcpt_seen.address);

@@ -303,7 +303,7 @@ protocol("session-gone-destroyed", lines("EHLO c.example", "MAIL FROM:<a@b.examp
          session=True, stream=True, n=2, gone=True)
 
 # ---- parsers: 1 flag byte, then the rest of the MAIL or RCPT line -----------------------------
-STRICT, EHLO, RCPT, UTF8, KEYWORD = 1, 2, 4, 8, 16
+STRICT, EHLO, RCPT, UTF8, KEYWORD, DSN = 1, 2, 4, 8, 16, 32
 
 
 def parsers(name, arg, flags=EHLO | KEYWORD):
@@ -379,6 +379,63 @@ parsers("no-keyword-lower", b"from:<a@b.example>", EHLO)
 parsers("no-keyword-space", b"FROM: <a@b.example>", EHLO)
 parsers("no-keyword-strict-space", b"FROM: <a@b.example>", EHLO | STRICT)
 parsers("rcpt-no-keyword", b"TO:<a@b.example>", EHLO | RCPT)
+
+DSN_MAIL = {
+    "ret-envid": "<a@b.example> RET=HDRS ENVID=QQ+2B1+3Dx",
+    "ret-lower": "<a@b.example> RET=full",
+    "ret-bad": "<a@b.example> RET=ALL",
+    "envid-bad-hex": "<a@b.example> ENVID=a+2b",
+    "envid-short-hex": "<a@b.example> ENVID=a+4",
+    "envid-long": "<a@b.example> ENVID=" + "x" * 101,
+    "duplicate": "<a@b.example> RET=FULL RET=HDRS",
+    "binarymime": "<a@b.example> BODY=BINARYMIME",
+    "auth-xtext": "<a@b.example> AUTH=e+3Dmc2@example.com",
+}
+for name, arg in DSN_MAIL.items():
+    parsers("dsn-mail-" + name, arg.encode(), EHLO | KEYWORD | DSN)
+DSN_RCPT = {
+    "notify": "<c@d.example> NOTIFY=SUCCESS,FAILURE,DELAY",
+    "never": "<c@d.example> NOTIFY=NEVER",
+    "never-and": "<c@d.example> NOTIFY=NEVER,SUCCESS",
+    "notify-twice": "<c@d.example> NOTIFY=DELAY,DELAY",
+    "orcpt": "<c@d.example> ORCPT=rfc822;c+2Btag@d.example",
+    "orcpt-utf8": "<c@d.example> ORCPT=utf-8;c\\x{E9}@d.example",
+    "orcpt-no-type": "<c@d.example> ORCPT=;c@d.example",
+    "orcpt-empty": "<c@d.example> ORCPT=rfc822;",
+    "both": "<c@d.example> NOTIFY=FAILURE ORCPT=rfc822;c@d.example",
+}
+for name, arg in DSN_RCPT.items():
+    parsers("dsn-rcpt-" + name, arg.encode(), EHLO | KEYWORD | RCPT | DSN)
+
+# ---- bdat: 2 option bytes, then the client's bytes ------------------------------------------
+def bdat_seed(name, client, b0=0, b1=2):
+    write("bdat", name, bytes([b0, b1]) + b(client))
+
+
+def chunk(data, last=False):
+    data = b(data)
+    return b"BDAT %d%s\r\n" % (len(data), b" LAST" if last else b"") + data
+
+
+BDAT_START = b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n"
+bdat_seed("one-chunk", BDAT_START + chunk("Subject: x\r\n\r\nhi\r\n", True) + b"QUIT\r\n", 6)
+bdat_seed("chunks", BDAT_START + chunk("abc") + chunk("") + chunk("def", True), 6)
+bdat_seed("binary", b"EHLO c.example\r\nMAIL FROM:<a@b.example> BODY=BINARYMIME\r\n"
+          b"RCPT TO:<c@d.example>\r\n" + chunk(b"\0\r\r\n.\r\n\n\xff", True), 8 | 6)
+bdat_seed("smuggle", BDAT_START + chunk("x\r\n.\r\nMAIL FROM:<e@v.example>\r\n", True), 6)
+bdat_seed("too-big", BDAT_START + chunk("0123456789") + chunk("0123456789", True), 0)
+bdat_seed("no-mail", b"EHLO c.example\r\n" + chunk("QUIT\r\n") + b"NOOP\r\n", 6)
+bdat_seed("bad-rcpt", b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<bad@d.example>\r\n"
+          + chunk("abc") + chunk("d", True), 6)
+bdat_seed("mixed", BDAT_START + chunk("ab") + b"DATA\r\n" + chunk("c", True), 6)
+bdat_seed("rset", BDAT_START + chunk("ab") + b"RSET\r\n" + BDAT_START[16:] + chunk("z", True), 6)
+bdat_seed("stream", BDAT_START + chunk("x" * 200) + chunk("y" * 50, True), 32 | 6, 1 | (1 << 6))
+bdat_seed("refused", BDAT_START + chunk("abc", True), 64 | 6)
+bdat_seed("unreadable", BDAT_START + b"BDAT x\r\nabc", 6)
+bdat_seed("syntax", BDAT_START + b"BDAT 3 LAST NOW\r\nabc" + chunk("d", True), 6)
+bdat_seed("random-split", BDAT_START + chunk("abc" * 30) + chunk("d" * 70, True), 6, 3 | (5 << 2))
+bdat_seed("byte-by-byte", BDAT_START + chunk("a\r\nb") + chunk("c", True), 6, 1)
+bdat_seed("partial", BDAT_START + b"BDAT 100 LAST\r\nonly a part", 6)
 
 # ---- auth: 1 flag byte, then steps (op byte, fields of a length byte and bytes) ---------------
 def field(data):
