@@ -214,6 +214,15 @@ deliver_py dsn-smtplib-rfc3461-s4 ext 1 msg.eml smtplib "${PORT[ext]}" msg.eml \
   'rcpt_options.0.orcpt="rfc822;bob+dsn@example.test"' \
   'rcpt_options.1.notify=["NEVER"]' 'rcpt_options.1.orcpt=null' 'body="7BIT"' \
   'chunked=false'
+# A long address with NOTIFY and ORCPT: the RCPT line (553 octets here) passes RFC 5321's 512,
+# which extensions may raise (§4.5.3.1.4); DSN raises it by 500 for RCPT (RFC 3461 §4, as is
+# MAIL's by 100 for RET and ENVID), and Postfix relaying such an address sends such a line.
+LONG_ADDR=$(printf 'l%.0s' {1..64})@$(printf 'd%.0s' {1..59}).$(printf 'd%.0s' {1..59})
+LONG_ADDR+=.$(printf 'd%.0s' {1..59}).test
+deliver_py dsn-long-rcpt-line-rfc3461-s4 ext 1 msg.eml smtplib "${PORT[ext]}" msg.eml \
+  --rcpt "$LONG_ADDR" --rcpt-option NOTIFY=SUCCESS,FAILURE,DELAY \
+  --rcpt-option "ORCPT=rfc822;$LONG_ADDR" -- "to=[\"$LONG_ADDR\"]" \
+  "rcpt_options.0.orcpt=\"rfc822;$LONG_ADDR\""
 # No DSN parameters given: the fields are null.
 deliver_py dsn-absent-json-null ext 1 msg.eml smtplib "${PORT[ext]}" msg.eml \
   --rcpt bob@example.test -- 'ret=null' 'envid=null' 'rcpt_options.0.notify=null' \
