@@ -38,6 +38,7 @@
 #include <cstring>
 #include <ctime>
 #include <fstream>
+#include <initializer_list>
 #include <iostream>
 #include <limits>
 #include <map>
@@ -299,14 +300,33 @@ std::string upper_ascii(std::string text) {
   return text;
 }
 
-// add_keyword - --mail-parameter and --rcpt-parameter: an esmtp-keyword, stored in upper case;
-// the same keyword twice is an error.
-void add_keyword(std::vector<std::string>& keywords, const std::string& keyword) {
+// is_one_of - whether `word` is in `list`.
+bool is_one_of(const std::string& word, std::initializer_list<const char*> list) {
+  return std::any_of(list.begin(), list.end(), [&](const char* item) { return word == item; });
+}
+
+// The parameters and EHLO keywords the library handles itself (with mailsink's flags): a
+// --mail-parameter, --rcpt-parameter or --ehlo-keyword naming one would let it through unparsed
+// or offer it twice.
+const std::initializer_list<const char*> own_mail_parameters = {
+    "SIZE", "BODY", "SMTPUTF8", "AUTH", "RET", "ENVID", "REQUIRETLS"};
+const std::initializer_list<const char*> own_rcpt_parameters = {"NOTIFY", "ORCPT"};
+const std::initializer_list<const char*> own_ehlo_keywords = {
+    "SIZE",     "8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES",
+    "SMTPUTF8", "CHUNKING", "BINARYMIME", "DSN",
+    "LIMITS",   "AUTH",     "STARTTLS",   "REQUIRETLS"};
+
+// add_keyword - --mail-parameter and --rcpt-parameter: an esmtp-keyword that is not one of
+// `own`, stored in upper case; the same keyword twice is an error.
+void add_keyword(std::vector<std::string>& keywords, const std::string& keyword,
+                 std::initializer_list<const char*> own) {
   if (!is_esmtp_keyword(keyword))
     throw UsageError("needs a parameter keyword (a letter or digit, then letters, digits and "
                      "'-'), not '" +
                      keyword + "'");
   std::string upper = upper_ascii(keyword);
+  if (is_one_of(upper, own))
+    throw UsageError("cannot take " + upper + ": it belongs to an extension mailsink implements");
   if (std::find(keywords.begin(), keywords.end(), upper) != keywords.end())
     throw UsageError("gives '" + upper + "' a second time");
   keywords.push_back(std::move(upper));
@@ -325,6 +345,9 @@ std::string parse_ehlo_line(const std::string& line) {
     throw UsageError("needs an EHLO keyword (a letter or digit, then letters, digits and '-'), "
                      "not '" +
                      keyword + "'");
+  if (is_one_of(upper_ascii(keyword), own_ehlo_keywords))
+    throw UsageError("cannot add " + upper_ascii(keyword) +
+                     ": mailsink decides itself whether to offer it");
   for (std::size_t start = space; start != std::string::npos;) {
     const std::size_t next = line.find(' ', start + 1);
     const std::string param = line.substr(start + 1, next - start - 1);
@@ -355,9 +378,13 @@ const Flag flags[] = {
     {"--dsn", false, [](Config& c, const std::string&) { c.options.dsn = true; }},
     {"--requiretls", false, [](Config& c, const std::string&) { c.options.requiretls = true; }},
     {"--mail-parameter", true,
-     [](Config& c, const std::string& v) { add_keyword(c.options.mail_parameters, v); }},
+     [](Config& c, const std::string& v) {
+       add_keyword(c.options.mail_parameters, v, own_mail_parameters);
+     }},
     {"--rcpt-parameter", true,
-     [](Config& c, const std::string& v) { add_keyword(c.options.rcpt_parameters, v); }},
+     [](Config& c, const std::string& v) {
+       add_keyword(c.options.rcpt_parameters, v, own_rcpt_parameters);
+     }},
     {"--ehlo-keyword", true,
      [](Config& c, const std::string& v) {
        c.options.ehlo_keywords.push_back(parse_ehlo_line(v));
@@ -577,11 +604,13 @@ void print_usage(std::ostream& out) {
       << "                        --tls-cert and --tls-key (default: off)\n"
       << "  --mail-parameter KEYWORD\n"
       << "                        accept the MAIL parameter KEYWORD[=VALUE] (shown by --json\n"
-      << "                        in mail_params); repeatable (default: unknown ones get 555)\n"
+      << "                        in mail_params); repeatable; not one mailsink implements\n"
+      << "                        (SIZE, BODY, AUTH, RET...) (default: unknown ones get 555)\n"
       << "  --rcpt-parameter KEYWORD\n"
       << "                        the same for RCPT (--json: rcpt_options' params)\n"
       << "  --ehlo-keyword LINE   add LINE, \"KEYWORD [PARAM...]\", to the EHLO reply;\n"
-      << "                        repeatable (default: none)\n"
+      << "                        repeatable; not a keyword mailsink offers itself (CHUNKING,\n"
+      << "                        DSN...) (default: none)\n"
       << "\n"
       << "delivery, at most one (default: a summary line per message on stdout):\n"
       << "  --maildir DIR         store each message as a file in DIR/new, creating DIR,\n"

@@ -173,6 +173,12 @@ sink_exits cli-mail-parameter-keyword 2 'mail-parameter needs a parameter keywor
   "no message about the bad keyword" --mail-parameter 'X_BAD'
 sink_exits cli-rcpt-parameter-twice 2 "rcpt-parameter gives 'XRCPT' a second time" \
   "no message about the repeated keyword" --rcpt-parameter XRCPT --rcpt-parameter xrcpt
+sink_exits cli-mail-parameter-own 2 'mail-parameter cannot take RET: it belongs to an extension' \
+  "no message that RET belongs to DSN" --mail-parameter ret
+sink_exits cli-rcpt-parameter-own 2 'rcpt-parameter cannot take NOTIFY: it belongs to an ext' \
+  "no message that NOTIFY belongs to DSN" --rcpt-parameter NOTIFY
+sink_exits cli-ehlo-keyword-own 2 'ehlo-keyword cannot add CHUNKING: mailsink decides' \
+  "no message that CHUNKING is mailsink's own" --ehlo-keyword 'chunking 1'
 sink_exits cli-ehlo-keyword-syntax 2 'ehlo-keyword needs one space between parameters' \
   "no message about the double space" --ehlo-keyword 'XFOO  bar'
 sink_exits cli-ehlo-keyword-keyword 2 'ehlo-keyword needs an EHLO keyword' \
