@@ -18,12 +18,13 @@
 #   - Exim (Debian's exim4-daemon-light, unpacked by .ci/exim.sh into BUILD/exim by
 #     `make deps`, never installed), with hosts_try_chunking: a real BDAT sender, whose message
 #     must arrive byte for byte.
-# Four mailsinks run on free loopback ports, each with a Maildir and --json:
+# Five mailsinks run on free loopback ports, each with a Maildir and --json:
 #   ext    --dsn --binarymime --max-size 20000 --mail-parameter XOORG --rcpt-parameter XRCPT
 #          --ehlo-keyword "XFOO bar baz" --auth alice:wonderland --auth-insecure --verbose
 #   plain  the defaults: CHUNKING on, no BINARYMIME, no DSN
 #   tls    STARTTLS with a throwaway certificate and --requiretls
 #   relay  --dsn --verbose: Postfix and Exim deliver here
+#   strict --strict
 # A stored message must be N Received fields followed by exactly the bytes sent.
 #
 # Each check prints "ok - NAME" or "FAIL - NAME: reason" (details follow on "#" lines); the last
@@ -40,7 +41,7 @@ begin_suite interop-ext "$@"
 EXIM_DIR=$(dirname "$SINK")/exim
 EXIM=$EXIM_DIR/usr/sbin/exim4
 
-make_workdir ext plain tls relay
+make_workdir ext plain tls relay strict
 # The Postfix instance's own temp dir, which the postfix user must be able to enter; Exim's
 # spool and log, which its Debian-exim user must be able to write.
 PFX=
@@ -99,6 +100,7 @@ start_server ext --json --verbose --dsn --binarymime --max-size "$EXT_MAX_SIZE" 
 start_server plain --json
 start_server tls --json --tls-cert "$CERT" --tls-key "$KEY" --requiretls
 start_server relay --json --verbose --dsn
+start_server strict --json --strict
 
 # --- helpers ---------------------------------------------------------------------------------
 # json_is NAME SERVER FILE KEY=JSON...: the --json line of SERVER for the stored FILE has each
@@ -301,6 +303,11 @@ deliver_py bdat-after-vanish-rfc3030-s2 ext 1 pipelined.eml pipelined "${PORT[ex
 # and the session goes on: only the small message after it is stored.
 deliver_py bdat-size-limit-552-rfc3030-s2 ext 1 small.eml oversize "${PORT[ext]}" \
   "$EXT_MAX_SIZE" small.eml -- 'chunked=true'
+# Strict mode refuses a message with a bare LF or CR (README, "Strict mode"; RFC 5321 §2.3.8)
+# whether it came with DATA or, without BINARYMIME, with BDAT: RFC 3030 §3 leaves such octets
+# to BINARYMIME alone, and a bare LF passed on is the stuff of SMTP smuggling.
+printf 'Subject: bare LF\r\n\r\nline\n.\r\nend\r\n' > bare-lf.eml
+refused_py strict-bdat-bare-lf-554-rfc3030-s3 strict bdat-refused "${PORT[strict]}" 554 bare-lf.eml
 # §2: DATA and BDAT may not be mixed in one transaction; §3: BINARYMIME needs BDAT.
 refused_py bdat-then-data-503-rfc3030-s2 ext mix "${PORT[ext]}"
 refused_py binarymime-data-503-rfc3030-s3 ext binarymime-data "${PORT[ext]}"
