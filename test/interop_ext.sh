@@ -24,7 +24,7 @@
 #   plain  the defaults: CHUNKING on, no BINARYMIME, no DSN
 #   tls    STARTTLS with a throwaway certificate and --requiretls
 #   relay  --dsn --verbose: Postfix and Exim deliver here
-#   strict --strict
+#   strict --strict --max-recipients 7
 # A stored message must be N Received fields followed by exactly the bytes sent.
 #
 # Each check prints "ok - NAME" or "FAIL - NAME: reason" (details follow on "#" lines); the last
@@ -100,7 +100,7 @@ start_server ext --json --verbose --dsn --binarymime --max-size "$EXT_MAX_SIZE" 
 start_server plain --json
 start_server tls --json --tls-cert "$CERT" --tls-key "$KEY" --requiretls
 start_server relay --json --verbose --dsn
-start_server strict --json --strict
+start_server strict --json --strict --max-recipients 7
 
 # --- helpers ---------------------------------------------------------------------------------
 # json_is NAME SERVER FILE KEY=JSON...: the --json line of SERVER for the stored FILE has each
@@ -203,6 +203,11 @@ name=ehlo-defaults-rfc3030-s2
 if need "$name" "$PY" "$NO_PY" && run_client "$name" plain "${PYC[@]}" ehlo "${PORT[plain]}" &&
    verify "$name" ehlo_has "$name.log" CHUNKING &&
    verify "$name" ehlo_lacks "$name.log" BINARYMIME DSN REQUIRETLS XFOO; then ok "$name"; fi
+# RFC 9422 (LIMITS): RCPTMAX tells --max-recipients, the default 100 or the one given.
+name=ehlo-limits-rcptmax-rfc9422
+if need "$name" "$PY" "$NO_PY" && run_client "$name" strict "${PYC[@]}" ehlo "${PORT[strict]}" &&
+   verify "$name" ehlo_has "$name.log" "LIMITS RCPTMAX=7" &&
+   verify "$name" ehlo_has ehlo-defaults-rfc3030-s2.log "LIMITS RCPTMAX=100"; then ok "$name"; fi
 name=ehlo-requiretls-rfc8689-s2
 if need "$name" "$PY" "$NO_PY" &&
    run_client "$name" tls "${PYC[@]}" ehlo-starttls "${PORT[tls]}" "$CERT" &&
