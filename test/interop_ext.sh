@@ -440,6 +440,8 @@ fi
 exim_config() {
   mkdir -p "$EXIM_WORK/spool" "$EXIM_WORK/log" &&
     chown Debian-exim:Debian-exim "$EXIM_WORK/spool" "$EXIM_WORK/log" || return 1
+  # The transport runs as Debian-exim, which cannot enter $WORK: the certificate goes here.
+  cp "$CERT" "$EXIM_WORK/ca.pem" && chmod 644 "$EXIM_WORK/ca.pem" || return 1
   cat > "$EXIM_WORK/exim.conf" <<CONF || return 1
 exim_path = $EXIM
 spool_directory = $EXIM_WORK/spool
@@ -448,6 +450,12 @@ primary_hostname = exim.localdomain
 qualify_domain = example.test
 keep_environment =
 begin routers
+to_tls:
+  driver = manualroute
+  domains = tls.example.test
+  transport = to_tls
+  route_list = * 127.0.0.1 byname
+  self = send
 to_relay:
   driver = manualroute
   transport = to_relay
@@ -460,11 +468,20 @@ to_relay:
   hosts_try_chunking = *
   hosts_avoid_tls = *
   allow_localhost
+to_tls:
+  driver = smtp
+  port = ${PORT[tls]}
+  hosts_try_chunking = *
+  hosts_require_tls = *
+  tls_verify_certificates = $EXIM_WORK/ca.pem
+  tls_verify_hosts = *
+  tls_verify_cert_hostnames = *
+  allow_localhost
 begin retry
 * * F,1m,10s
 CONF
 }
-EXIM_CHECKS=(exim-bdat-byte-exact-rfc3030-s2 exim-bdat-transcript)
+EXIM_CHECKS=(exim-bdat-byte-exact-rfc3030-s2 exim-bdat-transcript exim-starttls-bdat-rfc3030-s2)
 EXIM_MISSING=
 if [ ! -x "$EXIM" ]; then
   EXIM_MISSING="no Exim binary at $EXIM: run 'make deps' as root (.ci/exim.sh unpacks Debian's"
@@ -501,6 +518,26 @@ else
      verify "$name" log_has "$name" "$EXIM_WORK/log/mainlog" '=> bob@example.test .* K ' \
        "Exim's log does not say it used CHUNKING (K)"; then
     ok "$name"
+  fi
+  # BDAT inside TLS: Exim's to_tls transport (STARTTLS required, the throwaway certificate
+  # verified) to the tls server, for the domain tls.example.test.
+  name=${EXIM_CHECKS[2]}
+  if server_running "$name" tls &&
+     run_client "$name" tls "${LIMIT[@]}" "$EXIM" -C "$EXIM_WORK/exim.conf" -odf -i \
+       -f alice@example.test bob@tls.example.test < msg.eml; then
+    if ! wait_new "$name" tls 10; then
+      fail "$name" "Exim delivered nothing to the tls server"
+      details "$EXIM_WORK"/log/*
+    elif expect_new "$name" tls 1; then
+      stored=$(stored_path "$name" tls)
+      verify "$name" strip_received "$name" "$stored" 2 msg.eml &&
+        verify "$name" received_has "$name" " with ESMTPS " &&
+        verify "$name" json_is "$name" tls "$stored" 'chunked=true' \
+          'to=["bob@tls.example.test"]' &&
+        verify "$name" log_has "$name" "$EXIM_WORK/log/mainlog" \
+          '=> bob@tls.example.test .* X=TLS.* K ' \
+          "Exim's log does not say it used TLS (X=) and CHUNKING (K)" && ok "$name"
+    fi
   fi
 fi
 
