@@ -16,8 +16,8 @@
 #     temp dir, "postfix -c DIR", "sendmail -C DIR") relaying to mailsink: sendmail -N -R -V,
 #     whose NOTIFY, RET, ENVID and ORCPT must reach --json exactly;
 #   - Exim (Debian's exim4-daemon-light, unpacked by .ci/exim.sh into BUILD/exim by
-#     `make deps`, never installed), with hosts_try_chunking: a real BDAT sender, whose message
-#     must arrive byte for byte.
+#     `make deps`, never installed), with hosts_try_chunking: a real BDAT sender, in clear and
+#     over STARTTLS (the certificate verified), whose message must arrive byte for byte.
 # Five mailsinks run on free loopback ports, each with a Maildir and --json:
 #   ext    --dsn --binarymime --max-size 20000 --mail-parameter XOORG --rcpt-parameter XRCPT
 #          --ehlo-keyword "XFOO bar baz" --auth alice:wonderland --auth-insecure --verbose
@@ -434,7 +434,8 @@ fi
 # --- Exim: a real BDAT sender (RFC 3030) ---------------------------------------------------
 # Debian's exim4-daemon-light binary, unpacked by .ci/exim.sh (make deps), never installed.
 # Its own config: a manualroute router sending everything to the relay server through an smtp
-# transport with hosts_try_chunking, spool and log under $EXIM_WORK, delivered in the
+# transport with hosts_try_chunking (the domain tls.example.test to the tls server, STARTTLS
+# required), spool and log under $EXIM_WORK, delivered in the
 # foreground (-odf). Exim adds its own Received field (2 in all) and nothing else, since the
 # message has From, To, Date and Message-ID and root is a trusted user.
 exim_config() {
