@@ -435,9 +435,9 @@ fi
 # Debian's exim4-daemon-light binary, unpacked by .ci/exim.sh (make deps), never installed.
 # Its own config: a manualroute router sending everything to the relay server through an smtp
 # transport with hosts_try_chunking (the domain tls.example.test to the tls server, STARTTLS
-# required), spool and log under $EXIM_WORK, delivered in the
-# foreground (-odf). Exim adds its own Received field (2 in all) and nothing else, since the
-# message has From, To, Date and Message-ID and root is a trusted user.
+# required), spool and log under $EXIM_WORK, delivered in the foreground (-odf). Exim adds its
+# own Received field (2 in all) and nothing else, since the message has From, To, Date and
+# Message-ID and root is a trusted user.
 exim_config() {
   mkdir -p "$EXIM_WORK/spool" "$EXIM_WORK/log" &&
     chown Debian-exim:Debian-exim "$EXIM_WORK/spool" "$EXIM_WORK/log" || return 1
