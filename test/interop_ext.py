@@ -20,7 +20,6 @@ it exits 0 when all were as expected, else prints the first mismatch and exits 1
   vanish PORT                     BDAT 1000 with 10 octets of it, then the connection closed
   oversize PORT MAX OUT           chunks past --max-size MAX: 552, then a small message in the
                                   same session is accepted
-  bdat-refused PORT CODE FILE     FILE as one BDAT LAST chunk must get reply CODE
   mix PORT                        BDAT, then DATA in the same transaction: 503 (RFC 3030 §2)
   binarymime-data PORT            BODY=BINARYMIME, then DATA: 503 (RFC 3030 §3)
   json FILE PATH KEY=JSON...      the --json line in FILE whose "path" is PATH must have each
@@ -269,17 +268,6 @@ def mode_oversize(port, most, out):
     raw.quit()
 
 
-def mode_bdat_refused(port, code, path):
-    with open(path, 'rb') as fh:
-        body = fh.read()
-    raw = Raw(port)
-    raw.ehlo()
-    envelope(raw)
-    raw.send(b'BDAT %d LAST\r\n' % len(body) + body)
-    print(' | '.join(raw.expect(int(code), 'BDAT %d LAST with %s' % (len(body), path))))
-    raw.quit()
-
-
 def mode_mix(port):
     raw = Raw(port)
     raw.ehlo()
@@ -339,7 +327,7 @@ def mode_json(path, stored, *checks):
 MODES = {'ehlo': mode_ehlo, 'ehlo-starttls': mode_ehlo_starttls, 'commands': mode_commands,
          'smtplib': mode_smtplib, 'binary': mode_binary, 'pipelined': mode_pipelined,
          'bdat-zero': mode_bdat_zero, 'smuggle': mode_smuggle, 'vanish': mode_vanish,
-         'oversize': mode_oversize, 'bdat-refused': mode_bdat_refused, 'mix': mode_mix,
+         'oversize': mode_oversize, 'mix': mode_mix,
          'binarymime-data': mode_binarymime_data, 'json': mode_json}
 
 if __name__ == '__main__':
