@@ -10,9 +10,11 @@ it exits 0 when all were as expected, else prints the first mismatch and exits 1
   commands PORT CODE:COMMAND...   EHLO, then each COMMAND must get reply CODE (RSET, QUIT last)
   smtplib PORT FILE [--from A] [--mail-option P]... [--rcpt A [--rcpt-option P]...]...
           [--login USER:PASS] [--starttls CAFILE] [--mail-refused CODE]
-                                  smtplib: mail(from, options), rcpt(to, options) for each
-                                  --rcpt with the --rcpt-options after it, data(FILE); with
-                                  --mail-refused MAIL must get reply CODE and nothing is sent
+                                  smtplib: sendmail(from, tos, FILE, mail_options,
+                                  rcpt_options) when every --rcpt has the same --rcpt-options
+                                  after it, else mail(from, options), rcpt(to, options) for
+                                  each, data(FILE); with --mail-refused MAIL must get reply
+                                  CODE and nothing is sent
   binary PORT OUT                 BODY=BINARYMIME, three BDAT chunks with every octet value
   pipelined PORT OUT              MAIL, RCPT and two BDAT chunks in one write (RFC 3030 §4.2)
   bdat-zero PORT OUT              BODY=8BITMIME, BDAT N, then BDAT 0 LAST (RFC 3030 §2)
@@ -165,6 +167,14 @@ def mode_smtplib(port, path, *args):
             client.ehlo()
         if login:
             client.login(*login)
+        if not mail_refused and all(options == rcpts[0][1] for _, options in rcpts):
+            # The same options for every recipient: smtplib's own sendmail(), which adds SIZE=.
+            refused = client.sendmail(sender, [rcpt for rcpt, _ in rcpts], message,
+                                      mail_options=mail_options, rcpt_options=rcpts[0][1])
+            print('sendmail', mail_options, rcpts, '->', refused)
+            if refused:
+                die('recipients refused: %r' % (refused,))
+            return
         code, text = client.mail(sender, mail_options)
         print('MAIL', mail_options, '->', code, text.decode())
         if mail_refused:
