@@ -38,6 +38,10 @@ DEB_PACKAGES := g++ make libssl-dev openssl doctest-dev python3 swaks libnet-ssl
 DEB_PACKAGES += haproxy nginx libnginx-mod-mail dnsmasq
 # test/consumer.sh builds a program against smtpd with CMake and with pkg-config.
 DEB_PACKAGES += cmake pkgconf
+# test/interop_ext.sh runs Exim's binary, unpacked by .ci/exim.sh into $(BUILD)/exim (never
+# installed: it conflicts with postfix); these are the shared libraries it needs (ldd).
+DEB_PACKAGES += libcrypt1 libnsl2 libdb5.3 libgnutls30 libgnutls-dane0 libpcre2-8-0 libidn12 \
+  libidn2-0
 
 LIB_OBJ := $(BUILD)/smtpd.o
 EXAMPLES := $(BUILD)/hello $(BUILD)/mailsink
@@ -88,6 +92,7 @@ $(EXAMPLES) $(BUILD)/tests: $(BUILD)/flags
 # packages are installed; otherwise the command to do so is printed and the build stops.
 deps:
 	@bash .ci/deps.sh deps $(DEB_PACKAGES)
+	@bash .ci/exim.sh $(BUILD)/exim
 
 # --- running -----------------------------------------------------------------------------------
 run: $(BUILD)/mailsink

@@ -1,7 +1,8 @@
 // bench/loadgen.cpp - the benchmark's own SMTP load generator: C++17 and POSIX sockets only (it
 // does not use the smtpd library), one thread, every connection driven by one epoll loop.
 //
-//     loadgen send --port P [--conns N] [--messages M] [--size BYTES] [--pipeline] [--timeout S]
+//     loadgen send --port P [--conns N] [--messages M] [--size BYTES] [--pipeline] [--bdat]
+//                  [--timeout S]
 //     loadgen idle --port P --conns N [--timeout S] [--burst K]
 //
 // send: N connections to 127.0.0.1:P (or --host) share M messages of exactly BYTES bytes each
@@ -10,7 +11,10 @@
 //   command. --pipeline uses RFC 2920 PIPELINING (refused when the EHLO reply does not offer
 //   it): MAIL, RCPT and DATA go out in one write, and after the 354 the message, its final dot
 //   and the next MAIL/RCPT/DATA (or QUIT) go out in one write. When the server offers SIZE,
-//   MAIL carries SIZE=BYTES (as curl and Python's smtplib do).
+//   MAIL carries SIZE=BYTES (as curl and Python's smtplib do). --bdat sends each message as one
+//   RFC 3030 chunk, "BDAT BYTES LAST" and the message in one write, instead of DATA, 354, the
+//   message and its dot (refused when the EHLO reply does not offer CHUNKING); with --pipeline
+//   too, MAIL, RCPT and the chunk go out in one write.
 // idle: open N connections (at most K handshakes in flight, default 64), read the greeting, say
 //   EHLO and hold them. Prints a "ready" JSON line when all N are idle (or --timeout passed),
 //   then waits for a line on stdin: "noop" sends NOOP on every idle connection and checks that
@@ -56,6 +60,7 @@ struct Config {
   long messages = 1;
   std::size_t size = 1024;
   bool pipeline = false;
+  bool bdat = false; // RFC 3030: each message as one BDAT LAST chunk
   double timeout = 60;
   long burst = 64;
 };
@@ -64,7 +69,7 @@ struct Config {
   std::fprintf(stderr,
                "loadgen: %s\n"
                "usage: loadgen send --port P [--conns N] [--messages M] [--size BYTES] "
-               "[--pipeline] [--timeout S] [--host IP]\n"
+               "[--pipeline] [--bdat] [--timeout S] [--host IP]\n"
                "       loadgen idle --port P --conns N [--timeout S] [--burst K] [--host IP]\n",
                why);
   std::exit(2);
@@ -90,6 +95,10 @@ Config parse(int argc, char** argv) {
     std::string flag = argv[i];
     if (flag == "--pipeline") {
       c.pipeline = true;
+      continue;
+    }
+    if (flag == "--bdat") {
+      c.bdat = true;
       continue;
     }
     if (i + 1 >= argc) usage(("missing value for " + flag).c_str());
@@ -172,13 +181,16 @@ struct Conn {
   int fd = -1;
   std::string in;             // reply bytes not parsed yet
   std::deque<Expect> expect;  // replies still to come, in order
-  const char* big = nullptr;  // output, part 1: a view of the shared message (not copied)
+  std::string head;           // output, part 1: the BDAT command before the message
+  std::size_t head_off = 0;
+  const char* big = nullptr;  // output, part 2: a view of the shared message (not copied)
   std::size_t big_left = 0;
-  std::string tail;           // output, part 2: commands and the final dot
+  std::string tail;           // output, part 3: commands and the final dot
   std::size_t tail_off = 0;
   bool watching_out = false;  // EPOLLOUT registered
   bool pipelining = false;    // the EHLO reply offered PIPELINING
   bool size_ext = false;      // ... and SIZE
+  bool chunking = false;      // ... and CHUNKING (RFC 3030)
   bool idle = false;          // idle mode: EHLO done, being held
   bool quitting = false;      // QUIT sent
 };
@@ -211,10 +223,10 @@ public:
       poll_once(100);
     }
     double secs = elapsed(start_);
-    std::printf("{\"mode\":\"send\",\"pipeline\":%s,\"conns\":%ld,\"size\":%zu,\"messages\":%ld,"
+    std::printf("{\"mode\":\"send\",\"pipeline\":%s,\"bdat\":%s,\"conns\":%ld,\"size\":%zu,\"messages\":%ld,"
                 "\"ok\":%ld,\"errors\":%ld,\"seconds\":%.6f,\"msgs_per_s\":%.1f,\"mib_per_s\":%.2f,"
                 "\"timed_out\":%s,\"first_error\":\"%s\"}\n",
-                cfg_.pipeline ? "true" : "false", cfg_.conns, message_.size(), cfg_.messages, ok_,
+                cfg_.pipeline ? "true" : "false", cfg_.bdat ? "true" : "false", cfg_.conns, message_.size(), cfg_.messages, ok_,
                 errors_, secs, secs > 0 ? ok_ / secs : 0.0,
                 secs > 0 ? ok_ * static_cast<double>(message_.size()) / secs / 1048576.0 : 0.0,
                 timed_out_ ? "true" : "false", json_escape(first_error_).c_str());
@@ -405,6 +417,7 @@ private:
         std::string kw(line.substr(4));
         for (char& ch : kw) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
         if (kw == "PIPELINING") c.pipelining = true;
+        if (kw == "CHUNKING") c.chunking = true;
         if (kw.rfind("SIZE", 0) == 0 && (kw.size() == 4 || kw[4] == ' ')) c.size_ext = true;
       }
       if (line.size() > 3 && line[3] == '-') continue; // more lines of this reply follow
@@ -442,6 +455,10 @@ private:
         note_error("the server does not offer PIPELINING");
         fatal_ = true;
         close_conn(c, true);
+      } else if (cfg_.bdat && !c.chunking) {
+        note_error("the server does not offer CHUNKING");
+        fatal_ = true;
+        close_conn(c, true);
       } else {
         next_transaction(c, nullptr);
       }
@@ -450,14 +467,17 @@ private:
       if (!cfg_.pipeline) send_text(c, "RCPT TO:<sink@example.test>\r\n", Expect::rcpt);
       break;
     case Expect::rcpt:
-      if (!cfg_.pipeline) send_text(c, "DATA\r\n", Expect::data);
+      if (!cfg_.pipeline && cfg_.bdat)
+        send_chunk(c, "");
+      else if (!cfg_.pipeline)
+        send_text(c, "DATA\r\n", Expect::data);
       break;
     case Expect::data:
       send_message(c);
       break;
     case Expect::message:
       ++ok_;
-      if (!cfg_.pipeline) next_transaction(c, nullptr);
+      if (!cfg_.pipeline || cfg_.bdat) next_transaction(c, nullptr);
       break;
     case Expect::quit:
       close_conn(c, false);
@@ -477,6 +497,12 @@ private:
       ++claimed_;
       out += c.size_ext ? mail_size_ : mail_;
       c.expect.push_back(Expect::mail);
+      if (cfg_.pipeline && cfg_.bdat) { // MAIL, RCPT and the chunk in one write
+        out += "RCPT TO:<sink@example.test>\r\n";
+        c.expect.push_back(Expect::rcpt);
+        send_chunk(c, out);
+        return;
+      }
       if (cfg_.pipeline) {
         out += "RCPT TO:<sink@example.test>\r\nDATA\r\n";
         c.expect.push_back(Expect::rcpt);
@@ -498,26 +524,46 @@ private:
     queue(c, message_.data(), message_.size(), tail);
   }
 
+  // send_chunk - `commands`, then the whole message as one chunk: "BDAT SIZE LAST" and the
+  // message, with no dot-stuffing and no final dot (RFC 3030 §2).
+  void send_chunk(Conn& c, const std::string& commands) {
+    c.expect.push_back(Expect::message);
+    queue(c, nullptr, 0, "", commands + "BDAT " + std::to_string(message_.size()) + " LAST\r\n",
+          message_.data(), message_.size());
+  }
+
   void send_text(Conn& c, const char* text, Expect e) {
     c.expect.push_back(e);
     queue(c, nullptr, 0, text);
   }
 
-  // queue - add output (an optional view of the shared message, then `text`) and write it.
-  void queue(Conn& c, const char* big, std::size_t big_len, const std::string& text) {
-    bool pending = c.big_left > 0 || c.tail_off < c.tail.size();
-    if (big_len > 0 && pending) { // keep the order: copy the message behind what is pending
+  static bool pending(const Conn& c) {
+    return c.head_off < c.head.size() || c.big_left > 0 || c.tail_off < c.tail.size();
+  }
+
+  // queue - add output (an optional view of the shared message, then `text`; or with --bdat
+  // `head`, the message, nothing after) and write it.
+  void queue(Conn& c, const char* big, std::size_t big_len, const std::string& text,
+             const std::string& head = "", const char* head_big = nullptr,
+             std::size_t head_big_len = 0) {
+    if (head_big_len > 0) { // the BDAT form: head, then the message
+      big = head_big;
+      big_len = head_big_len;
+    }
+    const bool was_pending = pending(c);
+    if (was_pending) { // keep the order: copy behind what is pending
+      c.tail += head;
       c.tail.append(big, big_len);
-      big_len = 0;
+      c.tail += text;
+      flush(c);
+      return;
     }
-    if (!pending) {
-      c.tail.clear();
-      c.tail_off = 0;
-    }
-    if (big_len > 0) {
-      c.big = big;
-      c.big_left = big_len;
-    }
+    c.head = head;
+    c.head_off = 0;
+    c.tail.clear();
+    c.tail_off = 0;
+    c.big = big;
+    c.big_left = big_len;
     c.tail += text;
     flush(c);
   }
@@ -525,9 +571,11 @@ private:
   // flush - write as much output as the socket takes, in one writev; wait for EPOLLOUT if some
   // is left.
   void flush(Conn& c) {
-    while (c.big_left > 0 || c.tail_off < c.tail.size()) {
-      iovec iov[2];
+    while (pending(c)) {
+      iovec iov[3];
       int n = 0;
+      if (c.head_off < c.head.size())
+        iov[n++] = {const_cast<char*>(c.head.data() + c.head_off), c.head.size() - c.head_off};
       if (c.big_left > 0) iov[n++] = {const_cast<char*>(c.big), c.big_left};
       if (c.tail_off < c.tail.size())
         iov[n++] = {const_cast<char*>(c.tail.data() + c.tail_off), c.tail.size() - c.tail_off};
@@ -540,18 +588,21 @@ private:
         return;
       }
       std::size_t done = static_cast<std::size_t>(w);
+      std::size_t from_head = std::min(done, c.head.size() - c.head_off);
+      c.head_off += from_head;
+      done -= from_head;
       std::size_t from_big = std::min(done, c.big_left);
       c.big += from_big;
       c.big_left -= from_big;
       c.tail_off += done - from_big;
     }
-    bool pending = c.big_left > 0 || c.tail_off < c.tail.size();
-    if (pending != c.watching_out) {
+    const bool left = pending(c);
+    if (left != c.watching_out) {
       epoll_event ev{};
-      ev.events = EPOLLIN | EPOLLRDHUP | (pending ? EPOLLOUT : 0u);
+      ev.events = EPOLLIN | EPOLLRDHUP | (left ? EPOLLOUT : 0u);
       ev.data.u64 = static_cast<std::uint64_t>(&c - conns_.data());
       if (epoll_ctl(ep_, EPOLL_CTL_MOD, c.fd, &ev) != 0) die("epoll_ctl");
-      c.watching_out = pending;
+      c.watching_out = left;
     }
   }
 

@@ -7,6 +7,7 @@ How to run (from the top of the repository):
                                     (as root) and runs this script with ROUNDS=3
     make bench ROUNDS=5             more rounds, steadier medians
     /usr/bin/python3 bench/run.py --cases 1,4 --rounds 1     a few cases, by hand (after make bench)
+    /usr/bin/python3 bench/run.py --cases 2 --rounds 1 --servers smtpd   our server alone
     /usr/bin/python3 bench/run.py --profile                  also strace -c both sinks (case 1, 16 -d)
 
 The servers, each started on a fresh free port on 127.0.0.1:
@@ -19,6 +20,9 @@ The cases (every client and server share this machine's cores, so client cost co
        messages per connection (-d) and one message per connection (connect, HELO, MAIL, RCPT,
        DATA, QUIT). Messages per second, from the client's wall time.
     2  smtp-source, 16 sessions, 100 KiB messages, many per connection: messages/s and MiB/s.
+       Then bench/loadgen, 16 connections, lock-step, 100 KiB messages, with DATA and with
+       BDAT (RFC 3030 CHUNKING: each message one "BDAT 102400 LAST" chunk): messages/s, BDAT's
+       next to DATA's. smtp-sink and aiosmtpd offer no CHUNKING: n/a for BDAT.
     3  bench/loadgen (EHLO) at 1 and 16 connections, lock-step and pipelined (RFC 2920: MAIL,
        RCPT, DATA in one write; message end plus the next MAIL/RCPT/DATA in one write), 1 KiB
        messages: messages/s. Needs PIPELINING in the EHLO reply (aiosmtpd does not offer it).
@@ -205,12 +209,14 @@ def smtp_source(server, sessions, messages, size, per_connection):
             "server_cpu_per_10k": server_cpu * 10000 / messages}
 
 
-def loadgen(build, server, conns, messages, size, pipeline):
+def loadgen(build, server, conns, messages, size, pipeline, bdat=False):
     argv = [os.path.join(build, "bench", "loadgen"), "send", "--port", str(server.port),
             "--conns", str(conns), "--messages", str(messages), "--size", str(size),
             "--timeout", "100"]
     if pipeline:
         argv.append("--pipeline")
+    if bdat:
+        argv.append("--bdat")
     p, wall, server_cpu, client_cpu = timed(server, argv, 120)
     try:
         out = json.loads(p.stdout.decode().strip().splitlines()[-1])
@@ -218,6 +224,8 @@ def loadgen(build, server, conns, messages, size, pipeline):
         raise RunFailed(f"loadgen said nothing useful: {p.stderr.decode(errors='replace')[-300:]}")
     if "PIPELINING" in out.get("first_error", ""):
         raise NotApplicable("no PIPELINING")
+    if "CHUNKING" in out.get("first_error", ""):
+        raise NotApplicable("no CHUNKING")
     if p.returncode != 0:
         raise RunFailed(f"loadgen: {out['ok']}/{messages} ok, {out['errors']} errors, "
                         f"first: {out['first_error']}")
@@ -310,6 +318,14 @@ def make_cases(build):
                       lambda srv: smtp_source(srv, 16, scaled(srv, 2000), 100 * 1024, False),
                       [Row("2 smtp-source -d, 16 sess, 100 KiB", "msgs_per_s", "msg/s"),
                        Row("2   the same in MiB/s", "mib_per_s", "MiB/s")]))
+    # 2 again with our generator: DATA, then BDAT (RFC 3030) where the server offers CHUNKING.
+    # 5000 messages: smtpd takes about 0.5 s for them, smtp-sink about 4 s.
+    for bdat in (False, True):
+        cases.append(Case(2, f"c2-100k-c16-{'bdat' if bdat else 'data'}",
+                          lambda srv, b=bdat: loadgen(build, srv, 16, scaled(srv, 5000),
+                                                      100 * 1024, False, b),
+                          [Row(f"2 loadgen {'BDAT' if bdat else 'DATA'}, 16 conn, 100 KiB",
+                               "msgs_per_s", "msg/s")]))
     # 3: our generator, EHLO, lock-step and pipelined.
     counts = {(False, 1): 15000, (False, 16): 25000, (True, 1): 60000, (True, 16): 100000}
     for pipeline in (False, True):
@@ -348,10 +364,12 @@ def make_cases(build):
 
 # --- running and reporting -----------------------------------------------------------------------
 
-def run_case(case, servers, build, rounds, results, out):
-    """Run one case: every round, every server in turn. results[case.name][server] = [metrics]."""
+def run_case(case, servers, build, rounds, results, out, only=SERVERS):
+    """Run one case: every round, every server in turn. results[case.name][server] = [metrics].
+    Servers not in `only` (--servers) are left out: n/a."""
     per_server = results.setdefault(case.name, {s: [] for s in SERVERS})
-    skip = set()  # servers for which the case makes no sense (n/a in round 1)
+    skip = set(SERVERS) - set(only)  # and servers for which the case makes no sense (n/a in
+    # round 1)
     for rnd in range(1, rounds + 1):
         for kind in SERVERS:
             if kind in skip:
@@ -493,15 +511,24 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     ap.add_argument("--cases", default="1,2,3,4,5",
                     help="case numbers to run, e.g. 1,4 (6 comes with 1)")
+    ap.add_argument("--servers", default=",".join(SERVERS),
+                    help="servers to run, e.g. smtpd (default all; the others show n/a)")
     ap.add_argument("--profile", action="store_true",
                     help="also strace -c the C servers during case 1, 16 sessions -d")
     args = ap.parse_args()
     build = os.path.abspath(args.build)
     wanted = {int(c) for c in args.cases.split(",")}
+    only = [k for k in SERVERS if k in args.servers.split(",")]
+    if not only or len(only) != len(set(args.servers.split(","))):
+        sys.exit(f"--servers takes some of {','.join(SERVERS)}, not {args.servers}")
     for tool in (os.path.join(build, "bench", "sink"), os.path.join(build, "bench", "loadgen")):
         if not os.access(tool, os.X_OK):
             sys.exit(f"{tool} is missing: run `make bench`")
-    for tool in ("smtp-sink", "smtp-source"):
+    if args.profile and ("smtp-sink" not in only or OURS not in only):
+        sys.exit("--profile needs smtpd and smtp-sink in --servers")
+    needed = (["smtp-sink"] if "smtp-sink" in only else []) + \
+        (["smtp-source"] if wanted & {1, 2} else [])
+    for tool in needed:
         if not shutil.which(tool):
             sys.exit(f"{tool} not found: install Postfix (`make bench` does, as root)")
     os.makedirs(os.path.join(build, "bench"), exist_ok=True)
@@ -517,10 +544,10 @@ def main():
         try:
             # Cases 1-3 share one long-running instance of each server; 4 and 5 start fresh ones.
             if any(not c.fresh for c in cases) or args.profile:
-                servers = {k: Server(k, build).start() for k in SERVERS}
+                servers = {k: Server(k, build).start() for k in only}
             for case in cases:
                 log(f"{case.name}:")
-                run_case(case, servers, build, args.rounds, results, out)
+                run_case(case, servers, build, args.rounds, results, out, only)
             if args.profile:
                 profile(build, servers)
         finally:

@@ -38,6 +38,7 @@
 #include <cstring>
 #include <ctime>
 #include <fstream>
+#include <initializer_list>
 #include <iostream>
 #include <limits>
 #include <map>
@@ -282,6 +283,83 @@ void add_limit_exempt(Config& config, const std::string& cidr) {
   if (cidr != "none") config.options.limit_exempt_networks.push_back(cidr);
 }
 
+// is_esmtp_keyword - whether `word` is an esmtp-keyword (RFC 5321 §4.1.2): a letter or digit,
+// then letters, digits and '-'.
+bool is_esmtp_keyword(std::string_view word) {
+  auto alphanumeric = [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+  };
+  if (word.empty() || !alphanumeric(word[0])) return false;
+  return std::all_of(word.begin(), word.end(), [&](char c) { return alphanumeric(c) || c == '-'; });
+}
+
+// upper_ascii - `text` with ASCII letters in upper case (ESMTP keywords are case-insensitive).
+std::string upper_ascii(std::string text) {
+  for (char& c : text)
+    if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
+  return text;
+}
+
+// is_one_of - whether `word` is in `list`.
+bool is_one_of(const std::string& word, std::initializer_list<const char*> list) {
+  return std::any_of(list.begin(), list.end(), [&](const char* item) { return word == item; });
+}
+
+// The parameters and EHLO keywords the library handles itself (with mailsink's flags): a
+// --mail-parameter, --rcpt-parameter or --ehlo-keyword naming one would let it through unparsed
+// or offer it twice.
+const std::initializer_list<const char*> own_mail_parameters = {
+    "SIZE", "BODY", "SMTPUTF8", "AUTH", "RET", "ENVID", "REQUIRETLS"};
+const std::initializer_list<const char*> own_rcpt_parameters = {"NOTIFY", "ORCPT"};
+const std::initializer_list<const char*> own_ehlo_keywords = {
+    "SIZE",     "8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES",
+    "SMTPUTF8", "CHUNKING", "BINARYMIME", "DSN",
+    "LIMITS",   "AUTH",     "STARTTLS",   "REQUIRETLS"};
+
+// add_keyword - --mail-parameter and --rcpt-parameter: an esmtp-keyword that is not one of
+// `own`, stored in upper case; the same keyword twice is an error.
+void add_keyword(std::vector<std::string>& keywords, const std::string& keyword,
+                 std::initializer_list<const char*> own) {
+  if (!is_esmtp_keyword(keyword))
+    throw UsageError("needs a parameter keyword (a letter or digit, then letters, digits and "
+                     "'-'), not '" +
+                     keyword + "'");
+  std::string upper = upper_ascii(keyword);
+  if (is_one_of(upper, own))
+    throw UsageError("cannot take " + upper + ": it belongs to an extension mailsink implements");
+  if (std::find(keywords.begin(), keywords.end(), upper) != keywords.end())
+    throw UsageError("gives '" + upper + "' a second time");
+  keywords.push_back(std::move(upper));
+}
+
+// max_ehlo_line - the longest --ehlo-keyword line: a reply line has 512 octets with "250-" and
+// CRLF (RFC 5321 §4.5.3.1.5).
+constexpr std::size_t max_ehlo_line = 506;
+
+// parse_ehlo_line - --ehlo-keyword: an ehlo-line of RFC 5321 §4.1.1.1, a keyword and
+// parameters of printable ASCII without spaces, one space between each.
+std::string parse_ehlo_line(const std::string& line) {
+  const std::size_t space = line.find(' ');
+  const std::string keyword = line.substr(0, space);
+  if (!is_esmtp_keyword(keyword))
+    throw UsageError("needs an EHLO keyword (a letter or digit, then letters, digits and '-'), "
+                     "not '" +
+                     keyword + "'");
+  if (is_one_of(upper_ascii(keyword), own_ehlo_keywords))
+    throw UsageError("cannot add " + upper_ascii(keyword) +
+                     ": mailsink decides itself whether to offer it");
+  for (std::size_t start = space; start != std::string::npos;) {
+    const std::size_t next = line.find(' ', start + 1);
+    const std::string param = line.substr(start + 1, next - start - 1);
+    if (param.empty() || !is_printable_ascii(param))
+      throw UsageError("needs one space between parameters of printable ASCII, not '" + line + "'");
+    start = next;
+  }
+  if (line.size() > max_ehlo_line)
+    throw UsageError("is longer than " + std::to_string(max_ehlo_line) + " characters");
+  return line;
+}
+
 // Flag - one command-line flag: its name, whether a value follows it, what it sets, and
 // whether every later argument belongs to it too (--exec PROGRAM ARG...).
 struct Flag {
@@ -295,6 +373,22 @@ struct Flag {
 const Flag flags[] = {
     {"--listen", true, [](Config& c, const std::string& v) { c.options.addr = v; }},
     {"--hostname", true, [](Config& c, const std::string& v) { c.options.hostname = v; }},
+    // extensions
+    {"--binarymime", false, [](Config& c, const std::string&) { c.options.binarymime = true; }},
+    {"--dsn", false, [](Config& c, const std::string&) { c.options.dsn = true; }},
+    {"--requiretls", false, [](Config& c, const std::string&) { c.options.requiretls = true; }},
+    {"--mail-parameter", true,
+     [](Config& c, const std::string& v) {
+       add_keyword(c.options.mail_parameters, v, own_mail_parameters);
+     }},
+    {"--rcpt-parameter", true,
+     [](Config& c, const std::string& v) {
+       add_keyword(c.options.rcpt_parameters, v, own_rcpt_parameters);
+     }},
+    {"--ehlo-keyword", true,
+     [](Config& c, const std::string& v) {
+       c.options.ehlo_keywords.push_back(parse_ehlo_line(v));
+     }},
     // delivery
     {"--maildir", true, [](Config& c, const std::string& v) { c.maildir = v; }},
     {"--mbox", true, [](Config& c, const std::string& v) { c.mbox = v; }},
@@ -388,6 +482,8 @@ void check_tls_flags(const smtpd::Options& options) {
     alone = "--tls-ciphers";
   else if (options.tls_ciphersuites != smtpd::Options().tls_ciphersuites)
     alone = "--tls-ciphersuites";
+  else if (options.requiretls)
+    alone = "--requiretls";
   if (alone != nullptr) throw UsageError(std::string(alone) + " needs --tls-cert and --tls-key");
 }
 
@@ -498,6 +594,24 @@ void print_usage(std::ostream& out) {
       << "  --hostname NAME       our name in the greeting and the Received header\n"
       << "                        (default: the system host name)\n"
       << "\n"
+      << "extensions (CHUNKING, RFC 3030, is always offered: messages may come with BDAT):\n"
+      << "  --binarymime          offer BINARYMIME (RFC 3030): a message sent with BDAT after\n"
+      << "                        BODY=BINARYMIME may hold any octets (default: off)\n"
+      << "  --dsn                 offer DSN (RFC 3461): RET and ENVID on MAIL, NOTIFY and ORCPT\n"
+      << "                        on RCPT are accepted and shown by --json; mailsink sends no\n"
+      << "                        notices (default: off, those parameters get 555)\n"
+      << "  --requiretls          offer REQUIRETLS (RFC 8689), inside TLS only; needs\n"
+      << "                        --tls-cert and --tls-key (default: off)\n"
+      << "  --mail-parameter KEYWORD\n"
+      << "                        accept the MAIL parameter KEYWORD[=VALUE] (shown by --json\n"
+      << "                        in mail_params); repeatable; not one mailsink implements\n"
+      << "                        (SIZE, BODY, AUTH, RET...) (default: unknown ones get 555)\n"
+      << "  --rcpt-parameter KEYWORD\n"
+      << "                        the same for RCPT (--json: rcpt_options' params)\n"
+      << "  --ehlo-keyword LINE   add LINE, \"KEYWORD [PARAM...]\", to the EHLO reply;\n"
+      << "                        repeatable; not a keyword mailsink offers itself (CHUNKING,\n"
+      << "                        DSN...) (default: none)\n"
+      << "\n"
       << "delivery, at most one (default: a summary line per message on stdout):\n"
       << "  --maildir DIR         store each message as a file in DIR/new, creating DIR,\n"
       << "                        DIR/tmp, DIR/new and DIR/cur if missing; synced to disk\n"
@@ -530,7 +644,13 @@ void print_usage(std::ostream& out) {
       << "                        --exec): time (RFC 3339, UTC), peer, helo, tls (version or\n"
       << "                        null), auth_user (or null), from, to (array), size, subject\n"
       << "                        and message_id (null when the header is missing), path (the\n"
-      << "                        Maildir file or mbox, else null) (default: summary lines)\n"
+      << "                        Maildir file or mbox, else null), body (7BIT, 8BITMIME or\n"
+      << "                        BINARYMIME), chunked (true: sent with BDAT), requiretls, ret,\n"
+      << "                        envid and auth (MAIL's RET=, ENVID= and AUTH=, decoded, or\n"
+      << "                        null), mail_params (every MAIL parameter: KEYWORD: value),\n"
+      << "                        rcpt_options (one per recipient in to: notify, an array or\n"
+      << "                        null; orcpt, \"TYPE;ADDRESS\" or null; params, every RCPT\n"
+      << "                        parameter) (default: summary lines)\n"
       << "  --print-body          print the message itself after its summary line (default:\n"
       << "                        the summary line only)\n"
       << "  --quiet               print nothing per message and no startup line; errors\n"
@@ -538,7 +658,8 @@ void print_usage(std::ostream& out) {
       << "  --verbose             print the SMTP transcript on stderr, 'C:' for what the client\n"
       << "                        sent and 'S:' for our replies, line by line as the library's\n"
       << "                        tracer saw them: AUTH secrets masked, message content\n"
-      << "                        included (default: no transcript)\n"
+      << "                        included, but a BDAT chunk only as 'C: <N octets>'\n"
+      << "                        (default: no transcript)\n"
       << "\n"
       << "stopping (besides SIGINT and SIGTERM):\n"
       << "  --count N             exit 0 once N messages were accepted: take no new client,\n"
@@ -1389,6 +1510,39 @@ std::string json_string_or_null(const std::optional<std::string>& text) {
   return text ? json_string(*text) : "null";
 }
 
+// json_params - MAIL or RCPT parameters as a JSON object, KEYWORD: value ("" for a parameter
+// without a value), in the order given.
+std::string json_params(const smtpd::Params& params) {
+  std::string object = "{";
+  for (const auto& [keyword, value] : params)
+    object += (object.size() > 1 ? "," : "") + json_string(keyword) + ":" + json_string(value);
+  return object + "}";
+}
+
+// json_rcpt_options - the DSN fields and parameters of one recipient: notify (an array, null
+// when not given), orcpt ("TYPE;ADDRESS", the address xtext-decoded, null when not given) and
+// params.
+std::string json_rcpt_options(const smtpd::RcptOptions& options) {
+  std::string notify = "null";
+  if (!options.notify.empty()) {
+    notify = "[";
+    for (const std::string& word : options.notify)
+      notify += (notify.size() > 1 ? "," : "") + json_string(word);
+    notify += "]";
+  }
+  const bool has_orcpt = !options.orcpt_type.empty() || !options.orcpt.empty();
+  return "{\"notify\":" + notify + ",\"orcpt\":" +
+         (has_orcpt ? json_string(options.orcpt_type + ";" + options.orcpt) : "null") +
+         ",\"params\":" + json_params(options.params) + "}";
+}
+
+// body_type - the BODY of the message: "BINARYMIME", "8BITMIME" or "7BIT" (none given).
+const char* body_type(const smtpd::Envelope& envelope) {
+  if (envelope.mail.binarymime) return "BINARYMIME";
+  if (envelope.mail.body_8bit || envelope.body_8bit) return "8BITMIME";
+  return "7BIT";
+}
+
 // json_line - the --json object of one message, on one line with a final newline. `path` is
 // where --maildir or --mbox stored it, "" when it was not stored.
 std::string json_line(const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
@@ -1400,6 +1554,14 @@ std::string json_line(const smtpd::SessionInfo& session, const smtpd::Envelope& 
   for (const std::string& recipient : envelope.to)
     to += (to.size() > 1 ? "," : "") + json_string(recipient);
   to += "]";
+  // One object per recipient; a recipient the library gave no options to gets empty ones.
+  std::string rcpt_options = "[";
+  for (std::size_t i = 0; i < envelope.to.size(); ++i)
+    rcpt_options +=
+        (i > 0 ? "," : "") +
+        json_rcpt_options(i < envelope.rcpt.size() ? envelope.rcpt[i] : smtpd::RcptOptions());
+  rcpt_options += "]";
+  const smtpd::MailOptions& mail = envelope.mail;
   return "{\"time\":" + json_string(formatted_now("%Y-%m-%dT%H:%M:%SZ", true)) +
          ",\"peer\":" + json_string(session.peer.to_string()) +
          ",\"helo\":" + json_string(session.helo) + ",\"tls\":" +
@@ -1409,7 +1571,15 @@ std::string json_line(const smtpd::SessionInfo& session, const smtpd::Envelope& 
          ",\"size\":" + std::to_string(message.size()) +
          ",\"subject\":" + json_string_or_null(header_field(message, "subject")) +
          ",\"message_id\":" + json_string_or_null(header_field(message, "message-id")) +
-         ",\"path\":" + json_string_or_null(unless_empty(path)) + "}\n";
+         ",\"path\":" + json_string_or_null(unless_empty(path)) +
+         ",\"body\":" + json_string(body_type(envelope)) +
+         ",\"chunked\":" + (envelope.chunked ? "true" : "false") +
+         ",\"requiretls\":" + (mail.requiretls ? "true" : "false") +
+         ",\"ret\":" + json_string_or_null(unless_empty(mail.ret)) +
+         ",\"envid\":" + json_string_or_null(unless_empty(mail.envid)) +
+         ",\"auth\":" + json_string_or_null(unless_empty(mail.auth)) +
+         ",\"mail_params\":" + json_params(envelope.mail_params) +
+         ",\"rcpt_options\":" + rcpt_options + "}\n";
 }
 
 // =============================================================================================
@@ -1738,16 +1908,27 @@ void prepare_delivery(const Config& config, Deliveries& deliveries) {
 }
 
 // Transcript - the --verbose tracer: the session's bytes each way, cut into lines for
-// Output::transcript. A line is printed once its LF arrives, or at the close.
+// Output::transcript. A line is printed once its LF arrives, or at the close. A BDAT chunk
+// (RFC 3030) may be binary: it is shown as one line "<N octets>" once its N octets have come
+// (N from the BDAT command line before it), never as its bytes.
 class Transcript : public smtpd::Tracer {
 public:
   Transcript(Output& output, smtpd::Peer peer) : output_(output), peer_(std::move(peer)) {}
 
-  void client(std::string_view bytes) override { add(client_, true, bytes); }
+  void client(std::string_view bytes) override {
+    end_chunk();
+    add(client_, true, bytes);
+  }
 
   void server(std::string_view bytes) override { add(server_, false, bytes); }
 
+  void chunk(std::string_view bytes) override {
+    chunk_octets_ += bytes.size();
+    if (chunk_expected_ && chunk_octets_ >= *chunk_expected_) end_chunk();
+  }
+
   void close() override {
+    end_chunk();
     if (!client_.empty()) output_.transcript(peer_, true, client_);
     if (!server_.empty()) output_.transcript(peer_, false, server_);
   }
@@ -1759,14 +1940,45 @@ private:
     std::size_t start = 0;
     for (std::size_t lf; (lf = pending.find('\n', start)) != std::string::npos; start = lf + 1) {
       std::size_t end = lf > start && pending[lf - 1] == '\r' ? lf - 1 : lf;
-      output_.transcript(peer_, from_client, std::string_view(pending).substr(start, end - start));
+      const std::string_view line = std::string_view(pending).substr(start, end - start);
+      output_.transcript(peer_, from_client, line);
+      if (from_client) expect_chunk(line);
     }
     pending.erase(0, start);
   }
 
+  // expect_chunk - after a client line "BDAT N [LAST]" (any case), the chunk of N octets
+  // follows; "BDAT 0" has none, so its "<0 octets>" line is printed at once.
+  void expect_chunk(std::string_view line) {
+    chunk_expected_.reset();
+    if (line.size() < 5 || upper_ascii(std::string(line.substr(0, 5))) != "BDAT ") return;
+    const std::string_view size = line.substr(5, line.find(' ', 5) - 5);
+    unsigned long long octets = 0;
+    const auto [stop, error] = std::from_chars(size.data(), size.data() + size.size(), octets);
+    if (error != std::errc() || stop != size.data() + size.size()) return;
+    chunk_expected_ = octets;
+    chunk_octets_ = 0;
+    if (octets == 0) output_.transcript(peer_, true, "<0 octets>");
+  }
+
+  // end_chunk - print the chunk's line if any of its octets came: "<N octets>", or
+  // "<N of M octets>" when it was cut short (the client went away or spoke before its end).
+  void end_chunk() {
+    if (chunk_octets_ > 0) {
+      std::string line = "<" + std::to_string(chunk_octets_);
+      if (chunk_expected_ && chunk_octets_ < *chunk_expected_)
+        line += " of " + std::to_string(*chunk_expected_);
+      output_.transcript(peer_, true, line + " octets>");
+    }
+    chunk_octets_ = 0;
+    chunk_expected_.reset();
+  }
+
   Output& output_;
   smtpd::Peer peer_;
-  std::string client_, server_; // a line each way whose end has not arrived
+  std::string client_, server_;                      // a line each way whose end has not arrived
+  unsigned long long chunk_octets_ = 0;              // of the chunk being received
+  std::optional<unsigned long long> chunk_expected_; // its size, from the BDAT line
 };
 
 // server_options - the command line's options plus the hooks, the message handler, the error

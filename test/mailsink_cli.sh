@@ -479,7 +479,9 @@ if len(lines) != 2:
     sys.exit('%d lines on stdout, not 2' % len(lines))
 first, second = (json.loads(l) for l in lines)
 want = {'time', 'peer', 'helo', 'tls', 'auth_user', 'from', 'to', 'size', 'subject',
-        'message_id', 'path'}
+        'message_id', 'path', 'body', 'chunked', 'requiretls', 'ret', 'envid', 'auth',
+        'mail_params', 'rcpt_options'}
+no_options = {'notify': None, 'orcpt': None, 'params': {}}
 if set(first) != want:
     sys.exit('fields %s, not %s' % (sorted(first), sorted(want)))
 checks = [
@@ -492,6 +494,12 @@ checks = [
     (isinstance(first['size'], int) and first['size'] > 100, 'size'),
     (first['subject'] == 'caf\u00e9 \u0001 bad \ufffd\ufffd "q" \\  folded', 'subject'),
     (first['message_id'] == '<json-1@example.test>', 'message_id'),
+    # The extensions' fields (test/interop_ext.sh checks them set): a plain DATA message.
+    (first['body'] == '7BIT' and first['chunked'] is False and first['requiretls'] is False,
+     'body/chunked/requiretls'),
+    (first['ret'] is None and first['envid'] is None and first['auth'] is None, 'ret/envid/auth'),
+    (first['mail_params'] == {} and first['rcpt_options'] == [no_options, no_options],
+     'mail_params/rcpt_options'),
     (second['subject'] == 'Hello summary' and second['message_id'] == '<sum-1@example.test>',
      'second message'),
 ]
