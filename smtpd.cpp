@@ -3803,6 +3803,22 @@ bool is_esmtp_keyword(std::string_view k) {
          std::all_of(k.begin(), k.end(), let_dig_hyphen);
 }
 
+// is_ehlo_line - ehlo-keyword *( SP ehlo-param ), each ehlo-param 1*(%d33-126) (RFC 5321
+// §4.1.1.1): nothing that could end the reply line or fake another.
+bool is_ehlo_line(std::string_view line) {
+  std::size_t space = line.find(' ');
+  if (!is_esmtp_keyword(line.substr(0, space))) return false;
+  while (space != std::string_view::npos) {
+    line.remove_prefix(space + 1);
+    space = line.find(' ');
+    std::string_view param = line.substr(0, space);
+    if (param.empty() ||
+        !std::all_of(param.begin(), param.end(), [](char c) { return c >= '!' && c <= '~'; }))
+      return false;
+  }
+  return true;
+}
+
 // The parameters the library parses and the extensions it advertises: a user's keyword may not
 // shadow one of them (it would pass unparsed, or show twice in EHLO).
 const char* const parsed_parameters[] = {"SIZE",  "BODY",       "SMTPUTF8", "AUTH", "RET",
@@ -3827,13 +3843,9 @@ void validate_extensions(const Options& o) {
     for (const std::string& k : *list)
       if (!is_esmtp_keyword(k) || is_ours(parsed_parameters, k))
         throw std::invalid_argument("smtpd: not an ESMTP parameter keyword of your own: " + k);
-  for (const std::string& line : o.ehlo_keywords) {
-    std::string_view keyword = std::string_view(line).substr(0, line.find(' '));
-    bool printable =
-        std::all_of(line.begin(), line.end(), [](char c) { return c >= ' ' && c <= '~'; });
-    if (!is_esmtp_keyword(keyword) || !printable || is_ours(advertised_extensions, keyword))
+  for (const std::string& line : o.ehlo_keywords)
+    if (!is_ehlo_line(line) || is_ours(advertised_extensions, line.substr(0, line.find(' '))))
       throw std::invalid_argument("smtpd: not an EHLO keyword line of your own: " + line);
-  }
 }
 
 // validate - refuse options that would disable a protection by accident (a zero timeout or

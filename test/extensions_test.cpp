@@ -195,7 +195,8 @@ TEST_SUITE("extensions") {
       m.mail_parameters = {ours};
       throws(m);
     }
-    for (const char* bad : {"", " X", "X\r\n250 FAKE", "X\tY", "-X", "CHUNKING", "dsn x"}) {
+    for (const char* bad :
+         {"", " X", "X\r\n250 FAKE", "X\tY", "-X", "CHUNKING", "dsn x", "X  Y", "X Y ", "X \x7F"}) {
       CAPTURE(printable(bad));
       smtpd::Options e;
       e.ehlo_keywords = {bad};
