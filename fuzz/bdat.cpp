@@ -23,7 +23,8 @@
 // which sees every command line, every chunk's octets (Tracer::chunk) and every reply, in
 // dialogue order. Invariants, besides "no crash, no sanitizer report" and well-formed replies:
 //   - the reply that ends a chunk comes after exactly as many octets as its BDAT line announced
-//     (read independently here), unless the line was refused unread (500) or the session closed
+//     (read independently here), unless the line was refused unread (500: too long, answered
+//     before its LF, or bare CR/LF) or the session closed
 //     (421);
 //   - "250 2.0.0 N octets received" ("250 N octets received" after HELO) says N, the size of
 //     that chunk;
@@ -38,6 +39,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 
 namespace {
 
@@ -84,8 +86,9 @@ public:
   void client(std::string_view bytes) override {
     line_.append(bytes.data(), bytes.size());
     if (line_.empty() || line_.back() != '\n') return;
-    mail_ = starts_with_ci(line_, "MAIL");
-    if (starts_with_ci(line_, "BDAT ")) {
+    bool refused = std::exchange(partial_refused_, false); // too long: never ran
+    mail_ = !refused && starts_with_ci(line_, "MAIL");
+    if (!refused && starts_with_ci(line_, "BDAT ")) {
       m_.in_bdat = true;
       m_.announced = announced_size(line_);
       m_.pending.clear();
@@ -103,6 +106,7 @@ public:
   void server(std::string_view bytes) override {
     std::string_view text(bytes);
     int code = (bytes[0] - '0') * 100 + (bytes[1] - '0') * 10 + (bytes[2] - '0');
+    if (!line_.empty()) partial_refused_ = true; // a reply before its LF: the line was refused
     if (text.find("queued as") != std::string_view::npos) ++m_.queued;
     if (mail_ && code == 250) m_.accepted.clear(); // a new transaction: MAIL was accepted
     mail_ = false;
@@ -122,8 +126,9 @@ public:
 
 private:
   Model& m_;
-  std::string line_;  // the command line being traced
-  bool mail_ = false; // the last whole line was a MAIL command, not yet answered
+  std::string line_;             // the command line being traced
+  bool mail_ = false;            // the last whole line was a MAIL command, not yet answered
+  bool partial_refused_ = false; // the line being traced was answered before its end
 };
 
 // check_delivery - a message handed over: after BDAT, the accepted chunks and the last one.
