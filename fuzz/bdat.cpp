@@ -24,8 +24,7 @@
 // dialogue order. Invariants, besides "no crash, no sanitizer report" and well-formed replies:
 //   - the reply that ends a chunk comes after exactly as many octets as its BDAT line announced
 //     (read independently here), unless the line was refused unread (500: too long, answered
-//     before its LF, or bare CR/LF) or the session closed
-//     (421);
+//     before its LF, or bare CR/LF) or the session closed (421);
 //   - "250 2.0.0 N octets received" ("250 N octets received" after HELO) says N, the size of
 //     that chunk;
 //   - a message handed over after BDAT ... LAST is the Received header and then exactly the
