@@ -2556,7 +2556,10 @@ struct Protocol::State {
       argument = space == std::string_view::npos ? "" : skip_spaces(argument.substr(space));
       if (!apply_xclient(item, next, seen)) return reply(replies::bad_xclient(item));
     }
-    if (next.peer.ip != session.peer.ip && !seen.name) next.peer.hostname.clear(); // not theirs
+    if (next.peer.ip != session.peer.ip) { // the proxy's name and port are not the client's
+      if (!seen.name) next.peer.hostname.clear();
+      if (!seen.port) next.peer.port = 0;
+    }
     bool login = seen.login || login_by_xclient, esmtp = seen.esmtp;
     auth.cancel();
     reset_transaction();
@@ -2572,15 +2575,17 @@ struct Protocol::State {
     session.esmtp = esmtp; // PROTO=ESMTP; the next HELO/EHLO says again
   }
 
-  // apply_xclient - one "NAME=value" of XCLIENT onto `next`; false when the name is unknown or
-  // the value malformed. Values are xtext (RFC 3461 §4); "[UNAVAILABLE]" and "[TEMPUNAVAIL]"
-  // mean the proxy does not know it, which clears the attribute.
+  // XclientSeen - which attributes one XCLIENT command gave.
   struct XclientSeen {
     bool name = false;  // NAME was given
+    bool port = false;  // PORT was given
     bool login = false; // LOGIN was given, and known
     bool esmtp = false; // PROTO=ESMTP
   };
 
+  // apply_xclient - one "NAME=value" of XCLIENT onto `next`; false when the name is unknown or
+  // the value malformed. Values are xtext (RFC 3461 §4); "[UNAVAILABLE]" and "[TEMPUNAVAIL]"
+  // mean the proxy does not know it, which clears the attribute.
   static bool apply_xclient(std::string_view item, SessionInfo& next, XclientSeen& seen) {
     std::size_t equals = item.find('=');
     if (equals == std::string_view::npos) return false;
@@ -2591,7 +2596,10 @@ struct Protocol::State {
     if (unknown) value->clear();
     if (iequals(name, "ADDR")) return xclient_address(*value, unknown, next.peer);
     if (iequals(name, "DESTADDR")) return xclient_address(*value, unknown, next.local);
-    if (iequals(name, "PORT")) return xclient_port(*value, next.peer.port);
+    if (iequals(name, "PORT")) {
+      seen.port = true;
+      return xclient_port(*value, next.peer.port);
+    }
     if (iequals(name, "DESTPORT")) return xclient_port(*value, next.local.port);
     if (iequals(name, "NAME")) {
       next.peer.hostname = *value;
