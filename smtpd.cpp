@@ -2100,9 +2100,9 @@ struct Protocol::State {
   std::size_t errors = 0;                   // 5xx replies so far (Options::hard_error_limit)
   std::size_t junk_commands = 0;            // NOOP RSET VRFY HELP since the last message
   std::size_t auth_failures = 0;
-  RateLimiter* rates;           // per-client message and recipient rates, or null: none
-  bool xclient_allowed = false; // the connecting client is in xclient_networks (a proxy)
-  bool trusted = false;         // the client is in trusted_networks: no tls/auth_required
+  RateLimiter* rates;            // per-client message and recipient rates, or null: none
+  bool xclient_allowed = false;  // the connecting client is in xclient_networks (a proxy)
+  bool trusted = false;          // the client is in trusted_networks: no tls/auth_required
   bool login_by_xclient = false; // auth_user came from XCLIENT LOGIN, not from AUTH
 
   UserCode user;
@@ -2564,7 +2564,7 @@ struct Protocol::State {
     auth.cancel();
     reset_transaction();
     user.reset();
-    if (next.proxy.ip.empty()) next.proxy = session.peer; // the first XCLIENT: who spoke
+    if (next.proxy.ip.empty()) next.proxy = session.peer;    // the first XCLIENT: who spoke
     if (!login_by_xclient && !login) next.auth_user.clear(); // the proxy's own AUTH is not theirs
     login_by_xclient = login;
     session = std::move(next);
@@ -2642,8 +2642,8 @@ struct Protocol::State {
 
   // xclient_port - PORT or DESTPORT: 0 to 65535 in decimal; "" (unknown) is 0.
   static bool xclient_port(const std::string& value, uint16_t& port) {
-    if (value.size() > 5 || !std::all_of(value.begin(), value.end(),
-                                         [](char c) { return is_digit(c); }))
+    if (value.size() > 5 ||
+        !std::all_of(value.begin(), value.end(), [](char c) { return is_digit(c); }))
       return false;
     unsigned long n = value.empty() ? 0 : std::stoul(value);
     port = uint16_t(n);
@@ -3802,8 +3802,11 @@ ProxyHeader parse_proxy_v2(std::string_view bytes) {
   if (total > max_proxy_v2_bytes) return bad_proxy_header(2, "v2 header over the size cap");
   if (bytes.size() < total) return h; // need_more
   h.length = total;
+  h.status = ProxyHeader::Status::complete;
+  // LOCAL: the proxy's own connection (a health check); the block is ignored, family included.
+  h.local = (u[12] & 0x0F) == 0;
+  if (h.local) return h;
   std::string_view block = bytes.substr(16, total - 16);
-  bool local = (u[12] & 0x0F) == 0;
   unsigned char family = u[13];
   // §2.2: 0x00 UNSPEC, 0x11 TCP over IPv4, 0x21 TCP over IPv6, 0x31 UNIX stream; datagrams are
   // not SMTP, and receivers must drop connections with any other value.
@@ -3811,9 +3814,8 @@ ProxyHeader parse_proxy_v2(std::string_view bytes) {
   if (family != 0x00 && addresses == 0) return bad_proxy_header(2, "v2 family not TCP or UNIX");
   if (block.size() < addresses) return bad_proxy_header(2, "v2 addresses overrun the header");
   if (!v2_tlvs_fit(block.substr(addresses))) return bad_proxy_header(2, "v2 TLV overruns");
-  h.status = ProxyHeader::Status::complete;
-  // LOCAL (the proxy's own health check), UNSPEC and UNIX: the connection's addresses stand.
-  h.local = local || family == 0x00 || family == 0x31;
+  // UNSPEC and UNIX: addresses that name no TCP client; the connection's own stand.
+  h.local = family == 0x00 || family == 0x31;
   if (h.local) return h;
   const auto* a = u + 16;
   if (family == 0x11) {
@@ -3894,8 +3896,8 @@ struct RateLimiter::Impl {
   static constexpr Clock::duration minute = std::chrono::minutes(1);
 
   struct Counter {
-    Clock::time_point start; // the current fixed minute began
-    std::size_t current = 0; // events in it
+    Clock::time_point start;  // the current fixed minute began
+    std::size_t current = 0;  // events in it
     std::size_t previous = 0; // events in the minute before it
   };
 
@@ -3966,7 +3968,8 @@ RateLimiter::RateLimiter(const Options& options) : impl_(std::make_unique<Impl>(
 
 RateLimiter::~RateLimiter() = default;
 
-bool RateLimiter::allow(Kind kind, const std::string& ip, std::chrono::steady_clock::time_point now) {
+bool RateLimiter::allow(Kind kind, const std::string& ip,
+                        std::chrono::steady_clock::time_point now) {
   std::size_t limit = impl_->limits[int(kind)];
   if (limit == 0 || in_any(impl_->exempt, ip)) return true;
   std::lock_guard<std::mutex> lock(impl_->mu);
@@ -3979,9 +3982,7 @@ std::size_t RateLimiter::tracked() const {
   return impl_->index.size();
 }
 
-namespace {
-
-} // namespace
+namespace {} // namespace
 
 // Server::Impl - the listener, the connection registry and the worker threads. Each connection
 // runs on a worker thread of its own; when it ends, the worker parks for a while (at most
@@ -3990,13 +3991,13 @@ namespace {
 // detached and keeps it alive until it returns.
 struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   Options options;
-  std::vector<Network> exempt;       // limit_exempt_networks, parsed
-  std::vector<Network> proxies;      // proxy_networks, parsed
+  std::vector<Network> exempt;        // limit_exempt_networks, parsed
+  std::vector<Network> proxies;       // proxy_networks, parsed
   std::unique_ptr<RateLimiter> rates; // per-client rates, shared by every session
-  std::atomic<bool> closing{false};  // no longer accepting: drain(), shutdown() or close() began
-  std::atomic<bool> stopping{false}; // shutdown() or close() began: idle sessions get 421
-  int wake[2] = {-1, -1};            // written once when stopping; connections poll wake[0]
-  int accept_wake[2] = {-1, -1};     // written once when closing; the accept loop polls it
+  std::atomic<bool> closing{false};   // no longer accepting: drain(), shutdown() or close() began
+  std::atomic<bool> stopping{false};  // shutdown() or close() began: idle sessions get 421
+  int wake[2] = {-1, -1};             // written once when stopping; connections poll wake[0]
+  int accept_wake[2] = {-1, -1};      // written once when closing; the accept loop polls it
 
   mutable std::mutex mu;
   mutable std::condition_variable changed; // serving, clients or threads changed
@@ -4199,8 +4200,12 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       if (!rates->allow(RateLimiter::Kind::connection, peer.ip))
         return refuse_late(client->fd, peer, replies::connection_rate(), "connection rate");
       if (options.reverse_dns) peer.hostname = reverse_lookup(peer, options.reverse_dns_timeout);
-      ServerControl control{options, stopping, wake[0], std::move(tls),
-                            [this](const std::string& m) { log_error(m); }, rates.get()};
+      ServerControl control{options,
+                            stopping,
+                            wake[0],
+                            std::move(tls),
+                            [this](const std::string& m) { log_error(m); },
+                            rates.get()};
       Connection(control, client->fd, peer, local, proxy).run();
     } catch (const std::exception& e) { // e.g. std::bad_alloc
       log_error(std::string("smtpd: connection ended: ") + e.what());
@@ -4211,8 +4216,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   // proxy-protocol.txt); the peer and our end become those it names (not for v1 UNKNOWN or v2
   // LOCAL), and the per-IP count moves to the real client. False: close at once. A missing or
   // bad header gets no reply (the peer does not speak SMTP yet); over the per-IP limit, 421.
-  bool take_proxy_header(std::list<Client>::iterator client, Peer& peer, Peer& local,
-                         Peer& proxy) {
+  bool take_proxy_header(std::list<Client>::iterator client, Peer& peer, Peer& local, Peer& proxy) {
     ProxyHeader header;
     std::string why;
     if (!read_proxy_header(client->fd, options.proxy_timeout, wake[0], header, why)) {

@@ -141,13 +141,13 @@ struct RcptOptions {
 struct SessionInfo {
   std::string id; // unique per session; also in the Received header's id clause and log lines
   Peer peer;
-  Peer local;              // our end: the address and port the client connected to (no hostname)
-  Peer proxy; // the proxy's own end when a PROXY header or XCLIENT named the peer; else empty
-  std::string helo;        // the HELO/EHLO argument; empty before it
-  bool esmtp = false;      // true after EHLO, false after HELO
-  bool tls = false;        // the session runs over TLS
-  std::string tls_version; // "TLSv1.3" when tls
-  std::string tls_cipher;  // "TLS_AES_256_GCM_SHA384" when tls
+  Peer local;       // our end: the address and port the client connected to (no hostname)
+  Peer proxy;       // the proxy's own end when a PROXY header or XCLIENT named the peer; else empty
+  std::string helo; // the HELO/EHLO argument; empty before it
+  bool esmtp = false;           // true after EHLO, false after HELO
+  bool tls = false;             // the session runs over TLS
+  std::string tls_version;      // "TLSv1.3" when tls
+  std::string tls_cipher;       // "TLS_AES_256_GCM_SHA384" when tls
   std::string tls_peer_subject; // the verified client certificate's subject (RFC 2253), or ""
   std::string auth_user;        // the authenticated identity; empty when not authenticated
 };
@@ -435,8 +435,8 @@ struct Options {
   // Networks are CIDR strings ("10.0.0.0/8", "::1/128", or one address); a bad one makes
   // Server throw. Per-client rates count per client address over a sliding minute (Postfix's
   // anvil), do not apply to limit_exempt_networks, and are off (0) by default.
-  std::vector<std::string> proxy_networks;   // clients there must begin with a PROXY protocol
-                                             // v1/v2 header (HAProxy); others are served directly
+  std::vector<std::string> proxy_networks; // clients there must begin with a PROXY protocol
+                                           // v1/v2 header (HAProxy); others are served directly
   std::chrono::milliseconds proxy_timeout = std::chrono::seconds(5); // for the whole header
   std::vector<std::string> xclient_networks; // clients there may send XCLIENT (nginx, Postfix)
   std::vector<std::string> trusted_networks; // not held to tls_required or auth_required
