@@ -119,9 +119,6 @@ void script(Session& s, std::initializer_list<std::string_view> dialogue) {
   if (!expected.empty() || !got.empty()) compare();
 }
 
-const char* const ehlo_plain[] = {"250-mx.test", "250-SIZE 26214400", "250-8BITMIME",
-                                  "250-PIPELINING", "250-ENHANCEDSTATUSCODES"};
-
 // xclient_options - XCLIENT allowed from 192.0.2.0/24 (the proxy), messages recorded.
 struct Recorded {
   std::vector<smtpd::SessionInfo> sessions;
