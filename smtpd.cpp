@@ -880,7 +880,7 @@ Reply bad_body() {
   return {501, "5.5.4", "BODY must be 7BIT or 8BITMIME"};
 }
 
-// bad_xclient - an XCLIENT attribute that is unknown, repeated or malformed (XCLIENT_README).
+// bad_xclient - an XCLIENT attribute that is unknown or malformed (XCLIENT_README).
 Reply bad_xclient(std::string_view what) {
   return {501, "5.5.4", "Bad XCLIENT attribute: " + sanitize_for_header(what, 64)};
 }

@@ -502,8 +502,8 @@ constexpr std::size_t max_proxy_v1_bytes = 107;
 constexpr std::size_t max_proxy_v2_bytes = 4096;
 
 // parse_proxy_header - read a PROXY protocol v1 or v2 header from the start of `bytes`. Pure:
-// no socket, no allocation beyond the result. A reader feeds it the bytes so far and, on
-// need_more, may consume all of them from the socket and wait for more: so nothing after the
+// no socket, no state, the same answer for the same bytes. A reader feeds it the bytes so far and,
+// on need_more, may consume all of them from the socket and wait for more: so nothing after the
 // header is ever consumed (a TLS ClientHello or early commands stay where they are).
 ProxyHeader parse_proxy_header(std::string_view bytes);
 
