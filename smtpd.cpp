@@ -3849,7 +3849,9 @@ bool read_proxy_header(int fd, std::chrono::milliseconds timeout, int wake_fd, P
                        std::string& why) {
   auto until = std::chrono::steady_clock::now() + timeout;
   std::string got;
-  char buf[max_proxy_v2_bytes];
+  // On the heap: a connection thread's stack pages stay committed for the whole session.
+  std::unique_ptr<char[]> buffer(new char[max_proxy_v2_bytes]);
+  char* buf = buffer.get();
   for (;;) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         until - std::chrono::steady_clock::now());
@@ -3858,7 +3860,7 @@ bool read_proxy_header(int fd, std::chrono::milliseconds timeout, int wake_fd, P
       why = ready == ReadResult::timeout ? "timed out" : "server stopping";
       return false;
     }
-    ssize_t n = ::recv(fd, buf, sizeof buf - got.size(), MSG_PEEK);
+    ssize_t n = ::recv(fd, buf, max_proxy_v2_bytes - got.size(), MSG_PEEK);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
     if (n <= 0) {
       why = n == 0 ? "closed" : std::strerror(errno);
