@@ -852,6 +852,11 @@ Reply too_many_connections() {
   return {421, "4.3.2", "Too many connections, try again later"};
 }
 
+// connection_rate - Options::max_connection_rate (Postfix's smtpd_client_connection_rate_limit).
+Reply connection_rate() {
+  return {421, "4.7.0", "Too many connections from your address per minute, try again later"};
+}
+
 Reply shutting_down() {
   return {421, "4.3.2", "Service shutting down, try again later"};
 }
@@ -870,6 +875,16 @@ Reply too_many_auth_failures() {
 
 Reply hook_failed_early() {
   return {421, "4.3.0", "Local error in processing, closing connection"};
+}
+
+// message_rate - Options::max_message_rate (Postfix's smtpd_client_message_rate_limit).
+Reply message_rate() {
+  return {450, "4.7.1", "Too much mail from your address, try again later"};
+}
+
+// recipient_rate - Options::max_recipient_rate (Postfix's smtpd_client_recipient_rate_limit).
+Reply recipient_rate() {
+  return {450, "4.7.1", "Too many recipients from your address, try again later"};
 }
 
 Reply local_error() {
@@ -982,6 +997,11 @@ Reply requiretls_needs_tls() {
   return {530, "5.7.10", "REQUIRETLS needs a TLS session (RFC 8689 §2)"};
 }
 
+// bad_xclient - an XCLIENT attribute that is unknown or malformed (XCLIENT_README).
+Reply bad_xclient(std::string_view what) {
+  return {501, "5.5.4", "Bad XCLIENT attribute: " + sanitize_for_header(what, 64)};
+}
+
 Reply not_implemented() {
   return {502, "5.5.1", "Command not implemented"};
 }
@@ -1036,6 +1056,11 @@ Reply invalid_credentials() {
 
 Reply encryption_required() {
   return {538, "5.7.11", "Encryption required for requested authentication mechanism"};
+}
+
+// xclient_denied - XCLIENT from a client not in xclient_networks (XCLIENT_README).
+Reply xclient_denied() {
+  return {550, "5.7.0", "Insufficient authorization for XCLIENT"};
 }
 
 Reply message_too_big() {
@@ -1175,6 +1200,10 @@ enum class Stage {
   bdat,    // between the chunks of a BDAT message: more BDAT, RSET, QUIT...
   closed,  // QUIT answered or 421 sent: nothing more is read
 };
+
+// in_networks - whether the numeric address `ip` lies in one of `cidrs` (section 8); an entry
+// that does not parse matches nothing (Server refuses such Options before any session).
+bool in_networks(const std::vector<std::string>& cidrs, const std::string& ip);
 
 // tls_configured - whether Options ask for TLS at all (a context, or certificate files).
 bool tls_configured(const Options& o) {
@@ -2346,6 +2375,10 @@ struct Protocol::State {
   std::size_t errors = 0;                   // 5xx replies so far (Options::hard_error_limit)
   std::size_t junk_commands = 0;            // NOOP RSET VRFY HELP since the last message
   std::size_t auth_failures = 0;
+  RateLimiter* rates;            // per-client message and recipient rates, or null: none
+  bool xclient_allowed = false;  // the connecting client is in xclient_networks (a proxy)
+  bool trusted = false;          // the client is in trusted_networks: no tls/auth_required
+  bool login_by_xclient = false; // auth_user came from XCLIENT LOGIN, not from AUTH
 
   UserCode user;
   LineReader lines;
@@ -2359,10 +2392,14 @@ struct Protocol::State {
   Clocks clocks;
   Trace trace;
 
-  State(const Options& o, SessionInfo s)
-      : options(o), session(std::move(s)), user(o, session), message(o, user), auth(o, user),
-        clocks(o) {
+  State(const Options& o, SessionInfo s, RateLimiter* r)
+      : options(o), session(std::move(s)), rates(r), user(o, session), message(o, user),
+        auth(o, user), clocks(o) {
     if (session.id.empty()) session.id = new_queue_id();
+    // XCLIENT is allowed by who connected (the proxy), for the whole connection; trust follows
+    // the client the session is about, so XCLIENT recomputes it.
+    xclient_allowed = in_networks(options.xclient_networks, session.peer.ip);
+    trusted = in_networks(options.trusted_networks, session.peer.ip);
     trace.start(o, session, user);
   }
 
@@ -2525,9 +2562,12 @@ struct Protocol::State {
     if (stage == Stage::refused && !(command && command->run == &State::cmd_quit))
       return replies::refused_session();
     if (command == nullptr) return replies::unknown_command();
-    if (options.tls_required && !session.tls && !(command->flags & before_tls))
+    // Trusted networks are not held to either requirement (go-smtp's SecureNet, Postfix's
+    // permit_mynetworks).
+    if (options.tls_required && !session.tls && !trusted && !(command->flags & before_tls))
       return replies::must_starttls();
-    if (options.auth_required && session.auth_user.empty() && !(command->flags & before_auth))
+    if (options.auth_required && session.auth_user.empty() && !trusted &&
+        !(command->flags & before_auth))
       return replies::must_authenticate();
     if ((command->flags & no_argument) && !argument.empty())
       return replies::syntax(std::string(command->verb));
@@ -2593,6 +2633,7 @@ struct Protocol::State {
     if (tls_offered()) text += "\nSTARTTLS";                              // RFC 3207
     std::string mechanisms = auth.offered(session.tls);
     if (!mechanisms.empty()) text += "\nAUTH " + mechanisms; // RFC 4954
+    if (xclient_allowed) text += "\nXCLIENT NAME ADDR PORT PROTO HELO LOGIN DESTADDR DESTPORT";
     for (const std::string& keyword : options.ehlo_keywords)
       text += "\n" + keyword;
     return {250, "", text};
@@ -2603,6 +2644,7 @@ struct Protocol::State {
   // cmd_mail - MAIL FROM:<reverse-path> [SP params] (RFC 5321 §4.1.1.2): opens a transaction.
   void cmd_mail(std::string_view argument) {
     if (stage != Stage::ready) return reply(replies::nested_mail());
+    if (!rate_allows(RateLimiter::Kind::message)) return reply(replies::message_rate());
     std::string_view path_and_params;
     if (!split_keyword(argument, "FROM:", options.strict, path_and_params))
       return reply(replies::syntax("MAIL FROM:<address>"));
@@ -2638,6 +2680,7 @@ struct Protocol::State {
   void cmd_rcpt(std::string_view argument) {
     if (stage == Stage::bdat) return reply(replies::rcpt_after_bdat());
     if (stage != Stage::mail) return reply(replies::need_mail());
+    if (!rate_allows(RateLimiter::Kind::recipient)) return reply(replies::recipient_rate());
     ++rcpts_tried;
     std::string_view path_and_params;
     if (!split_keyword(argument, "TO:", options.strict, path_and_params))
@@ -2913,6 +2956,157 @@ struct Protocol::State {
   void cmd_not_implemented(std::string_view) { reply(replies::not_implemented()); }
 
   void cmd_http(std::string_view) { close_with(replies::not_smtp(), SessionEnd::refused); }
+
+  // rate_allows - one more message or recipient from this client within its per-minute rate
+  // (Postfix's anvil); the Server's RateLimiter counts across sessions, none: no limit.
+  bool rate_allows(RateLimiter::Kind kind) {
+    return rates == nullptr || rates->allow(kind, session.peer.ip);
+  }
+
+  // ---- XCLIENT (Postfix's XCLIENT_README) ------------------------------------------------------
+
+  // cmd_xclient - XCLIENT attribute=value...: a proxy in xclient_networks (nginx's mail proxy)
+  // names the client it speaks for. Every attribute is checked before any is applied; then the
+  // session starts over as that client, with a fresh 220 greeting, as Postfix does. Attributes
+  // not given keep their values (a proxy may send several XCLIENT commands).
+  void cmd_xclient(std::string_view argument) {
+    if (!xclient_allowed) return reply(replies::xclient_denied());
+    if (in_transaction()) return reply(replies::transaction_in_progress());
+    if (argument.empty()) return reply(replies::syntax("XCLIENT attribute=value..."));
+    SessionInfo next = session;
+    XclientSeen seen;
+    while (!argument.empty()) {
+      std::size_t space = argument.find(' ');
+      std::string_view item = argument.substr(0, space);
+      argument = space == std::string_view::npos ? "" : skip_spaces(argument.substr(space));
+      if (!apply_xclient(item, next, seen)) return reply(replies::bad_xclient(item));
+    }
+    if (next.peer.ip != session.peer.ip) { // the proxy's name and port are not the client's
+      if (!seen.name) next.peer.hostname.clear();
+      if (!seen.port) next.peer.port = 0;
+    }
+    bool login = seen.login || login_by_xclient, esmtp = seen.esmtp;
+    auth.cancel();
+    reset_transaction();
+    user.reset();
+    if (next.proxy.ip.empty()) next.proxy = session.peer;    // the first XCLIENT: who spoke
+    if (!login_by_xclient && !login) next.auth_user.clear(); // the proxy's own AUTH is not theirs
+    login_by_xclient = login;
+    session = std::move(next);
+    session.esmtp = false; // the greeting has no enhanced code, as at the start
+    trusted = in_networks(options.trusted_networks, session.peer.ip);
+    stage = Stage::greeted;
+    reply(Reply{220, "", hostname + " ESMTP " + appname});
+    session.esmtp = esmtp; // PROTO=ESMTP; the next HELO/EHLO says again
+  }
+
+  // XclientSeen - which attributes one XCLIENT command gave.
+  struct XclientSeen {
+    bool name = false;  // NAME was given
+    bool port = false;  // PORT was given
+    bool login = false; // LOGIN was given, and known
+    bool esmtp = false; // PROTO=ESMTP
+  };
+
+  // apply_xclient - one "NAME=value" of XCLIENT onto `next`; false when the name is unknown or
+  // the value malformed. Values are xtext (RFC 3461 §4); "[UNAVAILABLE]" and "[TEMPUNAVAIL]"
+  // mean the proxy does not know it, which clears the attribute.
+  static bool apply_xclient(std::string_view item, SessionInfo& next, XclientSeen& seen) {
+    std::size_t equals = item.find('=');
+    if (equals == std::string_view::npos) return false;
+    std::string_view name = item.substr(0, equals);
+    std::optional<std::string> value = decode_xtext(item.substr(equals + 1));
+    if (!value || value->size() > max_domain) return false;
+    bool unknown = iequals(*value, "[UNAVAILABLE]") || iequals(*value, "[TEMPUNAVAIL]");
+    if (unknown) value->clear();
+    if (iequals(name, "ADDR")) return xclient_address(*value, unknown, next.peer);
+    if (iequals(name, "DESTADDR")) return xclient_address(*value, unknown, next.local);
+    if (iequals(name, "PORT")) {
+      seen.port = true;
+      return xclient_port(*value, next.peer.port);
+    }
+    if (iequals(name, "DESTPORT")) return xclient_port(*value, next.local.port);
+    if (iequals(name, "NAME")) {
+      next.peer.hostname = *value;
+      seen.name = true;
+      return unknown || is_valid_helo_name(*value);
+    }
+    if (iequals(name, "HELO")) {
+      next.helo = *value;
+      return is_printable_word(*value);
+    }
+    if (iequals(name, "LOGIN")) {
+      next.auth_user = *value;
+      seen.login = !unknown;
+      return is_printable_word(*value);
+    }
+    if (iequals(name, "PROTO")) {
+      seen.esmtp = iequals(*value, "ESMTP");
+      return unknown || seen.esmtp || iequals(*value, "SMTP");
+    }
+    return false;
+  }
+
+  // xclient_address - ADDR or DESTADDR: IPv4, or IPv6 with or without Postfix's "IPV6:"
+  // prefix, stored in its numeric form; unknown: "unknown", as Postfix shows it.
+  static bool xclient_address(const std::string& value, bool unknown, Peer& peer) {
+    if (unknown) {
+      peer.ip = "unknown";
+      return true;
+    }
+    std::string ip = istarts_with(value, "IPV6:") ? value.substr(5) : value;
+    unsigned char bytes[16];
+    char text[INET6_ADDRSTRLEN] = {};
+    int family = ip.find(':') != std::string::npos ? AF_INET6 : AF_INET;
+    if (inet_pton(family, ip.c_str(), bytes) != 1 ||
+        inet_ntop(family, bytes, text, sizeof text) == nullptr)
+      return false;
+    peer.ip = text;
+    return true;
+  }
+
+  // xclient_port - PORT or DESTPORT: 0 to 65535 in decimal; "" (unknown) is 0.
+  static bool xclient_port(const std::string& value, uint16_t& port) {
+    if (value.size() > 5 ||
+        !std::all_of(value.begin(), value.end(), [](char c) { return is_digit(c); }))
+      return false;
+    unsigned long n = value.empty() ? 0 : std::stoul(value);
+    port = uint16_t(n);
+    return n <= 65535;
+  }
+
+  // is_printable_word - printable ASCII without spaces (HELO and LOGIN values), or "".
+  static bool is_printable_word(const std::string& value) {
+    return std::all_of(value.begin(), value.end(), [](char c) { return c > 0x20 && c < 0x7F; });
+  }
+
+  // decode_xtext - RFC 3461 §4: printable ASCII but '+' and '=' as themselves, any octet as
+  // "+" and two upper-case hex digits; nullopt when malformed.
+  static std::optional<std::string> decode_xtext(std::string_view text) {
+    std::string out;
+    for (std::size_t i = 0; i < text.size(); ++i) {
+      unsigned char c = static_cast<unsigned char>(text[i]);
+      if (c == '+') {
+        if (i + 2 >= text.size()) return std::nullopt;
+        int high = hex_digit(text[i + 1]), low = hex_digit(text[i + 2]);
+        if (high < 0 || low < 0) return std::nullopt;
+        out += char(high * 16 + low);
+        i += 2;
+      } else if (c < 0x21 || c > 0x7E || c == '=') {
+        return std::nullopt;
+      } else {
+        out += char(c);
+      }
+    }
+    return out;
+  }
+
+  // hex_digit - the value of an upper-case hex digit (xtext's), or -1.
+  static int hex_digit(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  }
 };
 
 // find_command - the command table: each verb, its cmd_<verb> and its guards.
@@ -2929,6 +3123,9 @@ const Protocol::State::Command* Protocol::State::find_command(std::string_view v
       {"QUIT", &State::cmd_quit, no_argument | before_tls | before_auth},
       {"STARTTLS", &State::cmd_starttls, no_argument | before_tls | before_auth},
       {"AUTH", &State::cmd_auth, needs_helo | before_auth},
+      // A proxy naming its client (XCLIENT_README); before STARTTLS and AUTH, as the proxy
+      // speaks for a client that may do those itself afterwards.
+      {"XCLIENT", &State::cmd_xclient, before_tls | before_auth},
       // A web browser or proxy that reached the SMTP port: no dialogue, close (Postfix's
       // smtpd_forbidden_commands).
       {"GET", &State::cmd_http, before_tls | before_auth},
@@ -2954,8 +3151,8 @@ const Protocol::State::Command* Protocol::State::find_command(std::string_view v
 
 // ---- Protocol's public face: thin calls into State ------------------------------------------
 
-Protocol::Protocol(const Options& options, SessionInfo session)
-    : s_(std::make_unique<State>(options, std::move(session))) {
+Protocol::Protocol(const Options& options, SessionInfo session, RateLimiter* rates)
+    : s_(std::make_unique<State>(options, std::move(session), rates)) {
   s_->start();
   s_->ended();
 }
@@ -3491,14 +3688,17 @@ struct ServerControl {
   int wake_fd;                 // readable once stopping
   TlsContext tls;              // the TLS context at the time the client connected, or null
   std::function<void(const std::string&)> log_error;
+  RateLimiter* rates; // the server's per-client rates, shared by its sessions
 };
 
 // Connection - one client's session on its thread: the transport, the Protocol, the clocks.
 class Connection {
 public:
-  Connection(const ServerControl& server, int fd, const Peer& peer, const Peer& local)
+  // `proxy` is the proxy's end when a PROXY header named `peer` (else empty).
+  Connection(const ServerControl& server, int fd, const Peer& peer, const Peer& local,
+             const Peer& proxy)
       : server_(server), options_(server.options), fd_(fd), peer_(peer), local_(local),
-        conn_(std::make_unique<PlainConn>(fd)) {
+        proxy_(proxy), conn_(std::make_unique<PlainConn>(fd)) {
     conn_->spin_before_sleep(options_.read_spin);
   }
 
@@ -3540,12 +3740,13 @@ private:
     SessionInfo info;
     info.peer = peer_;
     info.local = local_;
+    info.proxy = proxy_;
     if (options_.tls_implicit && !implicit_tls(info)) return nullptr; // RFC 8314 §3.3: TLS first
     if (options_.reject_early_talkers && !options_.tls_implicit && talked_first()) {
       refuse_early_talker();
       return nullptr;
     }
-    return std::make_unique<Protocol>(options_, std::move(info));
+    return std::make_unique<Protocol>(options_, std::move(info), server_.rates);
   }
 
   // implicit_tls - the handshake before the greeting; the session learns the TLS details.
@@ -3624,7 +3825,7 @@ private:
   const ServerControl& server_;
   const Options& options_;
   int fd_;
-  Peer peer_, local_;
+  Peer peer_, local_, proxy_;
   std::unique_ptr<Transport> conn_;
   std::string replies_; // the burst of replies being written
   bool saw_stopping_ = false;
@@ -3862,6 +4063,8 @@ void validate(const Options& o) {
     throw std::invalid_argument("smtpd: set one of handler, message_handler, stream_handler");
   if (o.max_command_line_bytes < max_command_line) // RFC 5321 §4.5.3.1.4
     throw std::invalid_argument("smtpd: max_command_line_bytes must be at least 512");
+  if (o.proxy_timeout <= 0ms || o.rate_table_size == 0)
+    throw std::invalid_argument("smtpd: proxy_timeout and rate_table_size must be positive");
   if (o.read_spin.count() < 0 || o.read_spin > std::chrono::milliseconds(10))
     throw std::invalid_argument("smtpd: read_spin must be between 0 and 10 ms");
   if (o.stream_chunk_bytes == 0) // a sink may come from stream_handler or Session::data()
@@ -3924,7 +4127,345 @@ bool in_network(const Network& n, const std::string& ip) {
   return rest == 0 || ((bytes[whole] ^ n.bytes[whole]) & mask) == 0;
 }
 
+// in_networks - see its declaration in section 5.
+bool in_networks(const std::vector<std::string>& cidrs, const std::string& ip) {
+  for (const std::string& cidr : cidrs) {
+    try {
+      if (in_network(parse_network(cidr), ip)) return true;
+    } catch (const std::invalid_argument&) { // Server refused it already; a bare Protocol skips
+    }
+  }
+  return false;
+}
+
+// parse_networks - each of `cidrs`, parsed (throws std::invalid_argument for a bad one).
+std::vector<Network> parse_networks(const std::vector<std::string>& cidrs) {
+  std::vector<Network> parsed;
+  for (const std::string& cidr : cidrs)
+    parsed.push_back(parse_network(cidr));
+  return parsed;
+}
+
+// in_any - whether `ip` lies in one of `networks`.
+bool in_any(const std::vector<Network>& networks, const std::string& ip) {
+  return std::any_of(networks.begin(), networks.end(),
+                     [&](const Network& n) { return in_network(n, ip); });
+}
+
+// ---- 8.1 The PROXY protocol header (HAProxy's proxy-protocol.txt) ---------------------------
+//
+// A proxy in proxy_networks starts each connection with a header naming the real client, in one
+// of two forms: version 1, one line of text (§2.1), and version 2, binary (§2.2). The parser is
+// a pure function over the bytes so far (the fuzzer drives it); read_proxy_header feeds it from
+// the socket without ever consuming a byte beyond the header.
+
+// The 12-octet signature that starts every v2 header (§2.2): it cannot start an SMTP command.
+constexpr char proxy_v2_signature[12] = {'\r', '\n', '\r', '\n', '\0', '\r',
+                                         '\n', 'Q',  'U',  'I',  'T',  '\n'};
+
+// bad_proxy_header - an invalid result that says why.
+ProxyHeader bad_proxy_header(int version, const char* why) {
+  ProxyHeader h;
+  h.status = ProxyHeader::Status::invalid;
+  h.version = version;
+  h.error = why;
+  return h;
+}
+
+// starts_like - whether `bytes` and `prefix` agree on their common length.
+bool starts_like(std::string_view bytes, std::string_view prefix) {
+  std::size_t n = std::min(bytes.size(), prefix.size());
+  return bytes.substr(0, n) == prefix.substr(0, n);
+}
+
+// proxy_port - a v1 port: decimal 0..65535 without leading zeros (§2.1).
+bool proxy_port(std::string_view text, uint16_t& port) {
+  if (text.empty() || text.size() > 5 || (text.size() > 1 && text[0] == '0')) return false;
+  unsigned long n = 0;
+  for (char c : text) {
+    if (!is_digit(static_cast<unsigned char>(c))) return false;
+    n = n * 10 + unsigned(c - '0');
+  }
+  port = uint16_t(n);
+  return n <= 65535;
+}
+
+// proxy_address - a v1 address of `family` in its numeric form; false when it is not one.
+bool proxy_address(int family, std::string_view text, std::string& ip) {
+  unsigned char bytes[16];
+  char shown[INET6_ADDRSTRLEN] = {};
+  if (text.empty() || text.size() >= sizeof shown) return false;
+  std::string copy(text);
+  if (inet_pton(family, copy.c_str(), bytes) != 1) return false;
+  if (inet_ntop(family, bytes, shown, sizeof shown) == nullptr) return false;
+  ip = shown;
+  return true;
+}
+
+// parse_proxy_v1 - "PROXY TCP4|TCP6 src dst sport dport\r\n", fields separated by exactly one
+// space, at most 107 octets; or "PROXY UNKNOWN" and anything up to the CRLF, which keeps the
+// connection's own addresses (§2.1).
+ProxyHeader parse_proxy_v1(std::string_view bytes) {
+  ProxyHeader h;
+  h.version = 1;
+  std::size_t lf = bytes.substr(0, max_proxy_v1_bytes).find('\n');
+  if (lf == std::string_view::npos)
+    return bytes.size() >= max_proxy_v1_bytes ? bad_proxy_header(1, "v1 header over 107 octets")
+                                              : h; // need_more: all of it is header so far
+  if (lf == 0 || bytes[lf - 1] != '\r') return bad_proxy_header(1, "v1 header not ended by CRLF");
+  std::string_view line = bytes.substr(0, lf - 1);
+  std::string_view fields[6];
+  std::size_t count = 0;
+  while (count < 6) {
+    std::size_t space = line.find(' ');
+    fields[count++] = line.substr(0, space);
+    if (space == std::string_view::npos) {
+      line = {};
+      break;
+    }
+    line.remove_prefix(space + 1);
+  }
+  if (fields[0] != "PROXY") return bad_proxy_header(1, "v1 header without PROXY");
+  h.length = lf + 1;
+  if (count >= 2 && fields[1] == "UNKNOWN") { // the rest is ignored (§2.1)
+    h.status = ProxyHeader::Status::complete;
+    h.local = true;
+    return h;
+  }
+  if (count != 6 || !line.empty()) return bad_proxy_header(1, "v1 header with wrong fields");
+  int family = fields[1] == "TCP4" ? AF_INET : fields[1] == "TCP6" ? AF_INET6 : 0;
+  if (family == 0) return bad_proxy_header(1, "v1 protocol neither TCP4, TCP6 nor UNKNOWN");
+  if (!proxy_address(family, fields[2], h.source.ip) ||
+      !proxy_address(family, fields[3], h.destination.ip))
+    return bad_proxy_header(1, "v1 address not of its protocol");
+  if (!proxy_port(fields[4], h.source.port) || !proxy_port(fields[5], h.destination.port))
+    return bad_proxy_header(1, "v1 port not 0..65535");
+  h.status = ProxyHeader::Status::complete;
+  return h;
+}
+
+// v2_port - a big-endian 16-bit port at `p`.
+uint16_t v2_port(const unsigned char* p) {
+  return uint16_t((p[0] << 8) | p[1]);
+}
+
+// v2_peer - an address of `family` (AF_INET: 4 octets, AF_INET6: 16) at `p`, with a port.
+Peer v2_peer(int family, const unsigned char* p, const unsigned char* port) {
+  char shown[INET6_ADDRSTRLEN] = {};
+  Peer peer;
+  if (inet_ntop(family, p, shown, sizeof shown) != nullptr) peer.ip = shown;
+  peer.port = v2_port(port);
+  return peer;
+}
+
+// v2_tlvs_fit - whether the TLVs after the addresses (type, 16-bit length, value) each end
+// within the header (§2.2.7); their contents are not needed and are skipped.
+bool v2_tlvs_fit(std::string_view tlvs) {
+  while (!tlvs.empty()) {
+    if (tlvs.size() < 3) return false;
+    std::size_t length = v2_port(reinterpret_cast<const unsigned char*>(tlvs.data()) + 1);
+    if (tlvs.size() - 3 < length) return false;
+    tlvs.remove_prefix(3 + length);
+  }
+  return true;
+}
+
+// parse_proxy_v2 - the signature, version 2 and a command (LOCAL 0, PROXY 1), the family and
+// transport byte, a 16-bit length, then that many octets: the addresses and TLVs (§2.2).
+ProxyHeader parse_proxy_v2(std::string_view bytes) {
+  ProxyHeader h;
+  h.version = 2;
+  const auto* u = reinterpret_cast<const unsigned char*>(bytes.data());
+  if (bytes.size() > 12 && (u[12] >> 4) != 2) return bad_proxy_header(2, "v2 version not 2");
+  if (bytes.size() > 12 && (u[12] & 0x0F) > 1) return bad_proxy_header(2, "v2 command unknown");
+  if (bytes.size() < 16) return h; // need_more
+  std::size_t total = 16 + v2_port(u + 14);
+  if (total > max_proxy_v2_bytes) return bad_proxy_header(2, "v2 header over the size cap");
+  if (bytes.size() < total) return h; // need_more
+  h.length = total;
+  h.status = ProxyHeader::Status::complete;
+  // LOCAL: the proxy's own connection (a health check); the block is ignored, family included.
+  h.local = (u[12] & 0x0F) == 0;
+  if (h.local) return h;
+  std::string_view block = bytes.substr(16, total - 16);
+  unsigned char family = u[13];
+  // §2.2: 0x00 UNSPEC, 0x11 TCP over IPv4, 0x21 TCP over IPv6, 0x31 UNIX stream; datagrams are
+  // not SMTP, and receivers must drop connections with any other value.
+  std::size_t addresses = family == 0x11 ? 12 : family == 0x21 ? 36 : family == 0x31 ? 216 : 0;
+  if (family != 0x00 && addresses == 0) return bad_proxy_header(2, "v2 family not TCP or UNIX");
+  if (block.size() < addresses) return bad_proxy_header(2, "v2 addresses overrun the header");
+  if (!v2_tlvs_fit(block.substr(addresses))) return bad_proxy_header(2, "v2 TLV overruns");
+  // UNSPEC and UNIX: addresses that name no TCP client; the connection's own stand.
+  h.local = family == 0x00 || family == 0x31;
+  if (h.local) return h;
+  const auto* a = u + 16;
+  if (family == 0x11) {
+    h.source = v2_peer(AF_INET, a, a + 8);
+    h.destination = v2_peer(AF_INET, a + 4, a + 10);
+  } else {
+    h.source = v2_peer(AF_INET6, a, a + 32);
+    h.destination = v2_peer(AF_INET6, a + 16, a + 34);
+  }
+  return h;
+}
+
 } // namespace
+
+ProxyHeader parse_proxy_header(std::string_view bytes) {
+  if (bytes.empty()) return ProxyHeader{};
+  if (starts_like(bytes, std::string_view(proxy_v2_signature, sizeof proxy_v2_signature)))
+    return parse_proxy_v2(bytes);
+  if (starts_like(bytes, "PROXY ")) return parse_proxy_v1(bytes);
+  return bad_proxy_header(0, "not a PROXY protocol header");
+}
+
+namespace {
+
+// read_proxy_header - the PROXY header at the start of `fd` (non-blocking), within `timeout`,
+// and not one byte more: each round peeks at what has arrived, and consumes either all of it
+// (the parser says every byte so far is header) or exactly the rest of the header. So a TLS
+// ClientHello or commands sent right after it stay in the socket for the session. False, with
+// `why`, when the header is missing, malformed, over-long or late, or the server is stopping.
+bool read_proxy_header(int fd, std::chrono::milliseconds timeout, int wake_fd, ProxyHeader& header,
+                       std::string& why) {
+  auto until = std::chrono::steady_clock::now() + timeout;
+  std::string got;
+  // On the heap: a connection thread's stack pages stay committed for the whole session.
+  std::unique_ptr<char[]> buffer(new char[max_proxy_v2_bytes]);
+  char* buf = buffer.get();
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        until - std::chrono::steady_clock::now());
+    ReadResult ready = left.count() > 0 ? wait_for(fd, POLLIN, left, wake_fd) : ReadResult::timeout;
+    if (ready != ReadResult::data) {
+      why = ready == ReadResult::timeout ? "timed out" : "server stopping";
+      return false;
+    }
+    ssize_t n = ::recv(fd, buf, max_proxy_v2_bytes - got.size(), MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
+    if (n <= 0) {
+      why = n == 0 ? "closed" : std::strerror(errno);
+      return false;
+    }
+    header = parse_proxy_header(got + std::string(buf, std::size_t(n)));
+    if (header.status == ProxyHeader::Status::invalid) {
+      why = header.error;
+      return false;
+    }
+    bool complete = header.status == ProxyHeader::Status::complete;
+    std::size_t take = complete ? header.length - got.size() : std::size_t(n);
+    if (::recv(fd, buf, take, 0) != ssize_t(take)) { // peeked already: it is there
+      why = "read failed";
+      return false;
+    }
+    got.append(buf, take);
+    if (complete) return true;
+  }
+}
+
+} // namespace
+
+// ---- 8.2 Per-client rates (Postfix's anvil) ---------------------------------------------------
+//
+// Each client address has a counter per kind (connections, messages, recipients) over a sliding
+// minute, estimated from two fixed minutes: the count of the current one, plus the previous
+// one's weighted by how much of it the sliding minute still covers. That takes two numbers per
+// counter instead of a timestamp per event. The addresses live in a table bounded by
+// rate_table_size, ordered by last use: an address unused for two minutes has nothing left to
+// count and is dropped, and when the table is full the least recently seen one makes room.
+
+struct RateLimiter::Impl {
+  using Clock = std::chrono::steady_clock;
+  static constexpr Clock::duration minute = std::chrono::minutes(1);
+
+  struct Counter {
+    Clock::time_point start;  // the current fixed minute began
+    std::size_t current = 0;  // events in it
+    std::size_t previous = 0; // events in the minute before it
+  };
+
+  struct Entry {
+    std::string ip;
+    Clock::time_point last; // the last event counted or refused
+    Counter counters[3];    // by Kind
+  };
+
+  std::size_t limits[3];
+  std::size_t capacity;
+  std::vector<Network> exempt;
+  mutable std::mutex mu;
+  std::list<Entry> entries; // most recently seen first
+  std::unordered_map<std::string, std::list<Entry>::iterator> index;
+
+  explicit Impl(const Options& o)
+      : limits{o.max_connection_rate, o.max_message_rate, o.max_recipient_rate},
+        capacity(std::max<std::size_t>(o.rate_table_size, 1)),
+        exempt(parse_networks(o.limit_exempt_networks)) {}
+
+  // expire - drop the addresses unused for two minutes: every counter of theirs is zero now.
+  void expire(Clock::time_point now) {
+    while (!entries.empty() && now - entries.back().last >= 2 * minute) {
+      index.erase(entries.back().ip);
+      entries.pop_back();
+    }
+  }
+
+  // entry - the address's entry, made most recent; a new one evicts the least recent when full.
+  Entry& entry(const std::string& ip, Clock::time_point now) {
+    auto found = index.find(ip);
+    if (found != index.end()) {
+      entries.splice(entries.begin(), entries, found->second);
+    } else {
+      if (index.size() >= capacity) {
+        index.erase(entries.back().ip);
+        entries.pop_back();
+      }
+      entries.push_front(Entry{ip, now, {}});
+      for (Counter& c : entries.front().counters)
+        c.start = now;
+      index[ip] = entries.begin();
+    }
+    entries.front().last = std::max(entries.front().last, now);
+    return entries.front();
+  }
+
+  // admit - one event on `c` if the sliding minute's estimate stays within `limit`.
+  static bool admit(Counter& c, std::size_t limit, Clock::time_point now) {
+    if (now - c.start >= 2 * minute) {
+      c = Counter{now, 0, 0};
+    } else if (now - c.start >= minute) {
+      c.previous = c.current;
+      c.current = 0;
+      c.start += minute;
+    }
+    Clock::duration into = std::max(now - c.start, Clock::duration(0));
+    double elapsed = std::chrono::duration<double>(into) / std::chrono::duration<double>(minute);
+    double estimate = double(c.previous) * (1.0 - std::min(elapsed, 1.0)) + double(c.current);
+    if (estimate + 1.0 > double(limit)) return false;
+    ++c.current;
+    return true;
+  }
+};
+
+RateLimiter::RateLimiter(const Options& options) : impl_(std::make_unique<Impl>(options)) {}
+
+RateLimiter::~RateLimiter() = default;
+
+bool RateLimiter::allow(Kind kind, const std::string& ip,
+                        std::chrono::steady_clock::time_point now) {
+  std::size_t limit = impl_->limits[int(kind)];
+  if (limit == 0 || in_any(impl_->exempt, ip)) return true;
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->expire(now);
+  return Impl::admit(impl_->entry(ip, now).counters[int(kind)], limit, now);
+}
+
+std::size_t RateLimiter::tracked() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->index.size();
+}
+
+namespace {} // namespace
 
 // Server::Impl - the listener, the connection registry and the worker threads. Each connection
 // runs on a worker thread of its own; when it ends, the worker parks for a while (at most
@@ -3933,11 +4474,13 @@ bool in_network(const Network& n, const std::string& ip) {
 // detached and keeps it alive until it returns.
 struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   Options options;
-  std::vector<Network> exempt;       // limit_exempt_networks, parsed
-  std::atomic<bool> closing{false};  // no longer accepting: drain(), shutdown() or close() began
-  std::atomic<bool> stopping{false}; // shutdown() or close() began: idle sessions get 421
-  int wake[2] = {-1, -1};            // written once when stopping; connections poll wake[0]
-  int accept_wake[2] = {-1, -1};     // written once when closing; the accept loop polls it
+  std::vector<Network> exempt;        // limit_exempt_networks, parsed
+  std::vector<Network> proxies;       // proxy_networks, parsed
+  std::unique_ptr<RateLimiter> rates; // per-client rates, shared by every session
+  std::atomic<bool> closing{false};   // no longer accepting: drain(), shutdown() or close() began
+  std::atomic<bool> stopping{false};  // shutdown() or close() began: idle sessions get 421
+  int wake[2] = {-1, -1};             // written once when stopping; connections poll wake[0]
+  int accept_wake[2] = {-1, -1};      // written once when closing; the accept loop polls it
 
   mutable std::mutex mu;
   mutable std::condition_variable changed; // serving, clients or threads changed
@@ -3965,8 +4508,11 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   explicit Impl(Options o) : options(std::move(o)) {
     if (options.addr.empty()) options.addr = ":25"; // as mhale/smtpd: every address, port 25
     validate(options);
-    for (const std::string& cidr : options.limit_exempt_networks)
-      exempt.push_back(parse_network(cidr));
+    exempt = parse_networks(options.limit_exempt_networks);
+    proxies = parse_networks(options.proxy_networks);
+    parse_networks(options.xclient_networks); // checked here; the Protocol reads them
+    parse_networks(options.trusted_networks);
+    rates = std::make_unique<RateLimiter>(options);
     if (tls_configured(options)) tls_context = make_tls_context(options);
     if (options.hostname.empty()) options.hostname = system_hostname();
     if (::pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0 ||
@@ -4032,8 +4578,8 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     std::unique_lock<std::mutex> lock(mu);
     if (clients.size() >= options.max_connections)
       return refuse(lock, client, peer, replies::too_many_connections(), "too many connections");
-    bool exempted = std::any_of(exempt.begin(), exempt.end(),
-                                [&](const Network& n) { return in_network(n, peer.ip); });
+    // A proxy carries many clients: each is counted once its PROXY header names it.
+    bool exempted = in_any(exempt, peer.ip) || in_any(proxies, peer.ip);
     std::size_t& from_ip = per_ip[peer.ip];
     if (!exempted && from_ip >= options.max_connections_per_ip)
       return refuse(lock, client, peer, replies::too_many_from_ip(), "too many from its address");
@@ -4131,13 +4677,62 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       tls = tls_context;
     }
     try {
+      // First who the client really is (a proxy's header), then everything that uses it.
+      Peer proxy;
+      if (in_any(proxies, peer.ip) && !take_proxy_header(client, peer, local, proxy)) return;
+      if (!rates->allow(RateLimiter::Kind::connection, peer.ip))
+        return refuse_late(client->fd, peer, replies::connection_rate(), "connection rate");
       if (options.reverse_dns) peer.hostname = reverse_lookup(peer, options.reverse_dns_timeout);
-      ServerControl control{options, stopping, wake[0], std::move(tls),
-                            [this](const std::string& m) { log_error(m); }};
-      Connection(control, client->fd, peer, local).run();
+      ServerControl control{options,
+                            stopping,
+                            wake[0],
+                            std::move(tls),
+                            [this](const std::string& m) { log_error(m); },
+                            rates.get()};
+      Connection(control, client->fd, peer, local, proxy).run();
     } catch (const std::exception& e) { // e.g. std::bad_alloc
       log_error(std::string("smtpd: connection ended: ") + e.what());
     }
+  }
+
+  // take_proxy_header - a client from proxy_networks must begin with a PROXY header (HAProxy's
+  // proxy-protocol.txt); the peer and our end become those it names (not for v1 UNKNOWN or v2
+  // LOCAL), and the per-IP count moves to the real client. False: close at once. A missing or
+  // bad header gets no reply (the peer does not speak SMTP yet); over the per-IP limit, 421.
+  bool take_proxy_header(std::list<Client>::iterator client, Peer& peer, Peer& local, Peer& proxy) {
+    ProxyHeader header;
+    std::string why;
+    if (!read_proxy_header(client->fd, options.proxy_timeout, wake[0], header, why)) {
+      log_error("smtpd: closed " + peer.to_string() + ": no valid PROXY header: " + why);
+      return false;
+    }
+    if (header.local) return true;
+    proxy = peer;
+    peer = header.source;
+    local = header.destination;
+    if (reattribute(client, peer)) return true;
+    refuse_late(client->fd, peer, replies::too_many_from_ip(), "too many from its address");
+    return false;
+  }
+
+  // reattribute - count the connection under `real` instead of the proxy's address; false when
+  // that takes `real` over max_connections_per_ip (it stays counted until the connection ends).
+  bool reattribute(std::list<Client>::iterator client, const Peer& real) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto count = per_ip.find(client->peer.ip);
+    if (count != per_ip.end() && --count->second == 0) per_ip.erase(count);
+    client->peer = real;
+    std::size_t& from_ip = ++per_ip[real.ip];
+    return from_ip <= options.max_connections_per_ip || in_any(exempt, real.ip);
+  }
+
+  // refuse_late - as refuse(), on the connection's thread once the real client is known; the
+  // socket is closed by end_client.
+  void refuse_late(int fd, const Peer& peer, const Reply& why, const char* reason) {
+    std::string line;
+    append_reply(line, why, false);
+    (void)::send(fd, line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    log_error("smtpd: refused " + peer.to_string() + ": " + reason);
   }
 
   // end_client - close the connection (under the lock, so cut_all() never shuts down a

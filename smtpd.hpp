@@ -160,12 +160,13 @@ struct Envelope {
 struct SessionInfo {
   std::string id; // unique per session; also in the Received header's id clause and log lines
   Peer peer;
-  Peer local;              // our end: the address and port the client connected to (no hostname)
-  std::string helo;        // the HELO/EHLO argument; empty before it
-  bool esmtp = false;      // true after EHLO, false after HELO
-  bool tls = false;        // the session runs over TLS
-  std::string tls_version; // "TLSv1.3" when tls
-  std::string tls_cipher;  // "TLS_AES_256_GCM_SHA384" when tls
+  Peer local;       // our end: the address and port the client connected to (no hostname)
+  Peer proxy;       // the proxy's own end when a PROXY header or XCLIENT named the peer; else empty
+  std::string helo; // the HELO/EHLO argument; empty before it
+  bool esmtp = false;           // true after EHLO, false after HELO
+  bool tls = false;             // the session runs over TLS
+  std::string tls_version;      // "TLSv1.3" when tls
+  std::string tls_cipher;       // "TLS_AES_256_GCM_SHA384" when tls
   std::string tls_peer_subject; // the verified client certificate's subject (RFC 2253), or ""
   std::string auth_user;        // the authenticated identity; empty when not authenticated
 };
@@ -468,6 +469,21 @@ struct Options {
   std::string tls_ciphersuites =
       "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256";
 
+  // Proxies, trusted networks and per-client rates (README "Running behind proxies").
+  // Networks are CIDR strings ("10.0.0.0/8", "::1/128", or one address); a bad one makes
+  // Server throw. Per-client rates count per client address over a sliding minute (Postfix's
+  // anvil), do not apply to limit_exempt_networks, and are off (0) by default.
+  std::vector<std::string> proxy_networks; // clients there must begin with a PROXY protocol
+                                           // v1/v2 header (HAProxy); others are served directly
+  std::chrono::milliseconds proxy_timeout = std::chrono::seconds(5); // for the whole header
+  std::vector<std::string> xclient_networks; // clients there may send XCLIENT (nginx, Postfix)
+  std::vector<std::string> trusted_networks; // not held to tls_required or auth_required
+                                             // (go-smtp's SecureNet, Postfix's mynetworks)
+  std::size_t max_connection_rate = 0;       // connections per client per minute: then 421 4.7.0
+  std::size_t max_message_rate = 0;          // MAIL commands per client per minute: 450 4.7.1
+  std::size_t max_recipient_rate = 0;        // RCPT commands per client per minute: 450 4.7.1
+  std::size_t rate_table_size = 100000;      // client addresses the rate counters keep at most
+
   // AUTH (RFC 4954). Offered when on_auth (PLAIN, LOGIN) or auth_secret (CRAM-MD5) is set.
   AuthHook on_auth;                         // see AuthHook
   SecretLookup auth_secret;                 // see SecretLookup
@@ -497,6 +513,72 @@ struct Options {
 };
 
 // ---------------------------------------------------------------------------------------------
+// The PROXY protocol (HAProxy's proxy-protocol.txt): a load balancer in front of the server
+// starts each connection with a header saying who the client really is.
+// ---------------------------------------------------------------------------------------------
+
+// ProxyHeader - what parse_proxy_header found at the start of the bytes.
+struct ProxyHeader {
+  enum class Status {
+    complete,  // a whole, valid header of `length` octets; what follows is the client's
+    need_more, // a valid start of a header: every byte so far belongs to it; read more
+    invalid,   // not a header, or a bad one (`error` says why): close the connection
+  };
+  Status status = Status::need_more;
+  int version = 0;        // 1 (text) or 2 (binary), once known
+  std::size_t length = 0; // complete: the octets the header takes
+  bool local = false;     // v1 UNKNOWN, v2 LOCAL (or a family other than TCP over IPv4/IPv6):
+                          // keep the connection's own addresses
+  Peer source;            // the client, as the proxy saw it (complete and not local)
+  Peer destination;       // the address the client connected to (complete and not local)
+  std::string error;      // invalid: why
+};
+
+// The longest headers accepted: v1 at most 107 octets with its CRLF (proxy-protocol.txt §2.1);
+// v2 16 octets and its length field, capped here (addresses and TLVs fit easily).
+constexpr std::size_t max_proxy_v1_bytes = 107;
+constexpr std::size_t max_proxy_v2_bytes = 4096;
+
+// parse_proxy_header - read a PROXY protocol v1 or v2 header from the start of `bytes`. Pure:
+// no socket, no state, the same answer for the same bytes. A reader feeds it the bytes so far and,
+// on need_more, may consume all of them from the socket and wait for more: so nothing after the
+// header is ever consumed (a TLS ClientHello or early commands stay where they are).
+ProxyHeader parse_proxy_header(std::string_view bytes);
+
+// ---------------------------------------------------------------------------------------------
+// RateLimiter - per-client counters over a sliding minute (Postfix's anvil): connections,
+// messages (MAIL) and recipients (RCPT). A Server makes one from its Options and shares it with
+// every session; a Protocol made by hand counts nothing unless given one. The table of client
+// addresses is bounded (rate_table_size, least recently seen evicted first) and forgets an
+// address two minutes after its last event, so a flood of addresses cannot grow it without
+// limit. Thread-safe.
+// ---------------------------------------------------------------------------------------------
+class RateLimiter {
+public:
+  enum class Kind { connection, message, recipient };
+
+  // Reads max_connection_rate, max_message_rate, max_recipient_rate, rate_table_size and
+  // limit_exempt_networks (throws std::invalid_argument for a bad network).
+  explicit RateLimiter(const Options& options);
+  ~RateLimiter();
+  RateLimiter(const RateLimiter&) = delete;
+  RateLimiter& operator=(const RateLimiter&) = delete;
+
+  // allow - one more event of `kind` from `ip` at `now`: true (and counted) while the client
+  // stays within its limit over the last minute, false (not counted) beyond it. Always true
+  // when that limit is 0 or the address is in limit_exempt_networks.
+  bool allow(Kind kind, const std::string& ip,
+             std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now());
+
+  // tracked - the client addresses held now.
+  std::size_t tracked() const;
+
+private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// ---------------------------------------------------------------------------------------------
 // Protocol - one SMTP session, with no socket and no thread: feed it the bytes the client
 // sent, read back the bytes to send and whether to close. Deterministic; the Connection loop,
 // the unit tests and the fuzzer all drive it the same way. Not thread-safe (one per session).
@@ -509,7 +591,9 @@ class Protocol {
 public:
   // Starts a session: runs on_connect and queues the greeting. `options.hostname` "" means the
   // system host name. `options` is referred to, not copied: it must outlive the Protocol.
-  Protocol(const Options& options, SessionInfo session);
+  // `rates`, when given, counts this client's messages and recipients (Options::max_message_rate
+  // and max_recipient_rate); it must outlive the Protocol. A Server passes its own.
+  Protocol(const Options& options, SessionInfo session, RateLimiter* rates = nullptr);
   ~Protocol();
   Protocol(const Protocol&) = delete;
   Protocol& operator=(const Protocol&) = delete;

@@ -427,6 +427,19 @@ const Flag flags[] = {
      [](Config& c, const std::string& v) { c.options.max_connections = parse_size(v); }},
     {"--limit-exempt", true, [](Config& c, const std::string& v) { add_limit_exempt(c, v); }},
     {"--strict", false, [](Config& c, const std::string&) { c.options.strict = true; }},
+    // proxies and rates
+    {"--proxy-from", true,
+     [](Config& c, const std::string& v) { c.options.proxy_networks.push_back(v); }},
+    {"--xclient-from", true,
+     [](Config& c, const std::string& v) { c.options.xclient_networks.push_back(v); }},
+    {"--trusted", true,
+     [](Config& c, const std::string& v) { c.options.trusted_networks.push_back(v); }},
+    {"--max-connection-rate", true,
+     [](Config& c, const std::string& v) { c.options.max_connection_rate = parse_size(v); }},
+    {"--max-message-rate", true,
+     [](Config& c, const std::string& v) { c.options.max_message_rate = parse_size(v); }},
+    {"--max-recipient-rate", true,
+     [](Config& c, const std::string& v) { c.options.max_recipient_rate = parse_size(v); }},
     // TLS
     {"--tls-cert", true, [](Config& c, const std::string& v) { c.options.tls_cert_file = v; }},
     {"--tls-key", true, [](Config& c, const std::string& v) { c.options.tls_key_file = v; }},
@@ -701,6 +714,23 @@ void print_usage(std::ostream& out) {
       << "                        replaces the default, 127.0.0.0/8 and ::1/128\n"
       << "  --strict              refuse bare CR or LF in messages, over-long lines, and\n"
       << "                        MAIL/RCPT syntax RFC 5321 does not allow (default: lenient)\n"
+      << "\n"
+      << "proxies and rates:\n"
+      << "  --proxy-from CIDR     clients there (HAProxy) must begin with a PROXY protocol\n"
+      << "                        v1/v2 header naming the real client (repeatable; default:\n"
+      << "                        none, every client is served directly)\n"
+      << "  --xclient-from CIDR   clients there (nginx's mail proxy) may send XCLIENT\n"
+      << "                        (repeatable; default: none)\n"
+      << "  --trusted CIDR        clients there are not held to --tls-required or to AUTH\n"
+      << "                        (repeatable; default: none)\n"
+      << "  --max-connection-rate N\n"
+      << "                        connections per client address per minute, then 421\n"
+      << "                        (default: no limit)\n"
+      << "  --max-message-rate N  messages (MAIL) per client address per minute, then 450\n"
+      << "                        (default: no limit)\n"
+      << "  --max-recipient-rate N\n"
+      << "                        recipients (RCPT) per client address per minute, then 450\n"
+      << "                        (default: no limit); --limit-exempt clients have none\n"
       << "\n"
       << "TLS:\n"
       << "  --tls-cert FILE       offer STARTTLS (RFC 3207) with this PEM certificate chain,\n"

@@ -23,6 +23,7 @@ int fuzz_protocol(const uint8_t* data, size_t size);
 int fuzz_parsers(const uint8_t* data, size_t size);
 int fuzz_auth(const uint8_t* data, size_t size);
 int fuzz_bdat(const uint8_t* data, size_t size);
+int fuzz_proxy(const uint8_t* data, size_t size);
 
 namespace {
 
@@ -36,6 +37,7 @@ const Target targets[] = {
     {"parsers", fuzz_parsers},
     {"auth", fuzz_auth},
     {"bdat", fuzz_bdat},
+    {"proxy", fuzz_proxy},
 };
 
 // replay_one - run one input in a child process; true when it returned normally.

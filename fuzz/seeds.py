@@ -497,4 +497,65 @@ auth("error-limit", f(5) | ERRORS3, op(7) + field("BAD"), op(15) + field("a"),
      op(15) + field("b"))
 auth("strict", f() | 1, op(7) + field("AUTH PLAIN  " + b64("\0alice\0x")), op(5, bits=128))
 
+
+# ---- proxy: byte 0 the mode; PROXY headers (mode 0) or XCLIENT sessions (mode 1) -------------
+V2_SIG = b"\r\n\r\n\0\r\nQUIT\n"
+
+
+def v2(version_command, family, block):
+    return V2_SIG + bytes([version_command, family, len(block) >> 8, len(block) & 255]) + block
+
+
+def tlv(kind, value):
+    return bytes([kind, len(value) >> 8, len(value) & 255]) + value
+
+
+TCP4 = bytes([203, 0, 113, 9, 192, 0, 2, 1, 0x11, 0xD7, 0, 25])
+TCP6 = bytes([0x20, 1, 0xd, 0xb8] + [0] * 11 + [9] + [0x20, 1, 0xd, 0xb8] + [0] * 11 + [1]
+             + [0x11, 0xD8, 2, 0x4B])
+
+
+def header(name, data):
+    write("proxy", name, bytes([0]) + b(data))
+
+
+def xclient(name, client, auth_required=False, tls_required=False, trusted_203=False,
+            listed=True):
+    flags = (auth_required and 1) | (tls_required and 2) | (trusted_203 and 4) | (listed and 8)
+    write("proxy", name, bytes([1, flags]) + b(client))
+
+
+header("v1-tcp4", "PROXY TCP4 198.51.100.7 192.0.2.25 40000 25\r\nEHLO x\r\n")
+header("v1-tcp6", "PROXY TCP6 2001:db8::7 2001:db8::25 40001 2525\r\n")
+header("v1-unknown", "PROXY UNKNOWN\r\n")
+header("v1-unknown-long", "PROXY UNKNOWN " + "f" * 91 + "\r\n")
+header("v1-bare-lf", "PROXY TCP4 198.51.100.7 192.0.2.25 40000 25\n")
+header("v1-partial", "PROXY TCP4 198.51.100.7 192.")
+header("v1-bad-port", "PROXY TCP4 198.51.100.7 192.0.2.25 040000 65536\r\n")
+header("not-a-header", "EHLO client.test\r\n")
+header("v2-tcp4-tlvs", v2(0x21, 0x11, TCP4 + tlv(1, b"h2") + tlv(4, b"\0\0\0")) + b"\x16\x03\x01")
+header("v2-tcp6", v2(0x21, 0x21, TCP6))
+header("v2-local", v2(0x20, 0x00, b""))
+header("v2-unix", v2(0x21, 0x31, b"p" * 216))
+header("v2-tlv-overrun", v2(0x21, 0x11, TCP4 + b"\x01\x00\xff"))
+header("v2-huge-length", V2_SIG + b"\x21\x11\xff\xff")
+header("v2-udp", v2(0x21, 0x12, TCP4))
+header("v2-partial", v2(0x21, 0x11, TCP4)[:20])
+xclient("nginx", lines("EHLO proxy.test", "XCLIENT ADDR=127.0.0.2 LOGIN=alice NAME=[UNAVAILABLE]",
+                       "EHLO client.test") + transaction())
+xclient("all-attributes", lines("XCLIENT NAME=mail.example.org ADDR=IPV6:2001:db8::9 PORT=4567 "
+                                "PROTO=ESMTP HELO=h+2Bx LOGIN=a+3Db DESTADDR=192.0.2.25 "
+                                "DESTPORT=25", "HELO client.test") + transaction())
+xclient("unlisted", lines("EHLO proxy.test", "XCLIENT ADDR=203.0.113.9", "EHLO x")
+        + transaction(), listed=False)
+xclient("malformed", lines("EHLO p", "XCLIENT", "XCLIENT FOO=1", "XCLIENT ADDR=1.2.3.999",
+                           "XCLIENT PORT=99999", "XCLIENT NAME=a+", "XCLIENT HELO=a+0d",
+                           "MAIL FROM:<a@b>", "XCLIENT ADDR=1.2.3.4"))
+xclient("trusted-required", lines("EHLO p", "MAIL FROM:<a@b>", "XCLIENT ADDR=203.0.113.5",
+                                  "EHLO c") + transaction(), auth_required=True,
+        tls_required=True, trusted_203=True)
+xclient("unavailable", lines("XCLIENT ADDR=[TEMPUNAVAIL] NAME=[UNAVAILABLE] PORT=[UNAVAILABLE] "
+                             "LOGIN=[TEMPUNAVAIL] PROTO=[UNAVAILABLE]", "EHLO c") + transaction(),
+        auth_required=True)
+
 print("seeds.py: wrote %d seeds under %s" % (len(written), ROOT), file=sys.stderr)
