@@ -4281,7 +4281,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
         peer.hostname = reverse_lookup(peer, options.reverse_dns_timeout);
       ServerControl control{options, stopping, wake[0], std::move(tls),
                             [this](const std::string& m) { log_error(m); }};
-      control.dns_exempt = dns_exempt;
+      control.dns_exempt = dns_exempt && dns_checks_on(options);
       Connection(control, client->fd, peer, local).run();
     } catch (const std::exception& e) { // e.g. std::bad_alloc
       log_error(std::string("smtpd: connection ended: ") + e.what());

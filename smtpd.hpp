@@ -158,7 +158,8 @@ struct DnsListing {
 // DnsChecks - the results of the DNS checks for this session, for hooks and Session objects
 // (e.g. to score several lists, as postscreen's dnsbl_threshold does, instead of refusing).
 struct DnsChecks {
-  bool exempt = false; // the client is in limit_exempt_networks: no lookups (set by Server)
+  bool exempt = false; // a check is on, but the client is in limit_exempt_networks: no
+                       // lookups (set by Server; a Protocol's owner may set it)
   DnsStatus fcrdns = DnsStatus::not_checked; // forward-confirmed reverse DNS
   std::string fcrdns_name; // the PTR name that resolves back to the client's IP, when pass
   DnsStatus helo = DnsStatus::not_checked; // the HELO/EHLO name is fcrdns_name or resolves to
