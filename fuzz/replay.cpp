@@ -22,6 +22,7 @@
 int fuzz_protocol(const uint8_t* data, size_t size);
 int fuzz_parsers(const uint8_t* data, size_t size);
 int fuzz_auth(const uint8_t* data, size_t size);
+int fuzz_dns(const uint8_t* data, size_t size);
 
 namespace {
 
@@ -34,6 +35,7 @@ const Target targets[] = {
     {"protocol", fuzz_protocol},
     {"parsers", fuzz_parsers},
     {"auth", fuzz_auth},
+    {"dns", fuzz_dns},
 };
 
 // replay_one - run one input in a child process; true when it returned normally.
