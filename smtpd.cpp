@@ -3151,7 +3151,9 @@ std::string host_name(const std::string& name) {
     if (!ok || static_cast<unsigned char>(c) >= 0x80) return "";
     out += ascii_lower(c);
   }
-  if (out.empty() || out.front() == '.' || out.find("..") != std::string::npos) return "";
+  // A label may hold a '.' on the wire ("\3g_." is one label): the text must still be a name.
+  if (out.empty() || out.front() == '.' || out.back() == '.' || out.find("..") != std::string::npos)
+    return "";
   return out;
 }
 

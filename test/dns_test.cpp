@@ -290,6 +290,11 @@ TEST_SUITE("dns") {
         header(response, 1) + q + rr(to_question, 12, 1, wire("evil host\r\n.example")),
         DnsType::ptr);
     CHECK(bad.status == Status::not_found);
+    // A label holding a dot, at the end: "g_." would make the text "mail.g_." (found by
+    // fuzz/dns.cpp; fuzz/corpus/dns/crash-ptr-label-with-dot).
+    DnsAnswer dotted = smtpd::dns::parse_answer(
+        header(response, 1) + q + rr(to_question, 12, 1, "\x04mail\x03g_.\0"s), DnsType::ptr);
+    CHECK(dotted.status == Status::not_found);
     DnsAnswer upper = smtpd::dns::parse_answer(
         header(response, 1) + q + rr(to_question, 12, 1, wire("Mail.Example.ORG")), DnsType::ptr);
     REQUIRE(upper.records.size() == 1);
