@@ -82,7 +82,7 @@ start_udp() {
   UDP_PORT=$(cat "$1.port" 2>/dev/null)
 }
 
-SERVFAIL_PORT= SILENT_PORT=
+SERVFAIL_PORT='' SILENT_PORT=''
 if need start-udp-servers "$PY" "$NO_PY"; then
   start_udp servfail
   SERVFAIL_PORT=$UDP_PORT
@@ -96,6 +96,7 @@ V6_NAME=1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0
 pick_ports dns
 DNS_PORT=${PORT[dns]}
 DNS=127.0.0.1:$DNS_PORT
+# shellcheck disable=SC2054 # the commas are dnsmasq's, inside single arguments
 dns_args=(--no-daemon --conf-file=/dev/null --no-resolv --no-hosts --port="$DNS_PORT"
   --listen-address=127.0.0.1 --bind-interfaces --local-ttl=60 --log-queries --log-facility=-
   --local=/test/ --local=/in-addr.arpa/ --local=/ip6.arpa/
