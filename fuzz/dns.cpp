@@ -60,6 +60,7 @@ void check_answer(const DnsAnswer& a, DnsType type, std::size_t message_size) {
 // MessageResolver - answers every question with the fuzzed message, parsed for its type.
 struct MessageResolver : smtpd::DnsResolver {
   std::string message;
+
   std::vector<DnsAnswer> resolve(const std::vector<smtpd::DnsQuery>& queries) override {
     std::vector<DnsAnswer> out;
     for (const smtpd::DnsQuery& q : queries)
