@@ -3385,6 +3385,11 @@ DnsAnswer ask(const DnsQuery& q, const std::vector<sockaddr_in>& servers,
   return dns::parse_answer({reinterpret_cast<const char*>(buf.data()), length}, q.type);
 }
 
+// max_lookup_threads - questions in flight at once, per resolver. When the DNS hangs, each
+// thread lives for the resolver's own timeout; past this many, a question is a temp_error at
+// once instead of one more thread.
+constexpr int max_lookup_threads = 256;
+
 // LibcResolver - asks each question of a round on a detached thread of its own and waits at
 // most `timeout` for all of them: a question still out then is a temp_error for this round,
 // and its thread finishes on its own later (its answer still reaches the cache).
@@ -3424,24 +3429,30 @@ private:
 
   // start - ask one question on its own thread; a thread that cannot start is a temp_error.
   void start(const std::shared_ptr<Round>& round, std::size_t i, const DnsQuery& q) {
-    try {
-      std::thread([round, i, q, servers = servers_, timeout = timeout_, cache = cache_] {
-        DnsAnswer answer = ask(q, servers, timeout);
-        cache->put(q, answer, dns::Cache::Clock::now());
-        std::lock_guard<std::mutex> lock(round->mu);
-        round->answers[i] = std::move(answer);
-        round->done[i] = true;
-        round->finished.notify_all();
-      }).detach();
-    } catch (const std::system_error&) {
-      std::lock_guard<std::mutex> lock(round->mu);
-      round->done[i] = true;
+    if (in_flight_->fetch_add(1) < max_lookup_threads) {
+      try {
+        std::thread([round, i, q, servers = servers_, timeout = timeout_, cache = cache_,
+                     in_flight = in_flight_] {
+          DnsAnswer answer = ask(q, servers, timeout);
+          cache->put(q, answer, dns::Cache::Clock::now());
+          in_flight->fetch_sub(1);
+          std::lock_guard<std::mutex> lock(round->mu);
+          round->answers[i] = std::move(answer);
+          round->done[i] = true;
+          round->finished.notify_all();
+        }).detach();
+        return;
+      } catch (const std::system_error&) {}
     }
+    in_flight_->fetch_sub(1); // no thread: this question stays a temp_error
+    std::lock_guard<std::mutex> lock(round->mu);
+    round->done[i] = true;
   }
 
   std::vector<sockaddr_in> servers_;
   std::chrono::milliseconds timeout_;
   std::shared_ptr<dns::Cache> cache_;
+  std::shared_ptr<std::atomic<int>> in_flight_ = std::make_shared<std::atomic<int>>(0);
 };
 
 // ---- the checks --------------------------------------------------------------------------------
@@ -3603,11 +3614,14 @@ void dns_helo_checks(const Options& o, SessionInfo& session, const std::string& 
   } else if (o.helo_check && checks.fcrdns == DnsStatus::pass &&
              same_name(helo, checks.fcrdns_name)) {
     checks.helo = DnsStatus::pass;
+  } else if (o.helo_check && !is_valid_helo_name(domain_of("@" + helo))) {
+    checks.helo = DnsStatus::fail; // not a domain (RFC 5321 §4.1.1.1): nothing to look up
   } else if (o.helo_check) {
-    queries.push_back({helo, forward_type(session.peer.ip)});
+    queries.push_back({domain_of("@" + helo), forward_type(session.peer.ip)});
     ask_name = true;
   }
   std::string name = literal.empty() ? domain_of("@" + helo) : "";
+  if (!is_valid_helo_name(name)) name.clear(); // only a domain is looked up on an RHSBL
   if (!name.empty()) add_list_queries(queries, name, o.rhsbl_zones);
   std::vector<DnsAnswer> answers = resolve_round(o, queries);
   if (ask_name) {

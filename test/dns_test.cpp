@@ -420,6 +420,9 @@ TEST_SUITE("dns") {
     CHECK(s.send("EHLO liar.example") == "550 5.7.1 Bad HELO\r\n");
     CHECK(s.checks().helo == smtpd::DnsStatus::fail);
     CHECK(s.send("EHLO unknown.example") == "550 5.7.1 Bad HELO\r\n");
+    std::size_t asked = s.dns->asked.size();
+    CHECK(s.send("EHLO -not_a.domain!") == "550 5.7.1 Bad HELO\r\n"); // RFC 5321 §4.1.1.1
+    CHECK(s.dns->asked.size() == asked);                              // not looked up
     CHECK(s.send("HELO slow.example") == "450 4.7.1 Bad HELO: temporary DNS error\r\n");
     CHECK(s.checks().helo == smtpd::DnsStatus::temp_error);
     s.options.dns_temp_error_refuses = false;
