@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <condition_variable>
@@ -44,6 +45,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <resolv.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -2356,6 +2358,17 @@ enum CommandFlag : unsigned {
 
 } // namespace
 
+// The DNS checks (section 6b): lookups through Options::dns_resolver, results into
+// SessionInfo::dns, and the refusals they call for.
+namespace {
+void dns_client_checks(const Options& o, SessionInfo& session);
+void dns_helo_checks(const Options& o, SessionInfo& session, const std::string& helo);
+void dns_mail_checks(const Options& o, SessionInfo& session, const std::string& from);
+std::optional<Reply> dns_client_refusal(const Options& o, const DnsChecks& checks, bool at_rcpt);
+std::optional<Reply> dns_helo_refusal(const Options& o, const DnsChecks& checks);
+std::optional<Reply> dns_domain_refusal(const Options& o, const DnsChecks& checks);
+} // namespace
+
 // Protocol::State - the session: where it is (stage, envelope, counters), the parts the bytes
 // go through, and one function per verb.
 struct Protocol::State {
@@ -2461,7 +2474,10 @@ struct Protocol::State {
                                    max_domain);
     appname = sanitize_for_header(options.appname.empty() ? "smtpd" : options.appname, 64);
     Reply greeting{220, "", hostname + " ESMTP " + appname};
+    dns_client_checks(options, session); // before on_connect, which sees the results
     Reply r = user.start(greeting);
+    std::optional<Reply> refused = dns_client_refusal(options, session.dns, false);
+    if (refused && r.positive()) r = *refused; // as if on_connect had said it
     if (r.positive()) {
       reply(greeting);
     } else if (r.code < 500) { // a temporary refusal closes: 421 (RFC 5321 §3.8)
@@ -2606,6 +2622,9 @@ struct Protocol::State {
     if (options.strict && !is_valid_helo_name(name))
       return reply({501, "5.5.4", "Invalid domain name"});
     std::string helo(name);
+    dns_helo_checks(options, session, helo);
+    if (std::optional<Reply> refused = dns_helo_refusal(options, session.dns))
+      return reply(*refused);
     Reply r = user.hello(helo, Reply{250, "", hostname});
     if (r.code == 421) return close_with(r, SessionEnd::refused); // a hook failed: give up
     if (!r.positive()) return reply(r);
@@ -2660,6 +2679,9 @@ struct Protocol::State {
     if (std::optional<Reply> refused = mail_options(params, param_rules(!params.empty()), m))
       return reply(*refused);
     if (error == PathError::needs_smtputf8 && !m.smtputf8) return reply(replies::needs_smtputf8());
+    dns_mail_checks(options, session, from);
+    if (std::optional<Reply> refused = dns_domain_refusal(options, session.dns))
+      return reply(*refused);
     Reply r = user.mail(from, m);
     if (!r.positive()) return reply(r);
     envelope = Envelope{std::move(from), {}, m.params, m.smtputf8, m.body_8bit, m, {}, false};
@@ -2699,6 +2721,8 @@ struct Protocol::State {
       return reply(*refused);
     if (envelope.to.size() >= options.max_recipients) // RFC 5321 §4.5.3.1.10
       return reply(replies::too_many_recipients());
+    if (std::optional<Reply> refused = dns_client_refusal(options, session.dns, true))
+      return reply(*refused);
     Reply verdict = user.rcpt(envelope, to, r);
     if (verdict.positive()) {
       envelope.to.push_back(std::move(to));
@@ -3670,6 +3694,618 @@ std::unique_ptr<Transport> start_tls(int, const TlsContext&, std::chrono::millis
 
 #endif // SMTPD_NO_TLS
 
+} // namespace
+
+// =============================================================================================
+// 6b. DNS - the lookups behind the DNS checks, and the checks themselves
+//
+// The checks (README "DNS checks") ask questions of a DnsResolver, never of the network
+// directly, so the Protocol stays socket-free: tests and the fuzzer hand it a table. A Server
+// uses LibcResolver, which asks the C library (res_nquery, RFC 1035 over UDP, TCP when the
+// answer is truncated) on one thread per question, so the questions of a round run in parallel
+// and the connection gives them up after dns_timeout. The answers are parsed here, not by
+// libresolv's ns_parserr: parse_answer reads untrusted bytes from the network, so it is short,
+// bounded and fuzzed (fuzz/dns.cpp).
+//
+//   connect ─► PTR of the IP, and A + TXT of the IP under each DNSBL zone   (one round)
+//           ─► A/AAAA of each PTR name: does one lead back to the IP? (FCrDNS, a second round)
+//   HELO    ─► A/AAAA of the name (helo_check), A + TXT of it under each RHSBL zone
+//   MAIL    ─► A + TXT of the sender's domain under each RHSBL zone
+// =============================================================================================
+
+namespace dns {
+
+namespace {
+
+// Reader - a cursor over a DNS message; every read checks the bounds.
+struct Reader {
+  std::string_view msg;
+  std::size_t pos = 0;
+
+  bool has(std::size_t n) const { return pos <= msg.size() && msg.size() - pos >= n; }
+
+  uint8_t byte(std::size_t at) const { return static_cast<uint8_t>(msg[at]); }
+
+  uint16_t u16(std::size_t at) const { return uint16_t(byte(at) << 8 | byte(at + 1)); }
+
+  uint32_t u32(std::size_t at) const { return uint32_t(u16(at)) << 16 | u16(at + 2); }
+};
+
+constexpr std::size_t max_name = 255; // RFC 1035 §3.1: a name's wire form, at most
+constexpr std::size_t max_label = 63; // RFC 1035 §3.1
+constexpr int max_pointers = 64;      // more jumps than any sane message needs
+
+// read_name - the (possibly compressed, RFC 1035 §4.1.4) name at r.pos, as dotted text
+// (labels as they are, no trailing dot); r.pos moves past the name's bytes in place. Every
+// pointer must point before the previous one's target, so the jumps cannot loop.
+bool read_name(Reader& r, std::string& out) {
+  out.clear();
+  std::size_t at = r.pos, wire = 1, limit = r.pos;
+  bool jumped = false;
+  for (int jumps = 0;;) {
+    if (at >= r.msg.size()) return false;
+    uint8_t len = r.byte(at);
+    if ((len & 0xC0) == 0xC0) { // a pointer: 14 bits of offset
+      if (at + 1 >= r.msg.size() || ++jumps > max_pointers) return false;
+      std::size_t target = std::size_t(len & 0x3F) << 8 | r.byte(at + 1);
+      if (target >= limit) return false; // forward, or back into a loop
+      if (!jumped) r.pos = at + 2;
+      jumped = true;
+      limit = at = target;
+      continue;
+    }
+    if ((len & 0xC0) != 0) return false; // 01 and 10: reserved label types (RFC 6891 §5)
+    if (len == 0) break;
+    wire += len + 1u;
+    if (len > max_label || wire > max_name || at + 1 + len > r.msg.size()) return false;
+    if (!out.empty()) out += '.';
+    out.append(r.msg.substr(at + 1, len));
+    at += 1 + len;
+  }
+  if (!jumped) r.pos = at + 1;
+  return true;
+}
+
+// host_name - a PTR target usable as a host name: letters, digits, '-', '_' in dotted labels
+// (RFC 1123 §2.1; '_' is seen in the wild), lower-cased. "" when it is anything else.
+std::string host_name(const std::string& name) {
+  std::string out;
+  for (char c : name) {
+    bool ok = std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+    if (!ok || static_cast<unsigned char>(c) >= 0x80) return "";
+    out += ascii_lower(c);
+  }
+  // A label may hold a '.' on the wire ("\3g_." is one label): the text must still be a name.
+  if (out.empty() || out.front() == '.' || out.back() == '.' || out.find("..") != std::string::npos)
+    return "";
+  return out;
+}
+
+// txt_text - the character-strings of one TXT record joined (RFC 1035 §3.3.14), with every
+// byte that is not printable ASCII made a space: it goes into a reply line. False when the
+// lengths do not fill the record exactly.
+bool txt_text(std::string_view rdata, std::string& out) {
+  out.clear();
+  std::size_t i = 0;
+  while (i < rdata.size()) {
+    std::size_t len = static_cast<uint8_t>(rdata[i]);
+    if (len > rdata.size() - i - 1) return false;
+    for (char c : rdata.substr(i + 1, len))
+      out += c >= 0x20 && c < 0x7F ? c : ' ';
+    i += 1 + len;
+  }
+  return true;
+}
+
+// record_text - the rdata of one record of the type asked for, as text; false when malformed.
+// A PTR's name may point anywhere earlier in the message, so it is read from the whole message.
+bool record_text(const Reader& r, std::size_t rdata, std::size_t length, DnsType type,
+                 std::string& out) {
+  char text[INET6_ADDRSTRLEN] = {};
+  const char* bytes = r.msg.data() + rdata;
+  switch (type) {
+  case DnsType::a:
+    if (length != 4 || !inet_ntop(AF_INET, bytes, text, sizeof text)) return false;
+    out = text;
+    return true;
+  case DnsType::aaaa:
+    if (length != 16 || !inet_ntop(AF_INET6, bytes, text, sizeof text)) return false;
+    out = text;
+    return true;
+  case DnsType::ptr: {
+    Reader name{r.msg, rdata};
+    std::string raw;
+    if (!read_name(name, raw) || name.pos != rdata + length) return false;
+    out = host_name(raw); // a name unfit for a host is no answer
+    return true;
+  }
+  case DnsType::txt: return txt_text(r.msg.substr(rdata, length), out);
+  }
+  return false;
+}
+
+} // namespace
+
+DnsAnswer parse_answer(std::string_view message, DnsType type) {
+  DnsAnswer answer; // temp_error until proven otherwise
+  Reader r{message};
+  if (!r.has(12)) return answer;
+  uint16_t flags = r.u16(2), questions = r.u16(4), answers = r.u16(6);
+  if (!(flags & 0x8000) || (flags & 0x0200)) return answer; // not a response, or truncated
+  unsigned rcode = flags & 0x000F;
+  if (rcode == 3) { // NXDOMAIN (RFC 1035 §4.1.1): the name does not exist
+    answer.status = DnsAnswer::Status::not_found;
+    return answer;
+  }
+  if (rcode != 0) return answer; // SERVFAIL, REFUSED...: no answer to trust
+  r.pos = 12;
+  std::string name;
+  for (unsigned i = 0; i < questions; ++i) { // skip the question: name, type, class
+    if (!read_name(r, name) || !r.has(4)) return answer;
+    r.pos += 4;
+  }
+  std::vector<std::string> records;
+  uint32_t ttl = UINT32_MAX;
+  for (unsigned i = 0; i < answers; ++i) { // RFC 1035 §4.1.3: name type class ttl rdlength rdata
+    if (!read_name(r, name) || !r.has(10)) return answer;
+    uint16_t rr_type = r.u16(r.pos), rr_class = r.u16(r.pos + 2), length = r.u16(r.pos + 8);
+    uint32_t rr_ttl = r.u32(r.pos + 4);
+    r.pos += 10;
+    if (!r.has(length)) return answer;
+    std::string text;
+    if (rr_type == uint16_t(type) && rr_class == 1) { // class IN; CNAMEs on the way are skipped
+      if (!record_text(r, r.pos, length, type, text)) return answer;
+      if (!text.empty() || type == DnsType::txt) records.push_back(std::move(text));
+      ttl = std::min(ttl, rr_ttl);
+    }
+    r.pos += length;
+  }
+  answer.status = records.empty() ? DnsAnswer::Status::not_found : DnsAnswer::Status::found;
+  answer.records = std::move(records);
+  answer.ttl = answer.records.empty() ? 0 : ttl;
+  return answer;
+}
+
+std::string reverse_name(const std::string& ip, const std::string& zone) {
+  unsigned char bytes[16];
+  std::string name;
+  if (inet_pton(AF_INET, ip.c_str(), bytes) == 1) { // 192.0.2.1 → 1.2.0.192
+    for (int i = 3; i >= 0; --i)
+      name += std::to_string(bytes[i]) + ".";
+  } else if (inet_pton(AF_INET6, ip.c_str(), bytes) == 1) { // one label per nibble, reversed
+    const char* digits = "0123456789abcdef";
+    for (int i = 15; i >= 0; --i) {
+      name += digits[bytes[i] & 0x0F];
+      name += '.';
+      name += digits[bytes[i] >> 4];
+      name += '.';
+    }
+  } else {
+    return "";
+  }
+  return name + zone;
+}
+
+// ---- the cache ---------------------------------------------------------------------------------
+
+struct Cache::State {
+  struct Entry {
+    DnsAnswer answer;
+    Clock::time_point expires;
+    std::list<std::string>::iterator age; // its place in `order`
+  };
+
+  std::size_t max_entries;
+  std::chrono::seconds max_ttl;
+  mutable std::mutex mu;
+  std::unordered_map<std::string, Entry> entries;
+  std::list<std::string> order; // keys, oldest first
+
+  void erase(std::unordered_map<std::string, Entry>::iterator it) {
+    order.erase(it->second.age);
+    entries.erase(it);
+  }
+};
+
+namespace {
+// cache_key - the type and the name, lower-cased (DNS names compare without case, RFC 4343).
+std::string cache_key(const DnsQuery& q) {
+  std::string key = std::to_string(unsigned(q.type)) + " ";
+  for (char c : q.name)
+    key += ascii_lower(c);
+  return key;
+}
+} // namespace
+
+Cache::Cache(std::size_t max_entries, std::chrono::seconds max_ttl)
+    : s_(std::make_unique<State>()) {
+  s_->max_entries = max_entries;
+  s_->max_ttl = max_ttl;
+}
+
+Cache::~Cache() = default;
+
+std::optional<DnsAnswer> Cache::get(const DnsQuery& q, Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(s_->mu);
+  auto it = s_->entries.find(cache_key(q));
+  if (it == s_->entries.end()) return std::nullopt;
+  if (it->second.expires <= now) {
+    s_->erase(it);
+    return std::nullopt;
+  }
+  return it->second.answer;
+}
+
+void Cache::put(const DnsQuery& q, const DnsAnswer& a, Clock::time_point now) {
+  if (a.status == DnsAnswer::Status::temp_error || s_->max_entries == 0) return;
+  std::chrono::seconds ttl = s_->max_ttl;
+  if (a.status == DnsAnswer::Status::found) ttl = std::min(ttl, std::chrono::seconds(a.ttl));
+  if (ttl.count() <= 0) return;
+  std::string key = cache_key(q);
+  std::lock_guard<std::mutex> lock(s_->mu);
+  auto old = s_->entries.find(key);
+  if (old != s_->entries.end()) s_->erase(old);
+  while (s_->entries.size() >= s_->max_entries) // the bound: the oldest goes
+    s_->erase(s_->entries.find(s_->order.front()));
+  s_->order.push_back(key);
+  s_->entries.emplace(std::move(key), State::Entry{a, now + ttl, std::prev(s_->order.end())});
+}
+
+std::size_t Cache::size() const {
+  std::lock_guard<std::mutex> lock(s_->mu);
+  return s_->entries.size();
+}
+
+} // namespace dns
+
+namespace {
+
+// ---- the C library's resolver ------------------------------------------------------------------
+
+// parse_dns_server - "IP" or "IP:PORT" (IPv4: res_state's nsaddr_list holds sockaddr_in).
+sockaddr_in parse_dns_server(const std::string& text) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(53);
+  std::size_t colon = text.find(':');
+  std::string host = text.substr(0, colon);
+  bool ok = inet_pton(AF_INET, host.c_str(), &a.sin_addr) == 1;
+  if (ok && colon != std::string::npos) {
+    std::string port = text.substr(colon + 1);
+    ok = !port.empty() && port.size() <= 5 &&
+         std::all_of(port.begin(), port.end(), [](char c) { return is_digit(c); }) &&
+         std::stoi(port) > 0 && std::stoi(port) <= 65535;
+    if (ok) a.sin_port = htons(uint16_t(std::stoi(port)));
+  }
+  if (!ok) throw std::invalid_argument("smtpd: bad dns_servers entry \"" + text + "\" (IP[:PORT])");
+  return a;
+}
+
+// ask - one question through res_nquery, on the calling thread. The resolver's own timeout is
+// in whole seconds (resolv.conf(5) "timeout"); the caller gives up sooner when told to.
+DnsAnswer ask(const DnsQuery& q, const std::vector<sockaddr_in>& servers,
+              std::chrono::milliseconds timeout) {
+  DnsAnswer answer;
+  struct __res_state state;
+  std::memset(&state, 0, sizeof state);
+  if (res_ninit(&state) != 0) return answer;
+  state.retrans = int(std::max<long long>(1, (timeout.count() + 999) / 1000));
+  state.retry = 1;
+  if (!servers.empty()) {
+    state.nscount = int(std::min<std::size_t>(servers.size(), MAXNS));
+    for (int i = 0; i < state.nscount; ++i)
+      state.nsaddr_list[i] = servers[std::size_t(i)];
+  }
+  std::vector<unsigned char> buf(65536);
+  int n = res_nquery(&state, q.name.c_str(), 1 /* class IN */, int(q.type), buf.data(),
+                     int(buf.size()));
+  int error = state.res_h_errno;
+  res_nclose(&state);
+  if (n < 0) { // NXDOMAIN and NODATA come back as errors too
+    if (error == HOST_NOT_FOUND || error == NO_DATA) answer.status = DnsAnswer::Status::not_found;
+    return answer;
+  }
+  std::size_t length = std::min(std::size_t(n), buf.size());
+  return dns::parse_answer({reinterpret_cast<const char*>(buf.data()), length}, q.type);
+}
+
+// max_lookup_threads - questions in flight at once, per resolver. When the DNS hangs, each
+// thread lives for the resolver's own timeout; past this many, a question is a temp_error at
+// once instead of one more thread.
+constexpr int max_lookup_threads = 256;
+
+// LibcResolver - asks each question of a round on a detached thread of its own and waits at
+// most `timeout` for all of them: a question still out then is a temp_error for this round,
+// and its thread finishes on its own later (its answer still reaches the cache).
+class LibcResolver : public DnsResolver {
+public:
+  LibcResolver(std::vector<sockaddr_in> servers, std::chrono::milliseconds timeout,
+               std::shared_ptr<dns::Cache> cache)
+      : servers_(std::move(servers)), timeout_(timeout), cache_(std::move(cache)) {}
+
+  std::vector<DnsAnswer> resolve(const std::vector<DnsQuery>& queries) override {
+    auto round = std::make_shared<Round>();
+    round->answers.resize(queries.size());
+    round->done.assign(queries.size(), false);
+    auto now = dns::Cache::Clock::now();
+    for (std::size_t i = 0; i < queries.size(); ++i) {
+      if (std::optional<DnsAnswer> cached = cache_->get(queries[i], now)) {
+        round->answers[i] = std::move(*cached);
+        round->done[i] = true;
+      } else {
+        start(round, i, queries[i]);
+      }
+    }
+    std::unique_lock<std::mutex> lock(round->mu);
+    round->finished.wait_for(lock, timeout_, [&] {
+      return std::all_of(round->done.begin(), round->done.end(), [](bool d) { return d; });
+    });
+    return round->answers; // those not done are still temp_error
+  }
+
+private:
+  struct Round {
+    std::mutex mu;
+    std::condition_variable finished;
+    std::vector<DnsAnswer> answers;
+    std::vector<bool> done;
+  };
+
+  // start - ask one question on its own thread; a thread that cannot start is a temp_error.
+  void start(const std::shared_ptr<Round>& round, std::size_t i, const DnsQuery& q) {
+    if (in_flight_->fetch_add(1) < max_lookup_threads) {
+      try {
+        std::thread([round, i, q, servers = servers_, timeout = timeout_, cache = cache_,
+                     in_flight = in_flight_] {
+          DnsAnswer answer = ask(q, servers, timeout);
+          cache->put(q, answer, dns::Cache::Clock::now());
+          in_flight->fetch_sub(1);
+          std::lock_guard<std::mutex> lock(round->mu);
+          round->answers[i] = std::move(answer);
+          round->done[i] = true;
+          round->finished.notify_all();
+        }).detach();
+        return;
+      } catch (const std::system_error&) {}
+    }
+    in_flight_->fetch_sub(1); // no thread: this question stays a temp_error
+    std::lock_guard<std::mutex> lock(round->mu);
+    round->done[i] = true;
+  }
+
+  std::vector<sockaddr_in> servers_;
+  std::chrono::milliseconds timeout_;
+  std::shared_ptr<dns::Cache> cache_;
+  std::shared_ptr<std::atomic<int>> in_flight_ = std::make_shared<std::atomic<int>>(0);
+};
+
+// ---- the checks --------------------------------------------------------------------------------
+
+using Status = DnsAnswer::Status;
+
+// dns_checks_on - whether any check is configured.
+bool dns_checks_on(const Options& o) {
+  return o.require_fcrdns || o.helo_check || !o.dnsbl_zones.empty() || !o.rhsbl_zones.empty();
+}
+
+// resolve_round - the resolver's answers, one per question whatever it returned.
+std::vector<DnsAnswer> resolve_round(const Options& o, const std::vector<DnsQuery>& queries) {
+  std::vector<DnsAnswer> answers;
+  if (!queries.empty()) answers = o.dns_resolver->resolve(queries);
+  answers.resize(queries.size()); // a resolver that answered too few: temp_error for the rest
+  return answers;
+}
+
+// same_address - whether two numeric addresses are the same (2001:DB8::1 is 2001:db8:0::1).
+bool same_address(const std::string& a, const std::string& b) {
+  unsigned char x[16], y[16];
+  int family = a.find(':') != std::string::npos ? AF_INET6 : AF_INET;
+  return inet_pton(family, a.c_str(), x) == 1 && inet_pton(family, b.c_str(), y) == 1 &&
+         std::memcmp(x, y, family == AF_INET6 ? 16 : 4) == 0;
+}
+
+// same_name - DNS names compare without case and without a trailing dot (RFC 4343).
+bool same_name(std::string_view a, std::string_view b) {
+  if (!a.empty() && a.back() == '.') a.remove_suffix(1);
+  if (!b.empty() && b.back() == '.') b.remove_suffix(1);
+  return iequals(a, b);
+}
+
+// forward_type - A for an IPv4 client, AAAA for IPv6.
+DnsType forward_type(const std::string& ip) {
+  return ip.find(':') != std::string::npos ? DnsType::aaaa : DnsType::a;
+}
+
+// add_list_queries - A and TXT of `name` under each zone (RFC 5782 §2.1, §2.2).
+void add_list_queries(std::vector<DnsQuery>& queries, const std::string& name,
+                      const std::vector<std::string>& zones) {
+  for (const std::string& zone : zones) {
+    queries.push_back({name + "." + zone, DnsType::a});
+    queries.push_back({name + "." + zone, DnsType::txt});
+  }
+}
+
+// add_listings - the listings in the answers from `first` on (A then TXT per zone): an A record
+// in 127.0.0.0/8 is a listing (RFC 5782 §2.1); its TXT record is the reason (§2.2).
+void add_listings(DnsChecks& checks, const std::vector<DnsAnswer>& answers, std::size_t first,
+                  const std::vector<std::string>& zones, const std::string& source,
+                  const std::string& listed) {
+  for (std::size_t z = 0; z < zones.size(); ++z) {
+    const DnsAnswer& a = answers[first + 2 * z];
+    const DnsAnswer& txt = answers[first + 2 * z + 1];
+    if (a.status != Status::found) continue;
+    for (const std::string& address : a.records) {
+      if (address.rfind("127.", 0) != 0) continue;
+      std::string reason = txt.status == Status::found ? txt.records.front() : "";
+      checks.listings.push_back({zones[z], source, listed, address, reason.substr(0, 200)});
+      break;
+    }
+  }
+}
+
+// confirm_names - FCrDNS's second half: does a PTR name resolve back to `ip`? At most 10
+// names are tried (as RFC 7208 §4.6.4 bounds SPF's ptr lookups).
+void confirm_names(const Options& o, DnsChecks& checks, const std::string& ip,
+                   const DnsAnswer& ptr) {
+  if (ptr.status != Status::found) {
+    checks.fcrdns = ptr.status == Status::not_found ? DnsStatus::fail : DnsStatus::temp_error;
+    return;
+  }
+  std::vector<DnsQuery> forward;
+  for (std::size_t i = 0; i < ptr.records.size() && i < 10; ++i)
+    forward.push_back({ptr.records[i], forward_type(ip)});
+  std::vector<DnsAnswer> answers = resolve_round(o, forward);
+  checks.fcrdns = DnsStatus::fail;
+  for (std::size_t i = 0; i < forward.size(); ++i) {
+    for (const std::string& address : answers[i].records) {
+      if (answers[i].status == Status::found && same_address(address, ip)) {
+        checks.fcrdns = DnsStatus::pass;
+        checks.fcrdns_name = forward[i].name;
+        return;
+      }
+    }
+    if (answers[i].status == Status::temp_error) checks.fcrdns = DnsStatus::temp_error;
+  }
+}
+
+// with_zone - "zone" or "zone (reason)": the blocklist's words for the reply.
+std::string with_zone(const DnsListing& l) {
+  return l.reason.empty() ? l.zone : l.zone + " (" + l.reason + ")";
+}
+
+// domain_of - the domain of a reverse-path, lower-cased; "" for <> or an address literal.
+std::string domain_of(const std::string& path) {
+  std::size_t at = path.rfind('@');
+  if (at == std::string::npos || at + 1 >= path.size() || path[at + 1] == '[') return "";
+  std::string domain;
+  for (char c : path.substr(at + 1))
+    domain += ascii_lower(c);
+  if (domain.back() == '.') domain.pop_back();
+  return domain;
+}
+
+// literal_address - the address in an address literal "[192.0.2.1]" or "[IPv6:2001:db8::1]"
+// (RFC 5321 §4.1.3), or "" when `name` is none.
+std::string literal_address(std::string_view name) {
+  if (name.size() < 3 || name.front() != '[' || name.back() != ']') return "";
+  name = name.substr(1, name.size() - 2);
+  if (istarts_with(name, "IPv6:")) name.remove_prefix(5);
+  return std::string(name);
+}
+
+} // namespace
+
+std::shared_ptr<DnsResolver> make_dns_resolver(const Options& options) {
+  std::vector<sockaddr_in> servers;
+  for (const std::string& s : options.dns_servers)
+    servers.push_back(parse_dns_server(s));
+  auto cache = std::make_shared<dns::Cache>(options.dns_cache_entries, options.dns_cache_ttl);
+  return std::make_shared<LibcResolver>(std::move(servers), options.dns_timeout, cache);
+}
+
+namespace {
+
+// dns_client_checks - at connect: FCrDNS and the DNSBLs, the lookups in parallel.
+void dns_client_checks(const Options& o, SessionInfo& session) {
+  if (!dns_checks_on(o) || session.dns.exempt || !o.dns_resolver) return;
+  const std::string& ip = session.peer.ip;
+  bool v6 = ip.find(':') != std::string::npos;
+  std::string ptr_name = dns::reverse_name(ip, v6 ? "ip6.arpa" : "in-addr.arpa");
+  if (ptr_name.empty()) return;                     // no numeric address: nothing to look up
+  std::string reversed = dns::reverse_name(ip, ""); // "1.2.0.192." with no zone yet
+  reversed.pop_back();
+  std::vector<DnsQuery> queries{{ptr_name, DnsType::ptr}};
+  add_list_queries(queries, reversed, o.dnsbl_zones);
+  std::vector<DnsAnswer> answers = resolve_round(o, queries);
+  add_listings(session.dns, answers, 1, o.dnsbl_zones, "ip", ip);
+  confirm_names(o, session.dns, ip, answers[0]);
+  if (o.reverse_dns) session.peer.hostname = session.dns.fcrdns_name;
+}
+
+// dns_helo_checks - at HELO/EHLO: does the name belong to the client, and is it on an RHSBL?
+void dns_helo_checks(const Options& o, SessionInfo& session, const std::string& helo) {
+  DnsChecks& checks = session.dns;
+  if (!dns_checks_on(o) || checks.exempt || !o.dns_resolver) return;
+  checks.listings.erase(std::remove_if(checks.listings.begin(), checks.listings.end(),
+                                       [](const DnsListing& l) { return l.source == "helo"; }),
+                        checks.listings.end());
+  checks.helo = DnsStatus::not_checked;
+  std::string literal = literal_address(helo);
+  std::vector<DnsQuery> queries;
+  bool ask_name = false;
+  if (o.helo_check && !literal.empty()) {
+    checks.helo = same_address(literal, session.peer.ip) ? DnsStatus::pass : DnsStatus::fail;
+  } else if (o.helo_check && checks.fcrdns == DnsStatus::pass &&
+             same_name(helo, checks.fcrdns_name)) {
+    checks.helo = DnsStatus::pass;
+  } else if (o.helo_check && !is_valid_helo_name(domain_of("@" + helo))) {
+    checks.helo = DnsStatus::fail; // not a domain (RFC 5321 §4.1.1.1): nothing to look up
+  } else if (o.helo_check) {
+    queries.push_back({domain_of("@" + helo), forward_type(session.peer.ip)});
+    ask_name = true;
+  }
+  std::string name = literal.empty() ? domain_of("@" + helo) : "";
+  if (!is_valid_helo_name(name)) name.clear(); // only a domain is looked up on an RHSBL
+  if (!name.empty()) add_list_queries(queries, name, o.rhsbl_zones);
+  std::vector<DnsAnswer> answers = resolve_round(o, queries);
+  if (ask_name) {
+    const DnsAnswer& a = answers[0];
+    checks.helo = a.status == Status::temp_error ? DnsStatus::temp_error : DnsStatus::fail;
+    for (const std::string& address : a.records)
+      if (a.status == Status::found && same_address(address, session.peer.ip))
+        checks.helo = DnsStatus::pass;
+  }
+  if (!name.empty()) add_listings(checks, answers, ask_name ? 1 : 0, o.rhsbl_zones, "helo", name);
+}
+
+// dns_mail_checks - at MAIL: is the sender's domain on an RHSBL?
+void dns_mail_checks(const Options& o, SessionInfo& session, const std::string& from) {
+  DnsChecks& checks = session.dns;
+  if (o.rhsbl_zones.empty() || checks.exempt || !o.dns_resolver) return;
+  checks.listings.erase(std::remove_if(checks.listings.begin(), checks.listings.end(),
+                                       [](const DnsListing& l) { return l.source == "mail"; }),
+                        checks.listings.end());
+  std::string domain = domain_of(from);
+  if (domain.empty()) return; // <> or an address literal: no domain to ask about
+  std::vector<DnsQuery> queries;
+  add_list_queries(queries, domain, o.rhsbl_zones);
+  add_listings(checks, resolve_round(o, queries), 0, o.rhsbl_zones, "mail", domain);
+}
+
+// dns_client_refusal - the FCrDNS or DNSBL refusal due at this point (the greeting, or RCPT
+// when dns_refuse_at_rcpt), or nullopt.
+std::optional<Reply> dns_client_refusal(const Options& o, const DnsChecks& checks, bool at_rcpt) {
+  if (checks.exempt || o.dns_refuse_at_rcpt != at_rcpt) return std::nullopt;
+  if (o.require_fcrdns && checks.fcrdns == DnsStatus::fail) return Reply::fcrdns_failure();
+  if (o.require_fcrdns && checks.fcrdns == DnsStatus::temp_error && o.dns_temp_error_refuses)
+    return Reply{450, "4.7.25", "FCrDNS failure: temporary DNS error"}; // RFC 7372 §3.3
+  if (!o.dnsbl_refuse) return std::nullopt;
+  for (const DnsListing& l : checks.listings)
+    if (l.source == "ip") return Reply::ip_on_blocklist(with_zone(l));
+  return std::nullopt;
+}
+
+// dns_helo_refusal - the HELO check's verdict, or nullopt.
+std::optional<Reply> dns_helo_refusal(const Options& o, const DnsChecks& checks) {
+  if (!o.helo_check || checks.exempt) return std::nullopt;
+  if (checks.helo == DnsStatus::fail) return Reply::bad_helo();
+  if (checks.helo == DnsStatus::temp_error && o.dns_temp_error_refuses)
+    return Reply{450, "4.7.1", "Bad HELO: temporary DNS error"};
+  return std::nullopt;
+}
+
+// dns_domain_refusal - at MAIL: the HELO name or the sender's domain on an RHSBL, or nullopt.
+std::optional<Reply> dns_domain_refusal(const Options& o, const DnsChecks& checks) {
+  if (!o.rhsbl_refuse || checks.exempt) return std::nullopt;
+  for (const DnsListing& l : checks.listings)
+    if (l.source != "ip") return Reply::domain_on_blocklist(with_zone(l));
+  return std::nullopt;
+}
+
+} // namespace
+
+namespace {
+
 // =============================================================================================
 // 7. Connection - one thread per client
 //
@@ -3688,7 +4324,8 @@ struct ServerControl {
   int wake_fd;                 // readable once stopping
   TlsContext tls;              // the TLS context at the time the client connected, or null
   std::function<void(const std::string&)> log_error;
-  RateLimiter* rates; // the server's per-client rates, shared by its sessions
+  RateLimiter* rates;      // the server's per-client rates, shared by its sessions
+  bool dns_exempt = false; // the client is in limit_exempt_networks: no DNS checks
 };
 
 // Connection - one client's session on its thread: the transport, the Protocol, the clocks.
@@ -3741,6 +4378,7 @@ private:
     info.peer = peer_;
     info.local = local_;
     info.proxy = proxy_;
+    info.dns.exempt = server_.dns_exempt;
     if (options_.tls_implicit && !implicit_tls(info)) return nullptr; // RFC 8314 §3.3: TLS first
     if (options_.reject_early_talkers && !options_.tls_implicit && talked_first()) {
       refuse_early_talker();
@@ -4515,6 +5153,8 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     rates = std::make_unique<RateLimiter>(options);
     if (tls_configured(options)) tls_context = make_tls_context(options);
     if (options.hostname.empty()) options.hostname = system_hostname();
+    if (dns_checks_on(options) && !options.dns_resolver)
+      options.dns_resolver = make_dns_resolver(options);
     if (::pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0 ||
         ::pipe2(accept_wake, O_CLOEXEC | O_NONBLOCK) != 0) {
       int error = errno;
@@ -4682,13 +5322,18 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       if (in_any(proxies, peer.ip) && !take_proxy_header(client, peer, local, proxy)) return;
       if (!rates->allow(RateLimiter::Kind::connection, peer.ip))
         return refuse_late(client->fd, peer, replies::connection_rate(), "connection rate");
-      if (options.reverse_dns) peer.hostname = reverse_lookup(peer, options.reverse_dns_timeout);
+      // The DNS checks skip limit_exempt_networks and trusted_networks (issue 17).
+      bool dns_exempt = in_any(exempt, peer.ip) || in_networks(options.trusted_networks, peer.ip);
+      bool fcrdns_done = dns_checks_on(options) && !dns_exempt; // the checks name the client
+      if (options.reverse_dns && !fcrdns_done)
+        peer.hostname = reverse_lookup(peer, options.reverse_dns_timeout);
       ServerControl control{options,
                             stopping,
                             wake[0],
                             std::move(tls),
                             [this](const std::string& m) { log_error(m); },
                             rates.get()};
+      control.dns_exempt = dns_exempt && dns_checks_on(options);
       Connection(control, client->fd, peer, local, proxy).run();
     } catch (const std::exception& e) { // e.g. std::bad_alloc
       log_error(std::string("smtpd: connection ended: ") + e.what());

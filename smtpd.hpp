@@ -156,6 +156,36 @@ struct Envelope {
   bool chunked = false;          // the content came with BDAT (RFC 3030), not DATA
 };
 
+// DnsStatus - the outcome of one DNS check (README "DNS checks").
+enum class DnsStatus {
+  not_checked, // the check is off, the client is exempt, or it has not run yet
+  pass,        // confirmed
+  fail,        // definitely not: the DNS answered, and the answer says no
+  temp_error,  // no usable answer: a timeout, SERVFAIL, a malformed reply
+};
+
+// DnsListing - one blocklist entry found for the client (RFC 5782): its IP on a DNSBL, or its
+// HELO name or MAIL FROM domain on an RHSBL.
+struct DnsListing {
+  std::string zone;    // the list's zone, e.g. "dnsbl.example"
+  std::string source;  // what was looked up: "ip", "helo" or "mail"
+  std::string listed;  // the IP or domain that is listed
+  std::string address; // the list's A record, e.g. "127.0.0.2" (its return code, RFC 5782 §2.3)
+  std::string reason;  // the TXT record, or "" when the list gives none
+};
+
+// DnsChecks - the results of the DNS checks for this session, for hooks and Session objects
+// (e.g. to score several lists, as postscreen's dnsbl_threshold does, instead of refusing).
+struct DnsChecks {
+  bool exempt = false; // a check is on, but the client is in limit_exempt_networks: no
+                       // lookups (set by Server; a Protocol's owner may set it)
+  DnsStatus fcrdns = DnsStatus::not_checked; // forward-confirmed reverse DNS
+  std::string fcrdns_name; // the PTR name that resolves back to the client's IP, when pass
+  DnsStatus helo = DnsStatus::not_checked; // the HELO/EHLO name is fcrdns_name or resolves to
+                                           // the IP (an address literal: is the IP)
+  std::vector<DnsListing> listings;        // DNSBL and RHSBL entries found, in query order
+};
+
 // SessionInfo - the connection, as far as the client has told us (RFC 5321 §3: a session).
 struct SessionInfo {
   std::string id; // unique per session; also in the Received header's id clause and log lines
@@ -169,6 +199,7 @@ struct SessionInfo {
   std::string tls_cipher;       // "TLS_AES_256_GCM_SHA384" when tls
   std::string tls_peer_subject; // the verified client certificate's subject (RFC 2253), or ""
   std::string auth_user;        // the authenticated identity; empty when not authenticated
+  DnsChecks dns;                // the DNS checks' results (all not_checked when they are off)
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -384,6 +415,75 @@ public:
 using TracerFactory = std::function<std::unique_ptr<Tracer>(const SessionInfo& session)>;
 
 // ---------------------------------------------------------------------------------------------
+// DNS - the lookups behind the DNS checks (Options::dns_*, README "DNS checks"). The Protocol
+// asks an injectable DnsResolver, so tests and fuzzers answer from a table; a Server uses the
+// C library's resolver (res_nquery) unless Options::dns_resolver names another.
+// ---------------------------------------------------------------------------------------------
+
+// DnsType - the record types the checks ask for (RFC 1035 §3.2.2, RFC 3596 for AAAA).
+enum class DnsType : uint16_t { a = 1, ptr = 12, txt = 16, aaaa = 28 };
+
+// DnsQuery - one question: a name and a type.
+struct DnsQuery {
+  std::string name; // "2.0.0.127.dnsbl.example", no trailing dot
+  DnsType type = DnsType::a;
+};
+
+// DnsAnswer - the answer to one question.
+struct DnsAnswer {
+  enum class Status { found, not_found, temp_error };
+  Status status = Status::temp_error; // not_found: NXDOMAIN or no record of the type
+  std::vector<std::string> records;   // A, AAAA: numeric address; PTR: the name, lower case,
+                                      // no trailing dot; TXT: its strings joined
+  uint32_t ttl = 0;                   // the smallest TTL of the records, seconds
+};
+
+// DnsResolver - answers questions. resolve() gets every question of one round at once and
+// returns one answer per question, in order; it may ask them in parallel. It must not throw,
+// and is called from many connection threads at once.
+class DnsResolver {
+public:
+  virtual ~DnsResolver() = default;
+  virtual std::vector<DnsAnswer> resolve(const std::vector<DnsQuery>& queries) = 0;
+};
+
+// The building blocks of the C library resolver, public for tests and fuzzers.
+namespace dns {
+
+// parse_answer - the records of `type` in the answer section of the DNS response `message`
+// (RFC 1035 §4.1), with name compression (§4.1.4) checked for loops and bounds. NXDOMAIN or
+// no such record: not_found; another RCODE, truncation or anything malformed: temp_error.
+DnsAnswer parse_answer(std::string_view message, DnsType type);
+
+// reverse_name - the name under which `ip` is looked up: IPv4 octets reversed, IPv6 nibbles
+// reversed (RFC 1035 §3.5, RFC 3596 §2.5, RFC 5782 §2.1 and §2.4), followed by "." and `zone`
+// ("in-addr.arpa" or "ip6.arpa" for a PTR). "" when `ip` is not a numeric address.
+std::string reverse_name(const std::string& ip, const std::string& zone);
+
+// Cache - answers kept until they expire, at most `max_entries` of them (the oldest goes
+// first). Thread-safe. Temporary errors are not kept.
+class Cache {
+public:
+  using Clock = std::chrono::steady_clock;
+  Cache(std::size_t max_entries, std::chrono::seconds max_ttl);
+  ~Cache();
+  Cache(const Cache&) = delete;
+  Cache& operator=(const Cache&) = delete;
+
+  // get - the answer to `q` cached and not expired at `now`, or nullopt.
+  std::optional<DnsAnswer> get(const DnsQuery& q, Clock::time_point now);
+  // put - keep `a` until now + min(its ttl, max_ttl); a temp_error is not kept.
+  void put(const DnsQuery& q, const DnsAnswer& a, Clock::time_point now);
+  std::size_t size() const;
+
+private:
+  struct State;
+  std::unique_ptr<State> s_;
+};
+
+} // namespace dns
+
+// ---------------------------------------------------------------------------------------------
 // Options - every setting of a Server (and of a Protocol), with its default. Frozen once
 // serving starts: Server copies it at construction.
 // ---------------------------------------------------------------------------------------------
@@ -510,7 +610,32 @@ struct Options {
                                               // advertised (no EHLO yet): 554 and close
   bool reverse_dns = false; // look up the client's name (on its own thread) for Received
   std::chrono::milliseconds reverse_dns_timeout = std::chrono::seconds(2);
+
+  // DNS checks (README "DNS checks"). All off by default: each refuses some legitimate mail.
+  // They run for clients outside limit_exempt_networks, on the connection's thread.
+  std::vector<std::string> dns_servers; // "IP" or "IP:PORT" (IPv4); empty: /etc/resolv.conf
+  std::chrono::milliseconds dns_timeout = std::chrono::seconds(2); // per round of lookups, which
+                                                                   // run in parallel
+  std::size_t dns_cache_entries = 10000; // answers cached, shared by every connection
+  std::chrono::seconds dns_cache_ttl = std::chrono::seconds(300); // at most; a record's TTL may
+                                                                  // be shorter
+  bool require_fcrdns = false;          // no forward-confirmed name: 550 5.7.25 (RFC 7372)
+  bool helo_check = false;              // a HELO name that is not the client's: 550 5.7.1 Bad HELO
+  bool dns_temp_error_refuses = true;   // a check that could not finish: 450 4.7.25 / 4.7.1;
+                                        // false: let the client through
+  std::vector<std::string> dnsbl_zones; // IP blocklists (RFC 5782), e.g. "zen.spamhaus.org"
+  std::vector<std::string> rhsbl_zones; // domain blocklists: the HELO name, the MAIL domain
+  bool dnsbl_refuse = true;             // a listed IP: 554 5.7.1; false: only recorded
+  bool rhsbl_refuse = true;             // a listed domain: 554 5.7.1 at MAIL; false: recorded
+  bool dns_refuse_at_rcpt = false;      // FCrDNS and DNSBL refusals at each RCPT (Postfix's
+                                        // smtpd_delay_reject) instead of in the greeting
+  std::shared_ptr<DnsResolver> dns_resolver; // null: a Server uses make_dns_resolver(*this)
 };
+
+// make_dns_resolver - the C library's resolver (res_nquery) asking options.dns_servers, each
+// question on its own thread, a round given up after options.dns_timeout, answers cached
+// (dns_cache_entries, dns_cache_ttl). Throws std::invalid_argument for a bad server address.
+std::shared_ptr<DnsResolver> make_dns_resolver(const Options& options);
 
 // ---------------------------------------------------------------------------------------------
 // The PROXY protocol (HAProxy's proxy-protocol.txt): a load balancer in front of the server

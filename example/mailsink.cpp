@@ -459,6 +459,27 @@ const Flag flags[] = {
      [](Config& c, const std::string&) { c.options.auth_required = true; }},
     {"--auth-insecure", false,
      [](Config& c, const std::string&) { c.options.auth_insecure = true; }},
+    // DNS checks
+    {"--dns-server", true,
+     [](Config& c, const std::string& v) { c.options.dns_servers.push_back(v); }},
+    {"--dns-timeout", true,
+     [](Config& c, const std::string& v) {
+       c.options.dns_timeout = std::chrono::milliseconds(parse_count(v, 60000));
+     }},
+    {"--require-fcrdns", false,
+     [](Config& c, const std::string&) { c.options.require_fcrdns = true; }},
+    {"--helo-check", false, [](Config& c, const std::string&) { c.options.helo_check = true; }},
+    {"--dnsbl", true, [](Config& c, const std::string& v) { c.options.dnsbl_zones.push_back(v); }},
+    {"--rhsbl", true, [](Config& c, const std::string& v) { c.options.rhsbl_zones.push_back(v); }},
+    {"--dns-at-rcpt", false,
+     [](Config& c, const std::string&) { c.options.dns_refuse_at_rcpt = true; }},
+    {"--dns-record-only", false,
+     [](Config& c, const std::string&) {
+       c.options.dnsbl_refuse = false;
+       c.options.rhsbl_refuse = false;
+     }},
+    {"--dns-tempfail-pass", false,
+     [](Config& c, const std::string&) { c.options.dns_temp_error_refuses = false; }},
     {"--help", false, [](Config& c, const std::string&) { c.help = true; }},
 };
 
@@ -769,6 +790,26 @@ void print_usage(std::ostream& out) {
       << "  --auth-insecure       offer PLAIN and LOGIN without TLS too, which sends passwords\n"
       << "                        in clear: for tests on loopback only; needs --auth or\n"
       << "                        --auth-file (default: before STARTTLS only CRAM-MD5)\n"
+      << "\n"
+      << "DNS checks (for clients outside --limit-exempt; all off by default):\n"
+      << "  --dns-server IP[:PORT]\n"
+      << "                        ask this DNS server (IPv4; repeatable; default: the servers\n"
+      << "                        of /etc/resolv.conf)\n"
+      << "  --dns-timeout MS      give up a round of lookups after MS milliseconds (default "
+      << defaults.dns_timeout.count() << ")\n"
+      << "  --require-fcrdns      refuse clients without forward-confirmed reverse DNS\n"
+      << "                        (554 in the greeting, 550 5.7.25 at RCPT)\n"
+      << "  --helo-check          refuse a HELO/EHLO name that is not the client's (550 5.7.1)\n"
+      << "  --dnsbl ZONE          refuse clients whose IP is listed in ZONE (RFC 5782; 554\n"
+      << "                        5.7.1 with the zone and its TXT reason); repeatable\n"
+      << "  --rhsbl ZONE          refuse at MAIL a HELO name or sender domain listed in ZONE;\n"
+      << "                        repeatable\n"
+      << "  --dns-at-rcpt         refuse for FCrDNS and DNSBL at each RCPT, not in the greeting\n"
+      << "  --dns-record-only     do not refuse for DNSBL and RHSBL listings, only show them\n"
+      << "  --dns-tempfail-pass   let a client through when a check meets a DNS failure\n"
+      << "                        (default: 421 in the greeting, 450 4.7.25 or 4.7.1 later)\n"
+      << "--json shows the results in a \"dns\" field when a DNS check is on.\n"
+      << "\n"
       << "  --help                print this help and exit\n"
       << "\n"
       << "The summary line of a message: local time, client, the TLS version when the session\n"
@@ -1573,6 +1614,35 @@ const char* body_type(const smtpd::Envelope& envelope) {
   return "7BIT";
 }
 
+// dns_status - a DnsStatus as a JSON string.
+std::string dns_status(smtpd::DnsStatus status) {
+  switch (status) {
+  case smtpd::DnsStatus::pass: return "\"pass\"";
+  case smtpd::DnsStatus::fail: return "\"fail\"";
+  case smtpd::DnsStatus::temp_error: return "\"temp_error\"";
+  case smtpd::DnsStatus::not_checked: break;
+  }
+  return "\"not_checked\"";
+}
+
+// dns_json - ',"dns":{...}' with the DNS checks' results, or "" when no check was asked for
+// (so the --json object keeps its usual fields).
+std::string dns_json(const smtpd::SessionInfo& session) {
+  const smtpd::DnsChecks& d = session.dns;
+  if (d.fcrdns == smtpd::DnsStatus::not_checked && d.helo == smtpd::DnsStatus::not_checked &&
+      d.listings.empty() && !d.exempt)
+    return "";
+  std::string listings = "[";
+  for (const smtpd::DnsListing& l : d.listings)
+    listings += std::string(listings.size() > 1 ? "," : "") + "{\"zone\":" + json_string(l.zone) +
+                ",\"source\":" + json_string(l.source) + ",\"listed\":" + json_string(l.listed) +
+                ",\"address\":" + json_string(l.address) + ",\"reason\":" + json_string(l.reason) +
+                "}";
+  return ",\"dns\":{\"exempt\":" + std::string(d.exempt ? "true" : "false") +
+         ",\"fcrdns\":" + dns_status(d.fcrdns) + ",\"fcrdns_name\":" + json_string(d.fcrdns_name) +
+         ",\"helo\":" + dns_status(d.helo) + ",\"listings\":" + listings + "]}";
+}
+
 // json_line - the --json object of one message, on one line with a final newline. `path` is
 // where --maildir or --mbox stored it, "" when it was not stored.
 std::string json_line(const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
@@ -1609,7 +1679,7 @@ std::string json_line(const smtpd::SessionInfo& session, const smtpd::Envelope& 
          ",\"envid\":" + json_string_or_null(unless_empty(mail.envid)) +
          ",\"auth\":" + json_string_or_null(unless_empty(mail.auth)) +
          ",\"mail_params\":" + json_params(envelope.mail_params) +
-         ",\"rcpt_options\":" + rcpt_options + "}\n";
+         ",\"rcpt_options\":" + rcpt_options + dns_json(session) + "}\n";
 }
 
 // =============================================================================================

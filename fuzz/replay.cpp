@@ -24,6 +24,7 @@ int fuzz_parsers(const uint8_t* data, size_t size);
 int fuzz_auth(const uint8_t* data, size_t size);
 int fuzz_bdat(const uint8_t* data, size_t size);
 int fuzz_proxy(const uint8_t* data, size_t size);
+int fuzz_dns(const uint8_t* data, size_t size);
 
 namespace {
 
@@ -38,6 +39,7 @@ const Target targets[] = {
     {"auth", fuzz_auth},
     {"bdat", fuzz_bdat},
     {"proxy", fuzz_proxy},
+    {"dns", fuzz_dns},
 };
 
 // replay_one - run one input in a child process; true when it returned normally.

@@ -558,4 +558,58 @@ xclient("unavailable", lines("XCLIENT ADDR=[TEMPUNAVAIL] NAME=[UNAVAILABLE] PORT
                              "LOGIN=[TEMPUNAVAIL] PROTO=[UNAVAILABLE]", "EHLO c") + transaction(),
         auth_required=True)
 
+
+# ---- dns: 1 flag byte (the client, bits 0-1; at RCPT, 4; temp errors let through, 8), then
+# one DNS response message (RFC 1035 §4.1) ------------------------------------------------------
+def u16(v):
+    return bytes([v >> 8 & 0xFF, v & 0xFF])
+
+
+def u32(v):
+    return u16(v >> 16) + u16(v & 0xFFFF)
+
+
+def wire(name):
+    return b"".join(bytes([len(l)]) + l.encode() for l in name.split(".") if l) + b"\0"
+
+
+def dns_msg(flags, qname, qtype, answers, rcode=0):
+    head = u16(0x1234) + u16(0x8180 | rcode | flags) + u16(1) + u16(len(answers)) + u16(0) + u16(0)
+    return head + wire(qname) + u16(qtype) + u16(1) + b"".join(answers)
+
+
+def rr(owner, rtype, rdata, ttl=300):
+    return owner + u16(rtype) + u16(1) + u32(ttl) + u16(len(rdata)) + rdata
+
+
+Q = b"\xc0\x0c"  # a pointer to the question's name
+
+
+def dns(name, data, flags=0):
+    write("dns", name, bytes([flags]) + data)
+
+
+dns("a-listed", dns_msg(0, "66.2.0.192.bl.example", 1, [rr(Q, 1, bytes([127, 0, 0, 2]))]), 1)
+dns("a-not-127", dns_msg(0, "1.2.0.192.bl.example", 1, [rr(Q, 1, bytes([10, 0, 0, 1]))]))
+dns("aaaa", dns_msg(0, "v6.example", 28, [rr(Q, 28, bytes([0x20, 1, 0xd, 0xb8] + [0] * 11 + [1]))]),
+    2)
+dns("ptr", dns_msg(0, "1.2.0.192.in-addr.arpa", 12, [rr(Q, 12, wire("mail.example.org"))]))
+dns("ptr-compressed", dns_msg(0, "1.2.0.192.in-addr.arpa", 12,
+                              [rr(Q, 12, wire("mail.example.org")),
+                               rr(Q, 12, b"\x04next\xc0\x34")]))
+dns("txt", dns_msg(0, "66.2.0.192.bl.example", 16, [rr(Q, 16, b"\x06Listed\x09 for spam")]), 5)
+dns("cname-then-a", dns_msg(0, "x.example", 1, [rr(Q, 5, wire("y.example")),
+                                                rr(wire("y.example"), 1, bytes([192, 0, 2, 1]))]))
+dns("nxdomain", dns_msg(0, "x.example", 1, [], rcode=3), 3)
+dns("servfail", dns_msg(0, "x.example", 1, [], rcode=2), 8)
+dns("truncated", dns_msg(0x0200, "x.example", 1, []))
+dns("nodata", dns_msg(0, "x.example", 1, []))
+dns("loop-self", dns_msg(0, "x.example", 1, [rr(b"\xc0\x1b", 1, bytes([1, 2, 3, 4]))]))
+dns("loop-label", dns_msg(0, "x.example", 1, [rr(b"\x01x\xc0\x1b", 1, bytes([1, 2, 3, 4]))]))
+dns("forward-pointer", dns_msg(0, "x.example", 1, [rr(b"\xc0\xff", 1, bytes([1, 2, 3, 4]))]))
+dns("rdlength-over", dns_msg(0, "x.example", 1, [Q + u16(1) + u16(1) + u32(1) + u16(300) + b"ab"]))
+dns("label-64", dns_msg(0, "x.example", 1, [rr(b"\x40" + b"a" * 64 + b"\0", 1, b"1234")]))
+dns("txt-bad-length", dns_msg(0, "x.example", 16, [rr(Q, 16, b"\x09short")]))
+dns("header-only", u16(0x1234) + u16(0x8180))
+
 print("seeds.py: wrote %d seeds under %s" % (len(written), ROOT), file=sys.stderr)
