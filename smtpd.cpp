@@ -2556,20 +2556,28 @@ struct Protocol::State {
   // guards, run it. A refused BDAT still has its chunk to come: it is read and dropped before
   // the refusal is sent (RFC 3030 §2), so its octets never run as commands.
   void execute(std::string_view line) {
-    std::optional<Reply> refused = filter(line);
     std::size_t space = line.find(' ');
     std::string_view verb = line.substr(0, space);
     std::string_view argument = space == std::string_view::npos ? "" : line.substr(space + 1);
     if (!options.strict) argument = trim_trailing_spaces(skip_spaces(argument));
     const Command* command = find_command(verb);
-    if (!refused) refused = guard(command, argument);
-    if (!refused) {
-      if ((command->flags & junk) && ++junk_commands > options.junk_command_limit) count_error();
-      return (this->*command->run)(argument);
-    }
+    if (refused(line, command, argument)) return;
+    if ((command->flags & junk) && ++junk_commands > options.junk_command_limit) count_error();
+    (this->*command->run)(argument);
+  }
+
+  // refused - the Session's filter or a guard refuses the line: answer it (a BDAT once its chunk
+  // is read) and say true. Out of line, so the Reply is off the stack while the verb runs.
+  [[gnu::noinline]] bool refused(std::string_view line, const Command* command,
+                                 std::string_view argument) {
+    std::optional<Reply> refusal = filter(line);
+    if (!refusal) refusal = guard(command, argument);
+    if (!refusal) return false;
     if (command && command->run == &State::cmd_bdat && options.chunking)
-      return refuse_chunk(argument, *refused);
-    reply(*refused);
+      refuse_chunk(argument, *refusal);
+    else
+      reply(*refusal);
+    return true;
   }
 
   // guard - the checks shared by several verbs (the command's flags), before it runs: the
@@ -4332,9 +4340,8 @@ struct ServerControl {
 class Connection {
 public:
   // `proxy` is the proxy's end when a PROXY header named `peer` (else empty).
-  Connection(const ServerControl& server, int fd, const Peer& peer, const Peer& local,
-             const Peer& proxy)
-      : server_(server), options_(server.options), fd_(fd), peer_(peer), local_(local),
+  Connection(ServerControl server, int fd, const Peer& peer, const Peer& local, const Peer& proxy)
+      : server_(std::move(server)), options_(server_.options), fd_(fd), peer_(peer), local_(local),
         proxy_(proxy), conn_(std::make_unique<PlainConn>(fd)) {
     conn_->spin_before_sleep(options_.read_spin);
   }
@@ -4374,28 +4381,29 @@ private:
   // while the session runs: every connection thread's stack pages count (the bench's RSS per
   // idle connection).
   [[gnu::noinline]] std::unique_ptr<Protocol> start() {
+    TlsDetails tls;
+    if (options_.tls_implicit && !upgrade(tls)) return nullptr; // RFC 8314 §3.3: TLS first
+    if (options_.reject_early_talkers && !options_.tls_implicit && talked_first()) {
+      refuse_early_talker();
+      return nullptr;
+    }
+    // session_info()'s result is the constructor's argument itself: one SessionInfo here.
+    return std::unique_ptr<Protocol>(new Protocol(options_, session_info(tls), server_.rates));
+  }
+
+  // session_info - what the session knows of the client before the greeting; `tls` holds the
+  // details of implicit TLS (empty otherwise).
+  SessionInfo session_info(const TlsDetails& tls) const {
     SessionInfo info;
     info.peer = peer_;
     info.local = local_;
     info.proxy = proxy_;
     info.dns.exempt = server_.dns_exempt;
-    if (options_.tls_implicit && !implicit_tls(info)) return nullptr; // RFC 8314 §3.3: TLS first
-    if (options_.reject_early_talkers && !options_.tls_implicit && talked_first()) {
-      refuse_early_talker();
-      return nullptr;
-    }
-    return std::make_unique<Protocol>(options_, std::move(info), server_.rates);
-  }
-
-  // implicit_tls - the handshake before the greeting; the session learns the TLS details.
-  bool implicit_tls(SessionInfo& info) {
-    TlsDetails tls;
-    if (!upgrade(tls)) return false;
-    info.tls = true;
+    info.tls = options_.tls_implicit;
     info.tls_version = tls.version;
     info.tls_cipher = tls.cipher;
     info.tls_peer_subject = tls.peer_subject;
-    return true;
+    return info;
   }
 
   // upgrade - replace the plain transport with TLS over the same socket.
@@ -4460,7 +4468,7 @@ private:
     return false;
   }
 
-  const ServerControl& server_;
+  const ServerControl server_;
   const Options& options_;
   int fd_;
   Peer peer_, local_, proxy_;
@@ -5307,7 +5315,19 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
 
   // serve_client - one connection, at the exception boundary: anything thrown ends only it.
   void serve_client(std::list<Client>::iterator client) {
-    Peer peer, local;
+    try {
+      if (std::unique_ptr<Connection> connection = prepare(client)) connection->run();
+    } catch (const std::exception& e) { // e.g. std::bad_alloc
+      log_error(std::string("smtpd: connection ended: ") + e.what());
+    }
+  }
+
+  // prepare - first who the client really is (a proxy's header), then everything that uses it;
+  // the Connection, or null when the client was refused. Out of line and the Connection on the
+  // heap, so that none of it takes room on the stack while the session runs: every connection
+  // thread's stack page counts (the bench's RSS per idle connection).
+  [[gnu::noinline]] std::unique_ptr<Connection> prepare(std::list<Client>::iterator client) {
+    Peer peer, local, proxy;
     TlsContext tls;
     {
       std::lock_guard<std::mutex> lock(mu);
@@ -5316,28 +5336,24 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       local = client->local;
       tls = tls_context;
     }
-    try {
-      // First who the client really is (a proxy's header), then everything that uses it.
-      Peer proxy;
-      if (in_any(proxies, peer.ip) && !take_proxy_header(client, peer, local, proxy)) return;
-      if (!rates->allow(RateLimiter::Kind::connection, peer.ip))
-        return refuse_late(client->fd, peer, replies::connection_rate(), "connection rate");
-      // The DNS checks skip limit_exempt_networks and trusted_networks (issue 17).
-      bool dns_exempt = in_any(exempt, peer.ip) || in_networks(options.trusted_networks, peer.ip);
-      bool fcrdns_done = dns_checks_on(options) && !dns_exempt; // the checks name the client
-      if (options.reverse_dns && !fcrdns_done)
-        peer.hostname = reverse_lookup(peer, options.reverse_dns_timeout);
-      ServerControl control{options,
-                            stopping,
-                            wake[0],
-                            std::move(tls),
-                            [this](const std::string& m) { log_error(m); },
-                            rates.get()};
-      control.dns_exempt = dns_exempt && dns_checks_on(options);
-      Connection(control, client->fd, peer, local, proxy).run();
-    } catch (const std::exception& e) { // e.g. std::bad_alloc
-      log_error(std::string("smtpd: connection ended: ") + e.what());
+    if (in_any(proxies, peer.ip) && !take_proxy_header(client, peer, local, proxy)) return nullptr;
+    if (!rates->allow(RateLimiter::Kind::connection, peer.ip)) {
+      refuse_late(client->fd, peer, replies::connection_rate(), "connection rate");
+      return nullptr;
     }
+    // The DNS checks skip limit_exempt_networks and trusted_networks (issue 17).
+    bool dns_exempt = in_any(exempt, peer.ip) || in_networks(options.trusted_networks, peer.ip);
+    bool fcrdns_done = dns_checks_on(options) && !dns_exempt; // the checks name the client
+    if (options.reverse_dns && !fcrdns_done)
+      peer.hostname = reverse_lookup(peer, options.reverse_dns_timeout);
+    ServerControl control{options,
+                          stopping,
+                          wake[0],
+                          std::move(tls),
+                          [this](const std::string& m) { log_error(m); },
+                          rates.get()};
+    control.dns_exempt = dns_exempt && dns_checks_on(options);
+    return std::make_unique<Connection>(std::move(control), client->fd, peer, local, proxy);
   }
 
   // take_proxy_header - a client from proxy_networks must begin with a PROXY header (HAProxy's
