@@ -46,17 +46,6 @@ make_workdir plain secure
 PFX=
 PFX_STARTED=
 POSTFIX=
-# pfx_running: true while the instance's master runs ("postfix status" exits 0).
-pfx_running() { timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" status > /dev/null 2>&1; }
-# pfx_wait_stopped SECONDS: true once the instance has stopped, false if it still runs then.
-pfx_wait_stopped() {
-  local deadline=$(( $(millis) + $1 * 1000 ))
-  while pfx_running; do
-    [ "$(millis)" -lt "$deadline" ] || return 1
-    sleep 0.2
-  done
-  return 0
-}
 # cleanup_hook: run first by the library's cleanup on exit; stops the instance, removes $PFX.
 cleanup_hook() {
   if [ -n "$PFX_STARTED" ]; then
@@ -80,12 +69,6 @@ MSMTP=$(command -v msmtp || true)
 GO=$(command -v go || true)
 NODE=$(command -v node || true)
 NPM=$(command -v npm || true)
-# find_sbin NAME: NAME on PATH, else in /usr/sbin (not on every PATH), else nothing.
-find_sbin() {
-  command -v "$1" 2>/dev/null && return 0
-  [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"
-  return 0
-}
 POSTFIX=$(find_sbin postfix)
 POSTCONF=$(find_sbin postconf)
 POSTQUEUE=$(find_sbin postqueue)
@@ -293,27 +276,6 @@ if [ -n "$NODEMAILER_MISSING" ]; then fail "$name" "$NODEMAILER_MISSING"; else
 fi
 
 # --- Postfix: a throwaway instance relaying to mailsink --------------------------------------
-# pfx_setup: $PFX/etc/main.cf from nothing, and a copy of Debian's master.cf with the listening
-# smtpd commented out and chroot off (Debian's chroots most services). Everything goes to the
-# plain server for now.
-pfx_setup() {
-  mkdir -p "$PFX/etc" "$PFX/spool" "$PFX/data" || return 1
-  chown postfix "$PFX/data" || return 1   # else a warning at every start
-  : > "$PFX/etc/main.cf"
-  cp /etc/postfix/master.cf "$PFX/etc/master.cf" || return 1
-  "$POSTCONF" -c "$PFX/etc" -e "compatibility_level = 3.6" \
-    "queue_directory = $PFX/spool" "data_directory = $PFX/data" \
-    "mail_owner = postfix" "setgid_group = postdrop" \
-    "myhostname = pfx.localdomain" "mydomain = localdomain" "myorigin = \$myhostname" \
-    "mydestination =" "local_recipient_maps =" "alias_maps =" "alias_database =" \
-    "inet_interfaces = loopback-only" "inet_protocols = ipv4" \
-    "relayhost = [127.0.0.1]:$P1" "smtp_tls_security_level = none" \
-    "maillog_file = $PFX/maillog" "maillog_file_prefixes = $PFX" \
-    "syslog_name = postfix-interop-clients" \
-    "minimal_backoff_time = 5s" "maximal_backoff_time = 10s" "queue_run_delay = 5s" || return 1
-  "$POSTCONF" -c "$PFX/etc" -M# smtp/inet || return 1
-  "$POSTCONF" -c "$PFX/etc" -F '*/*/chroot = n' || return 1
-}
 # pfx_to_secure: relay to the secure server instead: TLS required (encrypt: the certificate is
 # not checked; Postfix would not match the IP SAN of [127.0.0.1]), then SASL PLAIN with
 # alice's password from an inline map.
@@ -380,7 +342,7 @@ PFX_CHECKS=(postfix-setup postfix-start-relay-plain postfix-relay-plain postfix-
             postfix-stop-relay-starttls-auth)
 if [ -n "$PFX_MISSING" ]; then
   for name in "${PFX_CHECKS[@]}"; do fail "$name" "$PFX_MISSING"; done
-elif ! pfx_setup > postfix-setup.log 2>&1; then
+elif ! pfx_setup "$P1" interop-clients > postfix-setup.log 2>&1; then
   fail postfix-setup "setting up the instance's config in $PFX failed"
   details postfix-setup.log
   for name in "${PFX_CHECKS[@]:1}"; do fail "$name" "the instance could not be set up"; done

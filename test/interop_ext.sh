@@ -47,14 +47,6 @@ make_workdir ext plain tls relay limits
 PFX=
 PFX_STARTED=
 EXIM_WORK=
-pfx_running() { timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" status > /dev/null 2>&1; }
-pfx_wait_stopped() {
-  local deadline=$(( $(millis) + $1 * 1000 ))
-  while pfx_running; do
-    [ "$(millis)" -lt "$deadline" ] || return 1
-    sleep 0.2
-  done
-}
 cleanup_hook() {
   if [ -n "$PFX_STARTED" ]; then
     # This instance only, through its own config directory.
@@ -75,11 +67,6 @@ if ! PFX=$(mktemp -d "${TMPDIR:-/tmp}/interop-ext-postfix.XXXXXX") || ! chmod 75
 fi
 
 find_clients
-find_sbin() {
-  command -v "$1" 2>/dev/null && return 0
-  [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"
-  return 0
-}
 POSTFIX=$(find_sbin postfix)
 POSTCONF=$(find_sbin postconf)
 POSTQUEUE=$(find_sbin postqueue)
@@ -344,22 +331,6 @@ if [ -z "$POSTFIX" ] || [ -z "$POSTCONF" ] || [ -z "$POSTQUEUE" ] || [ -z "$SEND
 elif [ "$(id -u)" != 0 ]; then
   PFX_MISSING="the Postfix checks must run as root (postfix start and sendmail -C need it)"
 fi
-pfx_setup() {
-  mkdir -p "$PFX/etc" "$PFX/spool" "$PFX/data" && chown postfix "$PFX/data" || return 1
-  : > "$PFX/etc/main.cf"
-  cp /etc/postfix/master.cf "$PFX/etc/master.cf" || return 1
-  "$POSTCONF" -c "$PFX/etc" -e "compatibility_level = 3.6" \
-    "queue_directory = $PFX/spool" "data_directory = $PFX/data" \
-    "mail_owner = postfix" "setgid_group = postdrop" \
-    "myhostname = pfx.localdomain" "mydomain = localdomain" "myorigin = \$myhostname" \
-    "mydestination =" "local_recipient_maps =" "alias_maps =" "alias_database =" \
-    "inet_interfaces = loopback-only" "inet_protocols = ipv4" \
-    "relayhost = [127.0.0.1]:${PORT[relay]}" "smtp_tls_security_level = none" \
-    "maillog_file = $PFX/maillog" "maillog_file_prefixes = $PFX" \
-    "syslog_name = postfix-interop-ext" \
-    "minimal_backoff_time = 5s" "maximal_backoff_time = 10s" "queue_run_delay = 5s" &&
-    "$POSTCONF" -c "$PFX/etc" -M# smtp/inet && "$POSTCONF" -c "$PFX/etc" -F '*/*/chroot = n'
-}
 pfx_start() {
   local deadline
   "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" check > postfix-start.log 2>&1 || return 1
@@ -390,7 +361,7 @@ ENVID='interop-ext+env=1'
 name=postfix-dsn-rfc3461-s4
 if [ -n "$PFX_MISSING" ]; then
   fail "$name" "$PFX_MISSING"
-elif ! pfx_setup > postfix-setup.log 2>&1; then
+elif ! pfx_setup "${PORT[relay]}" interop-ext > postfix-setup.log 2>&1; then
   fail "$name" "setting up the Postfix instance in $PFX failed"; details postfix-setup.log
 elif ! pfx_start; then
   fail "$name" "postfix -c $PFX/etc check/start failed"; details postfix-start.log "$PFX/maillog"

@@ -68,6 +68,15 @@
 #   received_starts NAME PREFIX  the unfolded field starts with PREFIX
 #   received_has NAME TEXT       the unfolded field contains TEXT
 #   received_lacks NAME TEXT WHY    the unfolded field does not contain TEXT (WHY: the reason)
+# A throwaway Postfix instance (interop_clients.sh, interop_ext.sh: config in $PFX/etc, queue in
+# $PFX/spool, log in $PFX/maillog; $POSTFIX and $POSTCONF its commands)
+#   find_sbin NAME               NAME on PATH, else in /usr/sbin (not on every PATH), else nothing
+#   pfx_running                  true while the instance's master runs ("postfix status" exits 0)
+#   pfx_wait_stopped SECONDS     true once the instance has stopped, false if it still runs then
+#   pfx_setup RELAY_PORT NAME    $PFX/etc/main.cf from nothing (relayhost 127.0.0.1:RELAY_PORT,
+#                                syslog_name postfix-NAME), and a copy of Debian's master.cf with
+#                                the listening smtpd commented out and chroot off (Debian's
+#                                chroots most services)
 #
 # Variables: SUITE, SINK, WORK, SERVERS, PORT, PID, MAILDIR, CERT, KEY, PASSED, FAILED;
 # a script may set LIMIT (timeout -k 5 30, the bound on every client), SERVER_LIMIT (empty, the
@@ -487,4 +496,42 @@ received_has() {
 received_lacks() {
   [[ $(< "$1.trace") != *"$2"* ]] && return 0
   echo "mailsink's Received field $3"; dump "$1.received"; return 1
+}
+
+# --- a throwaway Postfix instance --------------------------------------------------------------
+find_sbin() {
+  command -v "$1" 2>/dev/null && return 0
+  [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"
+  return 0
+}
+
+pfx_running() { timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" status > /dev/null 2>&1; }
+
+pfx_wait_stopped() {
+  local deadline=$(( $(millis) + $1 * 1000 ))
+  while pfx_running; do
+    [ "$(millis)" -lt "$deadline" ] || return 1
+    sleep 0.2
+  done
+  return 0
+}
+
+pfx_setup() {
+  local relay_port=$1 name=$2
+  mkdir -p "$PFX/etc" "$PFX/spool" "$PFX/data" || return 1
+  chown postfix "$PFX/data" || return 1   # else a warning at every start
+  : > "$PFX/etc/main.cf"
+  cp /etc/postfix/master.cf "$PFX/etc/master.cf" || return 1
+  "$POSTCONF" -c "$PFX/etc" -e "compatibility_level = 3.6" \
+    "queue_directory = $PFX/spool" "data_directory = $PFX/data" \
+    "mail_owner = postfix" "setgid_group = postdrop" \
+    "myhostname = pfx.localdomain" "mydomain = localdomain" "myorigin = \$myhostname" \
+    "mydestination =" "local_recipient_maps =" "alias_maps =" "alias_database =" \
+    "inet_interfaces = loopback-only" "inet_protocols = ipv4" \
+    "relayhost = [127.0.0.1]:$relay_port" "smtp_tls_security_level = none" \
+    "maillog_file = $PFX/maillog" "maillog_file_prefixes = $PFX" \
+    "syslog_name = postfix-$name" \
+    "minimal_backoff_time = 5s" "maximal_backoff_time = 10s" "queue_run_delay = 5s" || return 1
+  "$POSTCONF" -c "$PFX/etc" -M# smtp/inet || return 1
+  "$POSTCONF" -c "$PFX/etc" -F '*/*/chroot = n' || return 1
 }
