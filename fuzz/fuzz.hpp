@@ -66,6 +66,18 @@ struct Chunker {
   unsigned n;
   uint32_t state;
 
+  // of - the chunker for `mode` and `n` (the seed of mode 3 derived from n).
+  static Chunker of(int mode, unsigned n) { return {mode, n, 0x9E3779B9u ^ n}; }
+
+  // take - the next piece of `rest`, removed from it.
+  std::string_view take(std::string_view& rest) {
+    size_t len = next(rest);
+    if (len > rest.size()) len = rest.size();
+    std::string_view piece = rest.substr(0, len);
+    rest.remove_prefix(len);
+    return piece;
+  }
+
   size_t next(std::string_view rest) {
     switch (mode) {
     case 0: {

@@ -209,13 +209,10 @@ int fuzz_lmtp(const uint8_t* data, size_t size) {
     smtpd::Protocol p(o, info);
     seen.count(p.take_output());
     unsigned n = b1 & 15;
-    fuzz::Chunker chunker{(b0 >> 6) & 3, n, 0x9E3779B9u ^ n};
+    fuzz::Chunker chunker = fuzz::Chunker::of((b0 >> 6) & 3, n);
     std::string_view client = in.rest();
     while (!client.empty() && !p.should_close()) {
-      size_t len = chunker.next(client);
-      if (len > client.size()) len = client.size();
-      p.feed(client.substr(0, len));
-      client.remove_prefix(len);
+      p.feed(chunker.take(client));
       seen.count(p.take_output());
       check(m, seen);
     }

@@ -761,13 +761,10 @@ int fuzz_protocol(const uint8_t* data, size_t size) {
   int expected = connect_mode == 2 ? 554 : connect_mode == 3 ? 421 : 220;
   FUZZ_CHECK(greeting[0].code == expected);
 
-  fuzz::Chunker chunker{b2 & 3, n, 0x9E3779B9u ^ n};
+  fuzz::Chunker chunker = fuzz::Chunker::of(b2 & 3, n);
   std::string_view client = in.rest();
   while (!client.empty()) {
-    size_t len = chunker.next(client);
-    if (len > client.size()) len = client.size();
-    p.feed(client.substr(0, len));
-    client.remove_prefix(len);
+    p.feed(chunker.take(client));
     after_feed(r, p);
   }
 
