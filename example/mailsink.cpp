@@ -34,6 +34,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -115,6 +116,9 @@ struct Config {
   unsigned long long exit_after = 0; // --exit-after SECONDS; 0: no limit
 
   std::vector<std::string> accept_domains; // --accept-domain, lower case; empty: every domain
+  std::vector<std::string> fail_recipients; // --fail-recipient, lower case: refused after the
+                                            // data with fail_reply (per recipient in LMTP)
+  bool socket_mode_given = false;           // --socket-mode seen: it needs a unix: --listen
 
   // Fault injection: refuse `fail_stage` with `fail_reply` with probability `fail_rate`.
   std::optional<double> fail_rate;
@@ -236,6 +240,24 @@ Stage parse_stage(const std::string& text) {
   throw UsageError("needs mail, rcpt or data, not '" + text + "'");
 }
 
+// parse_socket_mode - --socket-mode: a file mode in octal, as chmod(1) takes it ("0660",
+// "660", "0600"): one to four octal digits, at most 0777 (the set-id and sticky bits mean
+// nothing on a socket). Who may connect to a Unix socket is decided by write permission on it
+// (unix(7)), so 0660 lets the owner and the group in.
+unsigned parse_socket_mode(const std::string& text) {
+  const bool octal = !text.empty() && text.size() <= 4 &&
+                     std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '7'; });
+  if (!octal) throw UsageError("needs an octal file mode such as 0660, not '" + text + "'");
+  const unsigned long mode = std::stoul(text, nullptr, 8);
+  if (mode > 0777) throw UsageError("needs a mode of at most 0777, not " + text);
+  return static_cast<unsigned>(mode);
+}
+
+// unix_listen_path - the PATH of a --listen "unix:PATH", or "" for a TCP address.
+std::string unix_listen_path(const std::string& addr) {
+  return addr.rfind("unix:", 0) == 0 ? addr.substr(5) : std::string();
+}
+
 // lower_ascii - `text` with ASCII letters in lower case (domains compare case-insensitively).
 std::string lower_ascii(std::string text) {
   for (char& c : text)
@@ -251,6 +273,14 @@ void add_domain(Config& config, const std::string& domain) {
   if (!is_printable_ascii(domain) || domain.find_first_of(" <>") != std::string::npos)
     throw UsageError("needs a domain name, not '" + domain + "'");
   config.accept_domains.push_back(lower_ascii(domain));
+}
+
+// add_fail_recipient - --fail-recipient: an address as RCPT gives it, without the brackets
+// ("bob@example.test"), stored in lower case: it matches a recipient in any case.
+void add_fail_recipient(Config& config, const std::string& address) {
+  if (!is_printable_ascii(address) || address.find_first_of(" <>") != std::string::npos)
+    throw UsageError("needs an address without spaces or brackets, not '" + address + "'");
+  config.fail_recipients.push_back(lower_ascii(address));
 }
 
 // parse_account - "USER:PASSWORD" split at the first ':', so the password may hold ':'. Throws
@@ -372,6 +402,12 @@ struct Flag {
 // flags - every flag mailsink knows; print_usage() documents each one.
 const Flag flags[] = {
     {"--listen", true, [](Config& c, const std::string& v) { c.options.addr = v; }},
+    {"--socket-mode", true,
+     [](Config& c, const std::string& v) {
+       c.options.unix_socket_mode = parse_socket_mode(v);
+       c.socket_mode_given = true;
+     }},
+    {"--lmtp", false, [](Config& c, const std::string&) { c.options.lmtp = true; }},
     {"--hostname", true, [](Config& c, const std::string& v) { c.options.hostname = v; }},
     // extensions
     {"--binarymime", false, [](Config& c, const std::string&) { c.options.binarymime = true; }},
@@ -412,6 +448,7 @@ const Flag flags[] = {
     {"--accept-domain", true, [](Config& c, const std::string& v) { add_domain(c, v); }},
     {"--fail-rate", true, [](Config& c, const std::string& v) { c.fail_rate = parse_rate(v); }},
     {"--fail-reply", true, [](Config& c, const std::string& v) { c.fail_reply = parse_reply(v); }},
+    {"--fail-recipient", true, [](Config& c, const std::string& v) { add_fail_recipient(c, v); }},
     {"--fail-stage", true, [](Config& c, const std::string& v) { c.fail_stage = parse_stage(v); }},
     {"--seed", true,
      [](Config& c, const std::string& v) {
@@ -495,6 +532,21 @@ const Flag* find_flag(const std::string& name) {
   return nullptr;
 }
 
+// check_listen_flags - a "unix:PATH" --listen needs an absolute PATH: the socket is created
+// where it says, and a relative one would depend on the directory mailsink was started in,
+// which its clients (Postfix's lmtp, a Dovecot-style config) cannot know. --socket-mode needs
+// a unix: --listen. A missing directory or a path too long for a socket is found when
+// listening, before the startup line (exit status 1).
+void check_listen_flags(const Config& config) {
+  const std::string path = unix_listen_path(config.options.addr);
+  const bool is_unix = config.options.addr.rfind("unix:", 0) == 0;
+  if (is_unix && path.empty()) throw UsageError("--listen unix: needs a PATH");
+  if (is_unix && path.front() != '/')
+    throw UsageError("--listen unix:PATH needs an absolute PATH, not '" + path + "'");
+  if (config.socket_mode_given && !is_unix)
+    throw UsageError("--socket-mode needs --listen unix:PATH");
+}
+
 // check_tls_flags - the TLS flags need each other: --tls-cert and --tls-key go together, and
 // every other --tls-* flag needs both. Throws UsageError naming the first flag that is alone.
 void check_tls_flags(const smtpd::Options& options) {
@@ -550,7 +602,8 @@ void check_delivery_flags(Config& config) {
                                                                                 : "--verbose"));
   if (config.exec_timeout && config.exec.empty()) throw UsageError("--exec-timeout needs --exec");
   if (!config.fail_rate) {
-    if (config.fail_reply) throw UsageError("--fail-reply needs --fail-rate");
+    if (config.fail_reply && config.fail_recipients.empty())
+      throw UsageError("--fail-reply needs --fail-rate or --fail-recipient");
     if (config.fail_stage) throw UsageError("--fail-stage needs --fail-rate");
     if (config.seed) throw UsageError("--seed needs --fail-rate");
   }
@@ -587,6 +640,7 @@ Config parse_args(int argc, char** argv) {
     }
   }
   if (!config.help) {
+    check_listen_flags(config);
     check_tls_flags(config.options);
     check_auth_flags(config);
     check_delivery_flags(config);
@@ -611,6 +665,13 @@ std::string wrap_list(const std::string& list, std::size_t indent) {
   return text + line;
 }
 
+// octal - `mode` as chmod(1) writes it: "0660".
+std::string octal(unsigned mode) {
+  char text[8];
+  std::snprintf(text, sizeof text, "0%o", mode);
+  return text;
+}
+
 // print_usage - the --help text; the defaults shown come from smtpd::Options itself.
 void print_usage(std::ostream& out) {
   const smtpd::Options defaults;
@@ -624,7 +685,17 @@ void print_usage(std::ostream& out) {
       << "options (also accepted as --flag=value):\n"
       << "  --listen HOST:PORT    address to listen on (default " << default_listen << ");\n"
       << "                        [::1]:PORT for IPv6, :PORT for every address, port 0 for\n"
-      << "                        any free port (the startup line tells which)\n"
+      << "                        any free port (the startup line tells which); or\n"
+      << "                        unix:PATH, a Unix-domain socket at the absolute PATH: a\n"
+      << "                        stale socket file there is replaced, a live one (another\n"
+      << "                        server listening) is an error; the file is removed when\n"
+      << "                        mailsink stops\n"
+      << "  --socket-mode MODE    file mode of the unix: socket, in octal (default "
+      << octal(defaults.unix_socket_mode) << "):\n"
+      << "                        who may write to it may connect; needs --listen unix:PATH\n"
+      << "  --lmtp                speak LMTP (RFC 2033) instead of SMTP: LHLO (HELO and EHLO\n"
+      << "                        get 500), and one reply per accepted recipient after the\n"
+      << "                        data, in RCPT order (default: SMTP)\n"
       << "  --hostname NAME       our name in the greeting and the Received header\n"
       << "                        (default: the system host name)\n"
       << "\n"
@@ -660,12 +731,14 @@ void print_usage(std::ostream& out) {
       << "                        message, with every later argument as its arguments, so\n"
       << "                        --exec comes last. The message is on its stdin; its stdout\n"
       << "                        goes to our stderr. Its environment adds SMTPD_FROM (empty\n"
-      << "                        for <>), SMTPD_TO (one recipient a line), SMTPD_PEER\n"
-      << "                        (IP:PORT), SMTPD_HELO, SMTPD_TLS (0, or the TLS version)\n"
-      << "                        and SMTPD_AUTH_USER (empty if none). Exit status 0 accepts\n"
-      << "                        (250); 75 (EX_TEMPFAIL) answers 451 4.3.0; any other answers\n"
-      << "                        550 5.0.0 with the first line of its stderr (printable ASCII,\n"
-      << "                        at most 200 characters); killed or too slow: 451 4.3.0\n"
+      << "                        for <>), SMTPD_TO (one recipient a line: those delivered\n"
+      << "                        to), SMTPD_PEER (IP:PORT, or unix:PATH[pid=N,uid=N,gid=N]\n"
+      << "                        for a Unix-socket client), SMTPD_HELO, SMTPD_TLS (0, or the\n"
+      << "                        TLS version) and SMTPD_AUTH_USER (empty if none). Exit\n"
+      << "                        status 0 accepts (250); 75 (EX_TEMPFAIL) answers 451\n"
+      << "                        4.3.0; any other answers 550 5.0.0 with the first line of\n"
+      << "                        its stderr (printable ASCII, at most 200 characters);\n"
+      << "                        killed or too slow: 451 4.3.0\n"
       << "  --exec-timeout SECONDS\n"
       << "                        kill the --exec program's process group after this long\n"
       << "                        (default " << default_exec_timeout_seconds << ")\n"
@@ -675,8 +748,12 @@ void print_usage(std::ostream& out) {
       << "output:\n"
       << "  --json                print one JSON object per message on stdout, one line each,\n"
       << "                        instead of the summary line (also with --maildir, --mbox,\n"
-      << "                        --exec): time (RFC 3339, UTC), peer, helo, tls (version or\n"
-      << "                        null), auth_user (or null), from, to (array), size, subject\n"
+      << "                        --exec): time (RFC 3339, UTC), peer, unix_path, pid, uid\n"
+      << "                        and gid (a Unix-socket client's socket and credentials,\n"
+      << "                        null over TCP), helo, tls (version or null), auth_user (or\n"
+      << "                        null), from, to (array), delivered_to (the recipients it was\n"
+      << "                        delivered to: to without the --fail-recipient ones), size,\n"
+      << "                        subject\n"
       << "                        and message_id (null when the header is missing), path (the\n"
       << "                        Maildir file or mbox, else null), body (7BIT, 8BITMIME or\n"
       << "                        BINARYMIME), chunked (true: sent with BDAT), requiretls, ret,\n"
@@ -714,6 +791,12 @@ void print_usage(std::ostream& out) {
       << "                        the refusal: a 4xx or 5xx code, an optional enhanced code of\n"
       << "                        the same class, printable text\n"
       << "                        (default \"" << default_fail_reply << "\")\n"
+      << "  --fail-recipient ADDRESS\n"
+      << "                        refuse ADDRESS (any case) after the data with the\n"
+      << "                        --fail-reply; repeatable. With --lmtp that recipient gets\n"
+      << "                        the refusal as its own reply and the others are delivered;\n"
+      << "                        in SMTP the one reply is the refusal, so the whole message\n"
+      << "                        is refused and stored for nobody (default: none)\n"
       << "  --fail-stage mail|rcpt|data\n"
       << "                        which command is refused: MAIL, each RCPT, or the message at\n"
       << "                        the end of DATA (default data)\n"
@@ -1500,18 +1583,27 @@ std::string formatted_now(const char* format, bool utc) {
   return text;
 }
 
-// summary_line - "TIME PEER [TLSv1.3] [auth=USER] <from> -> <to>, <to> SIZE bytes, subject
-// "SUBJECT"" without a newline; the TLS version only when the session used TLS, the user only
-// when the client authenticated; "<>" is the null reverse-path of a bounce.
+// summary_line - "TIME PEER [TLSv1.3] [auth=USER] <from> -> <to>, <to>[; refused <to>] SIZE
+// bytes, subject "SUBJECT"" without a newline; the TLS version only when the session used TLS,
+// the user only when the client authenticated; "<>" is the null reverse-path of a bounce. The
+// recipients after "->" are those it was `delivered` to; "; refused" lists the others (LMTP
+// with --fail-recipient). PEER is "IP:PORT", or "unix:PATH[pid=N,uid=N,gid=N]" for a client
+// of a Unix socket.
 std::string summary_line(const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
-                         const std::string& message) {
+                         const std::vector<std::string>& delivered, const std::string& message) {
   std::ostringstream line;
   line << formatted_now("%Y-%m-%d %H:%M:%S", false) << " " << session.peer.to_string();
   if (session.tls) line << " " << session.tls_version;
   if (!session.auth_user.empty()) line << " auth=" << session.auth_user;
   line << " <" << envelope.from << "> ->";
-  for (std::size_t i = 0; i < envelope.to.size(); ++i)
-    line << (i == 0 ? " <" : ", <") << envelope.to[i] << ">";
+  for (std::size_t i = 0; i < delivered.size(); ++i)
+    line << (i == 0 ? " <" : ", <") << delivered[i] << ">";
+  // LMTP with --fail-recipient: the recipients refused after the data, which were not delivered.
+  std::size_t refused = 0;
+  for (const std::string& to : envelope.to) {
+    if (std::find(delivered.begin(), delivered.end(), to) != delivered.end()) continue;
+    line << (refused++ == 0 ? "; refused <" : ", <") << to << ">";
+  }
   line << " " << message.size() << " bytes, subject \""
        << header_field(message, "subject").value_or("") << "\"";
   return printable(line.str());
@@ -1643,17 +1735,35 @@ std::string dns_json(const smtpd::SessionInfo& session) {
          ",\"helo\":" + dns_status(d.helo) + ",\"listings\":" + listings + "]}";
 }
 
+// json_addresses - a list of addresses as a JSON array.
+std::string json_addresses(const std::vector<std::string>& addresses) {
+  std::string array = "[";
+  for (const std::string& address : addresses)
+    array += (array.size() > 1 ? "," : "") + json_string(address);
+  return array + "]";
+}
+
+// json_peer_credentials - ',"unix_path":...,"pid":N,"uid":N,"gid":N': a Unix-socket client's
+// listener path and its SO_PEERCRED (unix(7)) credentials, each null over TCP (or when the
+// kernel gave none).
+std::string json_peer_credentials(const smtpd::Peer& peer) {
+  auto number = [](int n) { return n < 0 ? std::string("null") : std::to_string(n); };
+  return ",\"unix_path\":" +
+         (peer.is_unix() ? json_string(peer.unix_path) : std::string("null")) +
+         ",\"pid\":" + number(peer.pid) + ",\"uid\":" + number(peer.uid) +
+         ",\"gid\":" + number(peer.gid);
+}
+
 // json_line - the --json object of one message, on one line with a final newline. `path` is
-// where --maildir or --mbox stored it, "" when it was not stored.
+// where --maildir or --mbox stored it, "" when it was not stored; `delivered` the recipients
+// it was delivered to (all of envelope.to but those --fail-recipient refused in LMTP).
 std::string json_line(const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
-                      const std::string& message, const std::string& path) {
+                      const std::vector<std::string>& delivered, const std::string& message,
+                      const std::string& path) {
   auto unless_empty = [](const std::string& text) {
     return text.empty() ? std::nullopt : std::optional<std::string>(text);
   };
-  std::string to = "[";
-  for (const std::string& recipient : envelope.to)
-    to += (to.size() > 1 ? "," : "") + json_string(recipient);
-  to += "]";
+  const std::string to = json_addresses(envelope.to);
   // One object per recipient; a recipient the library gave no options to gets empty ones.
   std::string rcpt_options = "[";
   for (std::size_t i = 0; i < envelope.to.size(); ++i)
@@ -1664,10 +1774,12 @@ std::string json_line(const smtpd::SessionInfo& session, const smtpd::Envelope& 
   const smtpd::MailOptions& mail = envelope.mail;
   return "{\"time\":" + json_string(formatted_now("%Y-%m-%dT%H:%M:%SZ", true)) +
          ",\"peer\":" + json_string(session.peer.to_string()) +
+         json_peer_credentials(session.peer) +
          ",\"helo\":" + json_string(session.helo) + ",\"tls\":" +
          json_string_or_null(session.tls ? std::optional(session.tls_version) : std::nullopt) +
          ",\"auth_user\":" + json_string_or_null(unless_empty(session.auth_user)) +
          ",\"from\":" + json_string(envelope.from) + ",\"to\":" + to +
+         ",\"delivered_to\":" + json_addresses(delivered) +
          ",\"size\":" + std::to_string(message.size()) +
          ",\"subject\":" + json_string_or_null(header_field(message, "subject")) +
          ",\"message_id\":" + json_string_or_null(header_field(message, "message-id")) +
@@ -1752,20 +1864,43 @@ public:
     return fault(Stage::rcpt);
   }
 
-  // receive - the smtpd::MessageHandler: nullopt accepts (250), a Reply refuses with it.
-  std::optional<smtpd::Reply> receive(const smtpd::SessionInfo& session,
-                                      const smtpd::Envelope& envelope, const std::string& message) {
-    if (std::optional<smtpd::Reply> refused = fault(Stage::data)) return refused;
-    if (!claim_slot())
-      return smtpd::Reply{451, "4.3.2", "mailsink has its --count messages and is stopping"};
-    std::string path;
-    if (std::optional<smtpd::Reply> refused = deliver(session, envelope, message, path)) {
-      release_slot();
-      return refused;
+  // receive - the smtpd::PerRecipientHandler: one verdict per envelope.to[i], nullopt
+  // accepting that recipient. In LMTP each is that recipient's own reply after the data
+  // (RFC 2033 §4.2); in SMTP the library folds them into the one reply, a refusal winning.
+  // The message is stored (or run, printed) once, for the recipients accepted; when none is,
+  // or in SMTP when any is refused (the client will hear a refusal for all), it is not.
+  smtpd::RecipientReplies receive(const smtpd::SessionInfo& session,
+                                  const smtpd::Envelope& envelope, const std::string& message) {
+    const std::size_t recipients = envelope.to.size();
+    auto for_all = [recipients](const std::optional<smtpd::Reply>& reply) {
+      return smtpd::RecipientReplies(recipients, reply);
+    };
+    if (std::optional<smtpd::Reply> refused = fault(Stage::data)) return for_all(refused);
+    // --fail-recipient: those recipients get the --fail-reply, the others nullopt (accepted).
+    smtpd::RecipientReplies verdicts(recipients);
+    smtpd::Envelope delivered = envelope; // the envelope of the accepted recipients only
+    delivered.to.clear();
+    delivered.rcpt.clear();
+    for (std::size_t i = 0; i < recipients; ++i) {
+      if (fails_recipient(envelope.to[i])) {
+        verdicts[i] = config_.fail_reply;
+        continue;
+      }
+      delivered.to.push_back(envelope.to[i]);
+      if (i < envelope.rcpt.size()) delivered.rcpt.push_back(envelope.rcpt[i]);
     }
-    report(session, envelope, message, path);
+    const bool all_accepted = delivered.to.size() == recipients;
+    if (delivered.to.empty() || (!all_accepted && !config_.options.lmtp)) return verdicts;
+    if (!claim_slot())
+      return for_all(smtpd::Reply{451, "4.3.2", "mailsink has its --count messages and is stopping"});
+    std::string path;
+    if (std::optional<smtpd::Reply> refused = deliver(session, delivered, message, path)) {
+      release_slot();
+      return for_all(refused);
+    }
+    report(session, envelope, delivered, message, path);
     count_accepted();
-    return std::nullopt;
+    return verdicts;
   }
 
   // accepted - how many messages were accepted so far.
@@ -1784,6 +1919,13 @@ private:
     const std::string domain = lower_ascii(to.substr(at + 1));
     const auto& domains = config_.accept_domains;
     return std::find(domains.begin(), domains.end(), domain) != domains.end();
+  }
+
+  // fails_recipient - whether `to` is a --fail-recipient (compared ignoring ASCII case).
+  bool fails_recipient(const std::string& to) const {
+    const auto& failing = config_.fail_recipients;
+    return !failing.empty() && std::find(failing.begin(), failing.end(), lower_ascii(to)) !=
+                                   failing.end();
   }
 
   // fault - the --fail-reply, with probability --fail-rate, when `stage` is the --fail-stage.
@@ -1843,12 +1985,15 @@ private:
     return std::nullopt;
   }
 
-  // report - print what --json, --print-body, --quiet and --discard ask for about a message.
+  // report - print what --json, --print-body, --quiet and --discard ask for about a message;
+  // `delivered` is `envelope` with only the recipients it was delivered to.
   void report(const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
-              const std::string& message, const std::string& path) {
+              const smtpd::Envelope& delivered, const std::string& message,
+              const std::string& path) {
     if (config_.quiet || delivery_.discard) return;
-    if (config_.json) return output_.print(json_line(session, envelope, message, path));
-    std::string text = summary_line(session, envelope, message);
+    if (config_.json)
+      return output_.print(json_line(session, envelope, delivered.to, message, path));
+    std::string text = summary_line(session, envelope, delivered.to, message);
     if (!path.empty()) text += " " + path;
     text += "\n";
     if (config_.print_body) text += message + "\n";
@@ -2090,8 +2235,11 @@ smtpd::Options server_options(const Config& config, Sink& sink, Output& output) 
   };
   options.on_rcpt = [&sink](const smtpd::SessionInfo&, const std::string& to,
                             const smtpd::Params&) { return sink.on_rcpt(to); };
-  options.message_handler = [&sink](const smtpd::SessionInfo& session,
-                                    const smtpd::Envelope& envelope, const std::string& message) {
+  // The per-recipient form, so that --fail-recipient can refuse one recipient of many in LMTP;
+  // in SMTP the library folds the verdicts into one reply.
+  options.per_recipient_handler = [&sink](const smtpd::SessionInfo& session,
+                                          const smtpd::Envelope& envelope,
+                                          const std::string& message) {
     return sink.receive(session, envelope, message);
   };
   options.log_error = [&output](std::string_view message) { output.log(std::string(message)); };
