@@ -39,6 +39,12 @@
 #                                127.0.0.1:PORT" (PORT[SERVER], or any port, which is then
 #                                stored there), false if the server exits or DEADLINE (ms) passes
 #   start_server SERVER FLAGS...    check "start-SERVER": launch_server, then wait_listening 10 s
+#   wait_listening_on SERVER ADDRESS DEADLINE  true once SERVER.err has exactly the line
+#                                "mailsink: listening on ADDRESS", false if the server exits or
+#                                DEADLINE (ms) passes
+#   start_unix_server SERVER SOCKET FLAGS...  check "start-SERVER": launch_server listening on
+#                                unix:SOCKET instead (its --listen comes last, and the last one
+#                                counts), then wait_listening_on 10 s
 #   sink_exits NAME STATUS PATTERN WHY ARG...  check NAME: mailsink ARG... (under $LIMIT, output
 #                                in NAME.log) exits with STATUS without listening, and its
 #                                output has a line matching the grep -E PATTERN (WHY: the
@@ -290,6 +296,40 @@ start_server() {
     wait "${PID[$server]}"; rc=$?
     PID[$server]=
     fail "start-$server" "mailsink${*:+ $*} exited with status $rc before listening"
+  fi
+  details "$WORK/$server.err"
+  return 1
+}
+
+wait_listening_on() {
+  local server=$1 address=$2 deadline=$3 pid=${PID[$1]}
+  while ! grep -qxF "mailsink: listening on $address" "$WORK/$server.err"; do
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+      grep -qxF "mailsink: listening on $address" "$WORK/$server.err"; return
+    fi
+    [ "$(millis)" -lt "$deadline" ] || return 1
+    sleep 0.05
+  done
+}
+
+start_unix_server() {
+  local server=$1 socket=$2 rc
+  shift 2
+  if [ ! -x "$SINK" ]; then
+    fail "start-$server" "$SINK is not an executable file"
+    return 1
+  fi
+  launch_server "$server" --listen "unix:$socket" "$@"
+  if wait_listening_on "$server" "unix:$socket" $(( $(millis) + 10000 )); then
+    ok "start-$server"
+    return 0
+  fi
+  if kill -0 "${PID[$server]}" 2>/dev/null; then
+    fail "start-$server" "no line 'mailsink: listening on unix:$socket' on stderr within 10 s"
+  else
+    wait "${PID[$server]}"; rc=$?
+    PID[$server]=
+    fail "start-$server" "mailsink${*:+ $*} on unix:$socket exited with status $rc before listening"
   fi
   details "$WORK/$server.err"
   return 1
