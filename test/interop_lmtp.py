@@ -5,6 +5,12 @@
 #                                                   per accepted recipient (RFC 2033 §4.2)
 #   interop_lmtp.py sendmail ADDR FILE FROM TO...   smtplib's one-call sendmail(), then the
 #                                                   replies it left unread
+#   interop_lmtp.py smtp     ADDR FILE FROM TO...   the same as steps in SMTP (smtplib.SMTP,
+#                                                   EHLO): one reply after the data, "DATA *"
+#   interop_lmtp.py loop     ADDR FILE FROM TO N    SMTP: up to N messages, one connection
+#                                                   each, FILE with its Message-ID made
+#                                                   <loop-K@example.test>; "ACK K" after each
+#                                                   250, until the first failure
 #   interop_lmtp.py json     OUT PATH EXPECTED      the --json line of OUT whose "path" is PATH
 #                                                   has every key and value of the JSON object
 #                                                   EXPECTED
@@ -34,7 +40,10 @@ import smtplib
 import sys
 
 
-def connect(addr):
+def connect(addr, lmtp=True):
+    if not lmtp:
+        host, port = addr.rsplit(':', 1)
+        return smtplib.SMTP(host, int(port), local_hostname='localhost', timeout=30)
     if addr.startswith('/'):
         return smtplib.LMTP(addr, local_hostname='localhost', timeout=30)
     host, port = addr.rsplit(':', 1)
@@ -47,8 +56,8 @@ def show(what, code, text):
     print(what, code, ' '.join(text.split('\n')), flush=True)
 
 
-def steps(addr, message, sender, recipients):
-    s = connect(addr)
+def steps(addr, message, sender, recipients, lmtp=True):
+    s = connect(addr, lmtp)
     s.ehlo()  # LMTP.ehlo_msg is "lhlo"
     code, text = s.mail(sender)
     show('MAIL', code, text)
@@ -58,7 +67,10 @@ def steps(addr, message, sender, recipients):
         show('RCPT ' + to, code, text)
         if code == 250:
             accepted.append(to)
-    if accepted:
+    if accepted and not lmtp:
+        code, text = s.data(message)  # SMTP: the one reply for the message
+        show('DATA *', code, text)
+    elif accepted:
         code, text = s.data(message)  # the first accepted recipient's reply
         show('DATA ' + accepted[0], code, text)
         for to in accepted[1:]:
@@ -85,6 +97,16 @@ def sendmail(addr, message, sender, recipients):
         show('PENDING', code, text)
     s.sock.settimeout(30)
     s.quit()
+
+
+def loop(addr, message, sender, recipients):
+    recipients, count = recipients[:-1], int(recipients[-1])
+    for k in range(1, count + 1):
+        numbered = message.replace(b'<probe-1@example.test>', b'<loop-%d@example.test>' % k)
+        s = connect(addr, lmtp=False)
+        s.sendmail(sender, recipients, numbered)  # raises unless 250
+        print('ACK', k, flush=True)
+        s.quit()
 
 
 def refused_as_text(refused):
@@ -116,7 +138,14 @@ def main():
     message = open(file, 'rb').read()
     print('PID', os.getpid(), flush=True)
     try:
-        (steps if mode == 'steps' else sendmail)(addr, message, sender, recipients)
+        if mode == 'steps':
+            steps(addr, message, sender, recipients)
+        elif mode == 'smtp':
+            steps(addr, message, sender, recipients, lmtp=False)
+        elif mode == 'loop':
+            loop(addr, message, sender, recipients)
+        else:
+            sendmail(addr, message, sender, recipients)
     except (OSError, smtplib.SMTPException) as e:
         print('BROKEN', repr(e), flush=True)
         return 2
