@@ -804,7 +804,11 @@ namespace {
 
 namespace replies {
 
-Reply help() {
+Reply help(bool lmtp) {
+  if (lmtp)
+    return {214, "2.0.0",
+            "Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\n"
+            "See RFC 2033"};
   return {214, "2.0.0",
           "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP\n"
           "See RFC 5321"};
@@ -907,6 +911,10 @@ Reply unknown_command() {
 
 Reply line_too_long() {
   return {500, "5.5.2", "Line too long"};
+}
+
+Reply use_lhlo() {
+  return {500, "5.5.1", "This is an LMTP server: say LHLO (RFC 2033 §4.1)"};
 }
 
 Reply bare_lf() {
@@ -1512,6 +1520,16 @@ std::optional<Reply> Session::message(const SessionInfo&, const Envelope&, const
   return std::nullopt;
 }
 
+RecipientReplies Session::message_per_recipient(const SessionInfo& session,
+                                                const Envelope& envelope,
+                                                const std::string& data) {
+  return RecipientReplies(envelope.to.size(), message(session, envelope, data));
+}
+
+RecipientReplies MessageSink::finish_per_recipient(const Envelope& envelope) {
+  return RecipientReplies(envelope.to.size(), finish());
+}
+
 void Session::reset(const SessionInfo&) {}
 
 void Session::close(const SessionInfo&, SessionEnd) {}
@@ -1585,6 +1603,12 @@ public:
     if (o_.message_handler) return o_.message_handler(s, e, data);
     if (o_.handler) o_.handler(s.peer, e.from, e.to, data);
     return std::nullopt;
+  }
+
+  RecipientReplies message_per_recipient(const SessionInfo& s, const Envelope& e,
+                                         const std::string& data) override {
+    if (o_.per_recipient_handler) return o_.per_recipient_handler(s, e, data);
+    return Session::message_per_recipient(s, e, data); // message() above, for all
   }
 
   // auth_mechanisms - those of auth_mechanisms (all, when empty) whose callback is set.
@@ -1692,15 +1716,17 @@ public:
         replies::ok());
   }
 
-  Reply finish(MessageSink& sink, const Reply& queued) {
-    return consult(
-        "MessageSink::finish", [&] { return sink.finish(); }, queued);
+  // finish - the sink's verdict per recipient (see each_recipient).
+  std::vector<Reply> finish(MessageSink& sink, const Envelope& e, const Reply& queued) {
+    return each_recipient(
+        "MessageSink::finish", e, [&] { return sink.finish_per_recipient(e); }, queued);
   }
 
-  Reply message(const Envelope& e, const std::string& data, const Reply& queued) {
-    return consult(
-        label("handler", "Session::message"), [&] { return object_->message(session_, e, data); },
-        queued);
+  // message - the handler's or Session's verdict per recipient (see each_recipient).
+  std::vector<Reply> message(const Envelope& e, const std::string& data, const Reply& queued) {
+    return each_recipient(
+        label("handler", "Session::message"), e,
+        [&] { return object_->message_per_recipient(session_, e, data); }, queued);
   }
 
   // mechanisms - the AUTH mechanisms the Session offers now (an exception: none, logged).
@@ -1772,6 +1798,35 @@ private:
       log(std::string(what) + " threw: " + e.what());
     } catch (...) { log(std::string(what) + " threw a non-standard exception"); }
     return on_exception;
+  }
+
+  // each_recipient - consult() for a verdict per recipient: one Reply for each of e.to, `queued`
+  // where the verdict gave none. A thrown Reply answers every recipient; a list of the wrong
+  // length is a bug in the user's code, logged, and every recipient gets 451 4.3.0.
+  template <class Fn>
+  std::vector<Reply> each_recipient(const char* what, const Envelope& e, Fn&& call,
+                                    const Reply& queued) {
+    RecipientReplies verdicts;
+    bool returned = false;
+    Reply whole = consult(
+        what,
+        [&]() -> std::optional<Reply> {
+          verdicts = call();
+          returned = true;
+          return std::nullopt;
+        },
+        queued);
+    if (!returned) return std::vector<Reply>(e.to.size(), whole); // it threw
+    if (verdicts.size() != e.to.size()) {
+      log(std::string(what) + " gave " + std::to_string(verdicts.size()) + " verdicts for " +
+          std::to_string(e.to.size()) + " recipients");
+      return std::vector<Reply>(e.to.size(), replies::local_error());
+    }
+    std::vector<Reply> replies;
+    for (std::optional<Reply>& verdict : verdicts)
+      replies.push_back(verdict ? normalize_user_reply(std::move(*verdict), options_.log_error)
+                                : queued);
+    return replies;
   }
 
   // quietly - run a call whose result is nothing; an exception is only logged.
@@ -2001,14 +2056,15 @@ public:
 
   std::size_t content_bytes() const { return content_bytes_; }
 
-  // verdict - after the final dot: the message handed over whole, or the sink's last piece and
-  // its answer; "250 ... queued as ID" when they accept without a reply of their own.
-  Reply verdict(const Envelope& envelope) {
+  // verdicts - after the final dot: the message handed over whole, or the sink's last piece
+  // and its answer; one Reply per recipient of `envelope`, "250 ... queued as ID" where they
+  // accept without a reply of their own.
+  std::vector<Reply> verdicts(const Envelope& envelope) {
     Reply queued = replies::queued(queue_id_);
     if (!sink_) return user_.message(envelope, buffer_, queued);
     pass_to_sink();
-    if (sink_refusal_) return *sink_refusal_;
-    Reply r = user_.finish(*sink_, queued);
+    if (sink_refusal_) return std::vector<Reply>(envelope.to.size(), *sink_refusal_);
+    std::vector<Reply> r = user_.finish(*sink_, envelope, queued);
     sink_.reset();
     return r;
   }
@@ -2041,27 +2097,59 @@ private:
   bool too_big_ = false;
 };
 
+// fold - SMTP has one reply for the whole message (RFC 5321 §4.1.1.4), so verdicts per
+// recipient become one. A refusal wins over delivery: 250 would claim that every recipient
+// was served, and a retry that duplicates a copy is better than a silent loss (RFC 5321 §6.1).
+// A 421 first (it closes the connection), then the first other 4xx (the client tries again
+// later), then the first 5xx; all delivered: the first recipient's reply.
+Reply fold(const std::vector<Reply>& verdicts) {
+  auto rank = [](const Reply& r) {
+    return r.code == 421 ? 3 : r.code >= 400 && r.code < 500 ? 2 : r.code >= 500 ? 1 : 0;
+  };
+  const Reply* chosen = nullptr;
+  for (const Reply& r : verdicts)
+    if (chosen == nullptr || rank(r) > rank(*chosen)) chosen = &r;
+  return chosen ? *chosen : replies::local_error();
+}
+
+// with_protocol - the "with" keyword of Received (RFC 3848): SMTP after HELO; ESMTP, or LMTP in
+// an LMTP session, with S for TLS and A for AUTH; UTF8SMTP or UTF8LMTP when the transaction used
+// SMTPUTF8 (RFC 6531 §3.7.3).
+std::string with_protocol(const SessionInfo& session, const Envelope& envelope, bool lmtp) {
+  if (!session.esmtp) return "SMTP";
+  std::string with = lmtp ? "LMTP" : "ESMTP";
+  if (envelope.smtputf8) with = lmtp ? "UTF8LMTP" : "UTF8SMTP";
+  if (session.tls) with += "S";
+  if (!session.auth_user.empty()) with += "A";
+  return with;
+}
+
+// client_comment - who the client is, for Received's "from" clause: "RDNS [IP]" (RFC 5321
+// §4.4 TCP-info), or for a Unix-domain socket, which has no address, the process's credentials.
+std::string client_comment(const Peer& peer) {
+  if (peer.is_unix()) {
+    std::string c = "via unix socket";
+    if (peer.uid >= 0) c += ", uid " + std::to_string(peer.uid);
+    if (peer.pid >= 0) c += " pid " + std::to_string(peer.pid);
+    return c;
+  }
+  std::string c;
+  if (!peer.hostname.empty()) c += sanitize_for_header(peer.hostname, max_domain) + " ";
+  c += peer.ip.find(':') != std::string::npos ? "[IPv6:" : "[";
+  return c + sanitize_for_header(peer.ip, 64) + "]";
+}
+
 // received_header - the trace header of RFC 5321 §4.4 (RFC 5322 §3.6.7):
 //   Received: from HELO (RDNS [IP])
 //           by HOSTNAME (APPNAME) with ESMTP id QUEUEID
 //           for <rcpt>; DATE
 // "for" names the recipient only when there is exactly one, so a Bcc is never revealed.
-// Client text is sanitised, so a HELO name cannot break the line and forge a header. The "with"
-// keyword is SMTP, or ESMTP with S for TLS and A for AUTH (RFC 3848), UTF8SMTP... when the
-// transaction used SMTPUTF8 (RFC 6531 §3.7.3).
+// Client text is sanitised, so a HELO name cannot break the line and forge a header.
 std::string received_header(const SessionInfo& session, const Envelope& envelope,
-                            const std::string& by, const std::string& queue_id) {
-  const Peer& peer = session.peer;
-  std::string with = "SMTP";
-  if (session.esmtp) {
-    with = envelope.smtputf8 ? "UTF8SMTP" : "ESMTP";
-    if (session.tls) with += "S";
-    if (!session.auth_user.empty()) with += "A";
-  }
-  std::string h = "Received: from " + sanitize_for_header(session.helo, max_domain) + " (";
-  if (!peer.hostname.empty()) h += sanitize_for_header(peer.hostname, max_domain) + " ";
-  h += peer.ip.find(':') != std::string::npos ? "[IPv6:" : "[";
-  h += sanitize_for_header(peer.ip, 64) + "])\r\n\tby " + by + " with " + with + " id " + queue_id;
+                            const std::string& by, const std::string& queue_id, bool lmtp) {
+  std::string h = "Received: from " + sanitize_for_header(session.helo, max_domain) + " (" +
+                  client_comment(session.peer) + ")\r\n\tby " + by + " with " +
+                  with_protocol(session, envelope, lmtp) + " id " + queue_id;
   if (session.tls)
     h += "\r\n\t(using " + sanitize_for_header(session.tls_version, 32) + " with cipher " +
          sanitize_for_header(session.tls_cipher, 64) + ")";
@@ -2473,7 +2561,7 @@ struct Protocol::State {
     hostname = sanitize_for_header(options.hostname.empty() ? system_hostname() : options.hostname,
                                    max_domain);
     appname = sanitize_for_header(options.appname.empty() ? "smtpd" : options.appname, 64);
-    Reply greeting{220, "", hostname + " ESMTP " + appname};
+    Reply greeting{220, "", hostname + (options.lmtp ? " LMTP " : " ESMTP ") + appname};
     dns_client_checks(options, session); // before on_connect, which sees the results
     Reply r = user.start(greeting);
     std::optional<Reply> refused = dns_client_refusal(options, session.dns, false);
@@ -2619,13 +2707,27 @@ struct Protocol::State {
 
   // ---- HELO and EHLO -------------------------------------------------------------------------
 
-  void cmd_helo(std::string_view argument) { hello(argument, false); }
+  // LMTP has LHLO in place of HELO and EHLO, which it refuses (RFC 2033 §4.1); SMTP has no
+  // LHLO.
+  void cmd_helo(std::string_view argument) {
+    if (options.lmtp) return reply(replies::use_lhlo());
+    hello(argument, false);
+  }
 
-  void cmd_ehlo(std::string_view argument) { hello(argument, true); }
+  void cmd_ehlo(std::string_view argument) {
+    if (options.lmtp) return reply(replies::use_lhlo());
+    hello(argument, true);
+  }
 
-  // hello - HELO/EHLO domain (RFC 5321 §4.1.1.1): opens the session and resets any transaction.
+  void cmd_lhlo(std::string_view argument) {
+    if (!options.lmtp) return reply(replies::unknown_command());
+    hello(argument, true);
+  }
+
+  // hello - HELO/EHLO/LHLO domain (RFC 5321 §4.1.1.1, RFC 2033 §4.1): opens the session and
+  // resets any transaction. LHLO is EHLO by another name: the same reply and extensions.
   void hello(std::string_view name, bool extended) {
-    const char* usage = extended ? "EHLO domain" : "HELO domain";
+    const char* usage = options.lmtp ? "LHLO domain" : extended ? "EHLO domain" : "HELO domain";
     if (name.empty()) return reply(replies::syntax(usage));
     if (options.strict && !is_valid_helo_name(name))
       return reply({501, "5.5.4", "Invalid domain name"});
@@ -2769,7 +2871,8 @@ struct Protocol::State {
     ++messages;
     std::string id = session.id + hex(messages, messages < 256 ? 2 : 16);
     std::string by = hostname + " (" + appname + ")";
-    message.begin(id, received_header(session, envelope, by, id), mail.size, std::move(sink));
+    message.begin(id, received_header(session, envelope, by, id, options.lmtp), mail.size,
+                  std::move(sink));
   }
 
   // read_data - consume message content from `in`; returns the bytes consumed.
@@ -2793,11 +2896,11 @@ struct Protocol::State {
     bool bare = envelope.chunked ? text.bare_cr_or_lf() : dots.bare_cr_or_lf();
     bool long_line = envelope.chunked ? text.long_line() : dots.long_line();
     if (message.too_big())
-      reply(replies::message_too_big());
+      answer_message(replies::message_too_big());
     else if (text_checked && bare)
-      reply(replies::bare_cr_lf_in_data());
+      answer_message(replies::bare_cr_lf_in_data());
     else if (text_checked && long_line)
-      reply(replies::data_line_too_long());
+      answer_message(replies::data_line_too_long());
     else
       deliver();
     reset_transaction();
@@ -2805,11 +2908,29 @@ struct Protocol::State {
     after_command();
   }
 
-  // deliver - the verdict decides the reply; a delivered message resets the junk count.
+  // deliver - the verdicts decide the replies; a message delivered to anyone resets the junk
+  // count.
   void deliver() {
-    Reply r = message.verdict(envelope);
-    if (r.positive()) junk_commands = 0;
-    reply(r);
+    std::vector<Reply> verdicts = message.verdicts(envelope);
+    if (std::any_of(verdicts.begin(), verdicts.end(), [](const Reply& r) { return r.positive(); }))
+      junk_commands = 0;
+    answer_message(verdicts);
+  }
+
+  // answer_message - the replies to the end of the message. LMTP gives one per recipient
+  // accepted at RCPT, in RCPT order (RFC 2033 §4.2), for a refusal of the whole message too,
+  // and counts the group as one error at most: a message refused for a hundred recipients is
+  // one mistake, not a hundred. SMTP folds them into one (see fold).
+  void answer_message(const std::vector<Reply>& verdicts) {
+    if (!options.lmtp) return reply(fold(verdicts));
+    std::size_t errors_before = errors;
+    for (const Reply& r : verdicts)
+      reply(r);
+    errors = std::min(errors, errors_before + 1);
+  }
+
+  void answer_message(const Reply& whole) {
+    answer_message(std::vector<Reply>(envelope.to.size(), whole));
   }
 
   // in_transaction - MAIL was accepted and the transaction is open: recipients, or the chunks
@@ -2878,13 +2999,14 @@ struct Protocol::State {
 
   // end_chunk - the chunk's last octet arrived: answer it. Past the size limit, or refused by a
   // sink, the message is dropped with that reply (552 for the size, counted across chunks).
+  // The LAST chunk ends the message however it went: finish_message answers it (in LMTP, per
+  // recipient, as after DATA's dot: RFC 3030 §4, RFC 2033 §4.2).
   void end_chunk() {
     if (chunk_refusal) return end_refused_chunk();
+    if (chunk.last()) return finish_message();
     if (std::optional<Reply> failed = message.failure()) {
       fail_transaction();
       reply(*failed);
-    } else if (chunk.last()) {
-      return finish_message();
     } else {
       stage = Stage::bdat;
       reply(replies::chunk_received(chunk.size()));
@@ -2983,7 +3105,7 @@ struct Protocol::State {
     reply(argument.empty() ? replies::syntax("VRFY address") : replies::cannot_vrfy());
   }
 
-  void cmd_help(std::string_view) { reply(replies::help()); } // RFC 5321 §4.1.1.8
+  void cmd_help(std::string_view) { reply(replies::help(options.lmtp)); } // RFC 5321 §4.1.1.8
 
   void cmd_not_implemented(std::string_view) { reply(replies::not_implemented()); }
 
@@ -3146,6 +3268,7 @@ const Protocol::State::Command* Protocol::State::find_command(std::string_view v
   static const Command table[] = {
       {"HELO", &State::cmd_helo, before_tls | before_auth},
       {"EHLO", &State::cmd_ehlo, before_tls | before_auth},
+      {"LHLO", &State::cmd_lhlo, before_tls | before_auth},
       {"MAIL", &State::cmd_mail, needs_helo},
       {"RCPT", &State::cmd_rcpt, needs_helo},
       {"DATA", &State::cmd_data, needs_helo | no_argument},
@@ -3283,6 +3406,13 @@ const Envelope& Protocol::envelope() const {
 }
 
 std::string Peer::to_string() const {
+  if (is_unix()) {
+    std::string text = "unix:" + unix_path;
+    if (pid >= 0 || uid >= 0 || gid >= 0)
+      text += "[pid=" + std::to_string(pid) + ",uid=" + std::to_string(uid) +
+              ",gid=" + std::to_string(gid) + "]";
+    return text;
+  }
   bool v6 = ip.find(':') != std::string::npos;
   return (v6 ? "[" + ip + "]" : ip) + ":" + std::to_string(port);
 }
@@ -3989,6 +4119,13 @@ sockaddr_in parse_dns_server(const std::string& text) {
   return a;
 }
 
+// resolver_setup - held around res_ninit and res_nclose. They attach to and detach from
+// glibc's one shared copy of resolv.conf, which glibc guards with an internal lock that
+// ThreadSanitizer cannot see: our own lock puts those moments in an order it can see (the
+// `tsan` suite flagged them), at the cost of microseconds. The questions themselves
+// (res_nquery) still run in parallel.
+std::mutex resolver_setup;
+
 // ask - one question through res_nquery, on the calling thread. The resolver's own timeout is
 // in whole seconds (resolv.conf(5) "timeout"); the caller gives up sooner when told to.
 DnsAnswer ask(const DnsQuery& q, const std::vector<sockaddr_in>& servers,
@@ -3996,7 +4133,10 @@ DnsAnswer ask(const DnsQuery& q, const std::vector<sockaddr_in>& servers,
   DnsAnswer answer;
   struct __res_state state;
   std::memset(&state, 0, sizeof state);
-  if (res_ninit(&state) != 0) return answer;
+  {
+    std::lock_guard<std::mutex> lock(resolver_setup);
+    if (res_ninit(&state) != 0) return answer;
+  }
   state.retrans = int(std::max<long long>(1, (timeout.count() + 999) / 1000));
   state.retry = 1;
   if (!servers.empty()) {
@@ -4008,7 +4148,10 @@ DnsAnswer ask(const DnsQuery& q, const std::vector<sockaddr_in>& servers,
   int n = res_nquery(&state, q.name.c_str(), 1 /* class IN */, int(q.type), buf.data(),
                      int(buf.size()));
   int error = state.res_h_errno;
-  res_nclose(&state);
+  {
+    std::lock_guard<std::mutex> lock(resolver_setup);
+    res_nclose(&state);
+  }
   if (n < 0) { // NXDOMAIN and NODATA come back as errors too
     if (error == HOST_NOT_FOUND || error == NO_DATA) answer.status = DnsAnswer::Status::not_found;
     return answer;
@@ -4634,8 +4777,8 @@ void validate_auth(const Options& o) {
 // places deciding, so it is refused.
 void validate_session(const Options& o) {
   bool hooks = o.on_connect || o.on_helo || o.on_mail || o.on_rcpt || o.handler ||
-               o.message_handler || o.stream_handler || o.on_auth || o.auth_secret ||
-               !o.auth_mechanisms.empty();
+               o.message_handler || o.stream_handler || o.per_recipient_handler || o.on_auth ||
+               o.auth_secret || !o.auth_mechanisms.empty();
   if (o.new_session && hooks)
     throw std::invalid_argument("smtpd: new_session replaces on_connect, on_helo, on_mail, "
                                 "on_rcpt, the handlers, on_auth, auth_secret and "
@@ -4705,8 +4848,11 @@ void validate(const Options& o) {
       o.hard_error_limit == 0 || o.min_data_rate == 0 || o.max_connections_per_ip == 0 ||
       o.max_session_duration <= 0ms)
     throw std::invalid_argument("smtpd: limits must be positive");
-  if (int(bool(o.message_handler)) + int(bool(o.handler)) + int(bool(o.stream_handler)) > 1)
-    throw std::invalid_argument("smtpd: set one of handler, message_handler, stream_handler");
+  if (int(bool(o.message_handler)) + int(bool(o.handler)) + int(bool(o.stream_handler)) +
+          int(bool(o.per_recipient_handler)) >
+      1)
+    throw std::invalid_argument("smtpd: set one of handler, message_handler, stream_handler, "
+                                "per_recipient_handler");
   if (o.max_command_line_bytes < max_command_line) // RFC 5321 §4.5.3.1.4
     throw std::invalid_argument("smtpd: max_command_line_bytes must be at least 512");
   if (o.proxy_timeout <= 0ms || o.rate_table_size == 0)
@@ -5612,9 +5758,9 @@ const Options& Server::options() const {
 // ---- TestServer -------------------------------------------------------------------------------
 //
 // TestServer puts a handler of its own in front of the one the user set (a StreamHandler before
-// a StreamHandler, a MessageHandler otherwise). It asks the user's handler first and hands its
-// verdict back to the Server unchanged, so the client hears what it would hear without TestServer;
-// it keeps the message only if that verdict accepts.
+// a StreamHandler, a PerRecipientHandler otherwise). It asks the user's handler first and hands
+// its verdicts back to the Server unchanged, so the client hears what it would hear without
+// TestServer; it keeps the message only if a verdict delivers it to some recipient.
 
 namespace {
 
@@ -5633,7 +5779,14 @@ struct Inbox {
   std::condition_variable arrived;
   std::vector<TestServer::Message> messages;
 
-  void add(TestServer::Message message) {
+  // keep - the message, if `verdicts` deliver it to a recipient (a list of the wrong length
+  // delivers nothing: the Protocol answers 451), with those recipients in delivered_to.
+  void keep(const RecipientReplies& verdicts, TestServer::Message message) {
+    const std::vector<std::string>& to = message.envelope.to;
+    if (verdicts.size() != to.size()) return;
+    for (std::size_t i = 0; i < to.size(); ++i)
+      if (accepted(verdicts[i])) message.delivered_to.push_back(to[i]);
+    if (message.delivered_to.empty()) return;
     std::lock_guard<std::mutex> lock(mu);
     messages.push_back(std::move(message));
     arrived.notify_all();
@@ -5641,7 +5794,7 @@ struct Inbox {
 };
 
 // RecordingSink - the user's MessageSink, looked through: each piece is passed on, then copied.
-// The copy is kept when the user's finish() accepts. Destroyed without finish() (the message
+// The copy is kept when the user's verdict delivers it. Destroyed without a verdict (the message
 // was abandoned, or a write() failed) it keeps nothing.
 class RecordingSink : public MessageSink {
 public:
@@ -5654,10 +5807,13 @@ public:
     message_.data.append(piece);
   }
 
-  std::optional<Reply> finish() override {
-    std::optional<Reply> verdict = user_->finish();
-    if (accepted(verdict)) inbox_->add(std::move(message_));
-    return verdict;
+  // The Protocol asks finish_per_recipient(); finish() only passes on.
+  std::optional<Reply> finish() override { return user_->finish(); }
+
+  RecipientReplies finish_per_recipient(const Envelope& e) override {
+    RecipientReplies verdicts = user_->finish_per_recipient(e);
+    inbox_->keep(verdicts, std::move(message_));
+    return verdicts;
   }
 
 private:
@@ -5666,14 +5822,16 @@ private:
   TestServer::Message message_; // session, envelope, and the data so far
 };
 
-// recording - a MessageHandler that asks `user` (none: accept) and keeps what it accepts.
-MessageHandler recording(MessageHandler user, std::shared_ptr<Inbox> inbox) {
+// recording - a PerRecipientHandler that asks `user` (none: deliver to all) and keeps what it
+// delivers.
+PerRecipientHandler recording(PerRecipientHandler user, std::shared_ptr<Inbox> inbox) {
   return [user = std::move(user),
           inbox = std::move(inbox)](const SessionInfo& session, const Envelope& envelope,
-                                    const std::string& data) -> std::optional<Reply> {
-    std::optional<Reply> verdict = user ? user(session, envelope, data) : std::nullopt;
-    if (accepted(verdict)) inbox->add(TestServer::Message{session, envelope, data});
-    return verdict;
+                                    const std::string& data) -> RecipientReplies {
+    RecipientReplies verdicts =
+        user ? user(session, envelope, data) : RecipientReplies(envelope.to.size());
+    inbox->keep(verdicts, TestServer::Message{session, envelope, data, {}});
+    return verdicts;
   };
 }
 
@@ -5685,7 +5843,7 @@ StreamHandler recording(StreamHandler user, std::shared_ptr<Inbox> inbox) {
     std::unique_ptr<MessageSink> sink = user(session, envelope);
     if (!sink) return nullptr;
     return std::make_unique<RecordingSink>(std::move(sink), inbox,
-                                           TestServer::Message{session, envelope, ""});
+                                           TestServer::Message{session, envelope, "", {}});
   };
 }
 
@@ -5719,14 +5877,21 @@ public:
   std::unique_ptr<MessageSink> data(const SessionInfo& s, const Envelope& e) override {
     std::unique_ptr<MessageSink> sink = user_->data(s, e);
     if (!sink) return nullptr; // buffered: message() keeps it
-    return std::make_unique<RecordingSink>(std::move(sink), inbox_, TestServer::Message{s, e, ""});
+    return std::make_unique<RecordingSink>(std::move(sink), inbox_,
+                                           TestServer::Message{s, e, "", {}});
   }
 
+  // The Protocol asks message_per_recipient(); message() only passes on.
   std::optional<Reply> message(const SessionInfo& s, const Envelope& e,
                                const std::string& data) override {
-    std::optional<Reply> verdict = user_->message(s, e, data);
-    if (accepted(verdict)) inbox_->add(TestServer::Message{s, e, data});
-    return verdict;
+    return user_->message(s, e, data);
+  }
+
+  RecipientReplies message_per_recipient(const SessionInfo& s, const Envelope& e,
+                                         const std::string& data) override {
+    RecipientReplies verdicts = user_->message_per_recipient(s, e, data);
+    inbox_->keep(verdicts, TestServer::Message{s, e, data, {}});
+    return verdicts;
   }
 
   void reset(const SessionInfo& s) override { user_->reset(s); }
@@ -5762,14 +5927,23 @@ SessionFactory recording(SessionFactory user, std::shared_ptr<Inbox> inbox) {
   };
 }
 
-// as_message_handler - a Handler in MessageHandler's shape (a Handler refuses by throwing, and
-// that passes through), because keeping a message needs the session and envelope it cannot see.
-MessageHandler as_message_handler(Handler handler) {
+// per_recipient - a Handler or MessageHandler in PerRecipientHandler's shape, its one verdict
+// for every recipient (a thrown Reply passes through), because keeping a message needs the
+// session and envelope a Handler cannot see, and the verdicts a PerRecipientHandler gives.
+PerRecipientHandler per_recipient(MessageHandler handler) {
   if (!handler) return nullptr;
   return [handler = std::move(handler)](const SessionInfo& session, const Envelope& envelope,
-                                        const std::string& data) -> std::optional<Reply> {
+                                        const std::string& data) -> RecipientReplies {
+    return RecipientReplies(envelope.to.size(), handler(session, envelope, data));
+  };
+}
+
+PerRecipientHandler per_recipient(Handler handler) {
+  if (!handler) return nullptr;
+  return [handler = std::move(handler)](const SessionInfo& session, const Envelope& envelope,
+                                        const std::string& data) -> RecipientReplies {
     handler(session.peer, envelope.from, envelope.to, data);
-    return std::nullopt;
+    return RecipientReplies(envelope.to.size());
   };
 }
 
@@ -5781,14 +5955,19 @@ void install_recording(Options& o, const std::shared_ptr<Inbox>& inbox) {
     o.new_session = recording(std::move(o.new_session), inbox);
     return;
   }
-  if (int(bool(o.handler)) + int(bool(o.message_handler)) + int(bool(o.stream_handler)) > 1) return;
+  if (int(bool(o.handler)) + int(bool(o.message_handler)) + int(bool(o.stream_handler)) +
+          int(bool(o.per_recipient_handler)) >
+      1)
+    return;
   if (o.stream_handler) {
     o.stream_handler = recording(std::move(o.stream_handler), inbox);
     return;
   }
-  if (!o.message_handler) o.message_handler = as_message_handler(std::move(o.handler));
+  if (o.message_handler) o.per_recipient_handler = per_recipient(std::move(o.message_handler));
+  if (o.handler) o.per_recipient_handler = per_recipient(std::move(o.handler));
   o.handler = nullptr;
-  o.message_handler = recording(std::move(o.message_handler), inbox);
+  o.message_handler = nullptr;
+  o.per_recipient_handler = recording(std::move(o.per_recipient_handler), inbox);
 }
 
 } // namespace

@@ -99,13 +99,21 @@ private:
   }
 };
 
-// Peer - the remote end of a connection.
+// Peer - one end of a connection: an IP address and port, or a Unix-domain socket.
 struct Peer {
-  std::string ip;       // "192.0.2.1" or "2001:db8::1" (no brackets)
-  uint16_t port = 0;    // remote TCP port
+  std::string ip;       // "192.0.2.1" or "2001:db8::1" (no brackets); "" on a Unix socket
+  uint16_t port = 0;    // remote TCP port; 0 on a Unix socket
   std::string hostname; // reverse-DNS name when Options::reverse_dns found one, else empty
 
-  // "192.0.2.1:1234" or "[2001:db8::1]:1234"
+  // A Unix-domain socket (Options::addr "unix:PATH"): its path, and for the client's end the
+  // credentials of the process that connected (SO_PEERCRED, unix(7)); -1 when unknown or TCP.
+  std::string unix_path;
+  int pid = -1, uid = -1, gid = -1;
+
+  bool is_unix() const { return !unix_path.empty(); }
+
+  // "192.0.2.1:1234", "[2001:db8::1]:1234", or "unix:/run/lmtp.sock" with the client's
+  // credentials when known: "unix:/run/lmtp.sock[pid=12,uid=1000,gid=1000]"
   std::string to_string() const;
 };
 
@@ -254,8 +262,23 @@ using Handler = std::function<void(const Peer& remote, const std::string& from,
 
 // MessageHandler - the same moment as Handler, for users who need the whole session (HELO name,
 // TLS, AUTH) and envelope. Return nullopt or a 2xx Reply to accept, a 4xx/5xx Reply to refuse.
-// Set one of handler, message_handler and stream_handler (Server throws when two are set).
+// Set one of handler, message_handler, stream_handler and per_recipient_handler (Server throws
+// when two are set).
 using MessageHandler = std::function<std::optional<Reply>(
+    const SessionInfo& session, const Envelope& envelope, const std::string& data)>;
+
+// RecipientReplies - the verdict on one message per recipient, for LMTP (RFC 2033 §4.2) and
+// partial delivery: element i answers envelope.to[i]; nullopt or a 2xx Reply delivers to that
+// recipient, a 4xx/5xx Reply refuses it. In LMTP each one is that recipient's reply after the
+// data. In SMTP there is one reply for the message, so they are folded (README "LMTP"): all
+// delivered gives the first 2xx given (or 250); otherwise a refusal wins, a 421 first, then
+// the first other 4xx (the client retries later), then the first 5xx. A list of the wrong
+// length is a bug: every recipient gets 451 4.3.0.
+using RecipientReplies = std::vector<std::optional<Reply>>;
+
+// PerRecipientHandler - the same moment as MessageHandler, with a verdict per recipient (a
+// mailbox store that files the message into each mailbox on its own). Set one handler only.
+using PerRecipientHandler = std::function<RecipientReplies(
     const SessionInfo& session, const Envelope& envelope, const std::string& data)>;
 
 // MessageSink - receives one message in pieces as it arrives (see StreamHandler). write() gets
@@ -269,6 +292,10 @@ public:
   virtual ~MessageSink() = default;
   virtual void write(std::string_view piece) = 0;
   virtual std::optional<Reply> finish() = 0;
+
+  // finish_per_recipient - instead of finish(), a verdict per recipient (see RecipientReplies).
+  // The default gives finish()'s one verdict to every recipient.
+  virtual RecipientReplies finish_per_recipient(const Envelope& envelope);
 };
 
 // StreamHandler - called at DATA, before the 354: return the sink for this message, or throw a
@@ -366,6 +393,13 @@ public:
   // Received header on top; the reply (250 by default) is sent only after this returns.
   virtual std::optional<Reply> message(const SessionInfo& session, const Envelope& envelope,
                                        const std::string& data);
+
+  // message_per_recipient - the same moment, with a verdict per recipient (see
+  // RecipientReplies); the one the server calls. The default gives message()'s one verdict to
+  // every recipient, so override one of the two.
+  virtual RecipientReplies message_per_recipient(const SessionInfo& session,
+                                                 const Envelope& envelope,
+                                                 const std::string& data);
 
   // reset - the transaction ended or was abandoned: RSET, HELO/EHLO, STARTTLS, or after the
   // final dot whatever the verdict (RFC 5321 §4.1.1.5).
@@ -489,12 +523,16 @@ private:
 // ---------------------------------------------------------------------------------------------
 struct Options {
   std::string addr = ":25";       // "host:port", "[v6]:port" or ":port" (all addresses);
-                                  // "" is ":25", every address on the SMTP port
+                                  // "" is ":25", every address on the SMTP port; or
+                                  // "unix:/path/to.sock", a Unix-domain socket
+  unsigned unix_socket_mode = 0660; // file mode of a "unix:" socket (who may connect)
+  bool lmtp = false; // speak LMTP (RFC 2033): LHLO, and a reply per recipient after the data
   std::string appname = "smtpd";  // shown in the greeting and the Received header
   std::string hostname;           // our name in the greeting; "" = the system host name
   Handler handler;                // see Handler
-  MessageHandler message_handler; // see MessageHandler; set at most one of these three:
+  MessageHandler message_handler; // see MessageHandler; set at most one of these four:
   StreamHandler stream_handler;   // see StreamHandler; Server throws when two are set
+  PerRecipientHandler per_recipient_handler; // see PerRecipientHandler; or this one
   std::size_t stream_chunk_bytes = 64 * 1024; // the most a StreamHandler's message buffers
 
   ConnectHook on_connect; // see ConnectHook
@@ -866,12 +904,14 @@ private:
 //     REQUIRE(smtp.wait_for(1, std::chrono::seconds(5)));
 //     CHECK(smtp.messages()[0].envelope.to.at(0) == "user@example.test");
 //
-// Any one of handler, message_handler or stream_handler may be set in the options (not two):
-// it is called first, its verdict is what the client hears, and only a message it accepts is
-// kept. A MessageSink gets every piece as usual; its message is kept when finish() accepts,
-// not when the sink is abandoned. With no handler set, every message is accepted and kept.
-// With Options::new_session instead, the Session objects get every call as usual, and a message
-// is kept when their message() accepts it, or the finish() of the sink their data() returned.
+// Any one of handler, message_handler, stream_handler or per_recipient_handler may be set in
+// the options (not two): it is called first, its verdict is what the client hears, and only a
+// message it delivers (to at least one recipient) is kept. A MessageSink gets every piece as
+// usual; its message is kept when its verdict delivers it, not when the sink is abandoned.
+// With no handler set, every message is accepted and kept. With Options::new_session instead,
+// the Session objects get every call as usual, and a message is kept when their
+// message_per_recipient() (by default message()) delivers it, or the verdict of the sink their
+// data() returned. Options::addr may name a Unix socket ("unix:/tmp/x.sock"); port() is 0 then.
 // ---------------------------------------------------------------------------------------------
 class TestServer {
 public:
@@ -880,6 +920,8 @@ public:
     SessionInfo session;
     Envelope envelope;
     std::string data; // with our Received header on top (for a sink: the pieces, joined)
+    std::vector<std::string> delivered_to; // the recipients the verdict delivered it to: all of
+                                           // envelope.to, unless verdicts per recipient said no
   };
 
   // Starts serving. `options.addr` left at its default becomes "127.0.0.1:0". Throws what
