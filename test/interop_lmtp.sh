@@ -84,9 +84,10 @@ FROM=alice@example.test
 # --- the two LMTP servers --------------------------------------------------------------------
 start_server ltcp --lmtp --json --fail-recipient fail@example.test \
   --fail-recipient fail@inet.test --fail-reply "452 4.2.2 Mailbox full"
+LUNIX_STARTED=
 start_unix_server lunix "$SOCK" --lmtp --json --socket-mode 0666 \
   --fail-recipient fail@example.test --fail-recipient fail@unix.test \
-  --fail-reply "550 5.1.1 No such user here"
+  --fail-reply "550 5.1.1 No such user here" && LUNIX_STARTED=yes
 
 # check_socket_mode NAME SOCKET MODE: SOCKET is a socket file with mode MODE (stat's %a).
 check_socket_mode() {
@@ -191,11 +192,12 @@ if need $name "$PY" "$NO_PY" && server_running $name ltcp &&
 fi
 
 # --- swaks -----------------------------------------------------------------------------------
-# swaks_lmtp NAME SERVER EXIT CODE TRANSPORT...: swaks --protocol LMTP to bob and fail; it must
-# exit with EXIT, show bob's 250 and fail's CODE after the data, and one file must be stored.
+# swaks_lmtp NAME SERVER CODE TRANSPORT...: swaks --protocol LMTP to bob and fail; after the
+# data it must show bob's 250 and fail's CODE, marked as an error ("<**"), and one file must be
+# stored. swaks exits 0 all the same: it counts a message delivered to anyone as a success.
 swaks_lmtp() {
-  local name=$1 server=$2 want_exit=$3 code=$4 rc
-  shift 4
+  local name=$1 server=$2 code=$3 want_exit=0 rc
+  shift 3
   need "$name" "$SWAKS" "$NO_SWAKS" && server_running "$name" "$server" || return 1
   maildir_list "$server" > "$name.before"
   "${LIMIT[@]}" "$SWAKS" --protocol LMTP "$@" --helo localhost --from "$FROM" \
@@ -205,17 +207,17 @@ swaks_lmtp() {
     fail "$name" "swaks exited with status $rc, not $want_exit"; details "$name.log"
   elif ! grep -q '^ *-> LHLO localhost' "$name.log"; then
     fail "$name" "swaks did not say LHLO"; details "$name.log"
-  elif ! grep -Eq "^<[* ~]* $code " "$name.log"; then
-    fail "$name" "swaks shows no $code reply"; details "$name.log"
+  elif ! grep -A2 '^ *-> \.$' "$name.log" | grep -q '^<-  250 '; then
+    fail "$name" "swaks shows no 250 after the data"; details "$name.log"
+  elif ! grep -A2 '^ *-> \.$' "$name.log" | grep -q "^<\*\* $code "; then
+    fail "$name" "swaks shows no $code refusal after the data"; details "$name.log"
   elif stored_ok "$name" "$server" 1 &&
        json_ok "$name" "$server" '{"delivered_to": ["bob@example.test"]}'; then
     ok "$name"
   fi
 }
-# swaks exits 26 ("server did not accept mail following data") when a reply after the data is
-# a refusal.
-swaks_lmtp swaks-lmtp-tcp ltcp 26 452 --server "127.0.0.1:${PORT[ltcp]}"
-swaks_lmtp swaks-lmtp-socket lunix 26 550 --socket "$SOCK"
+swaks_lmtp swaks-lmtp-tcp ltcp 452 --server "127.0.0.1:${PORT[ltcp]}"
+swaks_lmtp swaks-lmtp-socket lunix 550 --socket "$SOCK"
 
 # --- Postfix's lmtp delivery agent -----------------------------------------------------------
 pfx_start() {
@@ -288,7 +290,7 @@ postfix_lmtp() {
     details "$PFX/maillog"
     return 1
   fi
-  if ! grep -F " to=<ok@$domain>," "$PFX/maillog" | tail -n 1 | grep -q ' lmtp\['; then
+  if ! grep -F " to=<ok@$domain>," "$PFX/maillog" | tail -n 1 | grep -q '/lmtp\['; then
     fail "$name" "ok@$domain was not delivered by Postfix's lmtp agent"
     details "$PFX/maillog"
     return 1
@@ -414,7 +416,8 @@ fi
 # --- graceful shutdown: the socket file is removed -------------------------------------------
 stop_server ltcp
 stop_server lunix
-if [ -e "$SOCK" ]; then fail lunix-socket-removed "$SOCK is still there after SIGTERM"
+if [ -z "$LUNIX_STARTED" ]; then fail lunix-socket-removed "the lunix server never started"
+elif [ -e "$SOCK" ]; then fail lunix-socket-removed "$SOCK is still there after SIGTERM"
 else ok lunix-socket-removed; fi
 
 finish

@@ -501,7 +501,7 @@ if len(lines) != 2:
 first, second = (json.loads(l) for l in lines)
 want = {'time', 'peer', 'helo', 'tls', 'auth_user', 'from', 'to', 'size', 'subject',
         'message_id', 'path', 'body', 'chunked', 'requiretls', 'ret', 'envid', 'auth',
-        'mail_params', 'rcpt_options'}
+        'mail_params', 'rcpt_options', 'delivered_to', 'unix_path', 'pid', 'uid', 'gid'}
 no_options = {'notify': None, 'orcpt': None, 'params': {}}
 if set(first) != want:
     sys.exit('fields %s, not %s' % (sorted(first), sorted(want)))
@@ -512,6 +512,9 @@ checks = [
     (first['tls'] is None and first['auth_user'] is None, 'tls/auth_user'),
     (first['from'] == 'alice@example.test', 'from'),
     (first['to'] == ['bob@example.test', 'carol@example.test'], 'to'),
+    (first['delivered_to'] == first['to'], 'delivered_to'),
+    # A TCP client: no Unix socket, no credentials.
+    ([first[k] for k in ('unix_path', 'pid', 'uid', 'gid')] == [None] * 4, 'unix_path/pid/uid/gid'),
     (isinstance(first['size'], int) and first['size'] > 100, 'size'),
     (first['subject'] == 'caf\u00e9 \u0001 bad \ufffd\ufffd "q" \\  folded', 'subject'),
     (first['message_id'] == '<json-1@example.test>', 'message_id'),
