@@ -1,6 +1,6 @@
-// mailsink.cpp - a mail catcher for developers and scripts: an SMTP server that accepts every
-// message and prints a line about it, stores it (Maildir or mbox), hands it to a program, or
-// drops it, and never sends mail anywhere.
+// mailsink.cpp - a mail catcher for developers and scripts: an SMTP (or LMTP) server that
+// accepts every message and prints a line about it, stores it (Maildir or mbox), hands it to a
+// program, or drops it; with --relay it passes each message on to another server first.
 //
 //     build/mailsink --help
 //     build/mailsink --listen 127.0.0.1:0 --maildir /tmp/mail
@@ -21,6 +21,7 @@
 //   4. Mbox: appending to one mboxrd file under a lock, synced before the 250.
 //   5. Exec: running a program per message, with a time limit, never through a shell.
 //   6. Reports: header fields, the one-line summary and the JSON object of a message.
+//  6b. Relay: passing each message on upstream (--relay) before the client's reply.
 //   7. Sink: the hooks and the message handler: domains, fault injection, delivery, --count.
 //   8. Users: the AUTH accounts from --auth and --auth-file, and the password check.
 //   9. main: check the setup, listen, serve on a thread, stop on a signal, --count or
@@ -53,6 +54,7 @@
 #include <string_view>
 #include <system_error>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -79,6 +81,7 @@ constexpr const char* default_listen = "127.0.0.1:2525";
 constexpr unsigned long long max_timeout_seconds = 24 * 60 * 60; // one day
 constexpr unsigned long long default_exec_timeout_seconds = 60;
 constexpr const char* default_fail_reply = "451 4.3.0 Try again later";
+constexpr unsigned long long default_relay_timeout_seconds = 60;
 constexpr std::size_t max_reply_text = 400; // --fail-reply text; a reply line has 512 octets
 
 // =============================================================================================
@@ -127,6 +130,14 @@ struct Config {
   std::optional<unsigned long long> seed;
 
   bool limit_exempt_given = false; // --limit-exempt seen: it replaces the default list
+
+  // --relay: each accepted message is passed on to this server before the client's reply.
+  std::string relay;                 // --relay HOST:PORT or unix:PATH; "" = no relaying
+  bool relay_tls = false;            // --relay-tls: STARTTLS required, certificate verified
+  std::string relay_ca;              // --relay-ca FILE: the CAs that verify it
+  std::string relay_auth_file;       // --relay-auth-file FILE: USER:PASSWORD for AUTH
+  bool relay_lmtp = false;           // --relay-lmtp: speak LMTP to it
+  unsigned long long relay_timeout = 0; // --relay-timeout SECONDS; 0: default_relay_timeout
 
   bool help = false;
 
@@ -281,6 +292,23 @@ void add_fail_recipient(Config& config, const std::string& address) {
   if (!is_printable_ascii(address) || address.find_first_of(" <>") != std::string::npos)
     throw UsageError("needs an address without spaces or brackets, not '" + address + "'");
   config.fail_recipients.push_back(lower_ascii(address));
+}
+
+// parse_relay_address - --relay: "HOST:PORT", "[IPv6]:PORT" or "unix:/absolute/path", checked
+// for its form only (the upstream may start after mailsink does).
+std::string parse_relay_address(const std::string& address) {
+  if (address.rfind("unix:", 0) == 0) {
+    if (address.size() < 7 || address[5] != '/')
+      throw UsageError("needs unix:PATH with an absolute PATH, not '" + address + "'");
+    return address;
+  }
+  const std::size_t colon = address.rfind(':');
+  const std::string host = colon == std::string::npos ? "" : address.substr(0, colon);
+  const std::string port = colon == std::string::npos ? "" : address.substr(colon + 1);
+  if (host.empty() || !is_printable_ascii(host) || host.find(' ') != std::string::npos ||
+      !is_digits(port, 5) || std::stoul(port) == 0 || std::stoul(port) > 65535)
+    throw UsageError("needs HOST:PORT, [IPv6]:PORT or unix:PATH, not '" + address + "'");
+  return address;
 }
 
 // parse_account - "USER:PASSWORD" split at the first ':', so the password may hold ':'. Throws
@@ -517,6 +545,14 @@ const Flag flags[] = {
      }},
     {"--dns-tempfail-pass", false,
      [](Config& c, const std::string&) { c.options.dns_temp_error_refuses = false; }},
+    // relay
+    {"--relay", true, [](Config& c, const std::string& v) { c.relay = parse_relay_address(v); }},
+    {"--relay-tls", false, [](Config& c, const std::string&) { c.relay_tls = true; }},
+    {"--relay-ca", true, [](Config& c, const std::string& v) { c.relay_ca = v; }},
+    {"--relay-auth-file", true, [](Config& c, const std::string& v) { c.relay_auth_file = v; }},
+    {"--relay-lmtp", false, [](Config& c, const std::string&) { c.relay_lmtp = true; }},
+    {"--relay-timeout", true,
+     [](Config& c, const std::string& v) { c.relay_timeout = parse_count(v, max_timeout_seconds); }},
     {"--help", false, [](Config& c, const std::string&) { c.help = true; }},
 };
 
@@ -545,6 +581,22 @@ void check_listen_flags(const Config& config) {
     throw UsageError("--listen unix:PATH needs an absolute PATH, not '" + path + "'");
   if (config.socket_mode_given && !is_unix)
     throw UsageError("--socket-mode needs --listen unix:PATH");
+}
+
+// check_relay_flags - the --relay-* flags need --relay, and --relay-ca needs --relay-tls (without
+// it no TLS is used upstream, so there is nothing to verify).
+void check_relay_flags(const Config& config) {
+  if (config.relay.empty()) {
+    const char* alone = config.relay_tls                   ? "--relay-tls"
+                        : !config.relay_ca.empty()         ? "--relay-ca"
+                        : !config.relay_auth_file.empty()  ? "--relay-auth-file"
+                        : config.relay_lmtp                ? "--relay-lmtp"
+                        : config.relay_timeout != 0        ? "--relay-timeout"
+                                                           : nullptr;
+    if (alone != nullptr) throw UsageError(std::string(alone) + " needs --relay");
+  }
+  if (!config.relay_ca.empty() && !config.relay_tls)
+    throw UsageError("--relay-ca needs --relay-tls");
 }
 
 // check_tls_flags - the TLS flags need each other: --tls-cert and --tls-key go together, and
@@ -640,6 +692,7 @@ Config parse_args(int argc, char** argv) {
     }
   }
   if (!config.help) {
+    check_relay_flags(config);
     check_listen_flags(config);
     check_tls_flags(config.options);
     check_auth_flags(config);
@@ -678,9 +731,9 @@ void print_usage(std::ostream& out) {
   const auto timeout = std::chrono::duration_cast<std::chrono::seconds>(defaults.command_timeout);
   out << "usage: mailsink [options] [--exec PROGRAM [ARG...]]\n"
       << "\n"
-      << "A mail catcher for developers and scripts: an SMTP server that accepts every message\n"
-      << "and prints a line about it, stores it, hands it to a program or drops it. It never\n"
-      << "relays mail.\n"
+      << "A mail catcher for developers and scripts: an SMTP (or LMTP) server that accepts\n"
+      << "every message and prints a line about it, stores it, hands it to a program or drops\n"
+      << "it. It relays mail only when --relay says where to.\n"
       << "\n"
       << "options (also accepted as --flag=value):\n"
       << "  --listen HOST:PORT    address to listen on (default " << default_listen << ");\n"
@@ -778,6 +831,29 @@ void print_usage(std::ostream& out) {
       << "                        are refused with 451 4.3.2 (default: no limit)\n"
       << "  --exit-after SECONDS  stop after SECONDS: exit 1 when --count was given and fewer\n"
       << "                        messages arrived, exit 0 without --count (default: no limit)\n"
+      << "\n"
+      << "relay (pass each message on before answering; default: no relaying):\n"
+      << "  --relay HOST:PORT     pass each accepted message on to this SMTP server ([IPv6]:PORT,\n"
+      << "                        or unix:PATH) while the client waits: the client's reply is\n"
+      << "                        the upstream's verdict, per recipient (a 250 only after the\n"
+      << "                        upstream's 250; its refusals passed back; no connection, a\n"
+      << "                        failed TLS check or a time-out: 451 4.4.1). It comes before\n"
+      << "                        the delivery mode, which then gets only what the upstream\n"
+      << "                        accepted; if that fails, the client hears 451 and retries, and\n"
+      << "                        the upstream gets the message twice (never lost). In SMTP a\n"
+      << "                        recipient the upstream refuses refuses the whole message\n"
+      << "  --relay-tls           require STARTTLS upstream, verifying its certificate chain\n"
+      << "                        and host name (default: no TLS upstream)\n"
+      << "  --relay-ca FILE       verify it with the PEM CAs in FILE (default: the system's);\n"
+      << "                        needs --relay-tls\n"
+      << "  --relay-auth-file FILE\n"
+      << "                        AUTH upstream as the one USER:PASSWORD line of FILE (the\n"
+      << "                        --auth-file format); without --relay-tls the password is sent\n"
+      << "                        in clear (default: no AUTH)\n"
+      << "  --relay-lmtp          speak LMTP upstream (LHLO; one reply per recipient)\n"
+      << "  --relay-timeout SECONDS\n"
+      << "                        the limit on each step upstream: connecting, each reply\n"
+      << "                        (default " << default_relay_timeout_seconds << ")\n"
       << "\n"
       << "recipients and faults:\n"
       << "  --accept-domain DOMAIN\n"
@@ -1795,6 +1871,132 @@ std::string json_line(const smtpd::SessionInfo& session, const smtpd::Envelope& 
 }
 
 // =============================================================================================
+// 6b. Relay - passing each accepted message on to an upstream server (--relay)
+//
+// The message goes upstream while our client waits for its reply, so our reply is the
+// upstream's verdict: a 250 only after the upstream's 250, its refusals passed back per
+// recipient, and a failed connection a 451 4.4.1 (the client keeps the message and retries).
+// Nothing a client was told 250 about can be lost by a crash of mailsink, since by then the
+// upstream has it; a crash after the upstream's 250 and before ours only makes the client
+// send it again (a duplicate, never a loss). One connection per message, closed with QUIT.
+// =============================================================================================
+
+// reply_text_from_upstream - an upstream reply's text made safe to pass on: control characters
+// (the line breaks of a multi-line reply too) as spaces, at most max_reply_text characters.
+std::string reply_text_from_upstream(const std::string& text) {
+  std::string safe;
+  for (char c : text.substr(0, max_reply_text))
+    safe += (c >= ' ' && c <= '~') ? c : ' ';
+  return safe;
+}
+
+// passed_back - the reply our client gets for an upstream refusal `reply`: the same code, its
+// enhanced code when it has one of the same class, and its text. A 421 becomes 451 4.4.2: it
+// means the upstream is closing its connection, and ours must stay open.
+smtpd::Reply passed_back(const smtpd::Reply& reply) {
+  if (reply.code == 421)
+    return smtpd::Reply{451, "4.4.2", "Upstream closed: " + reply_text_from_upstream(reply.text)};
+  const bool same_class = !reply.enhanced.empty() && reply.enhanced[0] == '0' + reply.code / 100;
+  return smtpd::Reply{reply.code, same_class ? reply.enhanced : "",
+                      reply_text_from_upstream(reply.text)};
+}
+
+// Relay - the upstream of --relay; pass() may be called from many threads at once.
+class Relay {
+public:
+  Relay(const Config& config, std::string user, std::string password, Output& output)
+      : address_(config.relay), output_(output) {
+    options_.helo_name = config.options.hostname; // "" = the system host name, as ours
+    options_.lmtp = config.relay_lmtp;
+    options_.starttls = false; // pass() says STARTTLS itself, only with --relay-tls
+    options_.tls_verify = true;
+    options_.tls_ca_file = config.relay_ca;
+    options_.username = std::move(user);
+    options_.password = std::move(password);
+    // One limit for every step (not RFC 5321's minutes): our own client waits meanwhile.
+    const std::chrono::seconds limit(config.relay_timeout != 0 ? config.relay_timeout
+                                                               : default_relay_timeout_seconds);
+    options_.connect_timeout = options_.greeting_timeout = options_.command_timeout = limit;
+    options_.mail_timeout = options_.rcpt_timeout = options_.data_timeout = limit;
+    options_.block_timeout = options_.final_timeout = limit;
+    tls_ = config.relay_tls;
+  }
+
+  const std::string& address() const { return address_; }
+
+  // pass - send `message` to the envelope's recipients upstream; one verdict per
+  // envelope.to[i]: nullopt when the upstream accepted it (its 250 after the data), else the
+  // reply our client gets for that recipient.
+  smtpd::RecipientReplies pass(const smtpd::Envelope& envelope, const std::string& message) {
+    const std::size_t recipients = envelope.to.size();
+    try {
+      smtpd::Client client(address_, options_);
+      client.hello();
+      if (tls_) client.starttls(); // verified: the chain and the host name
+      if (!options_.username.empty()) client.auth(options_.username, options_.password);
+      const smtpd::SendResult result =
+          client.send(envelope.from, envelope.to, message, mail_options(envelope));
+      try {
+        client.quit();
+      } catch (const std::exception&) {} // the verdict is in: a lost QUIT changes nothing
+      return verdicts(result, recipients);
+    } catch (const smtpd::ClientError& e) { // greeting, EHLO, STARTTLS or AUTH refused
+      output_.log("relay to " + address_ + ": " + e.what());
+      return smtpd::RecipientReplies(
+          recipients, smtpd::Reply{451, "4.4.0", "Upstream refused " + e.command() + ": " +
+                                                    std::to_string(e.reply().code)});
+    } catch (const smtpd::ClientIOError& e) { // no connection, TLS failed, timed out, closed
+      output_.log("relay to " + address_ + ": " + e.what());
+      return smtpd::RecipientReplies(
+          recipients, smtpd::Reply{451, "4.4.1", "Upstream unavailable, try again later"});
+    } catch (const std::exception& e) { // e.g. a MAIL parameter the upstream does not offer
+      output_.log("relay to " + address_ + ": " + e.what());
+      return smtpd::RecipientReplies(
+          recipients, smtpd::Reply{451, "4.3.0", "Could not relay the message, try again later"});
+    }
+  }
+
+private:
+  // mail_options - what MAIL upstream says about the content: its body type and SMTPUTF8,
+  // as our client declared them. DSN requests (RET, ENVID, NOTIFY, ORCPT) and the other
+  // parameters stay with us: mailsink sends no notices, so it asks the upstream for none.
+  static smtpd::MailOptions mail_options(const smtpd::Envelope& envelope) {
+    smtpd::MailOptions mail;
+    mail.body_8bit = envelope.mail.body_8bit || envelope.body_8bit;
+    mail.binarymime = envelope.mail.binarymime;
+    mail.smtputf8 = envelope.mail.smtputf8 || envelope.smtputf8;
+    return mail;
+  }
+
+  // verdicts - one per recipient from the upstream's replies: MAIL's refusal for all; else a
+  // recipient refused at RCPT gets that reply, an accepted one the reply after the data (in
+  // LMTP its own, in RCPT order among the accepted; in SMTP the one reply).
+  smtpd::RecipientReplies verdicts(const smtpd::SendResult& result, std::size_t recipients) {
+    const smtpd::Reply missing{451, "4.4.1", "Upstream gave no reply, try again later"};
+    if (!result.mail.positive())
+      return smtpd::RecipientReplies(recipients, passed_back(result.mail));
+    smtpd::RecipientReplies verdicts(recipients);
+    std::size_t accepted = 0;
+    for (std::size_t i = 0; i < recipients; ++i) {
+      const smtpd::Reply rcpt = i < result.rcpt.size() ? result.rcpt[i] : missing;
+      if (!rcpt.positive()) {
+        verdicts[i] = passed_back(rcpt);
+        continue;
+      }
+      const std::size_t k = options_.lmtp ? accepted++ : 0;
+      const smtpd::Reply data = k < result.data.size() ? result.data[k] : missing;
+      if (!data.positive()) verdicts[i] = passed_back(data);
+    }
+    return verdicts;
+  }
+
+  const std::string address_;
+  smtpd::ClientOptions options_;
+  bool tls_ = false;
+  Output& output_;
+};
+
+// =============================================================================================
 // 7. Sink - what happens to each recipient and each message
 // =============================================================================================
 
@@ -1843,6 +2045,7 @@ struct Delivery {
   Mbox* mbox = nullptr;
   const Runner* runner = nullptr;
   bool discard = false;
+  Relay* relay = nullptr; // --relay, besides any of the above: first
 };
 
 // Sink - the hooks: refuses recipients outside --accept-domain, injects --fail-rate faults,
@@ -1893,6 +2096,14 @@ public:
     if (delivered.to.empty() || (!all_accepted && !config_.options.lmtp)) return verdicts;
     if (!claim_slot())
       return for_all(smtpd::Reply{451, "4.3.2", "mailsink has its --count messages and is stopping"});
+    // --relay comes before the local delivery, so that the Maildir, mbox, program or summary
+    // sees only what the upstream accepted, and needs no undoing when it refuses. If the local
+    // delivery then fails, the client hears 451 and sends the message again: the upstream gets
+    // it twice, but nothing is lost.
+    if (delivery_.relay != nullptr && !relay(delivered, message, verdicts)) {
+      release_slot();
+      return verdicts;
+    }
     std::string path;
     if (std::optional<smtpd::Reply> refused = deliver(session, delivered, message, path)) {
       release_slot();
@@ -1919,6 +2130,33 @@ private:
     const std::string domain = lower_ascii(to.substr(at + 1));
     const auto& domains = config_.accept_domains;
     return std::find(domains.begin(), domains.end(), domain) != domains.end();
+  }
+
+  // relay - pass the message to `delivered`'s recipients upstream; a recipient the upstream
+  // refused gets its verdict in `verdicts` (whose nullopt entries are `delivered`'s recipients,
+  // in order) and leaves `delivered`. False when nothing is left to deliver locally: every
+  // recipient was refused, or in SMTP any was (the one reply will be a refusal, so the client
+  // keeps the message and sends it again; those the upstream took get it twice then).
+  bool relay(smtpd::Envelope& delivered, const std::string& message,
+             smtpd::RecipientReplies& verdicts) {
+    const smtpd::RecipientReplies upstream = delivery_.relay->pass(delivered, message);
+    smtpd::Envelope kept = delivered;
+    kept.to.clear();
+    kept.rcpt.clear();
+    std::size_t j = 0; // delivered.to[j] is the recipient of the next nullopt verdict
+    for (std::optional<smtpd::Reply>& verdict : verdicts) {
+      if (verdict) continue; // refused here already (--fail-recipient)
+      if (upstream[j]) {
+        verdict = upstream[j];
+      } else {
+        kept.to.push_back(delivered.to[j]);
+        if (j < delivered.rcpt.size()) kept.rcpt.push_back(delivered.rcpt[j]);
+      }
+      ++j;
+    }
+    const bool all_taken = kept.to.size() == delivered.to.size();
+    delivered = std::move(kept);
+    return !delivered.to.empty() && (all_taken || config_.options.lmtp);
   }
 
   // fails_recipient - whether `to` is a --fail-recipient (compared ignoring ASCII case).
@@ -2120,9 +2358,11 @@ struct Deliveries {
   std::optional<Maildir> maildir;
   std::optional<Mbox> mbox;
   std::optional<Runner> runner;
+  std::optional<Relay> relay;
 
   Delivery view(const Config& config) {
     Delivery delivery;
+    delivery.relay = relay ? &*relay : nullptr;
     delivery.maildir = maildir ? &*maildir : nullptr;
     delivery.mbox = mbox ? &*mbox : nullptr;
     delivery.runner = runner ? &*runner : nullptr;
@@ -2131,9 +2371,23 @@ struct Deliveries {
   }
 };
 
-// prepare_delivery - create the Maildir, the mbox file, or find the --exec program. Throws
-// std::runtime_error (std::system_error too) with a message naming the path.
-void prepare_delivery(const Config& config, Deliveries& deliveries) {
+// prepare_delivery - create the Maildir, the mbox file, or find the --exec program; read the
+// --relay-auth-file. Throws std::runtime_error (std::system_error too) with a message naming
+// the path.
+void prepare_delivery(const Config& config, Deliveries& deliveries, Output& output) {
+  if (!config.relay.empty()) {
+    Users account; // --relay-auth-file has the --auth-file format, with one account
+    if (!config.relay_auth_file.empty()) {
+      load_auth_file(config.relay_auth_file, account);
+      if (account.size() != 1)
+        throw std::runtime_error("--relay-auth-file " + config.relay_auth_file +
+                                 " must hold one USER:PASSWORD line, not " +
+                                 std::to_string(account.size()));
+    }
+    std::string user, password;
+    if (!account.empty()) std::tie(user, password) = *account.begin();
+    deliveries.relay.emplace(config, user, password, output);
+  }
   if (!config.maildir.empty()) {
     try {
       deliveries.maildir.emplace(config.maildir).prepare();
@@ -2324,7 +2578,7 @@ int main(int argc, char** argv) {
   try {
     for (const std::string& path : config.auth_files)
       load_auth_file(path, config.users);
-    prepare_delivery(config, deliveries);
+    prepare_delivery(config, deliveries, output);
   } catch (const std::runtime_error& e) { // std::system_error too: an unreadable file
     output.log(e.what());
     return exit_runtime_error;

@@ -158,7 +158,8 @@ for flag in --listen --hostname --maildir --mbox --exec --exec-timeout --discard
     --fail-reply --fail-stage --seed --max-size --max-recipients --timeout --max-connections \
     --strict --tls-cert --tls-key --tls-key-password --tls-required --tls-implicit \
     --tls-client-ca --auth --auth-file --auth-required --auth-insecure --help --lmtp \
-    --socket-mode --fail-recipient; do
+    --socket-mode --fail-recipient --relay --relay-tls --relay-ca --relay-auth-file \
+    --relay-lmtp --relay-timeout; do
   grep -q -- "^  $flag\b" help.out || missing="$missing $flag"
 done
 if [ $rc -ne 0 ]; then fail $name "--help exited with status $rc"
@@ -197,6 +198,13 @@ usage listen-unix-relative --listen unix:relative.sock
 usage listen-unix-empty --listen unix:
 usage fail-recipient-brackets --fail-recipient '<bob@example.test>'
 usage lmtp-takes-no-value --lmtp=yes
+# --relay (issue 16).
+usage relay-bad-address --relay example.test
+usage relay-bad-port --relay 127.0.0.1:99999
+usage relay-unix-relative --relay unix:up.sock
+usage relay-tls-without-relay --relay-tls
+usage relay-lmtp-without-relay --relay-lmtp
+usage relay-ca-without-relay-tls --relay 127.0.0.1:25 --relay-ca ca.pem
 
 # runtime NAME ARG...: mailsink ARG... must exit 1 before listening, saying why.
 runtime() {
@@ -208,6 +216,9 @@ mkdir -p adir
 runtime mbox-unwritable --listen 127.0.0.1:0 --mbox "$WORK/no/such/dir/mbox"
 runtime mbox-is-directory --listen 127.0.0.1:0 --mbox "$WORK/adir"
 runtime exec-not-found --listen 127.0.0.1:0 --exec mailsink-no-such-program-here
+printf 'a:b\nc:d\n' > two-accounts
+runtime relay-auth-file-two-accounts --listen 127.0.0.1:0 --relay 127.0.0.1:25 --relay-auth-file two-accounts
+runtime relay-auth-file-missing --listen 127.0.0.1:0 --relay 127.0.0.1:25 --relay-auth-file "$WORK/no-such-file"
 runtime listen-unix-missing-directory --listen "unix:$WORK/no/such/dir/lmtp.sock"
 # sun_path holds 108 bytes with its NUL (unix(7)): a longer path cannot be a socket.
 runtime listen-unix-path-too-long --listen "unix:$WORK/$(printf 'x%.0s' $(seq 120)).sock"
