@@ -118,7 +118,7 @@ struct Config {
   unsigned long long count = 0;      // --count N; 0: no limit
   unsigned long long exit_after = 0; // --exit-after SECONDS; 0: no limit
 
-  std::vector<std::string> accept_domains; // --accept-domain, lower case; empty: every domain
+  std::vector<std::string> accept_domains;  // --accept-domain, lower case; empty: every domain
   std::vector<std::string> fail_recipients; // --fail-recipient, lower case: refused after the
                                             // data with fail_reply (per recipient in LMTP)
   bool socket_mode_given = false;           // --socket-mode seen: it needs a unix: --listen
@@ -132,11 +132,11 @@ struct Config {
   bool limit_exempt_given = false; // --limit-exempt seen: it replaces the default list
 
   // --relay: each accepted message is passed on to this server before the client's reply.
-  std::string relay;                 // --relay HOST:PORT or unix:PATH; "" = no relaying
-  bool relay_tls = false;            // --relay-tls: STARTTLS required, certificate verified
-  std::string relay_ca;              // --relay-ca FILE: the CAs that verify it
-  std::string relay_auth_file;       // --relay-auth-file FILE: USER:PASSWORD for AUTH
-  bool relay_lmtp = false;           // --relay-lmtp: speak LMTP to it
+  std::string relay;                    // --relay HOST:PORT or unix:PATH; "" = no relaying
+  bool relay_tls = false;               // --relay-tls: STARTTLS required, certificate verified
+  std::string relay_ca;                 // --relay-ca FILE: the CAs that verify it
+  std::string relay_auth_file;          // --relay-auth-file FILE: USER:PASSWORD for AUTH
+  bool relay_lmtp = false;              // --relay-lmtp: speak LMTP to it
   unsigned long long relay_timeout = 0; // --relay-timeout SECONDS; 0: default_relay_timeout
 
   bool help = false;
@@ -256,8 +256,9 @@ Stage parse_stage(const std::string& text) {
 // nothing on a socket). Who may connect to a Unix socket is decided by write permission on it
 // (unix(7)), so 0660 lets the owner and the group in.
 unsigned parse_socket_mode(const std::string& text) {
-  const bool octal = !text.empty() && text.size() <= 4 &&
-                     std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '7'; });
+  const bool octal =
+      !text.empty() && text.size() <= 4 &&
+      std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '7'; });
   if (!octal) throw UsageError("needs an octal file mode such as 0660, not '" + text + "'");
   const unsigned long mode = std::stoul(text, nullptr, 8);
   if (mode > 0777) throw UsageError("needs a mode of at most 0777, not " + text);
@@ -587,12 +588,12 @@ void check_listen_flags(const Config& config) {
 // it no TLS is used upstream, so there is nothing to verify).
 void check_relay_flags(const Config& config) {
   if (config.relay.empty()) {
-    const char* alone = config.relay_tls                   ? "--relay-tls"
-                        : !config.relay_ca.empty()         ? "--relay-ca"
-                        : !config.relay_auth_file.empty()  ? "--relay-auth-file"
-                        : config.relay_lmtp                ? "--relay-lmtp"
-                        : config.relay_timeout != 0        ? "--relay-timeout"
-                                                           : nullptr;
+    const char* alone = config.relay_tls                  ? "--relay-tls"
+                        : !config.relay_ca.empty()        ? "--relay-ca"
+                        : !config.relay_auth_file.empty() ? "--relay-auth-file"
+                        : config.relay_lmtp               ? "--relay-lmtp"
+                        : config.relay_timeout != 0       ? "--relay-timeout"
+                                                          : nullptr;
     if (alone != nullptr) throw UsageError(std::string(alone) + " needs --relay");
   }
   if (!config.relay_ca.empty() && !config.relay_tls)
@@ -1824,8 +1825,7 @@ std::string json_addresses(const std::vector<std::string>& addresses) {
 // kernel gave none).
 std::string json_peer_credentials(const smtpd::Peer& peer) {
   auto number = [](int n) { return n < 0 ? std::string("null") : std::to_string(n); };
-  return ",\"unix_path\":" +
-         (peer.is_unix() ? json_string(peer.unix_path) : std::string("null")) +
+  return ",\"unix_path\":" + (peer.is_unix() ? json_string(peer.unix_path) : std::string("null")) +
          ",\"pid\":" + number(peer.pid) + ",\"uid\":" + number(peer.uid) +
          ",\"gid\":" + number(peer.gid);
 }
@@ -1850,8 +1850,8 @@ std::string json_line(const smtpd::SessionInfo& session, const smtpd::Envelope& 
   const smtpd::MailOptions& mail = envelope.mail;
   return "{\"time\":" + json_string(formatted_now("%Y-%m-%dT%H:%M:%SZ", true)) +
          ",\"peer\":" + json_string(session.peer.to_string()) +
-         json_peer_credentials(session.peer) +
-         ",\"helo\":" + json_string(session.helo) + ",\"tls\":" +
+         json_peer_credentials(session.peer) + ",\"helo\":" + json_string(session.helo) +
+         ",\"tls\":" +
          json_string_or_null(session.tls ? std::optional(session.tls_version) : std::nullopt) +
          ",\"auth_user\":" + json_string_or_null(unless_empty(session.auth_user)) +
          ",\"from\":" + json_string(envelope.from) + ",\"to\":" + to +
@@ -1943,8 +1943,9 @@ public:
     } catch (const smtpd::ClientError& e) { // greeting, EHLO, STARTTLS or AUTH refused
       output_.log("relay to " + address_ + ": " + e.what());
       return smtpd::RecipientReplies(
-          recipients, smtpd::Reply{451, "4.4.0", "Upstream refused " + e.command() + ": " +
-                                                    std::to_string(e.reply().code)});
+          recipients,
+          smtpd::Reply{451, "4.4.0",
+                       "Upstream refused " + e.command() + ": " + std::to_string(e.reply().code)});
     } catch (const smtpd::ClientIOError& e) { // no connection, TLS failed, timed out, closed
       output_.log("relay to " + address_ + ": " + e.what());
       return smtpd::RecipientReplies(
@@ -2095,7 +2096,8 @@ public:
     const bool all_accepted = delivered.to.size() == recipients;
     if (delivered.to.empty() || (!all_accepted && !config_.options.lmtp)) return verdicts;
     if (!claim_slot())
-      return for_all(smtpd::Reply{451, "4.3.2", "mailsink has its --count messages and is stopping"});
+      return for_all(
+          smtpd::Reply{451, "4.3.2", "mailsink has its --count messages and is stopping"});
     // --relay comes before the local delivery, so that the Maildir, mbox, program or summary
     // sees only what the upstream accepted, and needs no undoing when it refuses. If the local
     // delivery then fails, the client hears 451 and sends the message again: the upstream gets
@@ -2162,8 +2164,8 @@ private:
   // fails_recipient - whether `to` is a --fail-recipient (compared ignoring ASCII case).
   bool fails_recipient(const std::string& to) const {
     const auto& failing = config_.fail_recipients;
-    return !failing.empty() && std::find(failing.begin(), failing.end(), lower_ascii(to)) !=
-                                   failing.end();
+    return !failing.empty() &&
+           std::find(failing.begin(), failing.end(), lower_ascii(to)) != failing.end();
   }
 
   // fault - the --fail-reply, with probability --fail-rate, when `stage` is the --fail-stage.
@@ -2491,11 +2493,9 @@ smtpd::Options server_options(const Config& config, Sink& sink, Output& output) 
                             const smtpd::Params&) { return sink.on_rcpt(to); };
   // The per-recipient form, so that --fail-recipient can refuse one recipient of many in LMTP;
   // in SMTP the library folds the verdicts into one reply.
-  options.per_recipient_handler = [&sink](const smtpd::SessionInfo& session,
-                                          const smtpd::Envelope& envelope,
-                                          const std::string& message) {
-    return sink.receive(session, envelope, message);
-  };
+  options.per_recipient_handler =
+      [&sink](const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
+              const std::string& message) { return sink.receive(session, envelope, message); };
   options.log_error = [&output](std::string_view message) { output.log(std::string(message)); };
   if (config.verbose) {
     options.new_tracer = [&output](const smtpd::SessionInfo& session) {
