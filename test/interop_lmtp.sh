@@ -345,7 +345,7 @@ fi
 # --- the socket file's life ------------------------------------------------------------------
 # SMTP (not LMTP) over a Unix socket, with swaks and --socket-mode 0600.
 SMTPSOCK=$SOCKDIR/smtp.sock
-if start_unix_server smtpunix "$SMTPSOCK" --socket-mode 0600; then
+if start_unix_server smtpunix "$SMTPSOCK" --socket-mode 0600 --verbose; then
   check_socket_mode socket-mode-0600 "$SMTPSOCK" 600
   name=swaks-smtp-socket
   if need $name "$SWAKS" "$NO_SWAKS" &&
@@ -360,11 +360,18 @@ if start_unix_server smtpunix "$SMTPSOCK" --socket-mode 0600; then
        "$WORK/smtpunix.out"; then ok $name
   else fail $name "no summary line with 'unix:${SMTPSOCK}[pid=N,uid=$(id -u),gid=$(id -g)]'"
     details "$WORK/smtpunix.out"; fi
+  # So does each --verbose transcript line.
+  name="verbose-unix-peer"
+  if grep -Eq "^mailsink: unix:${SMTPSOCK}\[pid=[0-9]+,uid=$(id -u),gid=$(id -g)\] C: EHLO localhost\$" \
+       "$WORK/smtpunix.err"; then ok $name
+  else fail $name "no --verbose line 'mailsink: unix:${SMTPSOCK}[pid=N,...] C: EHLO localhost'"
+    details "$WORK/smtpunix.err"; fi
   stop_server smtpunix
   if [ -e "$SMTPSOCK" ]; then fail socket-removed-on-sigterm "$SMTPSOCK is still there"
   else ok socket-removed-on-sigterm; fi
 else
-  for name in socket-mode-0600 swaks-smtp-socket summary-unix-peer sigterm-smtpunix-exit-0 \
+  for name in socket-mode-0600 swaks-smtp-socket summary-unix-peer verbose-unix-peer \
+      sigterm-smtpunix-exit-0 \
       socket-removed-on-sigterm; do fail $name "the server did not start"; done
 fi
 
