@@ -56,7 +56,7 @@ TSAN_FLAGS := -fsanitize=thread -fno-omit-frame-pointer -O1
 ASAN_ENV := ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 TSAN_ENV := TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 # The suites with threads; the socket-free ones gain nothing under TSan.
-TSAN_TEST_ARGS ?= -ts=server,tls,auth,limits,testserver,shutdown,proxy,dns
+TSAN_TEST_ARGS ?= -ts=server,tls,auth,limits,testserver,shutdown,proxy,dns,unix
 
 .DEFAULT_GOAL := all
 .PHONY: all deps test run example asan tsan notls fmt fmt-check install uninstall clean help FORCE

@@ -52,6 +52,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -1537,8 +1538,7 @@ std::optional<Reply> Session::message(const SessionInfo&, const Envelope&, const
 }
 
 RecipientReplies Session::message_per_recipient(const SessionInfo& session,
-                                                const Envelope& envelope,
-                                                const std::string& data) {
+                                                const Envelope& envelope, const std::string& data) {
   return RecipientReplies(envelope.to.size(), message(session, envelope, data));
 }
 
@@ -2465,6 +2465,7 @@ enum CommandFlag : unsigned {
 // The DNS checks (section 6b): lookups through Options::dns_resolver, results into
 // SessionInfo::dns, and the refusals they call for.
 namespace {
+bool dns_checks_on(const Options& o);
 void dns_client_checks(const Options& o, SessionInfo& session);
 void dns_helo_checks(const Options& o, SessionInfo& session, const std::string& helo);
 void dns_mail_checks(const Options& o, SessionInfo& session, const std::string& from);
@@ -2517,6 +2518,7 @@ struct Protocol::State {
     // the client the session is about, so XCLIENT recomputes it.
     xclient_allowed = in_networks(options.xclient_networks, session.peer.ip);
     trusted = in_networks(options.trusted_networks, session.peer.ip);
+    if (session.peer.is_unix()) session.dns.exempt = dns_checks_on(options); // no IP to check
     trace.start(o, session, user);
   }
 
@@ -3129,8 +3131,8 @@ struct Protocol::State {
 
   // rate_allows - one more message or recipient from this client within its per-minute rate
   // (Postfix's anvil); the Server's RateLimiter counts across sessions, none: no limit.
-  bool rate_allows(RateLimiter::Kind kind) {
-    return rates == nullptr || rates->allow(kind, session.peer.ip);
+  bool rate_allows(RateLimiter::Kind kind) { // a Unix client has no address to count under
+    return rates == nullptr || session.peer.is_unix() || rates->allow(kind, session.peer.ip);
   }
 
   // ---- XCLIENT (Postfix's XCLIENT_README) ------------------------------------------------------
@@ -4687,11 +4689,41 @@ std::string reverse_lookup(const Peer& peer, std::chrono::milliseconds timeout) 
   return result->finished ? result->name : std::string();
 }
 
+// unix_peer - a Unix-domain socket address: its path (a client's own end is usually unnamed:
+// "", and the Server names it after the listener). An abstract address (a leading NUL, Linux)
+// is shown with '@' in its place.
+Peer unix_peer(const sockaddr_storage& address, socklen_t length) {
+  const auto& un = reinterpret_cast<const sockaddr_un&>(address);
+  std::size_t offset = offsetof(sockaddr_un, sun_path);
+  std::size_t size = length > offset ? std::size_t(length) - offset : 0;
+  std::string path(un.sun_path, std::min(size, sizeof un.sun_path));
+  if (!path.empty() && path[0] == '\0') path[0] = '@';
+  path = path.substr(0, path.find('\0')); // a path's terminating NUL, when counted
+  Peer peer;
+  peer.unix_path = path;
+  return peer;
+}
+
+// add_peer_credentials - the pid, uid and gid of the process at the other end of a Unix-domain
+// socket (SO_PEERCRED, unix(7)), as the kernel recorded them when it connected.
+void add_peer_credentials(int fd, Peer& peer) {
+#ifdef SO_PEERCRED
+  ucred credentials{};
+  socklen_t length = sizeof credentials;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) == 0) {
+    peer.pid = int(credentials.pid);
+    peer.uid = int(credentials.uid);
+    peer.gid = int(credentials.gid);
+  }
+#endif
+}
+
 // peer_of - the numeric address and port of a socket address; IPv4-mapped IPv6 addresses
 // (from a dual-stack listener) are shown as plain IPv4.
 Peer peer_of(const sockaddr_storage& address, socklen_t length) {
   char host[NI_MAXHOST] = {}, port[NI_MAXSERV] = {};
   Peer peer;
+  if (address.ss_family == AF_UNIX) return unix_peer(address, length);
   if (getnameinfo(reinterpret_cast<const sockaddr*>(&address), length, host, sizeof host, port,
                   sizeof port, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
     return peer;
@@ -4737,9 +4769,112 @@ void split_host_port(const std::string& addr, std::string& host, std::string& po
   if (!numeric || std::stoul(port) > 65535) throw bad();
 }
 
-// open_listener - a bound, listening, close-on-exec socket for `addr`. An empty host means all
-// addresses: IPv6 with IPv4 mapped in when the system has IPv6, else IPv4.
-int open_listener(const std::string& addr) {
+// ---- Unix-domain sockets (unix(7)) -------------------------------------------------------------
+
+// unix_socket_path - the PATH of a "unix:PATH" address; "" for a TCP address.
+std::string unix_socket_path(const std::string& addr) {
+  return addr.rfind("unix:", 0) == 0 ? addr.substr(5) : std::string();
+}
+
+// unix_address - PATH as a socket address; throws std::invalid_argument when it is empty or
+// does not fit (sun_path: 108 octets with the NUL on Linux).
+sockaddr_un unix_address(const std::string& path) {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof a.sun_path || path.find('\0') != std::string::npos)
+    throw std::invalid_argument("smtpd: bad Unix socket path \"" + path + "\"");
+  std::memcpy(a.sun_path, path.data(), path.size());
+  return a;
+}
+
+// someone_listens - whether a server accepts connections on the socket at `path` now. A socket
+// file whose server died refuses them (ECONNREFUSED); anything else counts as alive, so that a
+// busy server's socket (its backlog full: EAGAIN) is never taken for a stale one.
+bool someone_listens(const sockaddr_un& a) {
+  int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (probe < 0) return true;
+  int rc = ::connect(probe, reinterpret_cast<const sockaddr*>(&a), sizeof a);
+  int error = errno;
+  ::close(probe);
+  return rc == 0 || error != ECONNREFUSED;
+}
+
+// remove_stale_socket - bind() found `path` taken: remove it only when it is a socket file and
+// nothing listens on it (a server killed without cleaning up). Throws when it is live, or not
+// a socket: another server's socket or a user's file is never removed.
+void remove_stale_socket(const std::string& path, const sockaddr_un& a) {
+  struct stat st {};
+
+  if (::lstat(path.c_str(), &st) == 0 && !S_ISSOCK(st.st_mode))
+    throw std::system_error(EEXIST, std::generic_category(),
+                            "smtpd: cannot listen on unix:" + path + ": not a socket file");
+  if (someone_listens(a))
+    throw std::system_error(EADDRINUSE, std::generic_category(),
+                            "smtpd: cannot listen on unix:" + path + ": a server is listening");
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT)
+    throw std::system_error(errno, std::generic_category(),
+                            "smtpd: cannot remove the stale socket unix:" + path);
+}
+
+// open_unix_listener - a listening Unix-domain socket at `path` with file mode `mode`. The mode
+// is set between bind() and listen(): until listen() every connect() is refused, so no client
+// gets in while the file still has the mode the umask gave it.
+int open_unix_listener(const std::string& path, unsigned mode) {
+  sockaddr_un a = unix_address(path);
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw std::system_error(errno, std::generic_category(), "smtpd: socket");
+  auto fail = [&](const std::string& what) {
+    int error = errno;
+    ::close(fd);
+    return std::system_error(error, std::generic_category(),
+                             "smtpd: cannot listen on unix:" + path + ": " + what);
+  };
+  int rc = ::bind(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a);
+  if (rc != 0 && errno == EADDRINUSE) {
+    try {
+      remove_stale_socket(path, a);
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
+    rc = ::bind(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a);
+  }
+  if (rc != 0) throw fail("bind");
+  if (::chmod(path.c_str(), mode_t(mode)) != 0) throw fail("chmod");
+  if (::listen(fd, SOMAXCONN) != 0) throw fail("listen");
+  return fd;
+}
+
+// SocketFile - the file a Unix listener made, to remove when the server stops listening: only
+// if it is still the one we made (same device and inode), never a successor's.
+struct SocketFile {
+  std::string path; // "" for a TCP listener
+  dev_t device = 0;
+  ino_t inode = 0;
+
+  static SocketFile made_at(const std::string& path) {
+    SocketFile f;
+
+    struct stat st {};
+
+    if (path.empty() || ::lstat(path.c_str(), &st) != 0) return f;
+    return {path, st.st_dev, st.st_ino};
+  }
+
+  void remove() {
+    struct stat st {};
+
+    if (!path.empty() && ::lstat(path.c_str(), &st) == 0 && st.st_dev == device &&
+        st.st_ino == inode)
+      ::unlink(path.c_str());
+    path.clear();
+  }
+};
+
+// open_listener - a bound, listening, close-on-exec socket for `addr`: "unix:PATH", or TCP. An
+// empty host means all addresses: IPv6 with IPv4 mapped in when the system has IPv6, else IPv4.
+int open_listener(const std::string& addr, unsigned unix_mode) {
+  if (!unix_socket_path(addr).empty()) return open_unix_listener(unix_socket_path(addr), unix_mode);
   std::string host, port;
   split_host_port(addr, host, port);
   addrinfo hints{}, *list = nullptr;
@@ -4875,6 +5010,8 @@ void validate(const Options& o) {
     throw std::invalid_argument("smtpd: proxy_timeout and rate_table_size must be positive");
   if (o.read_spin.count() < 0 || o.read_spin > std::chrono::milliseconds(10))
     throw std::invalid_argument("smtpd: read_spin must be between 0 and 10 ms");
+  if (o.unix_socket_mode > 07777)
+    throw std::invalid_argument("smtpd: unix_socket_mode is a file mode, at most 07777");
   if (o.stream_chunk_bytes == 0) // a sink may come from stream_handler or Session::data()
     throw std::invalid_argument("smtpd: stream_chunk_bytes must be positive");
   bool files = !o.tls_cert_file.empty() || !o.tls_key_file.empty();
@@ -5294,6 +5431,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   mutable std::condition_variable changed; // serving, clients or threads changed
   std::condition_variable work;            // a connection is pending, or stopping
   int listen_fd = -1;
+  SocketFile socket_file; // a Unix listener's file, removed when it stops listening
   bool serving = false;
   TlsContext tls_context; // for new connections; replaced by reload_tls()
 
@@ -5385,11 +5523,13 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     ::setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on); // we batch replies ourselves
     Peer peer = peer_of(address, length);
     Peer local = local_address(client); // here, not on the connection's small stack
+    if (address.ss_family == AF_UNIX) name_unix_client(client, peer, local);
     std::unique_lock<std::mutex> lock(mu);
     if (clients.size() >= options.max_connections)
       return refuse(lock, client, peer, replies::too_many_connections(), "too many connections");
-    // A proxy carries many clients: each is counted once its PROXY header names it.
-    bool exempted = in_any(exempt, peer.ip) || in_any(proxies, peer.ip);
+    // A proxy carries many clients: each is counted once its PROXY header names it. A Unix
+    // client has no address to count under.
+    bool exempted = peer.is_unix() || in_any(exempt, peer.ip) || in_any(proxies, peer.ip);
     std::size_t& from_ip = per_ip[peer.ip];
     if (!exempted && from_ip >= options.max_connections_per_ip)
       return refuse(lock, client, peer, replies::too_many_from_ip(), "too many from its address");
@@ -5404,6 +5544,14 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
     if (start_worker(it)) return;
     forget(it);
     refuse(lock, client, peer, replies::too_many_connections(), "no thread");
+  }
+
+  // name_unix_client - a Unix client's own end is unnamed: it is named after the listener's
+  // path, with the credentials of its process.
+  static void name_unix_client(int fd, Peer& peer, Peer& local) {
+    if (local.unix_path.empty()) local.unix_path = "(unnamed)";
+    peer.unix_path = local.unix_path;
+    add_peer_credentials(fd, peer);
   }
 
   // refuse - say why in one line and close: over a limit, never a silent drop (421).
@@ -5499,14 +5647,16 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       tls = tls_context;
     }
     if (in_any(proxies, peer.ip) && !take_proxy_header(client, peer, local, proxy)) return nullptr;
-    if (!rates->allow(RateLimiter::Kind::connection, peer.ip)) {
+    if (!peer.is_unix() && !rates->allow(RateLimiter::Kind::connection, peer.ip)) {
       refuse_late(client->fd, peer, replies::connection_rate(), "connection rate");
       return nullptr;
     }
-    // The DNS checks skip limit_exempt_networks and trusted_networks (issue 17).
-    bool dns_exempt = in_any(exempt, peer.ip) || in_networks(options.trusted_networks, peer.ip);
+    // The DNS checks skip limit_exempt_networks and trusted_networks (issue 17), and Unix
+    // clients, which have no address to look up.
+    bool dns_exempt =
+        peer.is_unix() || in_any(exempt, peer.ip) || in_networks(options.trusted_networks, peer.ip);
     bool fcrdns_done = dns_checks_on(options) && !dns_exempt; // the checks name the client
-    if (options.reverse_dns && !fcrdns_done)
+    if (options.reverse_dns && !fcrdns_done && !peer.is_unix())
       peer.hostname = reverse_lookup(peer, options.reverse_dns_timeout);
     ServerControl control{options,
                           stopping,
@@ -5621,6 +5771,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
       ::close(listen_fd);
       listen_fd = -1;
     }
+    socket_file.remove();
   }
 
   // drain - stop accepting, then wait until every session has ended by itself, `timeout`
@@ -5681,10 +5832,12 @@ Server::~Server() {
 }
 
 void Server::listen() {
-  int fd = open_listener(impl_->options.addr);
+  int fd = open_listener(impl_->options.addr, impl_->options.unix_socket_mode);
+  SocketFile file = SocketFile::made_at(unix_socket_path(impl_->options.addr));
   std::lock_guard<std::mutex> lock(impl_->mu);
   if (impl_->listen_fd >= 0) ::close(impl_->listen_fd);
   impl_->listen_fd = fd;
+  impl_->socket_file = file;
 }
 
 void Server::serve() {
@@ -5724,16 +5877,13 @@ void Server::listen_and_serve() {
 std::string Server::address() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   if (impl_->listen_fd < 0) return "";
-  sockaddr_storage address{};
-  socklen_t length = sizeof address;
-  if (::getsockname(impl_->listen_fd, reinterpret_cast<sockaddr*>(&address), &length) != 0)
-    return "";
-  return peer_of(address, length).to_string();
+  Peer bound = local_address(impl_->listen_fd);
+  return bound.ip.empty() && !bound.is_unix() ? "" : bound.to_string();
 }
 
 uint16_t Server::port() const {
-  std::string a = address();
-  return a.empty() ? 0 : uint16_t(std::stoul(a.substr(a.rfind(':') + 1)));
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->listen_fd < 0 ? 0 : local_address(impl_->listen_fd).port;
 }
 
 bool Server::wait_ready(std::chrono::milliseconds timeout) const {

@@ -400,8 +400,7 @@ public:
   // RecipientReplies); the one the server calls. The default gives message()'s one verdict to
   // every recipient, so override one of the two.
   virtual RecipientReplies message_per_recipient(const SessionInfo& session,
-                                                 const Envelope& envelope,
-                                                 const std::string& data);
+                                                 const Envelope& envelope, const std::string& data);
 
   // reset - the transaction ended or was abandoned: RSET, HELO/EHLO, STARTTLS, or after the
   // final dot whatever the verdict (RFC 5321 §4.1.1.5).
@@ -524,17 +523,17 @@ private:
 // serving starts: Server copies it at construction.
 // ---------------------------------------------------------------------------------------------
 struct Options {
-  std::string addr = ":25";       // "host:port", "[v6]:port" or ":port" (all addresses);
-                                  // "" is ":25", every address on the SMTP port; or
-                                  // "unix:/path/to.sock", a Unix-domain socket
+  std::string addr = ":25";         // "host:port", "[v6]:port" or ":port" (all addresses);
+                                    // "" is ":25", every address on the SMTP port; or
+                                    // "unix:/path/to.sock", a Unix-domain socket
   unsigned unix_socket_mode = 0660; // file mode of a "unix:" socket (who may connect)
   bool lmtp = false; // speak LMTP (RFC 2033): LHLO, and a reply per recipient after the data
-  std::string appname = "smtpd";  // shown in the greeting and the Received header
-  std::string hostname;           // our name in the greeting; "" = the system host name
-  Handler handler;                // see Handler
-  MessageHandler message_handler; // see MessageHandler; set at most one of these four:
-  StreamHandler stream_handler;   // see StreamHandler; Server throws when two are set
-  PerRecipientHandler per_recipient_handler; // see PerRecipientHandler; or this one
+  std::string appname = "smtpd";              // shown in the greeting and the Received header
+  std::string hostname;                       // our name in the greeting; "" = the system host name
+  Handler handler;                            // see Handler
+  MessageHandler message_handler;             // see MessageHandler; set at most one of these four:
+  StreamHandler stream_handler;               // see StreamHandler; Server throws when two are set
+  PerRecipientHandler per_recipient_handler;  // see PerRecipientHandler; or this one
   std::size_t stream_chunk_bytes = 64 * 1024; // the most a StreamHandler's message buffers
 
   ConnectHook on_connect; // see ConnectHook

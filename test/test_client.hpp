@@ -27,6 +27,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 namespace test {
@@ -134,6 +135,23 @@ inline int connect_socket(const std::string& ip, uint16_t port, milliseconds tim
 }
 
 // linger_zero - make the next close() of `fd` send a TCP RST instead of a FIN.
+// connect_unix - a connected Unix-domain stream socket to `path` with both socket timeouts
+// set, or -1.
+inline int connect_unix(const std::string& path, milliseconds timeout) {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.size() >= sizeof a.sun_path) return -1;
+  std::memcpy(a.sun_path, path.data(), path.size());
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  set_socket_timeout(fd, timeout);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 inline void linger_zero(int fd) {
   linger hard{1, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &hard, sizeof hard);
@@ -225,6 +243,10 @@ public:
   explicit Client(uint16_t port, const std::string& ip = "127.0.0.1", milliseconds timeout = 5s,
                   int receive_buffer = 0)
       : fd_(connect_socket(ip, port, timeout, receive_buffer)), timeout_(timeout) {}
+
+  // Connects to the Unix-domain socket at `unix_path` (a server's "unix:PATH" address).
+  Client(const std::string& unix_path, milliseconds timeout)
+      : fd_(connect_unix(unix_path, timeout)), timeout_(timeout) {}
 
   ~Client() { close(); }
 
