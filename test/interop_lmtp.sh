@@ -296,8 +296,9 @@ postfix_lmtp() {
     return 1
   fi
   stored_ok "$name" "$server" 2 || return 1
-  json_ok "$name" "$server" "{\"to\": [\"ok@$domain\", \"fail@$domain\"],\
- \"delivered_to\": [\"ok@$domain\"], \"helo\": \"pfx.localdomain\"}" || return 1
+  # (Postfix sends the RCPTs in its own order: "to" is not compared.)
+  json_ok "$name" "$server" "{\"delivered_to\": [\"ok@$domain\"], \"helo\": \"pfx.localdomain\"}" ||
+    return 1
   ok "$name"
 }
 
