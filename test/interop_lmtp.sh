@@ -35,7 +35,7 @@ HELPER=$(cd "$(dirname "$0")" && pwd)/interop_lmtp.py
 . "$(dirname "$0")/interop_lib.sh"
 begin_suite interop-lmtp "$@"
 
-make_workdir ltcp lunix stale live smtpunix
+make_workdir ltcp lunix stale restarted live smtpunix
 # The sockets live in their own directory, which the postfix user can enter ($WORK cannot be).
 SOCKDIR=
 PFX=
@@ -382,18 +382,17 @@ name=stale-socket-left-by-sigkill
 if start_unix_server stale "$STALE" --lmtp; then
   kill -KILL "${PID[stale]}"; wait "${PID[stale]}" 2>/dev/null; PID[stale]=
   if [ -S "$STALE" ]; then ok $name; else fail $name "no socket file left after SIGKILL"; fi
-  : > "$WORK/stale.err"
   name=stale-socket-replaced
-  if start_unix_server stale "$STALE" --lmtp &&
-     run_client $name stale "${LIMIT[@]}" "$PY" "$HELPER" steps "$STALE" msg.eml "$FROM" \
-       bob@example.test && stored_ok $name stale 1; then ok $name; fi
+  if start_unix_server restarted "$STALE" --lmtp &&
+     run_client $name restarted "${LIMIT[@]}" "$PY" "$HELPER" steps "$STALE" msg.eml "$FROM" \
+       bob@example.test && stored_ok $name restarted 1; then ok $name; fi
 else
   fail $name "the server did not start"
 fi
 
 # A second mailsink on the path of a live one fails, and the first still serves on its socket.
 name=live-socket-not-stolen
-if [ -n "${PID[stale]}" ]; then
+if [ -n "${PID[restarted]}" ]; then
   inode=$(stat -c %i "$STALE")
   launch_server live --listen "unix:$STALE" --lmtp
   deadline=$(( $(millis) + 10000 ))
@@ -410,8 +409,8 @@ if [ -n "${PID[stale]}" ]; then
       fail $name "the second mailsink's error does not name $STALE"; details "$WORK/live.err"
     elif [ "$(stat -c %i "$STALE" 2>/dev/null)" != "$inode" ]; then
       fail $name "the socket file was replaced"
-    elif run_client $name stale "${LIMIT[@]}" "$PY" "$HELPER" steps "$STALE" msg.eml "$FROM" \
-           bob@example.test && stored_ok $name stale 1; then
+    elif run_client $name restarted "${LIMIT[@]}" "$PY" "$HELPER" steps "$STALE" msg.eml \
+           "$FROM" bob@example.test && stored_ok $name restarted 1; then
       ok $name
       echo "#   the second mailsink said: $(head -n 1 "$WORK/live.err")"
     fi
@@ -419,7 +418,7 @@ if [ -n "${PID[stale]}" ]; then
 else
   fail $name "no mailsink was serving on $STALE"
 fi
-[ -z "${PID[stale]}" ] || stop_server stale
+[ -z "${PID[restarted]}" ] || stop_server restarted
 
 # --- graceful shutdown: the socket file is removed -------------------------------------------
 stop_server ltcp
