@@ -219,13 +219,15 @@ runtime exec-not-found --listen 127.0.0.1:0 --exec mailsink-no-such-program-here
 printf 'a:b\nc:d\n' > two-accounts
 runtime relay-auth-file-two-accounts --listen 127.0.0.1:0 --relay 127.0.0.1:25 --relay-auth-file two-accounts
 runtime relay-auth-file-missing --listen 127.0.0.1:0 --relay 127.0.0.1:25 --relay-auth-file "$WORK/no-such-file"
-runtime listen-unix-missing-directory --listen "unix:$WORK/no/such/dir/lmtp.sock"
+sink_exits listen-unix-missing-directory 1 "^mailsink: .*$WORK/no/such/dir/lmtp\.sock" \
+  "the error does not name the socket path" --listen "unix:$WORK/no/such/dir/lmtp.sock"
 # sun_path holds 108 bytes with its NUL (unix(7)): a longer path cannot be a socket.
 runtime listen-unix-path-too-long --listen "unix:$WORK/$(printf 'x%.0s' $(seq 120)).sock"
 # A regular file where the socket should go is not a stale socket: it is never removed.
 : > not-a-socket
 name=listen-unix-regular-file
-sink_exits $name 1 '^mailsink: ..*' "no error message" --listen "unix:$WORK/not-a-socket"
+sink_exits $name 1 "^mailsink: .*$WORK/not-a-socket" "the error does not name the file" \
+  --listen "unix:$WORK/not-a-socket"
 if [ ! -f not-a-socket ]; then fail $name-kept "the regular file was removed"; else ok $name-kept; fi
 if start busy --discard; then
   runtime port-in-use --listen "127.0.0.1:${PORT[$SERVER]}" --discard
