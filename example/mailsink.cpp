@@ -802,20 +802,20 @@ void print_usage(std::ostream& out) {
       << "output:\n"
       << "  --json                print one JSON object per message on stdout, one line each,\n"
       << "                        instead of the summary line (also with --maildir, --mbox,\n"
-      << "                        --exec): time (RFC 3339, UTC), peer, unix_path, pid, uid\n"
-      << "                        and gid (a Unix-socket client's socket and credentials,\n"
-      << "                        null over TCP), helo, tls (version or null), auth_user (or\n"
-      << "                        null), from, to (array), delivered_to (the recipients it was\n"
-      << "                        delivered to: to without those --fail-recipient or the\n"
-      << "                        --relay upstream refused in LMTP), size, subject and\n"
-      << "                        message_id (null when the header is missing), path (the\n"
+      << "                        --exec): time (RFC 3339, UTC), peer, helo, tls (version or\n"
+      << "                        null), auth_user (or null), from, to (array), size, subject\n"
+      << "                        and message_id (null when the header is missing), path (the\n"
       << "                        Maildir file or mbox, else null), body (7BIT, 8BITMIME or\n"
       << "                        BINARYMIME), chunked (true: sent with BDAT), requiretls, ret,\n"
       << "                        envid and auth (MAIL's RET=, ENVID= and AUTH=, decoded, or\n"
       << "                        null), mail_params (every MAIL parameter: KEYWORD: value),\n"
       << "                        rcpt_options (one per recipient in to: notify, an array or\n"
       << "                        null; orcpt, \"TYPE;ADDRESS\" or null; params, every RCPT\n"
-      << "                        parameter) (default: summary lines)\n"
+      << "                        parameter), delivered_to (the recipients it was delivered\n"
+      << "                        to: to without those --fail-recipient or the --relay\n"
+      << "                        upstream refused in LMTP), unix_path, pid, uid and gid (a\n"
+      << "                        Unix-socket client's socket and credentials, null over\n"
+      << "                        TCP) (default: summary lines)\n"
       << "  --print-body          print the message itself after its summary line (default:\n"
       << "                        the summary line only)\n"
       << "  --quiet               print nothing per message and no startup line; errors\n"
@@ -1832,7 +1832,7 @@ std::string json_peer_credentials(const smtpd::Peer& peer) {
 
 // json_line - the --json object of one message, on one line with a final newline. `path` is
 // where --maildir or --mbox stored it, "" when it was not stored; `delivered` the recipients
-// it was delivered to (all of envelope.to but those --fail-recipient refused in LMTP).
+// it was delivered to (all of envelope.to but those --fail-recipient or the upstream refused).
 std::string json_line(const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
                       const std::vector<std::string>& delivered, const std::string& message,
                       const std::string& path) {
@@ -1850,12 +1850,10 @@ std::string json_line(const smtpd::SessionInfo& session, const smtpd::Envelope& 
   const smtpd::MailOptions& mail = envelope.mail;
   return "{\"time\":" + json_string(formatted_now("%Y-%m-%dT%H:%M:%SZ", true)) +
          ",\"peer\":" + json_string(session.peer.to_string()) +
-         json_peer_credentials(session.peer) + ",\"helo\":" + json_string(session.helo) +
-         ",\"tls\":" +
+         ",\"helo\":" + json_string(session.helo) + ",\"tls\":" +
          json_string_or_null(session.tls ? std::optional(session.tls_version) : std::nullopt) +
          ",\"auth_user\":" + json_string_or_null(unless_empty(session.auth_user)) +
          ",\"from\":" + json_string(envelope.from) + ",\"to\":" + to +
-         ",\"delivered_to\":" + json_addresses(delivered) +
          ",\"size\":" + std::to_string(message.size()) +
          ",\"subject\":" + json_string_or_null(header_field(message, "subject")) +
          ",\"message_id\":" + json_string_or_null(header_field(message, "message-id")) +
@@ -1867,7 +1865,10 @@ std::string json_line(const smtpd::SessionInfo& session, const smtpd::Envelope& 
          ",\"envid\":" + json_string_or_null(unless_empty(mail.envid)) +
          ",\"auth\":" + json_string_or_null(unless_empty(mail.auth)) +
          ",\"mail_params\":" + json_params(envelope.mail_params) +
-         ",\"rcpt_options\":" + rcpt_options + dns_json(session) + "}\n";
+         ",\"rcpt_options\":" + rcpt_options +
+         // Added later, after the older fields, which keep their order (scripts grep for them).
+         ",\"delivered_to\":" + json_addresses(delivered) + json_peer_credentials(session.peer) +
+         dns_json(session) + "}\n";
 }
 
 // =============================================================================================
