@@ -42,14 +42,7 @@ PFX=
 PFX_STARTED=
 POSTFIX=
 cleanup_hook() {
-  if [ -n "$PFX_STARTED" ]; then
-    timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" stop > /dev/null 2>&1
-    if ! pfx_wait_stopped 15; then
-      timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" abort > /dev/null 2>&1
-      pfx_wait_stopped 5
-    fi
-  fi
-  [ -z "$PFX" ] || rm -rf "$PFX"
+  pfx_cleanup
   [ -z "$SOCKDIR" ] || rm -rf "$SOCKDIR"
 }
 if ! SOCKDIR=$(mktemp -d "${TMPDIR:-/tmp}/interop-lmtp-sock.XXXXXX") || ! chmod 755 "$SOCKDIR" ||
@@ -220,37 +213,6 @@ swaks_lmtp swaks-lmtp-tcp ltcp 452 --server "127.0.0.1:${PORT[ltcp]}"
 swaks_lmtp swaks-lmtp-socket lunix 550 --socket "$SOCK"
 
 # --- Postfix's lmtp delivery agent -----------------------------------------------------------
-pfx_start() {
-  local name=$1 deadline
-  if "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" check > "$name.log" 2>&1 &&
-     { PFX_STARTED=yes; "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" start >> "$name.log" 2>&1; }; then
-    deadline=$(( $(millis) + 10000 ))
-    until pfx_running; do
-      if [ "$(millis)" -ge "$deadline" ]; then
-        fail "$name" "postfix start succeeded, but postfix status does not say it runs after 10 s"
-        details "$name.log" "$PFX/maillog"
-        return 1
-      fi
-      sleep 0.1
-    done
-    ok "$name"
-    return 0
-  fi
-  fail "$name" "postfix -c $PFX/etc check/start failed"
-  pfx_running || PFX_STARTED=
-  details "$name.log" "$PFX/maillog"
-  return 1
-}
-pfx_stop() {
-  if "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" stop > "$1.log" 2>&1 && pfx_wait_stopped 15; then
-    PFX_STARTED=
-    ok "$1"
-  else
-    fail "$1" "the Postfix instance did not stop within 15 s"
-    details "$1.log" "$PFX/maillog"
-  fi
-}
-
 # pfx_status TO: the status= word of the maillog's last delivery line for TO.
 pfx_status() {
   grep -F " to=<$1>," "$PFX/maillog" | tail -n 1 | sed -n 's/.* status=\([a-z]*\) .*/\1/p'
@@ -314,7 +276,7 @@ else
        "transport_maps = inline:{ unix.test=lmtp:unix:$SOCK, inet.test=lmtp:inet:127.0.0.1:${PORT[ltcp]} }" \
        >> postfix-setup.log 2>&1; then
     ok postfix-setup
-    if pfx_start postfix-start; then
+    if pfx_start_check postfix-start; then
       # Over the Unix socket: fail@unix.test gets 550 after the data, so Postfix bounces it.
       # The peer is Postfix's lmtp process: SO_PEERCRED gives the postfix user's uid.
       name=postfix-lmtp-unix-peer
@@ -332,7 +294,7 @@ else
       elif grep -q 'ok@inet\.test' $name.log; then
         fail $name "postqueue -p still lists the delivered ok@inet.test"; details $name.log
       else ok $name; fi
-      pfx_stop postfix-stop
+      pfx_stop_check postfix-stop
     else
       for name in "${PFX_CHECKS[@]:2}"; do fail "$name" "the Postfix instance did not start"; done
     fi

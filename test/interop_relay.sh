@@ -33,16 +33,7 @@ make_workdir up-smtp up-lmtp up-tls a-smtp a-lmtp a-tls a-noca a-down a-pfx a-ki
 PFX=
 PFX_STARTED=
 POSTFIX=
-cleanup_hook() {
-  if [ -n "$PFX_STARTED" ]; then
-    timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" stop > /dev/null 2>&1
-    if ! pfx_wait_stopped 15; then
-      timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" abort > /dev/null 2>&1
-      pfx_wait_stopped 5
-    fi
-  fi
-  [ -z "$PFX" ] || rm -rf "$PFX"
-}
+cleanup_hook() { pfx_cleanup; }
 if ! PFX=$(mktemp -d "${TMPDIR:-/tmp}/interop-relay-postfix.XXXXXX") || ! chmod 755 "$PFX"; then
   echo "interop-relay: mktemp failed" >&2
   exit 1
@@ -204,28 +195,6 @@ fi
 
 # --- a throwaway Postfix smtpd as the upstream -----------------------------------------------
 PFX_CHECKS=(postfix-setup postfix-start relay-postfix-smtpd postfix-stop)
-pfx_start() {
-  local deadline
-  if "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" check > "$1.log" 2>&1 &&
-     { PFX_STARTED=yes; "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" start >> "$1.log" 2>&1; }; then
-    deadline=$(( $(millis) + 10000 ))
-    # Running, and its smtpd listening.
-    until pfx_running && timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/${PORT[pfx]}" 2>/dev/null; do
-      if [ "$(millis)" -ge "$deadline" ]; then
-        fail "$1" "Postfix is not running, or its smtpd not listening, 10 s after postfix start"
-        details "$1.log" "$PFX/maillog"
-        return 1
-      fi
-      sleep 0.1
-    done
-    ok "$1"
-    return 0
-  fi
-  fail "$1" "postfix -c $PFX/etc check/start failed"
-  pfx_running || PFX_STARTED=
-  details "$1.log" "$PFX/maillog"
-  return 1
-}
 if [ -n "$PFX_MISSING" ]; then
   for name in "${PFX_CHECKS[@]}"; do fail "$name" "$PFX_MISSING"; done
 elif pfx_setup "${PORT[up-smtp]}" interop-relay > postfix-setup.log 2>&1 &&
@@ -237,7 +206,7 @@ elif pfx_setup "${PORT[up-smtp]}" interop-relay > postfix-setup.log 2>&1 &&
        "smtpd_recipient_restrictions = check_recipient_access inline:{ { reject@example.test = 550 5.1.1 No such user here } }, permit_mynetworks, reject" \
        >> postfix-setup.log 2>&1; then
   ok postfix-setup
-  if pfx_start postfix-start; then
+  if pfx_start_check postfix-start "${PORT[pfx]}"; then
     # bob through Postfix to up-smtp (3 Received fields: a-pfx's, Postfix's, up-smtp's);
     # reject@example.test refused by Postfix at RCPT, which a-pfx passes back after the data.
     name=relay-postfix-smtpd
@@ -259,9 +228,7 @@ elif pfx_setup "${PORT[up-smtp]}" interop-relay > postfix-setup.log 2>&1 &&
           ok $name
       fi
     fi
-    if "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" stop > postfix-stop.log 2>&1 && pfx_wait_stopped 15
-    then PFX_STARTED=; ok postfix-stop
-    else fail postfix-stop "the Postfix instance did not stop within 15 s"; fi
+    pfx_stop_check postfix-stop
   else
     fail relay-postfix-smtpd "the Postfix instance did not start"
     fail postfix-stop "the Postfix instance did not start"
