@@ -992,10 +992,6 @@ Reply duplicate_param(std::string_view keyword) {
   return {501, "5.5.4", "Duplicate " + std::string(keyword) + " parameter"};
 }
 
-Reply bdat_syntax() {
-  return {501, "5.5.4", "Syntax: BDAT chunk-size [LAST]"};
-}
-
 // bdat_unreadable - a BDAT line whose chunk size cannot be read: where the chunk ends, and so
 // where the next command begins, is unknown, and reading the octets that follow as commands
 // would let a chunk smuggle them (RFC 3030 §2). The only safe answer is to close.
@@ -2480,7 +2476,6 @@ struct Protocol::State {
   const Options& options;
   SessionInfo session;
   Envelope envelope;
-  MailOptions mail;     // this transaction's MAIL parameters, parsed
   std::string hostname; // our name, sanitised
   std::string appname;  // sanitised
   Stage stage = Stage::greeted;
@@ -2613,7 +2608,6 @@ struct Protocol::State {
   void reset_transaction() {
     message.clear(); // a streamed message not finished is abandoned
     envelope = Envelope{};
-    mail = MailOptions{};
     rcpts_tried = 0;
   }
 
@@ -2812,8 +2806,9 @@ struct Protocol::State {
       return reply(*refused);
     Reply r = user.mail(from, m);
     if (!r.positive()) return reply(r);
-    envelope = Envelope{std::move(from), {}, m.params, m.smtputf8, m.body_8bit, m, {}, false};
-    mail = std::move(m);
+    // mail_params, smtputf8 and body_8bit are the older, flat view of `mail`, kept for users.
+    envelope =
+        Envelope{std::move(from), {}, m.params, m.smtputf8, m.body_8bit, std::move(m), {}, false};
     rcpts_tried = 0;
     stage = Stage::mail;
     reply(r);
@@ -2864,7 +2859,7 @@ struct Protocol::State {
   void cmd_data(std::string_view) {
     if (stage == Stage::bdat) return reply(replies::data_after_bdat());
     if (std::optional<Reply> refused = content_refusal()) return reply(*refused);
-    if (mail.binarymime) return reply(replies::binarymime_needs_bdat());
+    if (envelope.mail.binarymime) return reply(replies::binarymime_needs_bdat());
     std::unique_ptr<MessageSink> sink;
     Reply r = user.data(envelope, sink);
     if (r.code != 354) return reply(r);
@@ -2889,7 +2884,7 @@ struct Protocol::State {
     ++messages;
     std::string id = session.id + hex(messages, messages < 256 ? 2 : 16);
     std::string by = hostname + " (" + appname + ")";
-    message.begin(id, received_header(session, envelope, by, id, options.lmtp), mail.size,
+    message.begin(id, received_header(session, envelope, by, id, options.lmtp), envelope.mail.size,
                   std::move(sink));
   }
 
@@ -2910,7 +2905,7 @@ struct Protocol::State {
       options.log_read(session.peer,
                        "<" + std::to_string(message.content_bytes()) + " octets of message data>");
     stage = Stage::ready;
-    bool text_checked = options.strict && !mail.binarymime; // BINARYMIME is any octets
+    bool text_checked = options.strict && !envelope.mail.binarymime; // BINARYMIME is any octets
     bool bare = envelope.chunked ? text.bare_cr_or_lf() : dots.bare_cr_or_lf();
     bool long_line = envelope.chunked ? text.long_line() : dots.long_line();
     if (message.too_big())
@@ -2967,7 +2962,7 @@ struct Protocol::State {
     if (!options.chunking) return reply(replies::not_implemented());
     std::optional<BdatArgument> bdat = parse_bdat(argument);
     if (!bdat) return close_with(replies::bdat_unreadable(), SessionEnd::refused);
-    if (!bdat->well_formed) return skip_chunk(*bdat, replies::bdat_syntax());
+    if (!bdat->well_formed) return skip_chunk(*bdat, replies::syntax("BDAT chunk-size [LAST]"));
     if (stage != Stage::bdat) {
       if (std::optional<Reply> refused = content_refusal()) return skip_chunk(*bdat, *refused);
       envelope.chunked = true; // before data(): the session or stream_handler may ask
@@ -3004,7 +2999,7 @@ struct Protocol::State {
 
   // read_chunk - consume chunk octets from `in`; returns the octets consumed.
   std::size_t read_chunk(std::string_view in) {
-    bool check_text = options.strict && !mail.binarymime;
+    bool check_text = options.strict && !envelope.mail.binarymime;
     std::size_t used = chunk.read(in, [&](const char* p, std::size_t n) {
       if (chunk_refusal) return;
       message.append(p, n);

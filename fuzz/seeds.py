@@ -612,4 +612,31 @@ dns("label-64", dns_msg(0, "x.example", 1, [rr(b"\x40" + b"a" * 64 + b"\0", 1, b
 dns("txt-bad-length", dns_msg(0, "x.example", 16, [rr(Q, 16, b"\x09short")]))
 dns("header-only", u16(0x1234) + u16(0x8180))
 
+# ---- lmtp: 2 option bytes, then the client's bytes ------------------------------------------
+LMTP, SMTP = 1, 0
+
+
+def lmtp_seed(name, client, b0=LMTP, b1=3 << 4):
+    write("lmtp", name, bytes([b0 | (2 << 6), b1]) + b(client))  # bits 6-7: one feed
+
+
+LMTP_TX = "LHLO c.example\r\nMAIL FROM:<a@b.example>\r\n"
+lmtp_seed("mixed-verdicts", LMTP_TX + "RCPT TO:<ok@d.example>\r\nRCPT TO:<full@d.example>\r\n"
+          "RCPT TO:<no@d.example>\r\nRCPT TO:<custom@d.example>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n")
+lmtp_seed("bdat", LMTP_TX + "RCPT TO:<ok@d.example>\r\nRCPT TO:<full@d.example>\r\n"
+          "BDAT 3\r\nabcBDAT 4 LAST\r\nd\r\n\r\nNOOP\r\n")
+lmtp_seed("going", LMTP_TX + "RCPT TO:<going@d.example>\r\nRCPT TO:<ok@d.example>\r\n"
+          "DATA\r\nhi\r\n.\r\nNOOP\r\n")
+lmtp_seed("wrong-length", LMTP_TX + "RCPT TO:<w@d.example>\r\nRCPT TO:<ok@d.example>\r\n"
+          "DATA\r\nhi\r\n.\r\n")
+lmtp_seed("thrown", LMTP_TX + "RCPT TO:<t@d.example>\r\nRCPT TO:<x@d.example>\r\nDATA\r\nhi\r\n.\r\n")
+lmtp_seed("exception", LMTP_TX + "RCPT TO:<x@d.example>\r\nDATA\r\nhi\r\n.\r\n", LMTP | 16)
+lmtp_seed("too-big", LMTP_TX + "RCPT TO:<ok@d.example>\r\nRCPT TO:<full@d.example>\r\n"
+          "DATA\r\n" + "x" * 40 + "\r\n.\r\n", LMTP | (0 << 1))
+lmtp_seed("smtp-fold", "EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<ok@d.example>\r\n"
+          "RCPT TO:<no@d.example>\r\nRCPT TO:<full@d.example>\r\nDATA\r\nhi\r\n.\r\n", SMTP | 6)
+lmtp_seed("helo-refused", "HELO c.example\r\nEHLO c.example\r\nLHLO c.example\r\nQUIT\r\n")
+lmtp_seed("stream", LMTP_TX + "RCPT TO:<ok@d.example>\r\nRCPT TO:<no@d.example>\r\n"
+          "DATA\r\n" + "y" * 50 + "\r\n.\r\n", LMTP | 16 | 6)
+
 print("seeds.py: wrote %d seeds under %s" % (len(written), ROOT), file=sys.stderr)
