@@ -11,6 +11,9 @@
 #   a-tls    SMTP, --relay-tls --relay-ca CERT --relay-auth-file to up-tls (STARTTLS and AUTH
 #            required, a throwaway certificate)
 #   a-noca   the same without --relay-ca: the certificate is not trusted, so 451 4.4.1
+#   a-badauth  like a-tls with a wrong password: AUTH refused upstream, 451 4.4.0
+#   a-421    --relay to up-421, which answers 421 after the data for closing@example.test:
+#            451 4.4.2 to our client, whose session goes on
 #   a-down   --relay to a port nothing listens on: 451 4.4.1
 #   a-pfx    LMTP, --relay to a throwaway Postfix smtpd on 127.0.0.1 (which refuses
 #            reject@example.test at RCPT and relays the rest to up-smtp)
@@ -29,7 +32,8 @@ HELPER=$(cd "$(dirname "$0")" && pwd)/interop_lmtp.py
 . "$(dirname "$0")/interop_lib.sh"
 begin_suite interop-relay "$@"
 
-make_workdir up-smtp up-lmtp up-tls a-smtp a-lmtp a-tls a-noca a-down a-pfx a-kill
+make_workdir up-smtp up-lmtp up-tls up-421 a-smtp a-lmtp a-tls a-noca a-badauth a-421 a-down \
+  a-pfx a-kill
 PFX=
 PFX_STARTED=
 POSTFIX=
@@ -57,6 +61,7 @@ if [ -z "$PY" ]; then fail python3 "$NO_PY"; finish; exit; fi
 write_probe_message
 make_certificate "the STARTTLS upstream needs one"
 echo 'alice:wonderland' > relay.auth
+echo 'alice:not-the-password' > wrong.auth
 FROM=alice@example.test
 SOCK=$WORK/up-lmtp.sock
 
@@ -68,12 +73,17 @@ start_unix_server up-lmtp "$SOCK" --lmtp --json --accept-domain example.test \
   --fail-recipient fail@example.test --fail-reply "552 5.2.2 Mailbox full"
 start_server up-tls --json --tls-cert "$CERT" --tls-key "$KEY" --tls-required \
   --auth-file relay.auth --auth-required
+# An upstream that answers 421 (closing its connection) after the data for closing@.
+start_server up-421 --fail-recipient closing@example.test --fail-reply "421 4.3.2 Shutting down"
 start_server a-smtp --json --relay "127.0.0.1:${PORT[up-smtp]}"
 start_server a-lmtp --lmtp --json --relay "unix:$SOCK" --relay-lmtp
 start_server a-tls --json --relay "127.0.0.1:${PORT[up-tls]}" --relay-tls --relay-ca "$CERT" \
   --relay-auth-file relay.auth
 start_server a-noca --json --relay "127.0.0.1:${PORT[up-tls]}" --relay-tls \
   --relay-auth-file relay.auth
+start_server a-badauth --json --relay "127.0.0.1:${PORT[up-tls]}" --relay-tls \
+  --relay-ca "$CERT" --relay-auth-file wrong.auth
+start_server a-421 --relay "127.0.0.1:${PORT[up-421]}"
 start_server a-down --json --relay "127.0.0.1:${PORT[down]}"
 start_server a-pfx --lmtp --json --relay "127.0.0.1:${PORT[pfx]}"
 
@@ -94,7 +104,7 @@ replies_are() {
 send() {
   local name=$1 server=$2 mode=$3 addr=$4 up
   shift 4
-  for up in up-smtp up-lmtp up-tls; do maildir_list "$up" > "$name-$up.before"; done
+  for up in up-smtp up-lmtp up-tls up-421; do maildir_list "$up" > "$name-$up.before"; done
   run_client "$name" "$server" "${LIMIT[@]}" "$PY" "$HELPER" "$mode" "$addr" msg.eml "$FROM" "$@"
 }
 
@@ -109,7 +119,7 @@ upstream_stored() {
 # nothing_upstream NAME: no upstream stored anything since send.
 nothing_upstream() {
   local up
-  for up in up-smtp up-lmtp up-tls; do
+  for up in up-smtp up-lmtp up-tls up-421; do
     list_new "$1-$up" "$up"
     if [ -s "$1-$up.new" ]; then fail "$1" "the upstream $up stored a message"; return 1; fi
   done
@@ -181,6 +191,29 @@ if send $name a-noca smtp "127.0.0.1:${PORT[a-noca]}" bob@example.test; then
   if ! grep -q '^DATA \* 451 4.4.1 ' $name.log; then
     fail $name "the client did not get 451 4.4.1"; details $name.log
   elif expect_new $name a-noca 0 && nothing_upstream $name; then ok $name; fi
+fi
+
+# AUTH refused upstream (a wrong password): 451 4.4.0, nothing stored anywhere.
+name=relay-auth-refused-451
+if send $name a-badauth smtp "127.0.0.1:${PORT[a-badauth]}" bob@example.test; then
+  if ! grep -q '^DATA \* 451 4.4.0 Upstream refused AUTH' $name.log; then
+    fail $name "the client did not get '451 4.4.0 Upstream refused AUTH...'"; details $name.log
+  elif expect_new $name a-badauth 0 && nothing_upstream $name; then ok $name; fi
+fi
+
+# --- an upstream's 421 -----------------------------------------------------------------------
+# It closes the upstream's connection, not ours: the client gets 451 4.4.2 and its session goes
+# on (the next message, to bob alone, is relayed and accepted).
+name=relay-upstream-421
+if send $name a-421 smtp "127.0.0.1:${PORT[a-421]}" closing@example.test; then
+  if ! grep -q '^DATA \* 451 4.4.2 Upstream closed: ' $name.log; then
+    fail $name "the client did not get '451 4.4.2 Upstream closed: ...'"; details $name.log
+  elif expect_new $name a-421 0 && nothing_upstream $name &&
+       send $name-after a-421 smtp "127.0.0.1:${PORT[a-421]}" bob@example.test &&
+       replies_are $name $name-after.log "RCPT bob@example.test 250 | DATA * 250" &&
+       upstream_stored $name up-421 2; then
+    ok $name
+  fi
 fi
 
 # --- the upstream down -----------------------------------------------------------------------
@@ -275,7 +308,8 @@ if start_server a-kill --relay "127.0.0.1:${PORT[up-smtp]}"; then
 fi
 
 # --- graceful shutdown -----------------------------------------------------------------------
-for server in a-smtp a-lmtp a-tls a-noca a-down a-pfx up-smtp up-lmtp up-tls; do
+for server in a-smtp a-lmtp a-tls a-noca a-badauth a-421 a-down a-pfx up-smtp up-lmtp up-tls \
+    up-421; do
   stop_server "$server"
 done
 
