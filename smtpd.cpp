@@ -13,6 +13,8 @@
 //                       replies, run the TLS handshake
 //   8. Server           address parsing, listen, accept, limits, worker threads, graceful
 //                       shutdown; then TestServer and the ListenAndServe one-liners
+//   9. Client           SMTP and LMTP from the sending side: the reply parser, connect, TLS,
+//                       EHLO, AUTH, MAIL/RCPT parameters, DATA/BDAT, pipelining, SendMail
 //
 // SMTPD_NO_TLS is consulted for the OpenSSL includes, `tls_compiled` (section 1) and the TLS
 // transport (section 6) only, so the header's layout never changes.
@@ -704,6 +706,19 @@ bool decode_xtext(std::string_view text, std::string& decoded) {
     }
   }
   return true;
+}
+
+// encode_xtext - the other way (RFC 3461 §4): what decode_xtext reads back as `text`; the
+// client sends ENVID, ORCPT's address and AUTH='s mailbox in it.
+std::string encode_xtext(std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    if (c >= '!' && c <= '~' && c != '+' && c != '=')
+      out += c;
+    else
+      out += '+' + hex(static_cast<unsigned char>(c), 2);
+  }
+  return out;
 }
 
 // parse_notify - NOTIFY= (RFC 3461 §4.1): "NEVER", or a comma-separated list of SUCCESS,
@@ -6197,6 +6212,1015 @@ void ListenAndServeTLS(const std::string& addr, const std::string& cert_file,
   options.tls_key_file = key_file;
   Server server(std::move(options));
   server.listen_and_serve();
+}
+
+// =============================================================================================
+// 9. Client - SMTP and LMTP from the other side (go-smtp's Client and SendMail)
+//
+// A blocking client over one connection, made of the server's own parts: the transports of
+// section 6 (PlainConn, TlsConn), base64 and HMAC-MD5 for AUTH (section 2), the address parser
+// (section 3) and xtext. A reply is read by ReplyParser, a pure, resumable scanner bounded in
+// line length and line count, under one deadline per reply, so a server that drips bytes or
+// never ends its reply costs a timeout, never a hang or unbounded memory. Message content has
+// every line end made CRLF before it is sent, so the client never sends a bare CR or LF and
+// cannot carry a smuggled message (RFC 5321 §2.3.8). Requests the server did not advertise are
+// refused here, before anything is sent. SMTPD_NO_TLS is consulted here too, for the client's
+// TLS context and handshake.
+// =============================================================================================
+
+ClientError::ClientError(std::string command, Reply reply)
+    : std::runtime_error([&] {
+        std::string what = command + ": " + std::to_string(reply.code);
+        if (!reply.enhanced.empty()) what += " " + reply.enhanced;
+        std::string text = reply.text;
+        std::replace(text.begin(), text.end(), '\n', ' ');
+        return text.empty() ? what : what + " " + text;
+      }()),
+      command_(std::move(command)), reply_(std::move(reply)) {}
+
+ClientIOError::ClientIOError(const std::string& what, bool timed_out)
+    : std::runtime_error(what), timed_out_(timed_out) {}
+
+// accepted - in SMTP one data reply answers for every recipient; in LMTP there is one per
+// recipient accepted at RCPT, in order (RFC 2033 §4.2). A refused DATA is a single reply too.
+bool SendResult::accepted(std::size_t i) const {
+  auto taken = [](const Reply& r) { return r.code / 100 == 2; };
+  if (i >= rcpt.size() || !taken(rcpt[i]) || data.empty()) return false;
+  if (data.size() == 1) return taken(data[0]);
+  std::size_t before = std::size_t(std::count_if(rcpt.begin(), rcpt.begin() + long(i), taken));
+  return before < data.size() && taken(data[before]);
+}
+
+// ---- the reply parser (RFC 5321 §4.2) --------------------------------------------------------
+
+namespace {
+
+// reply_line_code - the code of a reply line "DDD", "DDD text" or "DDD-text" (RFC 5321 §4.2.1:
+// reply-code [ SP textstring ] CRLF), 2xx to 5xx; -1 for anything else.
+int reply_line_code(std::string_view line) {
+  if (line.size() < 3 || (line.size() > 3 && line[3] != ' ' && line[3] != '-')) return -1;
+  for (char c : line.substr(0, 3))
+    if (!is_digit(static_cast<unsigned char>(c))) return -1;
+  int code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
+  return code >= 200 && code <= 599 ? code : -1;
+}
+
+// split_enhanced - take an RFC 3463 enhanced code of the reply's class off the front of `text`
+// (RFC 2034 §4 puts it first on every line); "" when the text does not start with one.
+std::string split_enhanced(std::string_view& text, int code) {
+  std::size_t space = text.find(' ');
+  std::string first(text.substr(0, space));
+  if (!is_valid_enhanced_code(first, code)) return "";
+  text.remove_prefix(space == std::string_view::npos ? text.size() : space + 1);
+  return first;
+}
+
+} // namespace
+
+ReplyParse ReplyParser::parse(std::string_view bytes) {
+  ReplyParse out;
+  auto invalid = [&](std::string why) {
+    out.status = ReplyParse::Status::invalid;
+    out.error = std::move(why);
+    return out;
+  };
+  for (;;) {
+    std::string_view rest = bytes.substr(std::min(scanned_, bytes.size()));
+    // Search no further than a line may reach, so a never-ending line costs a bounded scan.
+    std::size_t lf = rest.substr(0, max_client_reply_line_bytes).find('\n');
+    if (lf == std::string_view::npos) {
+      if (rest.size() >= max_client_reply_line_bytes)
+        return invalid("a reply line longer than " + std::to_string(max_client_reply_line_bytes) +
+                       " octets");
+      return out; // need_more
+    }
+    std::string_view line = rest.substr(0, lf);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    int code = reply_line_code(line);
+    if (code < 0) return invalid("not a reply line: \"" + sanitize_for_header(line, 80) + "\"");
+    if (lines_ > 0 && code != reply_.code)
+      return invalid("the lines of one reply carry different codes (" +
+                     std::to_string(reply_.code) + ", " + std::to_string(code) + ")");
+    bool last = line.size() == 3 || line[3] == ' ';
+    std::string_view text = line.size() > 4 ? line.substr(4) : std::string_view();
+    std::string enhanced = split_enhanced(text, code);
+    if (reply_.enhanced.empty()) reply_.enhanced = enhanced;
+    reply_.code = code;
+    if (lines_ > 0) reply_.text += '\n';
+    reply_.text.append(text);
+    scanned_ += lf + 1;
+    ++lines_;
+    if (last) {
+      out.status = ReplyParse::Status::complete;
+      out.reply = reply_;
+      out.length = scanned_;
+      return out;
+    }
+    if (lines_ >= max_client_reply_lines)
+      return invalid("a reply of more than " + std::to_string(max_client_reply_lines) + " lines");
+  }
+}
+
+ReplyParse parse_reply(std::string_view bytes) {
+  return ReplyParser().parse(bytes);
+}
+
+// ---- message content ---------------------------------------------------------------------------
+
+namespace {
+
+// crlf_content - `message` with every line end CRLF: CRLF stays, a bare CR and a bare LF each
+// become CRLF, and a last line without one gets it (RFC 5321 §2.3.8: bare CR and LF must not be
+// sent; a smuggled "\n.\n" can then only be content). With `dot_stuff`, a line starting with
+// "." gets another (RFC 5321 §4.5.2) and the end-of-data line ".\r\n" follows.
+std::string crlf_content(std::string_view message, bool dot_stuff) {
+  std::string out;
+  out.reserve(message.size() + message.size() / 32 + 8);
+  bool line_start = true;
+  for (std::size_t i = 0; i < message.size(); ++i) {
+    char c = message[i];
+    if (c == '\r' || c == '\n') {
+      out += "\r\n";
+      if (c == '\r' && i + 1 < message.size() && message[i + 1] == '\n') ++i;
+      line_start = true;
+      continue;
+    }
+    if (line_start && dot_stuff && c == '.') out += '.';
+    out += c;
+    line_start = false;
+  }
+  if (!line_start) out += "\r\n";
+  if (dot_stuff) out += ".\r\n";
+  return out;
+}
+
+// has_line_break - a CR, LF or NUL in text that goes into a command line, where it would end
+// the command early and start another (command injection).
+bool has_line_break(std::string_view text) {
+  return text.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos;
+}
+
+// checked_path - the address as it goes between the brackets of MAIL FROM or RCPT TO: "" (the
+// null reverse-path) for a sender, "Postmaster" for a recipient (RFC 5321 §4.1.1.3), else a
+// mailbox the server's own parser accepts. Anything else can never be sent: invalid_argument.
+std::string checked_path(std::string_view address, bool sender) {
+  if (address.size() >= 2 && address.front() == '<' && address.back() == '>')
+    address = address.substr(1, address.size() - 2);
+  bool special = sender ? address.empty() : iequals(address, "postmaster");
+  if (!has_line_break(address) && (special || parse_mailbox(address)))
+    return std::string(address);
+  throw std::invalid_argument("smtpd: Client: not a valid " +
+                              std::string(sender ? "sender" : "recipient") + " address: \"" +
+                              sanitize_for_header(address, 100) + "\"");
+}
+
+// not_offered - the local refusal of a request the server did not advertise: nothing is sent.
+ClientError not_offered(const std::string& command, int code, const std::string& enhanced,
+                        const std::string& what) {
+  return ClientError(command, Reply(code, enhanced, what + " (not sent)"));
+}
+
+// SigpipeGuard - OpenSSL writes with write(), which raises SIGPIPE when the server has gone:
+// while one lives, SIGPIPE is blocked on this thread, and one it raised is taken back, so the
+// failure comes back as an error instead of killing the program (plain sockets use
+// MSG_NOSIGNAL instead).
+class SigpipeGuard {
+public:
+  explicit SigpipeGuard(bool active) : active_(active) {
+    if (!active_) return;
+    sigemptyset(&pipe_);
+    sigaddset(&pipe_, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_, &old_);
+    was_pending_ = pending();
+  }
+
+  ~SigpipeGuard() {
+    if (!active_) return;
+    if (!was_pending_ && pending()) {
+      timespec zero{};
+      sigtimedwait(&pipe_, nullptr, &zero);
+    }
+    pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+
+  SigpipeGuard(const SigpipeGuard&) = delete;
+  SigpipeGuard& operator=(const SigpipeGuard&) = delete;
+
+private:
+  static bool pending() {
+    sigset_t set;
+    sigemptyset(&set);
+    return sigpending(&set) == 0 && sigismember(&set, SIGPIPE) == 1;
+  }
+
+  bool active_;
+  bool was_pending_ = false;
+  sigset_t pipe_{}, old_{};
+};
+
+// connect_unix - a Unix-domain stream socket connected to `path`, non-blocking.
+int connect_unix(const std::string& path) {
+  sockaddr_un address{};
+  if (path.empty() || path.size() >= sizeof address.sun_path)
+    throw std::invalid_argument("smtpd: Client: bad Unix socket path \"" + path + "\"");
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, path.c_str(), path.size() + 1);
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) throw ClientIOError("cannot create a socket: " + std::string(std::strerror(errno)));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+    int error = errno;
+    ::close(fd);
+    throw ClientIOError("cannot connect to unix:" + path + ": " + std::strerror(error));
+  }
+  return fd;
+}
+
+// connect_one - a non-blocking TCP connect to one resolved address within `timeout`: the
+// socket, or -1 with `error` (and `timed_out`) set.
+int connect_one(const addrinfo& a, std::chrono::milliseconds timeout, std::string& error,
+                bool& timed_out) {
+  int fd = ::socket(a.ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, a.ai_protocol);
+  if (fd < 0) {
+    error = std::strerror(errno);
+    return -1;
+  }
+  int rc = ::connect(fd, a.ai_addr, a.ai_addrlen);
+  if (rc != 0 && errno == EINPROGRESS) {
+    ReadResult ready = wait_for(fd, POLLOUT, timeout, -1);
+    int so_error = 0;
+    socklen_t length = sizeof so_error;
+    if (ready == ReadResult::timeout) {
+      timed_out = true;
+      so_error = ETIMEDOUT;
+    } else if (ready != ReadResult::data ||
+               ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &length) != 0) {
+      so_error = so_error != 0 ? so_error : EIO;
+    }
+    rc = so_error == 0 ? 0 : -1;
+    errno = so_error;
+  }
+  if (rc != 0) {
+    error = std::strerror(errno);
+    ::close(fd);
+    return -1;
+  }
+  int on = 1; // we write whole commands and bursts: Nagle's delay would only add latency
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+  return fd;
+}
+
+// connect_tcp - resolve host:port and connect to each address in turn (RFC 5321 §5.1: try
+// the addresses of a host one after another), each within `timeout`.
+int connect_tcp(const std::string& host, const std::string& port,
+                std::chrono::milliseconds timeout) {
+  addrinfo hints{}, *list = nullptr;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &list);
+  if (rc != 0) throw ClientIOError("cannot resolve \"" + host + "\": " + gai_strerror(rc));
+  std::string error = "no address";
+  bool timed_out = false, all_timed_out = true;
+  int fd = -1;
+  for (addrinfo* a = list; a != nullptr && fd < 0; a = a->ai_next) {
+    timed_out = false;
+    fd = connect_one(*a, timeout, error, timed_out);
+    all_timed_out = all_timed_out && timed_out;
+  }
+  freeaddrinfo(list);
+  if (fd < 0)
+    throw ClientIOError("cannot connect to " + host + " port " + port + ": " + error,
+                        all_timed_out);
+  return fd;
+}
+
+#ifndef SMTPD_NO_TLS
+
+// is_ip_literal - a numeric IPv4 or IPv6 address (TLS then checks an IP SAN and sends no SNI).
+bool is_ip_literal(const std::string& host) {
+  unsigned char bytes[16];
+  return inet_pton(AF_INET, host.c_str(), bytes) == 1 ||
+         inet_pton(AF_INET6, host.c_str(), bytes) == 1;
+}
+
+// make_client_tls_context - a client SSL_CTX: TLS 1.2 at least (tls_min_version), no
+// compression or renegotiation, and with tls_verify the server's chain checked against
+// tls_ca_file or the system's store.
+TlsContext make_client_tls_context(const ClientOptions& o) {
+  ERR_clear_error();
+  TlsContext ctx(SSL_CTX_new(TLS_client_method()), SSL_CTX_free);
+  if (!ctx) throw ClientIOError("cannot create a TLS context: " + openssl_errors());
+  SSL_CTX* c = ctx.get();
+  SSL_CTX_set_min_proto_version(c,
+                                o.tls_min_version == "TLSv1.3" ? TLS1_3_VERSION : TLS1_2_VERSION);
+  SSL_CTX_set_options(c, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+  if (o.tls_verify) {
+    bool loaded = o.tls_ca_file.empty()
+                      ? SSL_CTX_set_default_verify_paths(c) == 1
+                      : SSL_CTX_load_verify_locations(c, o.tls_ca_file.c_str(), nullptr) == 1;
+    if (!loaded)
+      throw ClientIOError("cannot load the CAs " +
+                          (o.tls_ca_file.empty() ? "of the system" : o.tls_ca_file) + ": " +
+                          openssl_errors());
+  }
+  return ctx;
+}
+
+// handshake_failure - why SSL_connect failed, in words: the certificate check first.
+std::string handshake_failure(SSL* ssl, bool verify) {
+  long verified = SSL_get_verify_result(ssl);
+  if (verify && verified != X509_V_OK)
+    return std::string("certificate verification failed: ") +
+           X509_verify_cert_error_string(verified);
+  if (ERR_peek_error() == 0) return "the server closed the connection";
+  return openssl_errors();
+}
+
+// client_handshake - the client side of a TLS handshake on `fd` within `timeout`: SNI with
+// `name` (not for an IP literal, RFC 6066 §3), and with `verify` the chain and the name
+// checked (RFC 6125: a DNS name against the DNS SANs, an IP literal against the IP SANs).
+std::unique_ptr<Transport> client_handshake(int fd, const TlsContext& context,
+                                            const std::string& name, bool verify,
+                                            std::chrono::milliseconds timeout) {
+  ERR_clear_error();
+  SSL* ssl = SSL_new(context.get());
+  if (ssl == nullptr) throw ClientIOError("cannot start TLS: " + openssl_errors());
+  auto conn = std::make_unique<TlsConn>(fd, ssl); // frees ssl on every path out
+  bool ip = is_ip_literal(name);
+  if (SSL_set_fd(ssl, fd) != 1 ||
+      (!ip && !name.empty() && SSL_set_tlsext_host_name(ssl, name.c_str()) != 1))
+    throw ClientIOError("cannot start TLS: " + openssl_errors());
+  if (verify) {
+    if (name.empty())
+      throw std::invalid_argument("smtpd: Client: verifying TLS needs a server name: set "
+                                  "tls_server_name (or turn tls_verify off)");
+    bool named = ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name.c_str()) == 1
+                    : SSL_set1_host(ssl, name.c_str()) == 1;
+    if (!named) throw ClientIOError("cannot check the TLS name \"" + name + "\"");
+    SSL_set_verify(ssl, SSL_VERIFY_PEER, nullptr);
+  }
+  SigpipeGuard guard(true);
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    ERR_clear_error();
+    int rc = SSL_connect(ssl);
+    if (rc == 1) return conn;
+    int code = SSL_get_error(ssl, rc);
+    if (code != SSL_ERROR_WANT_READ && code != SSL_ERROR_WANT_WRITE)
+      throw ClientIOError("TLS handshake with " + (name.empty() ? "the server" : name) +
+                          " failed: " + handshake_failure(ssl, verify));
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    short events = code == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
+    if (left.count() <= 0 || wait_for(fd, events, left, -1) != ReadResult::data)
+      throw ClientIOError("TLS handshake timed out", true);
+  }
+}
+
+#else // SMTPD_NO_TLS: TLS asked of the client fails at run time, as the server's options do.
+
+TlsContext make_client_tls_context(const ClientOptions&) {
+  throw ClientIOError("smtpd: built with SMTPD_NO_TLS: the client cannot use TLS");
+}
+
+std::unique_ptr<Transport> client_handshake(int, const TlsContext&, const std::string&, bool,
+                                            std::chrono::milliseconds) {
+  throw ClientIOError("smtpd: built with SMTPD_NO_TLS: the client cannot use TLS");
+}
+
+#endif // SMTPD_NO_TLS
+
+// check_client_options - what can never work is refused at construction: a timeout of zero or
+// less, no chunk size, an unknown minimum TLS version.
+void check_client_options(const ClientOptions& o) {
+  for (auto t : {o.connect_timeout, o.greeting_timeout, o.command_timeout, o.mail_timeout,
+                 o.rcpt_timeout, o.data_timeout, o.block_timeout, o.final_timeout})
+    if (t.count() <= 0) throw std::invalid_argument("smtpd: Client: timeouts must be positive");
+  if (o.bdat_chunk_bytes == 0)
+    throw std::invalid_argument("smtpd: Client: bdat_chunk_bytes must be positive");
+  if (o.tls_min_version != "TLSv1.2" && o.tls_min_version != "TLSv1.3")
+    throw std::invalid_argument("smtpd: Client: tls_min_version must be TLSv1.2 or TLSv1.3");
+  if (has_line_break(o.helo_name) || o.helo_name.find(' ') != std::string::npos)
+    throw std::invalid_argument("smtpd: Client: helo_name must be one word");
+}
+
+// DataReplies - what the data phase produced: the replies, and whether the DATA or BDAT
+// command itself was refused (one reply then, not one per recipient).
+struct DataReplies {
+  std::vector<Reply> replies;
+  bool command_refused = false;
+};
+
+} // namespace
+
+// ---- the connection ---------------------------------------------------------------------------
+
+struct Client::Impl {
+  using ms = std::chrono::milliseconds;
+
+  ClientOptions options;
+  std::string host; // from addr: the TLS name unless tls_server_name says otherwise
+  int fd = -1;
+  std::unique_ptr<Transport> conn;
+  TlsContext tls_context;
+  bool tls = false;
+  std::string received; // bytes read and not yet taken by a reply
+  ReplyParser parser;
+  Reply greeting;
+  std::map<std::string, std::string> extensions; // EHLO keyword (upper case) -> parameters
+  std::size_t accepted = 0;  // recipients accepted since MAIL: LMTP's replies after the data
+  bool binarymime = false;   // the transaction's MAIL said BODY=BINARYMIME
+  std::string data_verb = "DATA";
+
+  ~Impl() { close(); }
+
+  // close - end the connection (a TLS close_notify first); no QUIT.
+  void close() {
+    if (conn && tls) {
+      SigpipeGuard guard(true);
+      conn->close_gracefully();
+    }
+    conn.reset();
+    if (fd >= 0) ::close(fd);
+    fd = -1;
+  }
+
+  // connect - "unix:/path", or host:port / [v6]:port through split_host_port (section 8).
+  void connect(const std::string& addr) {
+    if (addr.rfind("unix:", 0) == 0) {
+      fd = connect_unix(addr.substr(5));
+    } else {
+      std::string port;
+      split_host_port(addr, host, port);
+      fd = connect_tcp(host, port, options.connect_timeout);
+    }
+    conn = std::make_unique<PlainConn>(fd);
+  }
+
+  // start_tls - the handshake over the connected socket; the plain transport is dropped.
+  void start_tls() {
+    if (!tls_context) tls_context = make_client_tls_context(options);
+    std::string name = options.tls_server_name.empty() ? host : options.tls_server_name;
+    conn = client_handshake(fd, tls_context, name, options.tls_verify, options.command_timeout);
+    tls = true;
+  }
+
+  // fail - the connection is of no more use: close it and throw.
+  [[noreturn]] void fail(const std::string& what, bool timed_out = false) {
+    close();
+    throw ClientIOError(what, timed_out);
+  }
+
+  // write - send every byte; each wait for the server to take more is bounded by `timeout`.
+  void write(std::string_view bytes, ms timeout, const std::string& what) {
+    if (!conn) throw ClientIOError(what + ": the connection is closed");
+    bool sent;
+    {
+      SigpipeGuard guard(tls);
+      sent = conn->write_all(bytes, timeout);
+    }
+    if (!sent) fail(what + ": cannot send: the server closed the connection or stopped reading");
+  }
+
+  // read_reply - one whole reply within `timeout` from now: one deadline for the reply, not
+  // for each read, so a server that drips a byte at a time still times out.
+  Reply read_reply(const std::string& what, ms timeout) {
+    if (!conn) throw ClientIOError(what + ": the connection is closed");
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    parser.reset();
+    for (;;) {
+      ReplyParse parsed = parser.parse(received);
+      if (parsed.status == ReplyParse::Status::complete) {
+        received.erase(0, parsed.length);
+        return parsed.reply;
+      }
+      if (parsed.status == ReplyParse::Status::invalid)
+        fail(what + ": malformed reply: " + parsed.error);
+      auto left =
+          std::chrono::duration_cast<ms>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0)
+        fail(what + ": no complete reply within " + std::to_string(timeout.count()) + " ms",
+             true);
+      char buf[16384];
+      std::size_t got = 0;
+      ReadResult result;
+      {
+        SigpipeGuard guard(tls);
+        result = conn->read_some(buf, sizeof buf, got, left, -1);
+      }
+      if (result == ReadResult::data) {
+        received.append(buf, got);
+      } else if (result == ReadResult::closed) {
+        fail(what + ": the server closed the connection");
+      } else if (result != ReadResult::timeout) {
+        fail(what + ": the connection failed: " + std::string(std::strerror(errno)));
+      }
+    }
+  }
+
+  // transact - one command line and its reply.
+  Reply transact(const std::string& what, const std::string& line, ms timeout) {
+    write(line + "\r\n", timeout, what);
+    return read_reply(what, timeout);
+  }
+
+  // check - a refusal becomes a ClientError; after a 421 the server closes the channel (RFC
+  // 5321 §3.8), so do we.
+  const Reply& check(const std::string& what, const Reply& reply) {
+    if (reply.code == 421) close();
+    if (reply.code >= 400) throw ClientError(what, reply);
+    return reply;
+  }
+
+  bool has(std::string_view keyword) const { return extensions.count(upper(keyword)) > 0; }
+
+  // parse_extensions - the EHLO/LHLO reply's lines after the first, each a keyword and its
+  // parameters (RFC 5321 §4.1.1.1: ehlo-line = ehlo-keyword *( SP ehlo-param )).
+  void parse_extensions(const Reply& reply) {
+    extensions.clear();
+    std::string_view text = reply.text;
+    std::size_t nl = text.find('\n');
+    while (nl != std::string_view::npos) {
+      text.remove_prefix(nl + 1);
+      nl = text.find('\n');
+      std::string_view line = trim_trailing_spaces(text.substr(0, nl));
+      std::size_t space = line.find(' ');
+      std::string keyword = upper(line.substr(0, space));
+      std::string_view params = space == std::string_view::npos ? "" : line.substr(space + 1);
+      if (!keyword.empty()) extensions.emplace(keyword, std::string(skip_spaces(params)));
+    }
+  }
+
+  // size_limit - SIZE's parameter (RFC 1870 §4): the largest message, 0 when not given.
+  uint64_t size_limit() const {
+    auto found = extensions.find("SIZE");
+    uint64_t limit = 0;
+    if (found == extensions.end() || !parse_size(found->second, limit)) return 0;
+    return limit;
+  }
+
+  // mail_line - MAIL FROM with the parameters asked for, each only when its extension was
+  // advertised; otherwise a local ClientError before anything is sent.
+  std::string mail_line(const std::string& from, const MailOptions& o) {
+    std::string line = "MAIL FROM:<" + checked_path(from, true) + ">";
+    auto need = [&](const char* keyword, int code, const char* enhanced, const std::string& what) {
+      if (!has(keyword)) throw not_offered("MAIL", code, enhanced, what);
+    };
+    if (o.size > 0 && has("SIZE")) { // RFC 1870 §6: a size over the limit is not sent at all
+      uint64_t limit = size_limit();
+      if (limit > 0 && o.size > limit)
+        throw not_offered("MAIL", 552, "5.3.4",
+                          "message size " + std::to_string(o.size) +
+                              " exceeds the server's limit of " + std::to_string(limit));
+      line += " SIZE=" + std::to_string(o.size);
+    }
+    if (o.body_8bit && o.binarymime)
+      throw std::invalid_argument("smtpd: Client: BODY is 8BITMIME or BINARYMIME, not both");
+    if (o.binarymime) { // RFC 3030 §3: BINARYMIME needs CHUNKING too
+      need("BINARYMIME", 554, "5.6.3", "BODY=BINARYMIME: BINARYMIME is not offered");
+      need("CHUNKING", 554, "5.6.3", "BODY=BINARYMIME: CHUNKING is not offered");
+      line += " BODY=BINARYMIME";
+    } else if (o.body_8bit) { // RFC 6152 §3
+      need("8BITMIME", 554, "5.6.3", "BODY=8BITMIME: 8BITMIME is not offered");
+      line += " BODY=8BITMIME";
+    }
+    if (o.smtputf8) { // RFC 6531 §3.4
+      need("SMTPUTF8", 553, "5.6.7", "SMTPUTF8 is not offered");
+      line += " SMTPUTF8";
+    }
+    if (!o.ret.empty()) { // RFC 3461 §4.3
+      std::string ret = upper(o.ret);
+      if (ret != "FULL" && ret != "HDRS")
+        throw std::invalid_argument("smtpd: Client: RET must be FULL or HDRS");
+      need("DSN", 555, "5.5.4", "RET: DSN is not offered");
+      line += " RET=" + ret;
+    }
+    if (!o.envid.empty()) { // RFC 3461 §4.4: xtext, at most 100 characters
+      std::string envid = encode_xtext(o.envid);
+      if (envid.size() > 100)
+        throw std::invalid_argument("smtpd: Client: ENVID is longer than 100 characters");
+      need("DSN", 555, "5.5.4", "ENVID: DSN is not offered");
+      line += " ENVID=" + envid;
+    }
+    if (o.requiretls) { // RFC 8689 §4.1: only over TLS, to a server that offers it
+      if (!tls || !has("REQUIRETLS"))
+        throw not_offered("MAIL", 550, "5.7.30", "REQUIRETLS is not offered over this session");
+      line += " REQUIRETLS";
+    }
+    if (!o.auth.empty()) { // RFC 4954 §5
+      need("AUTH", 555, "5.5.4", "AUTH=: AUTH is not offered");
+      line += " AUTH=" + (o.auth == "<>" ? o.auth : encode_xtext(o.auth));
+    }
+    return line;
+  }
+
+  // rcpt_line - RCPT TO with NOTIFY and ORCPT (RFC 3461 §4.1, §4.2) when DSN was advertised.
+  std::string rcpt_line(const std::string& to, const RcptOptions& o) {
+    std::string line = "RCPT TO:<" + checked_path(to, false) + ">";
+    bool dsn_asked = !o.notify.empty() || !o.orcpt.empty();
+    if (dsn_asked && !has("DSN")) throw not_offered("RCPT", 555, "5.5.4", "DSN is not offered");
+    if (!o.notify.empty()) {
+      std::string words;
+      for (const std::string& word : o.notify)
+        words += (words.empty() ? "" : ",") + upper(word);
+      std::vector<std::string> parsed;
+      if (!parse_notify(words, parsed))
+        throw std::invalid_argument("smtpd: Client: NOTIFY must be NEVER, or some of SUCCESS, "
+                                    "FAILURE, DELAY");
+      line += " NOTIFY=" + words;
+    }
+    if (!o.orcpt.empty()) {
+      std::string value = (o.orcpt_type.empty() ? "rfc822" : o.orcpt_type) + ";" +
+                          encode_xtext(o.orcpt);
+      std::string type, address;
+      if (!parse_orcpt(value, type, address))
+        throw std::invalid_argument("smtpd: Client: bad ORCPT (type or length)");
+      line += " ORCPT=" + value;
+    }
+    return line;
+  }
+
+  bool use_bdat() const {
+    return binarymime || (options.prefer_chunking && has("CHUNKING"));
+  }
+
+  // read_replies - `count` replies, each within `timeout`.
+  std::vector<Reply> read_replies(const std::string& what, std::size_t count, ms timeout) {
+    std::vector<Reply> replies;
+    for (std::size_t i = 0; i < count; ++i)
+      replies.push_back(read_reply(what, timeout));
+    return replies;
+  }
+
+  // final_replies - after the end of the data: one reply in SMTP, one per accepted recipient
+  // in LMTP (RFC 2033 §4.2).
+  std::vector<Reply> final_replies() {
+    std::size_t count = options.lmtp ? std::max<std::size_t>(accepted, 1) : 1;
+    std::vector<Reply> replies = read_replies(data_verb, count, options.final_timeout);
+    accepted = 0;
+    return replies;
+  }
+
+  // send_dot_content - the message dot-stuffed, CRLF throughout, then ".\r\n" (after a 354).
+  void send_dot_content(std::string_view message) {
+    write(crlf_content(message, true), options.block_timeout, "DATA");
+  }
+
+  // bdat - the message in chunks of bdat_chunk_bytes, the last one "BDAT n LAST" (RFC 3030
+  // §2), each waiting for its 250; BINARYMIME content goes as it is, other content with CRLF
+  // line ends. A refused chunk fails the transaction: its reply is the only one.
+  DataReplies bdat(std::string_view message) {
+    data_verb = "BDAT";
+    std::string converted;
+    if (!binarymime) message = converted = crlf_content(message, false);
+    std::size_t pos = 0;
+    for (;;) {
+      std::size_t n = std::min(options.bdat_chunk_bytes, message.size() - pos);
+      bool last = pos + n == message.size();
+      write("BDAT " + std::to_string(n) + (last ? " LAST" : "") + "\r\n", options.block_timeout,
+            "BDAT");
+      write(message.substr(pos, n), options.block_timeout, "BDAT");
+      pos += n;
+      if (last) break;
+      Reply r = read_reply("BDAT", options.data_timeout);
+      if (r.code / 100 != 2) return {{r}, true};
+    }
+    std::vector<Reply> replies = final_replies();
+    bool refused = !options.lmtp && replies[0].code / 100 != 2;
+    return {replies, refused};
+  }
+
+  // transfer - the data phase by DATA (RFC 5321 §4.1.1.4) or BDAT, with its replies.
+  DataReplies transfer(std::string_view message) {
+    if (use_bdat()) return bdat(message);
+    data_verb = "DATA";
+    Reply go = transact("DATA", "DATA", options.data_timeout);
+    if (go.code != 354) return {{go}, true};
+    send_dot_content(message);
+    return {final_replies(), false};
+  }
+
+  // reset_quietly - RSET after a transaction that went nowhere, whatever the server answers.
+  void reset_quietly() {
+    transact("RSET", "RSET", options.command_timeout);
+    accepted = 0;
+  }
+
+  // send - the whole transaction. With PIPELINING (RFC 2920 §3.1) MAIL, every RCPT and, for
+  // DATA, the DATA command go in one write and the replies are read in order; the content only
+  // after the 354. `all_or_nothing` (SendMail): the data only when every recipient was taken,
+  // so DATA waits for the RCPT replies.
+  SendResult send(const std::string& from, const std::vector<std::string>& to,
+                  std::string_view message, const MailOptions& mail,
+                  const std::vector<RcptOptions>& rcpt, bool all_or_nothing) {
+    if (rcpt.size() > to.size())
+      throw std::invalid_argument("smtpd: Client: more RcptOptions than recipients");
+    SendResult result;
+    std::vector<std::string> lines;
+    try { // every local check first: nothing is sent when one fails
+      lines.push_back(mail_line(from, mail));
+      for (std::size_t i = 0; i < to.size(); ++i)
+        lines.push_back(rcpt_line(to[i], i < rcpt.size() ? rcpt[i] : RcptOptions()));
+    } catch (const ClientError& refused) {
+      result.mail = refused.reply();
+      return result;
+    }
+    binarymime = mail.binarymime;
+    accepted = 0;
+    bool pipelined = has("PIPELINING");
+    bool data_in_burst = pipelined && !use_bdat() && !all_or_nothing && !to.empty();
+    if (pipelined) {
+      std::string burst;
+      for (const std::string& line : lines)
+        burst += line + "\r\n";
+      if (data_in_burst) burst += "DATA\r\n";
+      write(burst, options.mail_timeout, "MAIL");
+    }
+    auto next = [&](std::size_t i, const std::string& what, ms timeout) {
+      if (!pipelined) write(lines[i] + "\r\n", timeout, what);
+      return read_reply(what, timeout);
+    };
+    result.mail = next(0, "MAIL", options.mail_timeout);
+    bool mail_taken = result.mail.code / 100 == 2;
+    if (result.mail.code == 421) return closed(result);
+    if (!mail_taken && !pipelined) return result;
+    for (std::size_t i = 0; i < to.size(); ++i) {
+      Reply r = next(i + 1, "RCPT", options.rcpt_timeout);
+      if (r.code == 421) return closed(result);
+      if (mail_taken) result.rcpt.push_back(r);
+      accepted += mail_taken && r.code / 100 == 2;
+    }
+    bool go = accepted > 0 && (!all_or_nothing || accepted == to.size());
+    if (data_in_burst) return pipelined_data(result, message, mail_taken && go);
+    if (!mail_taken) return result;
+    if (!go) {
+      reset_quietly();
+      return result;
+    }
+    result.data = transfer(message).replies;
+    return result;
+  }
+
+  // pipelined_data - the reply to the DATA sent in the burst. Without a recipient a 354 is
+  // answered with the end of data alone (RFC 2920 §3.1), and that reply is not the message's.
+  SendResult& pipelined_data(SendResult& result, std::string_view message, bool go) {
+    data_verb = "DATA";
+    Reply reply = read_reply("DATA", options.data_timeout);
+    if (reply.code == 421) {
+      if (go) result.data = {reply};
+      return closed(result);
+    }
+    if (!go) {
+      if (reply.code == 354) {
+        write(".\r\n", options.block_timeout, "DATA");
+        read_reply("DATA", options.final_timeout);
+      }
+      if (result.mail.code / 100 == 2) reset_quietly();
+      return result;
+    }
+    if (reply.code != 354) {
+      result.data = {reply};
+      reset_quietly();
+      return result;
+    }
+    send_dot_content(message);
+    result.data = final_replies();
+    return result;
+  }
+
+  // closed - a 421 ends the session (RFC 5321 §3.8): no more replies will come.
+  SendResult& closed(SendResult& result) {
+    close();
+    return result;
+  }
+};
+
+// ---- the public calls --------------------------------------------------------------------------
+
+Client::Client(const std::string& addr, ClientOptions options) : impl_(std::make_unique<Impl>()) {
+  Impl& s = *impl_;
+  check_client_options(options);
+  s.options = std::move(options);
+  s.connect(addr);
+  if (s.options.implicit_tls) s.start_tls(); // RFC 8314 §3.3: the greeting comes inside TLS
+  s.greeting = s.read_reply("greeting", s.options.greeting_timeout);
+  if (s.greeting.code != 220) {
+    // RFC 5321 §3.1: after a 554 greeting the client should QUIT. No reply is awaited.
+    if (s.greeting.code != 421) {
+      try {
+        s.write("QUIT\r\n", s.options.command_timeout, "QUIT");
+      } catch (const ClientIOError&) {
+      }
+    }
+    s.close();
+    throw ClientError("greeting", s.greeting);
+  }
+}
+
+Client::~Client() = default;
+
+const Reply& Client::greeting() const {
+  return impl_->greeting;
+}
+
+Reply Client::hello() {
+  Impl& s = *impl_;
+  std::string name = s.options.helo_name.empty() ? system_hostname() : s.options.helo_name;
+  s.extensions.clear();
+  if (s.options.lmtp) { // RFC 2033 §4.1: LHLO, never EHLO or HELO
+    Reply reply = s.check("LHLO", s.transact("LHLO", "LHLO " + name, s.options.command_timeout));
+    s.parse_extensions(reply);
+    return reply;
+  }
+  Reply reply = s.transact("EHLO", "EHLO " + name, s.options.command_timeout);
+  if (reply.code >= 500) // RFC 5321 §3.2: a server that does not know EHLO gets HELO
+    return s.check("HELO", s.transact("HELO", "HELO " + name, s.options.command_timeout));
+  s.check("EHLO", reply);
+  s.parse_extensions(reply);
+  return reply;
+}
+
+Reply Client::starttls() {
+  Impl& s = *impl_;
+  if (s.tls) throw not_offered("STARTTLS", 503, "5.5.1", "TLS is already active");
+  if (!s.has("STARTTLS"))
+    throw not_offered("STARTTLS", 530, "5.7.10", "STARTTLS is not offered by the server");
+  s.check("STARTTLS", s.transact("STARTTLS", "STARTTLS", s.options.command_timeout));
+  // RFC 3207 §4.2: nothing the server said before the handshake counts (a man in the middle
+  // could have added it), and everything learnt from it is forgotten: EHLO again.
+  s.received.clear();
+  s.start_tls();
+  return hello();
+}
+
+Reply Client::auth(const std::string& username, const std::string& password,
+                   const std::string& mechanism) {
+  Impl& s = *impl_;
+  std::optional<std::string> offered = extension("AUTH");
+  if (!offered) throw not_offered("AUTH", 503, "5.5.1", "AUTH is not offered by the server");
+  std::string words = " " + upper(*offered) + " ";
+  auto is_offered = [&](const std::string& m) { return words.find(" " + m + " ") != words.npos; };
+  std::string chosen = upper(mechanism);
+  for (const char* best : {"CRAM-MD5", "PLAIN", "LOGIN"}) // the password stays off the wire
+    if (chosen.empty() && is_offered(best)) chosen = best;
+  bool known = chosen == "CRAM-MD5" || chosen == "PLAIN" || chosen == "LOGIN";
+  if (!known || !is_offered(chosen))
+    throw not_offered("AUTH", 504, "5.5.4",
+                      "AUTH " + (chosen.empty() ? std::string("(none we know)") : chosen) +
+                          " is not offered by the server");
+  auto timeout = s.options.command_timeout;
+  // respond - answer a 334 challenge (RFC 4954 §4); any other reply ends the exchange.
+  auto respond = [&](const Reply& challenge, const std::string& response) {
+    if (challenge.code != 334) return challenge;
+    return s.transact("AUTH", base64_encode(response), timeout);
+  };
+  Reply reply;
+  if (chosen == "PLAIN") { // RFC 4616 §2: authzid NUL authcid NUL passwd, as initial response
+    if (username.find('\0') != std::string::npos || password.find('\0') != std::string::npos)
+      throw std::invalid_argument("smtpd: Client: AUTH PLAIN cannot carry a NUL");
+    std::string message = std::string(1, '\0') + username + '\0' + password;
+    reply = s.transact("AUTH", "AUTH PLAIN " + base64_encode(message), timeout);
+  } else if (chosen == "LOGIN") { // the user name, then the password, each asked for
+    reply = s.transact("AUTH", "AUTH LOGIN", timeout);
+    reply = respond(reply, username);
+    reply = respond(reply, password);
+  } else { // RFC 2195 §2: user SP hex(HMAC-MD5(password, challenge))
+    reply = s.transact("AUTH", "AUTH CRAM-MD5", timeout);
+    if (reply.code == 334) {
+      std::optional<std::string> challenge = base64_decode(reply.text);
+      if (!challenge) {
+        s.transact("AUTH", "*", timeout); // RFC 4954 §4: "*" cancels the exchange
+        throw ClientIOError("AUTH: the CRAM-MD5 challenge is not base64");
+      }
+      reply = respond(reply, username + " " + hmac_md5_hex(password, *challenge));
+    }
+  }
+  if (reply.code == 334) {
+    s.transact("AUTH", "*", timeout);
+    throw ClientIOError("AUTH: the server asked for more than " + chosen + " has to say");
+  }
+  return s.check("AUTH", reply);
+}
+
+bool Client::tls() const {
+  return impl_->tls;
+}
+
+bool Client::has_extension(std::string_view keyword) const {
+  return impl_->has(keyword);
+}
+
+std::optional<std::string> Client::extension(std::string_view keyword) const {
+  auto found = impl_->extensions.find(upper(keyword));
+  if (found == impl_->extensions.end()) return std::nullopt;
+  return found->second;
+}
+
+Reply Client::mail(const std::string& from, const MailOptions& options) {
+  Impl& s = *impl_;
+  std::string line = s.mail_line(from, options);
+  s.accepted = 0;
+  s.binarymime = options.binarymime;
+  return s.check("MAIL", s.transact("MAIL", line, s.options.mail_timeout));
+}
+
+Reply Client::rcpt(const std::string& to, const RcptOptions& options) {
+  Impl& s = *impl_;
+  Reply reply = s.transact("RCPT", s.rcpt_line(to, options), s.options.rcpt_timeout);
+  s.accepted += reply.code / 100 == 2;
+  return s.check("RCPT", reply);
+}
+
+Reply Client::data(std::string_view message) {
+  Impl& s = *impl_;
+  if (s.options.lmtp)
+    throw std::logic_error("smtpd: Client::data in LMTP mode: use lmtp_data (a reply each)");
+  DataReplies result = s.transfer(message);
+  return s.check(s.data_verb, result.replies.at(0));
+}
+
+std::vector<Reply> Client::lmtp_data(std::string_view message) {
+  Impl& s = *impl_;
+  if (!s.options.lmtp) throw std::logic_error("smtpd: Client::lmtp_data needs ClientOptions::lmtp");
+  DataReplies result = s.transfer(message);
+  if (result.command_refused) s.check(s.data_verb, result.replies.at(0));
+  return result.replies;
+}
+
+SendResult Client::send(const std::string& from, const std::vector<std::string>& to,
+                        std::string_view message, const MailOptions& mail,
+                        const std::vector<RcptOptions>& rcpt) {
+  return impl_->send(from, to, message, mail, rcpt, false);
+}
+
+Reply Client::verify(const std::string& address) {
+  Impl& s = *impl_;
+  if (has_line_break(address))
+    throw std::invalid_argument("smtpd: Client: VRFY argument with a line break");
+  return s.check("VRFY", s.transact("VRFY", "VRFY " + address, s.options.command_timeout));
+}
+
+Reply Client::noop() {
+  return impl_->check("NOOP", impl_->transact("NOOP", "NOOP", impl_->options.command_timeout));
+}
+
+Reply Client::reset() {
+  Impl& s = *impl_;
+  s.accepted = 0;
+  return s.check("RSET", s.transact("RSET", "RSET", s.options.command_timeout));
+}
+
+Reply Client::quit() {
+  Impl& s = *impl_;
+  Reply reply = s.transact("QUIT", "QUIT", s.options.command_timeout);
+  s.close();
+  return s.check("QUIT", reply);
+}
+
+SendResult Client::send_all_or_nothing(const std::string& from, const std::vector<std::string>& to,
+                                       std::string_view message, const MailOptions& mail) {
+  return impl_->send(from, to, message, mail, {}, true);
+}
+
+// SendMail - the one call: each step's refusal is thrown, and the QUIT that ends a session is
+// sent whatever happened (quietly: after a delivered message its failure changes nothing).
+Reply SendMail(const std::string& addr, const std::string& from,
+               const std::vector<std::string>& to, std::string_view message,
+               const ClientOptions& options) {
+  Client client(addr, options);
+  auto quit_quietly = [&] {
+    try {
+      client.quit();
+    } catch (const std::exception&) {
+    }
+  };
+  SendResult result;
+  try {
+    client.hello();
+    bool offered = client.has_extension("STARTTLS");
+    if (options.require_tls || (options.starttls && offered)) client.starttls();
+    if (!options.username.empty())
+      client.auth(options.username, options.password, options.auth_mechanism);
+    MailOptions mail = options.mail;
+    if (mail.size == 0)
+      mail.size = mail.binarymime ? message.size() : crlf_content(message, false).size();
+    result = client.send_all_or_nothing(from, to, message, mail);
+  } catch (const ClientError&) {
+    quit_quietly();
+    throw;
+  }
+  auto refused = [&](const char* what, const Reply& reply) {
+    if (reply.code / 100 == 2) return;
+    quit_quietly();
+    throw ClientError(what, reply);
+  };
+  refused("MAIL", result.mail);
+  for (const Reply& reply : result.rcpt)
+    refused("RCPT", reply);
+  if (result.data.empty()) throw ClientIOError("the data was not sent");
+  for (const Reply& reply : result.data)
+    refused(client.impl_->data_verb.c_str(), reply);
+  quit_quietly();
+  return result.data.back();
 }
 
 } // namespace smtpd

@@ -22,8 +22,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -966,6 +968,194 @@ void ListenAndServe(const std::string& addr, Handler handler, const std::string&
 void ListenAndServeTLS(const std::string& addr, const std::string& cert_file,
                        const std::string& key_file, Handler handler, const std::string& appname,
                        const std::string& hostname);
+
+// ---------------------------------------------------------------------------------------------
+// 9. Client - an SMTP and LMTP client (go-smtp's Client and SendMail): blocking, one connection,
+// for programs that pass mail on (forward, relay, release a caught message). It speaks what the
+// server side implements (PIPELINING, STARTTLS, AUTH, SIZE, 8BITMIME, SMTPUTF8, DSN, CHUNKING,
+// BINARYMIME, REQUIRETLS, LMTP) and never sends a bare CR or LF: message line ends are made
+// CRLF, so it cannot carry a smuggled message (except BINARYMIME content, which is octets).
+//
+//     smtpd::SendMail("mx.example.org:25", "me@example.org", {"you@example.net"}, message);
+//
+// Errors: ClientError when the server refused (it carries the Reply), ClientIOError when the
+// connection failed or a reply was malformed or late, std::invalid_argument for arguments that
+// can never be sent (a CR or LF in an address, an unparsable address, a bad option).
+// ---------------------------------------------------------------------------------------------
+
+// ClientError - the server refused: carries its Reply. what(): "MAIL: 550 5.1.0 text". A
+// request the server cannot honour because it did not advertise the extension is refused the
+// same way before anything is sent, with a Reply made locally (its text says "not sent").
+class ClientError : public std::runtime_error {
+public:
+  ClientError(std::string command, Reply reply);
+  const Reply& reply() const { return reply_; }
+  const std::string& command() const { return command_; } // "MAIL", "RCPT", "greeting", ...
+
+private:
+  std::string command_;
+  Reply reply_;
+};
+
+// ClientIOError - the connection failed: resolve/connect, TLS handshake or certificate, a
+// malformed, over-long or endless reply, the server closed, or a timeout (timed_out()). Also
+// TLS asked of a library built with SMTPD_NO_TLS.
+class ClientIOError : public std::runtime_error {
+public:
+  ClientIOError(const std::string& what, bool timed_out = false);
+  bool timed_out() const { return timed_out_; }
+
+private:
+  bool timed_out_;
+};
+
+// ClientOptions - how a Client connects and what SendMail does. Timeouts default to RFC 5321
+// §4.5.3.2's; each is an overall deadline for one reply (a server that drips bytes still hits
+// it), or for one write of content (block_timeout).
+struct ClientOptions {
+  std::string helo_name;          // EHLO/LHLO argument; "" = the system host name
+  bool lmtp = false;              // LHLO, and one reply per recipient after the data (RFC 2033)
+  bool implicit_tls = false;      // TLS from the first byte (RFC 8314, port 465)
+  bool starttls = true;           // SendMail: STARTTLS when the server offers it
+  bool require_tls = false;       // SendMail: a server without STARTTLS is an error (530)
+  bool tls_verify = true;         // verify the certificate chain and the host name
+  std::string tls_ca_file;        // PEM CAs; "" = the system store
+  std::string tls_server_name;    // SNI and the name checked; "" = the host from addr
+  std::string tls_min_version = "TLSv1.2"; // or "TLSv1.3"
+  std::string username, password; // SendMail: AUTH when username is not ""
+  std::string auth_mechanism;     // "" = the best offered: CRAM-MD5, then PLAIN, then LOGIN
+  MailOptions mail;               // SendMail: MAIL parameters (SIZE is filled in)
+  bool prefer_chunking = false;   // BDAT (RFC 3030) whenever CHUNKING is offered; without it
+                                  // BDAT is used only for BODY=BINARYMIME, which needs it
+  std::size_t bdat_chunk_bytes = 1024 * 1024; // the largest BDAT chunk
+  // RFC 5321 §4.5.3.2 defaults
+  std::chrono::milliseconds connect_timeout = std::chrono::seconds(30); // each address tried
+  std::chrono::milliseconds greeting_timeout = std::chrono::minutes(5);
+  std::chrono::milliseconds command_timeout = std::chrono::minutes(5); // EHLO, AUTH, RSET, ...
+  std::chrono::milliseconds mail_timeout = std::chrono::minutes(5);
+  std::chrono::milliseconds rcpt_timeout = std::chrono::minutes(5);
+  std::chrono::milliseconds data_timeout = std::chrono::minutes(2);  // DATA's 354, BDAT's 250
+  std::chrono::milliseconds block_timeout = std::chrono::minutes(3); // each write of content
+  std::chrono::milliseconds final_timeout = std::chrono::minutes(10); // after the final dot
+};
+
+// SendResult - one transaction's replies.
+struct SendResult {
+  Reply mail;              // MAIL's reply, or a local refusal (an extension the server lacks)
+  std::vector<Reply> rcpt; // one per recipient given, in order (empty when MAIL failed)
+  std::vector<Reply> data; // SMTP: the reply to DATA when refused, else the final reply; empty
+                           // when the data was never sent (MAIL refused, no recipient taken);
+                           // LMTP: one per accepted recipient, in RCPT order
+
+  // accepted - recipient i was accepted at RCPT and its data reply is positive.
+  bool accepted(std::size_t i) const;
+};
+
+// ReplyParse - what a ReplyParser found at the start of the bytes read.
+struct ReplyParse {
+  enum class Status {
+    complete,  // a whole reply of `length` octets; what follows belongs to the next reply
+    need_more, // every line so far is well-formed and the last one has not come: read more
+    invalid,   // not a reply, or one beyond the bounds (`error` says why)
+  };
+  Status status = Status::need_more;
+  Reply reply;            // complete: the code, the enhanced code (RFC 3463) when the text
+                          // starts with one of the code's class, the lines' text joined by '\n'
+  std::size_t length = 0; // complete: the octets the reply takes
+  std::string error;      // invalid: why
+};
+
+// The bounds on what a server may send as one reply: RFC 5321 §4.5.3.1.5 allows 512 octets
+// per reply line; we take up to 4096 (long EHLO lines exist) and 1000 lines.
+constexpr std::size_t max_client_reply_line_bytes = 4096;
+constexpr std::size_t max_client_reply_lines = 1000;
+
+// ReplyParser - reads one SMTP reply (RFC 5321 §4.2): "DDD-text" lines, then "DDD text" (or
+// "DDD"), each ending in CRLF (a bare LF is tolerated). Every line must carry the same code, of
+// 2xx to 5xx. Resumable: parse() is given all the bytes read since the reply began, each call
+// the same bytes plus more, and scans only what it has not seen; reset() before the next reply.
+// Pure otherwise: no socket, no clock.
+class ReplyParser {
+public:
+  ReplyParse parse(std::string_view bytes);
+  void reset() { *this = ReplyParser(); }
+
+private:
+  std::size_t scanned_ = 0; // the octets of whole lines already checked
+  std::size_t lines_ = 0;
+  Reply reply_;
+};
+
+// parse_reply - one reply at the start of `bytes` (a fresh ReplyParser's answer).
+ReplyParse parse_reply(std::string_view bytes);
+
+// Client - one connection to an SMTP or LMTP server. Not thread-safe. Methods other than
+// send() and lmtp_data() throw ClientError when the server refuses (4xx/5xx), ClientIOError
+// when the connection fails; after a ClientIOError or a 421 the connection is unusable.
+class Client {
+public:
+  // addr: "host:port", "[v6]:port" or "unix:/path". Connects (each resolved address in turn),
+  // runs the TLS handshake with implicit_tls, reads the greeting (a non-220 greeting throws
+  // ClientError "greeting" after a QUIT). Throws std::invalid_argument for a bad addr.
+  explicit Client(const std::string& addr, ClientOptions options = {});
+  ~Client(); // closes (no QUIT)
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  const Reply& greeting() const;
+  Reply hello(); // EHLO (HELO after a 5xx, RFC 5321 §3.2) or LHLO (RFC 2033 §4.1)
+  Reply starttls(); // STARTTLS, the handshake (verified unless tls_verify is off), EHLO again
+  // auth - AUTH (RFC 4954) with `mechanism` ("" = the best offered: CRAM-MD5, PLAIN, LOGIN).
+  // A mechanism the server did not offer: ClientError 504, nothing sent.
+  Reply auth(const std::string& username, const std::string& password,
+             const std::string& mechanism = "");
+  bool tls() const;
+  bool has_extension(std::string_view keyword) const; // after hello(); case-insensitive
+  // extension - the parameters of an EHLO keyword ("52428800" for SIZE, "" for PIPELINING);
+  // nullopt when not offered.
+  std::optional<std::string> extension(std::string_view keyword) const;
+  // mail - MAIL FROM (from "" is the null path <>). Sends SIZE when offered (and refuses a size
+  // above the server's limit: 552), BODY, SMTPUTF8, RET/ENVID, REQUIRETLS and AUTH= as set;
+  // one the server did not advertise is a ClientError before anything is sent. `params` is
+  // not sent.
+  Reply mail(const std::string& from, const MailOptions& options = {});
+  Reply rcpt(const std::string& to, const RcptOptions& options = {}); // NOTIFY, ORCPT (DSN)
+  // data - SMTP: DATA and the content dot-stuffed, or BDAT (BODY=BINARYMIME, or
+  // prefer_chunking with CHUNKING offered); the final reply. Line ends become CRLF.
+  Reply data(std::string_view message);
+  // lmtp_data - LMTP: the data, then one reply per recipient accepted since MAIL, in order
+  // (RFC 2033 §4.2); refusals are in the list, not thrown (a refused DATA is).
+  std::vector<Reply> lmtp_data(std::string_view message);
+  // send - MAIL, every RCPT, the data, pipelined when offered (RFC 2920: MAIL, the RCPTs and
+  // DATA in one write; the content after the 354). Refusals are in the result, not thrown,
+  // local ones too (SendResult::mail); only ClientIOError and std::invalid_argument are thrown.
+  // The data goes to the recipients accepted; none accepted: RSET, no data.
+  SendResult send(const std::string& from, const std::vector<std::string>& to,
+                  std::string_view message, const MailOptions& mail = {},
+                  const std::vector<RcptOptions>& rcpt = {});
+  Reply verify(const std::string& address); // VRFY (RFC 5321 §3.5.1)
+  Reply noop();
+  Reply reset(); // RSET
+  Reply quit();  // QUIT, then close
+
+private:
+  friend Reply SendMail(const std::string&, const std::string&, const std::vector<std::string>&,
+                        std::string_view, const ClientOptions&);
+  // send_all_or_nothing - send() for SendMail: the data only when every recipient was taken.
+  SendResult send_all_or_nothing(const std::string& from, const std::vector<std::string>& to,
+                                 std::string_view message, const MailOptions& mail);
+
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// SendMail - connect, EHLO, STARTTLS when offered (or required), AUTH when a username is set,
+// send, QUIT. Returns the final reply (LMTP: the last recipient's); throws ClientError at the
+// first refusal (MAIL, any RCPT: then no data is sent; the data) and ClientIOError when the
+// connection fails. `message` may have CRLF or LF line ends.
+Reply SendMail(const std::string& addr, const std::string& from,
+               const std::vector<std::string>& to, std::string_view message,
+               const ClientOptions& options = {});
 
 } // namespace smtpd
 

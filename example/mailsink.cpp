@@ -1,6 +1,6 @@
-// mailsink.cpp - a mail catcher for developers and scripts: an SMTP server that accepts every
-// message and prints a line about it, stores it (Maildir or mbox), hands it to a program, or
-// drops it, and never sends mail anywhere.
+// mailsink.cpp - a mail catcher for developers and scripts: an SMTP (or LMTP) server that
+// accepts every message and prints a line about it, stores it (Maildir or mbox), hands it to a
+// program, or drops it; with --relay it passes each message on to another server first.
 //
 //     build/mailsink --help
 //     build/mailsink --listen 127.0.0.1:0 --maildir /tmp/mail
@@ -21,6 +21,7 @@
 //   4. Mbox: appending to one mboxrd file under a lock, synced before the 250.
 //   5. Exec: running a program per message, with a time limit, never through a shell.
 //   6. Reports: header fields, the one-line summary and the JSON object of a message.
+//  6b. Relay: passing each message on upstream (--relay) before the client's reply.
 //   7. Sink: the hooks and the message handler: domains, fault injection, delivery, --count.
 //   8. Users: the AUTH accounts from --auth and --auth-file, and the password check.
 //   9. main: check the setup, listen, serve on a thread, stop on a signal, --count or
@@ -34,6 +35,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -52,6 +54,7 @@
 #include <string_view>
 #include <system_error>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -78,6 +81,7 @@ constexpr const char* default_listen = "127.0.0.1:2525";
 constexpr unsigned long long max_timeout_seconds = 24 * 60 * 60; // one day
 constexpr unsigned long long default_exec_timeout_seconds = 60;
 constexpr const char* default_fail_reply = "451 4.3.0 Try again later";
+constexpr unsigned long long default_relay_timeout_seconds = 60;
 constexpr std::size_t max_reply_text = 400; // --fail-reply text; a reply line has 512 octets
 
 // =============================================================================================
@@ -114,7 +118,10 @@ struct Config {
   unsigned long long count = 0;      // --count N; 0: no limit
   unsigned long long exit_after = 0; // --exit-after SECONDS; 0: no limit
 
-  std::vector<std::string> accept_domains; // --accept-domain, lower case; empty: every domain
+  std::vector<std::string> accept_domains;  // --accept-domain, lower case; empty: every domain
+  std::vector<std::string> fail_recipients; // --fail-recipient, lower case: refused after the
+                                            // data with fail_reply (per recipient in LMTP)
+  bool socket_mode_given = false;           // --socket-mode seen: it needs a unix: --listen
 
   // Fault injection: refuse `fail_stage` with `fail_reply` with probability `fail_rate`.
   std::optional<double> fail_rate;
@@ -123,6 +130,14 @@ struct Config {
   std::optional<unsigned long long> seed;
 
   bool limit_exempt_given = false; // --limit-exempt seen: it replaces the default list
+
+  // --relay: each accepted message is passed on to this server before the client's reply.
+  std::string relay;                    // --relay HOST:PORT or unix:PATH; "" = no relaying
+  bool relay_tls = false;               // --relay-tls: STARTTLS required, certificate verified
+  std::string relay_ca;                 // --relay-ca FILE: the CAs that verify it
+  std::string relay_auth_file;          // --relay-auth-file FILE: USER:PASSWORD for AUTH
+  bool relay_lmtp = false;              // --relay-lmtp: speak LMTP to it
+  unsigned long long relay_timeout = 0; // --relay-timeout SECONDS; 0: default_relay_timeout
 
   bool help = false;
 
@@ -236,6 +251,25 @@ Stage parse_stage(const std::string& text) {
   throw UsageError("needs mail, rcpt or data, not '" + text + "'");
 }
 
+// parse_socket_mode - --socket-mode: a file mode in octal, as chmod(1) takes it ("0660",
+// "660", "0600"): one to four octal digits, at most 0777 (the set-id and sticky bits mean
+// nothing on a socket). Who may connect to a Unix socket is decided by write permission on it
+// (unix(7)), so 0660 lets the owner and the group in.
+unsigned parse_socket_mode(const std::string& text) {
+  const bool octal =
+      !text.empty() && text.size() <= 4 &&
+      std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '7'; });
+  if (!octal) throw UsageError("needs an octal file mode such as 0660, not '" + text + "'");
+  const unsigned long mode = std::stoul(text, nullptr, 8);
+  if (mode > 0777) throw UsageError("needs a mode of at most 0777, not " + text);
+  return static_cast<unsigned>(mode);
+}
+
+// unix_listen_path - the PATH of a --listen "unix:PATH", or "" for a TCP address.
+std::string unix_listen_path(const std::string& addr) {
+  return addr.rfind("unix:", 0) == 0 ? addr.substr(5) : std::string();
+}
+
 // lower_ascii - `text` with ASCII letters in lower case (domains compare case-insensitively).
 std::string lower_ascii(std::string text) {
   for (char& c : text)
@@ -251,6 +285,31 @@ void add_domain(Config& config, const std::string& domain) {
   if (!is_printable_ascii(domain) || domain.find_first_of(" <>") != std::string::npos)
     throw UsageError("needs a domain name, not '" + domain + "'");
   config.accept_domains.push_back(lower_ascii(domain));
+}
+
+// add_fail_recipient - --fail-recipient: an address as RCPT gives it, without the brackets
+// ("bob@example.test"), stored in lower case: it matches a recipient in any case.
+void add_fail_recipient(Config& config, const std::string& address) {
+  if (!is_printable_ascii(address) || address.find_first_of(" <>") != std::string::npos)
+    throw UsageError("needs an address without spaces or brackets, not '" + address + "'");
+  config.fail_recipients.push_back(lower_ascii(address));
+}
+
+// parse_relay_address - --relay: "HOST:PORT", "[IPv6]:PORT" or "unix:/absolute/path", checked
+// for its form only (the upstream may start after mailsink does).
+std::string parse_relay_address(const std::string& address) {
+  if (address.rfind("unix:", 0) == 0) {
+    if (address.size() < 7 || address[5] != '/')
+      throw UsageError("needs unix:PATH with an absolute PATH, not '" + address + "'");
+    return address;
+  }
+  const std::size_t colon = address.rfind(':');
+  const std::string host = colon == std::string::npos ? "" : address.substr(0, colon);
+  const std::string port = colon == std::string::npos ? "" : address.substr(colon + 1);
+  if (host.empty() || !is_printable_ascii(host) || host.find(' ') != std::string::npos ||
+      !is_digits(port, 5) || std::stoul(port) == 0 || std::stoul(port) > 65535)
+    throw UsageError("needs HOST:PORT, [IPv6]:PORT or unix:PATH, not '" + address + "'");
+  return address;
 }
 
 // parse_account - "USER:PASSWORD" split at the first ':', so the password may hold ':'. Throws
@@ -372,6 +431,12 @@ struct Flag {
 // flags - every flag mailsink knows; print_usage() documents each one.
 const Flag flags[] = {
     {"--listen", true, [](Config& c, const std::string& v) { c.options.addr = v; }},
+    {"--socket-mode", true,
+     [](Config& c, const std::string& v) {
+       c.options.unix_socket_mode = parse_socket_mode(v);
+       c.socket_mode_given = true;
+     }},
+    {"--lmtp", false, [](Config& c, const std::string&) { c.options.lmtp = true; }},
     {"--hostname", true, [](Config& c, const std::string& v) { c.options.hostname = v; }},
     // extensions
     {"--binarymime", false, [](Config& c, const std::string&) { c.options.binarymime = true; }},
@@ -412,6 +477,7 @@ const Flag flags[] = {
     {"--accept-domain", true, [](Config& c, const std::string& v) { add_domain(c, v); }},
     {"--fail-rate", true, [](Config& c, const std::string& v) { c.fail_rate = parse_rate(v); }},
     {"--fail-reply", true, [](Config& c, const std::string& v) { c.fail_reply = parse_reply(v); }},
+    {"--fail-recipient", true, [](Config& c, const std::string& v) { add_fail_recipient(c, v); }},
     {"--fail-stage", true, [](Config& c, const std::string& v) { c.fail_stage = parse_stage(v); }},
     {"--seed", true,
      [](Config& c, const std::string& v) {
@@ -480,6 +546,14 @@ const Flag flags[] = {
      }},
     {"--dns-tempfail-pass", false,
      [](Config& c, const std::string&) { c.options.dns_temp_error_refuses = false; }},
+    // relay
+    {"--relay", true, [](Config& c, const std::string& v) { c.relay = parse_relay_address(v); }},
+    {"--relay-tls", false, [](Config& c, const std::string&) { c.relay_tls = true; }},
+    {"--relay-ca", true, [](Config& c, const std::string& v) { c.relay_ca = v; }},
+    {"--relay-auth-file", true, [](Config& c, const std::string& v) { c.relay_auth_file = v; }},
+    {"--relay-lmtp", false, [](Config& c, const std::string&) { c.relay_lmtp = true; }},
+    {"--relay-timeout", true,
+     [](Config& c, const std::string& v) { c.relay_timeout = parse_count(v, max_timeout_seconds); }},
     {"--help", false, [](Config& c, const std::string&) { c.help = true; }},
 };
 
@@ -493,6 +567,37 @@ const Flag* find_flag(const std::string& name) {
   for (const Flag& flag : flags)
     if (name == flag.name) return &flag;
   return nullptr;
+}
+
+// check_listen_flags - a "unix:PATH" --listen needs an absolute PATH: the socket is created
+// where it says, and a relative one would depend on the directory mailsink was started in,
+// which its clients (Postfix's lmtp, a Dovecot-style config) cannot know. --socket-mode needs
+// a unix: --listen. A missing directory or a path too long for a socket is found when
+// listening, before the startup line (exit status 1).
+void check_listen_flags(const Config& config) {
+  const std::string path = unix_listen_path(config.options.addr);
+  const bool is_unix = config.options.addr.rfind("unix:", 0) == 0;
+  if (is_unix && path.empty()) throw UsageError("--listen unix: needs a PATH");
+  if (is_unix && path.front() != '/')
+    throw UsageError("--listen unix:PATH needs an absolute PATH, not '" + path + "'");
+  if (config.socket_mode_given && !is_unix)
+    throw UsageError("--socket-mode needs --listen unix:PATH");
+}
+
+// check_relay_flags - the --relay-* flags need --relay, and --relay-ca needs --relay-tls (without
+// it no TLS is used upstream, so there is nothing to verify).
+void check_relay_flags(const Config& config) {
+  if (config.relay.empty()) {
+    const char* alone = config.relay_tls                  ? "--relay-tls"
+                        : !config.relay_ca.empty()        ? "--relay-ca"
+                        : !config.relay_auth_file.empty() ? "--relay-auth-file"
+                        : config.relay_lmtp               ? "--relay-lmtp"
+                        : config.relay_timeout != 0       ? "--relay-timeout"
+                                                          : nullptr;
+    if (alone != nullptr) throw UsageError(std::string(alone) + " needs --relay");
+  }
+  if (!config.relay_ca.empty() && !config.relay_tls)
+    throw UsageError("--relay-ca needs --relay-tls");
 }
 
 // check_tls_flags - the TLS flags need each other: --tls-cert and --tls-key go together, and
@@ -550,7 +655,8 @@ void check_delivery_flags(Config& config) {
                                                                                 : "--verbose"));
   if (config.exec_timeout && config.exec.empty()) throw UsageError("--exec-timeout needs --exec");
   if (!config.fail_rate) {
-    if (config.fail_reply) throw UsageError("--fail-reply needs --fail-rate");
+    if (config.fail_reply && config.fail_recipients.empty())
+      throw UsageError("--fail-reply needs --fail-rate or --fail-recipient");
     if (config.fail_stage) throw UsageError("--fail-stage needs --fail-rate");
     if (config.seed) throw UsageError("--seed needs --fail-rate");
   }
@@ -587,6 +693,8 @@ Config parse_args(int argc, char** argv) {
     }
   }
   if (!config.help) {
+    check_relay_flags(config);
+    check_listen_flags(config);
     check_tls_flags(config.options);
     check_auth_flags(config);
     check_delivery_flags(config);
@@ -611,20 +719,37 @@ std::string wrap_list(const std::string& list, std::size_t indent) {
   return text + line;
 }
 
+// octal - `mode` as chmod(1) writes it: "0660".
+std::string octal(unsigned mode) {
+  char text[8];
+  std::snprintf(text, sizeof text, "0%o", mode);
+  return text;
+}
+
 // print_usage - the --help text; the defaults shown come from smtpd::Options itself.
 void print_usage(std::ostream& out) {
   const smtpd::Options defaults;
   const auto timeout = std::chrono::duration_cast<std::chrono::seconds>(defaults.command_timeout);
   out << "usage: mailsink [options] [--exec PROGRAM [ARG...]]\n"
       << "\n"
-      << "A mail catcher for developers and scripts: an SMTP server that accepts every message\n"
-      << "and prints a line about it, stores it, hands it to a program or drops it. It never\n"
-      << "relays mail.\n"
+      << "A mail catcher for developers and scripts: an SMTP (or LMTP) server that accepts\n"
+      << "every message and prints a line about it, stores it, hands it to a program or drops\n"
+      << "it. It relays mail only when --relay says where to.\n"
       << "\n"
       << "options (also accepted as --flag=value):\n"
       << "  --listen HOST:PORT    address to listen on (default " << default_listen << ");\n"
       << "                        [::1]:PORT for IPv6, :PORT for every address, port 0 for\n"
-      << "                        any free port (the startup line tells which)\n"
+      << "                        any free port (the startup line tells which); or\n"
+      << "                        unix:PATH, a Unix-domain socket at the absolute PATH: a\n"
+      << "                        stale socket file there is replaced, a live one (another\n"
+      << "                        server listening) is an error; the file is removed when\n"
+      << "                        mailsink stops\n"
+      << "  --socket-mode MODE    file mode of the unix: socket, in octal (default "
+      << octal(defaults.unix_socket_mode) << "):\n"
+      << "                        who may write to it may connect; needs --listen unix:PATH\n"
+      << "  --lmtp                speak LMTP (RFC 2033) instead of SMTP: LHLO (HELO and EHLO\n"
+      << "                        get 500), and one reply per accepted recipient after the\n"
+      << "                        data, in RCPT order (default: SMTP)\n"
       << "  --hostname NAME       our name in the greeting and the Received header\n"
       << "                        (default: the system host name)\n"
       << "\n"
@@ -660,12 +785,14 @@ void print_usage(std::ostream& out) {
       << "                        message, with every later argument as its arguments, so\n"
       << "                        --exec comes last. The message is on its stdin; its stdout\n"
       << "                        goes to our stderr. Its environment adds SMTPD_FROM (empty\n"
-      << "                        for <>), SMTPD_TO (one recipient a line), SMTPD_PEER\n"
-      << "                        (IP:PORT), SMTPD_HELO, SMTPD_TLS (0, or the TLS version)\n"
-      << "                        and SMTPD_AUTH_USER (empty if none). Exit status 0 accepts\n"
-      << "                        (250); 75 (EX_TEMPFAIL) answers 451 4.3.0; any other answers\n"
-      << "                        550 5.0.0 with the first line of its stderr (printable ASCII,\n"
-      << "                        at most 200 characters); killed or too slow: 451 4.3.0\n"
+      << "                        for <>), SMTPD_TO (one recipient a line: those delivered\n"
+      << "                        to), SMTPD_PEER (IP:PORT, or unix:PATH[pid=N,uid=N,gid=N]\n"
+      << "                        for a Unix-socket client), SMTPD_HELO, SMTPD_TLS (0, or the\n"
+      << "                        TLS version) and SMTPD_AUTH_USER (empty if none). Exit\n"
+      << "                        status 0 accepts (250); 75 (EX_TEMPFAIL) answers 451\n"
+      << "                        4.3.0; any other answers 550 5.0.0 with the first line of\n"
+      << "                        its stderr (printable ASCII, at most 200 characters);\n"
+      << "                        killed or too slow: 451 4.3.0\n"
       << "  --exec-timeout SECONDS\n"
       << "                        kill the --exec program's process group after this long\n"
       << "                        (default " << default_exec_timeout_seconds << ")\n"
@@ -684,7 +811,11 @@ void print_usage(std::ostream& out) {
       << "                        null), mail_params (every MAIL parameter: KEYWORD: value),\n"
       << "                        rcpt_options (one per recipient in to: notify, an array or\n"
       << "                        null; orcpt, \"TYPE;ADDRESS\" or null; params, every RCPT\n"
-      << "                        parameter) (default: summary lines)\n"
+      << "                        parameter), delivered_to (the recipients it was delivered\n"
+      << "                        to: to without those --fail-recipient or the --relay\n"
+      << "                        upstream refused in LMTP), unix_path, pid, uid and gid (a\n"
+      << "                        Unix-socket client's socket and credentials, null over\n"
+      << "                        TCP) (default: summary lines)\n"
       << "  --print-body          print the message itself after its summary line (default:\n"
       << "                        the summary line only)\n"
       << "  --quiet               print nothing per message and no startup line; errors\n"
@@ -702,6 +833,29 @@ void print_usage(std::ostream& out) {
       << "  --exit-after SECONDS  stop after SECONDS: exit 1 when --count was given and fewer\n"
       << "                        messages arrived, exit 0 without --count (default: no limit)\n"
       << "\n"
+      << "relay (pass each message on before answering; default: no relaying):\n"
+      << "  --relay HOST:PORT     pass each accepted message on to this SMTP server ([IPv6]:PORT,\n"
+      << "                        or unix:PATH) while the client waits: the client's reply is\n"
+      << "                        the upstream's verdict, per recipient (a 250 only after the\n"
+      << "                        upstream's 250; its refusals passed back; no connection, a\n"
+      << "                        failed TLS check or a time-out: 451 4.4.1). It comes before\n"
+      << "                        the delivery mode, which then gets only what the upstream\n"
+      << "                        accepted; if that fails, the client hears 451 and retries, and\n"
+      << "                        the upstream gets the message twice (never lost). In SMTP a\n"
+      << "                        recipient the upstream refuses refuses the whole message\n"
+      << "  --relay-tls           require STARTTLS upstream, verifying its certificate chain\n"
+      << "                        and host name (default: no TLS upstream)\n"
+      << "  --relay-ca FILE       verify it with the PEM CAs in FILE (default: the system's);\n"
+      << "                        needs --relay-tls\n"
+      << "  --relay-auth-file FILE\n"
+      << "                        AUTH upstream as the one USER:PASSWORD line of FILE (the\n"
+      << "                        --auth-file format); without --relay-tls the password is sent\n"
+      << "                        in clear (default: no AUTH)\n"
+      << "  --relay-lmtp          speak LMTP upstream (LHLO; one reply per recipient)\n"
+      << "  --relay-timeout SECONDS\n"
+      << "                        the limit on each step upstream: connecting, each reply\n"
+      << "                        (default " << default_relay_timeout_seconds << ")\n"
+      << "\n"
       << "recipients and faults:\n"
       << "  --accept-domain DOMAIN\n"
       << "                        accept recipients in DOMAIN only (exact match of the part\n"
@@ -714,6 +868,12 @@ void print_usage(std::ostream& out) {
       << "                        the refusal: a 4xx or 5xx code, an optional enhanced code of\n"
       << "                        the same class, printable text\n"
       << "                        (default \"" << default_fail_reply << "\")\n"
+      << "  --fail-recipient ADDRESS\n"
+      << "                        refuse ADDRESS (any case) after the data with the\n"
+      << "                        --fail-reply; repeatable. With --lmtp that recipient gets\n"
+      << "                        the refusal as its own reply and the others are delivered;\n"
+      << "                        in SMTP the one reply is the refusal, so the whole message\n"
+      << "                        is refused and stored for nobody (default: none)\n"
       << "  --fail-stage mail|rcpt|data\n"
       << "                        which command is refused: MAIL, each RCPT, or the message at\n"
       << "                        the end of DATA (default data)\n"
@@ -1500,18 +1660,27 @@ std::string formatted_now(const char* format, bool utc) {
   return text;
 }
 
-// summary_line - "TIME PEER [TLSv1.3] [auth=USER] <from> -> <to>, <to> SIZE bytes, subject
-// "SUBJECT"" without a newline; the TLS version only when the session used TLS, the user only
-// when the client authenticated; "<>" is the null reverse-path of a bounce.
+// summary_line - "TIME PEER [TLSv1.3] [auth=USER] <from> -> <to>, <to>[; refused <to>] SIZE
+// bytes, subject "SUBJECT"" without a newline; the TLS version only when the session used TLS,
+// the user only when the client authenticated; "<>" is the null reverse-path of a bounce. The
+// recipients after "->" are those it was `delivered` to; "; refused" lists the others (LMTP
+// with --fail-recipient). PEER is "IP:PORT", or "unix:PATH[pid=N,uid=N,gid=N]" for a client
+// of a Unix socket.
 std::string summary_line(const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
-                         const std::string& message) {
+                         const std::vector<std::string>& delivered, const std::string& message) {
   std::ostringstream line;
   line << formatted_now("%Y-%m-%d %H:%M:%S", false) << " " << session.peer.to_string();
   if (session.tls) line << " " << session.tls_version;
   if (!session.auth_user.empty()) line << " auth=" << session.auth_user;
   line << " <" << envelope.from << "> ->";
-  for (std::size_t i = 0; i < envelope.to.size(); ++i)
-    line << (i == 0 ? " <" : ", <") << envelope.to[i] << ">";
+  for (std::size_t i = 0; i < delivered.size(); ++i)
+    line << (i == 0 ? " <" : ", <") << delivered[i] << ">";
+  // LMTP with --fail-recipient: the recipients refused after the data, which were not delivered.
+  std::size_t refused = 0;
+  for (const std::string& to : envelope.to) {
+    if (std::find(delivered.begin(), delivered.end(), to) != delivered.end()) continue;
+    line << (refused++ == 0 ? "; refused <" : ", <") << to << ">";
+  }
   line << " " << message.size() << " bytes, subject \""
        << header_field(message, "subject").value_or("") << "\"";
   return printable(line.str());
@@ -1643,17 +1812,34 @@ std::string dns_json(const smtpd::SessionInfo& session) {
          ",\"helo\":" + dns_status(d.helo) + ",\"listings\":" + listings + "]}";
 }
 
+// json_addresses - a list of addresses as a JSON array.
+std::string json_addresses(const std::vector<std::string>& addresses) {
+  std::string array = "[";
+  for (const std::string& address : addresses)
+    array += (array.size() > 1 ? "," : "") + json_string(address);
+  return array + "]";
+}
+
+// json_peer_credentials - ',"unix_path":...,"pid":N,"uid":N,"gid":N': a Unix-socket client's
+// listener path and its SO_PEERCRED (unix(7)) credentials, each null over TCP (or when the
+// kernel gave none).
+std::string json_peer_credentials(const smtpd::Peer& peer) {
+  auto number = [](int n) { return n < 0 ? std::string("null") : std::to_string(n); };
+  return ",\"unix_path\":" + (peer.is_unix() ? json_string(peer.unix_path) : std::string("null")) +
+         ",\"pid\":" + number(peer.pid) + ",\"uid\":" + number(peer.uid) +
+         ",\"gid\":" + number(peer.gid);
+}
+
 // json_line - the --json object of one message, on one line with a final newline. `path` is
-// where --maildir or --mbox stored it, "" when it was not stored.
+// where --maildir or --mbox stored it, "" when it was not stored; `delivered` the recipients
+// it was delivered to (all of envelope.to but those --fail-recipient or the upstream refused).
 std::string json_line(const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
-                      const std::string& message, const std::string& path) {
+                      const std::vector<std::string>& delivered, const std::string& message,
+                      const std::string& path) {
   auto unless_empty = [](const std::string& text) {
     return text.empty() ? std::nullopt : std::optional<std::string>(text);
   };
-  std::string to = "[";
-  for (const std::string& recipient : envelope.to)
-    to += (to.size() > 1 ? "," : "") + json_string(recipient);
-  to += "]";
+  const std::string to = json_addresses(envelope.to);
   // One object per recipient; a recipient the library gave no options to gets empty ones.
   std::string rcpt_options = "[";
   for (std::size_t i = 0; i < envelope.to.size(); ++i)
@@ -1679,8 +1865,138 @@ std::string json_line(const smtpd::SessionInfo& session, const smtpd::Envelope& 
          ",\"envid\":" + json_string_or_null(unless_empty(mail.envid)) +
          ",\"auth\":" + json_string_or_null(unless_empty(mail.auth)) +
          ",\"mail_params\":" + json_params(envelope.mail_params) +
-         ",\"rcpt_options\":" + rcpt_options + dns_json(session) + "}\n";
+         ",\"rcpt_options\":" + rcpt_options +
+         // Added later, after the older fields, which keep their order (scripts grep for them).
+         ",\"delivered_to\":" + json_addresses(delivered) + json_peer_credentials(session.peer) +
+         dns_json(session) + "}\n";
 }
+
+// =============================================================================================
+// 6b. Relay - passing each accepted message on to an upstream server (--relay)
+//
+// The message goes upstream while our client waits for its reply, so our reply is the
+// upstream's verdict: a 250 only after the upstream's 250, its refusals passed back per
+// recipient, and a failed connection a 451 4.4.1 (the client keeps the message and retries).
+// Nothing a client was told 250 about can be lost by a crash of mailsink, since by then the
+// upstream has it; a crash after the upstream's 250 and before ours only makes the client
+// send it again (a duplicate, never a loss). One connection per message, closed with QUIT.
+// =============================================================================================
+
+// reply_text_from_upstream - an upstream reply's text made safe to pass on: control characters
+// (the line breaks of a multi-line reply too) as spaces, at most max_reply_text characters.
+std::string reply_text_from_upstream(const std::string& text) {
+  std::string safe;
+  for (char c : text.substr(0, max_reply_text))
+    safe += (c >= ' ' && c <= '~') ? c : ' ';
+  return safe;
+}
+
+// passed_back - the reply our client gets for an upstream refusal `reply`: the same code, its
+// enhanced code when it has one of the same class, and its text. A 421 becomes 451 4.4.2: it
+// means the upstream is closing its connection, and ours must stay open.
+smtpd::Reply passed_back(const smtpd::Reply& reply) {
+  if (reply.code == 421)
+    return smtpd::Reply{451, "4.4.2", "Upstream closed: " + reply_text_from_upstream(reply.text)};
+  const bool same_class = !reply.enhanced.empty() && reply.enhanced[0] == '0' + reply.code / 100;
+  return smtpd::Reply{reply.code, same_class ? reply.enhanced : "",
+                      reply_text_from_upstream(reply.text)};
+}
+
+// Relay - the upstream of --relay; pass() may be called from many threads at once.
+class Relay {
+public:
+  Relay(const Config& config, std::string user, std::string password, Output& output)
+      : address_(config.relay), output_(output) {
+    options_.helo_name = config.options.hostname; // "" = the system host name, as ours
+    options_.lmtp = config.relay_lmtp;
+    options_.starttls = false; // pass() says STARTTLS itself, only with --relay-tls
+    options_.tls_verify = true;
+    options_.tls_ca_file = config.relay_ca;
+    options_.username = std::move(user);
+    options_.password = std::move(password);
+    // One limit for every step (not RFC 5321's minutes): our own client waits meanwhile.
+    const std::chrono::seconds limit(config.relay_timeout != 0 ? config.relay_timeout
+                                                               : default_relay_timeout_seconds);
+    options_.connect_timeout = options_.greeting_timeout = options_.command_timeout = limit;
+    options_.mail_timeout = options_.rcpt_timeout = options_.data_timeout = limit;
+    options_.block_timeout = options_.final_timeout = limit;
+    tls_ = config.relay_tls;
+  }
+
+  const std::string& address() const { return address_; }
+
+  // pass - send `message` to the envelope's recipients upstream; one verdict per
+  // envelope.to[i]: nullopt when the upstream accepted it (its 250 after the data), else the
+  // reply our client gets for that recipient.
+  smtpd::RecipientReplies pass(const smtpd::Envelope& envelope, const std::string& message) {
+    const std::size_t recipients = envelope.to.size();
+    try {
+      smtpd::Client client(address_, options_);
+      client.hello();
+      if (tls_) client.starttls(); // verified: the chain and the host name
+      if (!options_.username.empty()) client.auth(options_.username, options_.password);
+      const smtpd::SendResult result =
+          client.send(envelope.from, envelope.to, message, mail_options(envelope));
+      try {
+        client.quit();
+      } catch (const std::exception&) {} // the verdict is in: a lost QUIT changes nothing
+      return verdicts(result, recipients);
+    } catch (const smtpd::ClientError& e) { // greeting, EHLO, STARTTLS or AUTH refused
+      output_.log("relay to " + address_ + ": " + e.what());
+      return smtpd::RecipientReplies(
+          recipients,
+          smtpd::Reply{451, "4.4.0",
+                       "Upstream refused " + e.command() + ": " + std::to_string(e.reply().code)});
+    } catch (const smtpd::ClientIOError& e) { // no connection, TLS failed, timed out, closed
+      output_.log("relay to " + address_ + ": " + e.what());
+      return smtpd::RecipientReplies(
+          recipients, smtpd::Reply{451, "4.4.1", "Upstream unavailable, try again later"});
+    } catch (const std::exception& e) { // e.g. a MAIL parameter the upstream does not offer
+      output_.log("relay to " + address_ + ": " + e.what());
+      return smtpd::RecipientReplies(
+          recipients, smtpd::Reply{451, "4.3.0", "Could not relay the message, try again later"});
+    }
+  }
+
+private:
+  // mail_options - what MAIL upstream says about the content: its body type and SMTPUTF8,
+  // as our client declared them. DSN requests (RET, ENVID, NOTIFY, ORCPT) and the other
+  // parameters stay with us: mailsink sends no notices, so it asks the upstream for none.
+  static smtpd::MailOptions mail_options(const smtpd::Envelope& envelope) {
+    smtpd::MailOptions mail;
+    mail.body_8bit = envelope.mail.body_8bit || envelope.body_8bit;
+    mail.binarymime = envelope.mail.binarymime;
+    mail.smtputf8 = envelope.mail.smtputf8 || envelope.smtputf8;
+    return mail;
+  }
+
+  // verdicts - one per recipient from the upstream's replies: MAIL's refusal for all; else a
+  // recipient refused at RCPT gets that reply, an accepted one the reply after the data (in
+  // LMTP its own, in RCPT order among the accepted; in SMTP the one reply).
+  smtpd::RecipientReplies verdicts(const smtpd::SendResult& result, std::size_t recipients) {
+    const smtpd::Reply missing{451, "4.4.1", "Upstream gave no reply, try again later"};
+    if (!result.mail.positive())
+      return smtpd::RecipientReplies(recipients, passed_back(result.mail));
+    smtpd::RecipientReplies verdicts(recipients);
+    std::size_t accepted = 0;
+    for (std::size_t i = 0; i < recipients; ++i) {
+      const smtpd::Reply rcpt = i < result.rcpt.size() ? result.rcpt[i] : missing;
+      if (!rcpt.positive()) {
+        verdicts[i] = passed_back(rcpt);
+        continue;
+      }
+      const std::size_t k = options_.lmtp ? accepted++ : 0;
+      const smtpd::Reply data = k < result.data.size() ? result.data[k] : missing;
+      if (!data.positive()) verdicts[i] = passed_back(data);
+    }
+    return verdicts;
+  }
+
+  const std::string address_;
+  smtpd::ClientOptions options_;
+  bool tls_ = false;
+  Output& output_;
+};
 
 // =============================================================================================
 // 7. Sink - what happens to each recipient and each message
@@ -1731,6 +2047,7 @@ struct Delivery {
   Mbox* mbox = nullptr;
   const Runner* runner = nullptr;
   bool discard = false;
+  Relay* relay = nullptr; // --relay, besides any of the above: first
 };
 
 // Sink - the hooks: refuses recipients outside --accept-domain, injects --fail-rate faults,
@@ -1752,20 +2069,52 @@ public:
     return fault(Stage::rcpt);
   }
 
-  // receive - the smtpd::MessageHandler: nullopt accepts (250), a Reply refuses with it.
-  std::optional<smtpd::Reply> receive(const smtpd::SessionInfo& session,
-                                      const smtpd::Envelope& envelope, const std::string& message) {
-    if (std::optional<smtpd::Reply> refused = fault(Stage::data)) return refused;
-    if (!claim_slot())
-      return smtpd::Reply{451, "4.3.2", "mailsink has its --count messages and is stopping"};
-    std::string path;
-    if (std::optional<smtpd::Reply> refused = deliver(session, envelope, message, path)) {
-      release_slot();
-      return refused;
+  // receive - the smtpd::PerRecipientHandler: one verdict per envelope.to[i], nullopt
+  // accepting that recipient. In LMTP each is that recipient's own reply after the data
+  // (RFC 2033 §4.2); in SMTP the library folds them into the one reply, a refusal winning.
+  // The message is stored (or run, printed) once, for the recipients accepted; when none is,
+  // or in SMTP when any is refused (the client will hear a refusal for all), it is not.
+  smtpd::RecipientReplies receive(const smtpd::SessionInfo& session,
+                                  const smtpd::Envelope& envelope, const std::string& message) {
+    const std::size_t recipients = envelope.to.size();
+    auto for_all = [recipients](const std::optional<smtpd::Reply>& reply) {
+      return smtpd::RecipientReplies(recipients, reply);
+    };
+    if (std::optional<smtpd::Reply> refused = fault(Stage::data)) return for_all(refused);
+    // --fail-recipient: those recipients get the --fail-reply, the others nullopt (accepted).
+    smtpd::RecipientReplies verdicts(recipients);
+    smtpd::Envelope delivered = envelope; // the envelope of the accepted recipients only
+    delivered.to.clear();
+    delivered.rcpt.clear();
+    for (std::size_t i = 0; i < recipients; ++i) {
+      if (fails_recipient(envelope.to[i])) {
+        verdicts[i] = config_.fail_reply;
+        continue;
+      }
+      delivered.to.push_back(envelope.to[i]);
+      if (i < envelope.rcpt.size()) delivered.rcpt.push_back(envelope.rcpt[i]);
     }
-    report(session, envelope, message, path);
+    const bool all_accepted = delivered.to.size() == recipients;
+    if (delivered.to.empty() || (!all_accepted && !config_.options.lmtp)) return verdicts;
+    if (!claim_slot())
+      return for_all(
+          smtpd::Reply{451, "4.3.2", "mailsink has its --count messages and is stopping"});
+    // --relay comes before the local delivery, so that the Maildir, mbox, program or summary
+    // sees only what the upstream accepted, and needs no undoing when it refuses. If the local
+    // delivery then fails, the client hears 451 and sends the message again: the upstream gets
+    // it twice, but nothing is lost.
+    if (delivery_.relay != nullptr && !relay(delivered, message, verdicts)) {
+      release_slot();
+      return verdicts;
+    }
+    std::string path;
+    if (std::optional<smtpd::Reply> refused = deliver(session, delivered, message, path)) {
+      release_slot();
+      return for_all(refused);
+    }
+    report(session, envelope, delivered, message, path);
     count_accepted();
-    return std::nullopt;
+    return verdicts;
   }
 
   // accepted - how many messages were accepted so far.
@@ -1784,6 +2133,40 @@ private:
     const std::string domain = lower_ascii(to.substr(at + 1));
     const auto& domains = config_.accept_domains;
     return std::find(domains.begin(), domains.end(), domain) != domains.end();
+  }
+
+  // relay - pass the message to `delivered`'s recipients upstream; a recipient the upstream
+  // refused gets its verdict in `verdicts` (whose nullopt entries are `delivered`'s recipients,
+  // in order) and leaves `delivered`. False when nothing is left to deliver locally: every
+  // recipient was refused, or in SMTP any was (the one reply will be a refusal, so the client
+  // keeps the message and sends it again; those the upstream took get it twice then).
+  bool relay(smtpd::Envelope& delivered, const std::string& message,
+             smtpd::RecipientReplies& verdicts) {
+    const smtpd::RecipientReplies upstream = delivery_.relay->pass(delivered, message);
+    smtpd::Envelope kept = delivered;
+    kept.to.clear();
+    kept.rcpt.clear();
+    std::size_t j = 0; // delivered.to[j] is the recipient of the next nullopt verdict
+    for (std::optional<smtpd::Reply>& verdict : verdicts) {
+      if (verdict) continue; // refused here already (--fail-recipient)
+      if (upstream[j]) {
+        verdict = upstream[j];
+      } else {
+        kept.to.push_back(delivered.to[j]);
+        if (j < delivered.rcpt.size()) kept.rcpt.push_back(delivered.rcpt[j]);
+      }
+      ++j;
+    }
+    const bool all_taken = kept.to.size() == delivered.to.size();
+    delivered = std::move(kept);
+    return !delivered.to.empty() && (all_taken || config_.options.lmtp);
+  }
+
+  // fails_recipient - whether `to` is a --fail-recipient (compared ignoring ASCII case).
+  bool fails_recipient(const std::string& to) const {
+    const auto& failing = config_.fail_recipients;
+    return !failing.empty() &&
+           std::find(failing.begin(), failing.end(), lower_ascii(to)) != failing.end();
   }
 
   // fault - the --fail-reply, with probability --fail-rate, when `stage` is the --fail-stage.
@@ -1843,12 +2226,15 @@ private:
     return std::nullopt;
   }
 
-  // report - print what --json, --print-body, --quiet and --discard ask for about a message.
+  // report - print what --json, --print-body, --quiet and --discard ask for about a message;
+  // `delivered` is `envelope` with only the recipients it was delivered to.
   void report(const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
-              const std::string& message, const std::string& path) {
+              const smtpd::Envelope& delivered, const std::string& message,
+              const std::string& path) {
     if (config_.quiet || delivery_.discard) return;
-    if (config_.json) return output_.print(json_line(session, envelope, message, path));
-    std::string text = summary_line(session, envelope, message);
+    if (config_.json)
+      return output_.print(json_line(session, envelope, delivered.to, message, path));
+    std::string text = summary_line(session, envelope, delivered.to, message);
     if (!path.empty()) text += " " + path;
     text += "\n";
     if (config_.print_body) text += message + "\n";
@@ -1975,9 +2361,11 @@ struct Deliveries {
   std::optional<Maildir> maildir;
   std::optional<Mbox> mbox;
   std::optional<Runner> runner;
+  std::optional<Relay> relay;
 
   Delivery view(const Config& config) {
     Delivery delivery;
+    delivery.relay = relay ? &*relay : nullptr;
     delivery.maildir = maildir ? &*maildir : nullptr;
     delivery.mbox = mbox ? &*mbox : nullptr;
     delivery.runner = runner ? &*runner : nullptr;
@@ -1986,9 +2374,23 @@ struct Deliveries {
   }
 };
 
-// prepare_delivery - create the Maildir, the mbox file, or find the --exec program. Throws
-// std::runtime_error (std::system_error too) with a message naming the path.
-void prepare_delivery(const Config& config, Deliveries& deliveries) {
+// prepare_delivery - create the Maildir, the mbox file, or find the --exec program; read the
+// --relay-auth-file. Throws std::runtime_error (std::system_error too) with a message naming
+// the path.
+void prepare_delivery(const Config& config, Deliveries& deliveries, Output& output) {
+  if (!config.relay.empty()) {
+    Users account; // --relay-auth-file has the --auth-file format, with one account
+    if (!config.relay_auth_file.empty()) {
+      load_auth_file(config.relay_auth_file, account);
+      if (account.size() != 1)
+        throw std::runtime_error("--relay-auth-file " + config.relay_auth_file +
+                                 " must hold one USER:PASSWORD line, not " +
+                                 std::to_string(account.size()));
+    }
+    std::string user, password;
+    if (!account.empty()) std::tie(user, password) = *account.begin();
+    deliveries.relay.emplace(config, user, password, output);
+  }
   if (!config.maildir.empty()) {
     try {
       deliveries.maildir.emplace(config.maildir).prepare();
@@ -2090,10 +2492,11 @@ smtpd::Options server_options(const Config& config, Sink& sink, Output& output) 
   };
   options.on_rcpt = [&sink](const smtpd::SessionInfo&, const std::string& to,
                             const smtpd::Params&) { return sink.on_rcpt(to); };
-  options.message_handler = [&sink](const smtpd::SessionInfo& session,
-                                    const smtpd::Envelope& envelope, const std::string& message) {
-    return sink.receive(session, envelope, message);
-  };
+  // The per-recipient form, so that --fail-recipient can refuse one recipient of many in LMTP;
+  // in SMTP the library folds the verdicts into one reply.
+  options.per_recipient_handler =
+      [&sink](const smtpd::SessionInfo& session, const smtpd::Envelope& envelope,
+              const std::string& message) { return sink.receive(session, envelope, message); };
   options.log_error = [&output](std::string_view message) { output.log(std::string(message)); };
   if (config.verbose) {
     options.new_tracer = [&output](const smtpd::SessionInfo& session) {
@@ -2176,7 +2579,7 @@ int main(int argc, char** argv) {
   try {
     for (const std::string& path : config.auth_files)
       load_auth_file(path, config.users);
-    prepare_delivery(config, deliveries);
+    prepare_delivery(config, deliveries, output);
   } catch (const std::runtime_error& e) { // std::system_error too: an unreadable file
     output.log(e.what());
     return exit_runtime_error;

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # test/interop_lib.sh - the helpers shared by the interop scripts (interop.sh, interop_tls.sh,
-# interop_auth.sh, interop_clients.sh, interop_ext.sh, interop_proxy.sh, interop_dns.sh, and
-# mailsink_cli.sh). Sourced, not executed:
+# interop_auth.sh, interop_clients.sh, interop_ext.sh, interop_proxy.sh, interop_dns.sh,
+# interop_lmtp.sh, interop_relay.sh, and mailsink_cli.sh). Sourced, not executed:
 #   . "$(dirname "$0")/interop_lib.sh"
 #
 # Reporting (a check prints "ok - NAME" or "FAIL - NAME: reason", details on "#" lines)
@@ -39,6 +39,12 @@
 #                                127.0.0.1:PORT" (PORT[SERVER], or any port, which is then
 #                                stored there), false if the server exits or DEADLINE (ms) passes
 #   start_server SERVER FLAGS...    check "start-SERVER": launch_server, then wait_listening 10 s
+#   wait_listening_on SERVER ADDRESS DEADLINE  true once SERVER.err has exactly the line
+#                                "mailsink: listening on ADDRESS", false if the server exits or
+#                                DEADLINE (ms) passes
+#   start_unix_server SERVER SOCKET FLAGS...  check "start-SERVER": launch_server listening on
+#                                unix:SOCKET instead (its --listen comes last, and the last one
+#                                counts), then wait_listening_on 10 s
 #   sink_exits NAME STATUS PATTERN WHY ARG...  check NAME: mailsink ARG... (under $LIMIT, output
 #                                in NAME.log) exits with STATUS without listening, and its
 #                                output has a line matching the grep -E PATTERN (WHY: the
@@ -69,8 +75,9 @@
 #   received_starts NAME PREFIX  the unfolded field starts with PREFIX
 #   received_has NAME TEXT       the unfolded field contains TEXT
 #   received_lacks NAME TEXT WHY    the unfolded field does not contain TEXT (WHY: the reason)
-# A throwaway Postfix instance (interop_clients.sh, interop_ext.sh: config in $PFX/etc, queue in
-# $PFX/spool, log in $PFX/maillog; $POSTFIX and $POSTCONF its commands)
+# A throwaway Postfix instance (interop_clients.sh, interop_ext.sh, interop_lmtp.sh,
+# interop_relay.sh: config in $PFX/etc, queue in $PFX/spool, log in $PFX/maillog; $POSTFIX and
+# $POSTCONF its commands)
 #   find_sbin NAME               NAME on PATH, else in /usr/sbin (not on every PATH), else nothing
 #   pfx_running                  true while the instance's master runs ("postfix status" exits 0)
 #   pfx_wait_stopped SECONDS     true once the instance has stopped, false if it still runs then
@@ -78,6 +85,13 @@
 #                                syslog_name postfix-NAME), and a copy of Debian's master.cf with
 #                                the listening smtpd commented out and chroot off (Debian's
 #                                chroots most services)
+#   pfx_start_check NAME [PORT]  check NAME: "postfix check" and "postfix start" (PFX_STARTED=yes
+#                                from the start on), then within 10 s "postfix status" says it
+#                                runs (and with PORT, a smtpd accepts on 127.0.0.1:PORT)
+#   pfx_stop_check NAME          check NAME: "postfix stop", and within 15 s the instance is gone
+#                                (PFX_STARTED emptied)
+#   pfx_cleanup                  for a cleanup_hook: stop the instance if PFX_STARTED (abort it
+#                                if it lingers), then remove $PFX
 #
 # Variables: SUITE, SINK, WORK, SERVERS, PORT, PID, MAILDIR, CERT, KEY, PASSED, FAILED;
 # a script may set LIMIT (timeout -k 5 30, the bound on every client), SERVER_LIMIT (empty, the
@@ -290,6 +304,40 @@ start_server() {
     wait "${PID[$server]}"; rc=$?
     PID[$server]=
     fail "start-$server" "mailsink${*:+ $*} exited with status $rc before listening"
+  fi
+  details "$WORK/$server.err"
+  return 1
+}
+
+wait_listening_on() {
+  local server=$1 address=$2 deadline=$3 pid=${PID[$1]}
+  while ! grep -qxF "mailsink: listening on $address" "$WORK/$server.err"; do
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+      grep -qxF "mailsink: listening on $address" "$WORK/$server.err"; return
+    fi
+    [ "$(millis)" -lt "$deadline" ] || return 1
+    sleep 0.05
+  done
+}
+
+start_unix_server() {
+  local server=$1 socket=$2 rc
+  shift 2
+  if [ ! -x "$SINK" ]; then
+    fail "start-$server" "$SINK is not an executable file"
+    return 1
+  fi
+  launch_server "$server" --listen "unix:$socket" "$@"
+  if wait_listening_on "$server" "unix:$socket" $(( $(millis) + 10000 )); then
+    ok "start-$server"
+    return 0
+  fi
+  if kill -0 "${PID[$server]}" 2>/dev/null; then
+    fail "start-$server" "no line 'mailsink: listening on unix:$socket' on stderr within 10 s"
+  else
+    wait "${PID[$server]}"; rc=$?
+    PID[$server]=
+    fail "start-$server" "mailsink${*:+ $*} on unix:$socket exited with status $rc before listening"
   fi
   details "$WORK/$server.err"
   return 1
@@ -535,4 +583,49 @@ pfx_setup() {
     "minimal_backoff_time = 5s" "maximal_backoff_time = 10s" "queue_run_delay = 5s" || return 1
   "$POSTCONF" -c "$PFX/etc" -M# smtp/inet || return 1
   "$POSTCONF" -c "$PFX/etc" -F '*/*/chroot = n' || return 1
+}
+
+pfx_start_check() {
+  local name=$1 port=${2:-} deadline
+  if "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" check > "$name.log" 2>&1 &&
+     { PFX_STARTED=yes; "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" start >> "$name.log" 2>&1; }; then
+    deadline=$(( $(millis) + 10000 ))
+    until pfx_running &&
+          { [ -z "$port" ] || timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; }; do
+      if [ "$(millis)" -ge "$deadline" ]; then
+        fail "$name" "Postfix does not run${port:+ or listen on $port} 10 s after postfix start"
+        details "$name.log" "$PFX/maillog"
+        return 1
+      fi
+      sleep 0.1
+    done
+    ok "$name"
+    return 0
+  fi
+  fail "$name" "postfix -c $PFX/etc check/start failed"
+  pfx_running || PFX_STARTED=
+  details "$name.log" "$PFX/maillog"
+  return 1
+}
+
+pfx_stop_check() {
+  if "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" stop > "$1.log" 2>&1 && pfx_wait_stopped 15; then
+    PFX_STARTED=
+    ok "$1"
+  else
+    fail "$1" "the Postfix instance did not stop within 15 s"
+    details "$1.log" "$PFX/maillog"
+  fi
+}
+
+pfx_cleanup() {
+  if [ -n "${PFX_STARTED:-}" ]; then
+    # Never by name: this instance only, through its own config directory.
+    timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" stop > /dev/null 2>&1
+    if ! pfx_wait_stopped 15; then
+      timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" abort > /dev/null 2>&1
+      pfx_wait_stopped 5
+    fi
+  fi
+  [ -z "${PFX:-}" ] || rm -rf "$PFX"
 }

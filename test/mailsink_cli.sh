@@ -4,8 +4,10 @@
 # --mbox (byte for byte, mboxrd quoting, appending, the fcntl lock), --exec (environment,
 # stdin, exit statuses, time limit, no shell injection, no descriptor leaks, no zombies),
 # --json, --discard, --count (the last sender's QUIT gets 221, with smtplib and swaks),
-# --exit-after, --accept-domain, --fail-rate/--fail-reply/--fail-stage/--seed, --verbose (AUTH
-# masked), and the command-line errors.
+# --exit-after, --accept-domain, --fail-rate/--fail-reply/--fail-stage/--seed, --fail-recipient
+# in SMTP (the whole message refused), --verbose (AUTH masked), and the command-line errors
+# (--socket-mode, --listen unix: with a relative path, a missing directory, a path too long, a
+# regular file in the way). LMTP and Unix sockets with real clients: test/interop_lmtp.sh.
 #
 # Each check prints "ok - NAME" or "FAIL - NAME: reason" (details follow on "#" lines); the last
 # line is "mailsink-cli: N passed, N failed". Exit status 1 if any check failed, 2 on bad usage.
@@ -155,7 +157,9 @@ for flag in --listen --hostname --maildir --mbox --exec --exec-timeout --discard
     --print-body --quiet --verbose --count --exit-after --accept-domain --fail-rate \
     --fail-reply --fail-stage --seed --max-size --max-recipients --timeout --max-connections \
     --strict --tls-cert --tls-key --tls-key-password --tls-required --tls-implicit \
-    --tls-client-ca --auth --auth-file --auth-required --auth-insecure --help; do
+    --tls-client-ca --auth --auth-file --auth-required --auth-insecure --help --lmtp \
+    --socket-mode --fail-recipient --relay --relay-tls --relay-ca --relay-auth-file \
+    --relay-lmtp --relay-timeout; do
   grep -q -- "^  $flag\b" help.out || missing="$missing $flag"
 done
 if [ $rc -ne 0 ]; then fail $name "--help exited with status $rc"
@@ -184,6 +188,23 @@ usage exec-timeout-without-exec --exec-timeout 5
 usage bad-count --count 0
 usage bad-accept-domain --accept-domain user@example.test
 usage exec-without-program --exec
+# The Unix-socket and LMTP flags (issue 14).
+usage socket-mode-not-octal --listen "unix:$WORK/m.sock" --socket-mode 0999
+usage socket-mode-text --listen "unix:$WORK/m.sock" --socket-mode rw-rw----
+usage socket-mode-too-large --listen "unix:$WORK/m.sock" --socket-mode 01777
+usage socket-mode-too-long --listen "unix:$WORK/m.sock" --socket-mode 000660
+usage socket-mode-without-unix --socket-mode 0600
+usage listen-unix-relative --listen unix:relative.sock
+usage listen-unix-empty --listen unix:
+usage fail-recipient-brackets --fail-recipient '<bob@example.test>'
+usage lmtp-takes-no-value --lmtp=yes
+# --relay (issue 16).
+usage relay-bad-address --relay example.test
+usage relay-bad-port --relay 127.0.0.1:99999
+usage relay-unix-relative --relay unix:up.sock
+usage relay-tls-without-relay --relay-tls
+usage relay-lmtp-without-relay --relay-lmtp
+usage relay-ca-without-relay-tls --relay 127.0.0.1:25 --relay-ca ca.pem
 
 # runtime NAME ARG...: mailsink ARG... must exit 1 before listening, saying why.
 runtime() {
@@ -195,6 +216,19 @@ mkdir -p adir
 runtime mbox-unwritable --listen 127.0.0.1:0 --mbox "$WORK/no/such/dir/mbox"
 runtime mbox-is-directory --listen 127.0.0.1:0 --mbox "$WORK/adir"
 runtime exec-not-found --listen 127.0.0.1:0 --exec mailsink-no-such-program-here
+printf 'a:b\nc:d\n' > two-accounts
+runtime relay-auth-file-two-accounts --listen 127.0.0.1:0 --relay 127.0.0.1:25 --relay-auth-file two-accounts
+runtime relay-auth-file-missing --listen 127.0.0.1:0 --relay 127.0.0.1:25 --relay-auth-file "$WORK/no-such-file"
+sink_exits listen-unix-missing-directory 1 "^mailsink: .*$WORK/no/such/dir/lmtp\.sock" \
+  "the error does not name the socket path" --listen "unix:$WORK/no/such/dir/lmtp.sock"
+# sun_path holds 108 bytes with its NUL (unix(7)): a longer path cannot be a socket.
+runtime listen-unix-path-too-long --listen "unix:$WORK/$(printf 'x%.0s' $(seq 120)).sock"
+# A regular file where the socket should go is not a stale socket: it is never removed.
+: > not-a-socket
+name=listen-unix-regular-file
+sink_exits $name 1 "^mailsink: .*$WORK/not-a-socket" "the error does not name the file" \
+  --listen "unix:$WORK/not-a-socket"
+if [ ! -f not-a-socket ]; then fail $name-kept "the regular file was removed"; else ok $name-kept; fi
 if start busy --discard; then
   runtime port-in-use --listen "127.0.0.1:${PORT[$SERVER]}" --discard
   stop > /dev/null
@@ -480,7 +514,7 @@ if len(lines) != 2:
 first, second = (json.loads(l) for l in lines)
 want = {'time', 'peer', 'helo', 'tls', 'auth_user', 'from', 'to', 'size', 'subject',
         'message_id', 'path', 'body', 'chunked', 'requiretls', 'ret', 'envid', 'auth',
-        'mail_params', 'rcpt_options'}
+        'mail_params', 'rcpt_options', 'delivered_to', 'unix_path', 'pid', 'uid', 'gid'}
 no_options = {'notify': None, 'orcpt': None, 'params': {}}
 if set(first) != want:
     sys.exit('fields %s, not %s' % (sorted(first), sorted(want)))
@@ -491,6 +525,9 @@ checks = [
     (first['tls'] is None and first['auth_user'] is None, 'tls/auth_user'),
     (first['from'] == 'alice@example.test', 'from'),
     (first['to'] == ['bob@example.test', 'carol@example.test'], 'to'),
+    (first['delivered_to'] == first['to'], 'delivered_to'),
+    # A TCP client: no Unix socket, no credentials.
+    ([first[k] for k in ('unix_path', 'pid', 'uid', 'gid')] == [None] * 4, 'unix_path/pid/uid/gid'),
     (isinstance(first['size'], int) and first['size'] > 100, 'size'),
     (first['subject'] == 'caf\u00e9 \u0001 bad \ufffd\ufffd "q" \\  folded', 'subject'),
     (first['message_id'] == '<json-1@example.test>', 'message_id'),
@@ -757,6 +794,21 @@ done
 if [ -s $name-1.seq ] && cmp -s $name-1.seq $name-2.seq &&
    grep -q 'END 250' $name-1.seq && grep -q 'END 451' $name-1.seq; then ok $name
 else fail $name "the sequences differ or are all one outcome: $(tr '\n' ' ' < $name-1.seq) / $(tr '\n' ' ' < $name-2.seq)"; fi
+
+# --- fail-recipient in SMTP: one reply for the message, so a refused recipient refuses it all --
+name=fail-recipient-smtp
+if start $name --json --fail-recipient Carol@Example.test --fail-reply "550 5.1.1 No such user"; then
+  client "${PORT[$SERVER]}" --to bob@example.test --to carol@example.test --file summary.eml > $name.c1
+  client "${PORT[$SERVER]}" --to bob@example.test --file summary.eml > $name.c2
+  stop > /dev/null
+  if ! grep -qx 'END 550 5.1.1 No such user' $name.c1; then
+    fail $name "the message to bob and carol did not get '550 5.1.1 No such user'"; details $name.c1
+  elif ! grep -q '^END 250' $name.c2; then fail $name "the message to bob alone was refused"; details $name.c2
+  elif [ "$(wc -l < $name.out)" -ne 1 ]; then fail $name "not exactly one JSON line (for bob's)"; details $name.out
+  elif ! grep -q '"to":\["bob@example.test"\],.*"delivered_to":\["bob@example.test"\]' $name.out; then
+    fail $name "the JSON line lacks delivered_to [bob]"; details $name.out
+  else ok $name; fi
+else fail $name "$WHY"; fi
 
 # --- verbose ---------------------------------------------------------------------------------
 name=verbose
