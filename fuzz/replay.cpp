@@ -25,6 +25,7 @@ int fuzz_auth(const uint8_t* data, size_t size);
 int fuzz_bdat(const uint8_t* data, size_t size);
 int fuzz_proxy(const uint8_t* data, size_t size);
 int fuzz_dns(const uint8_t* data, size_t size);
+int fuzz_reply(const uint8_t* data, size_t size);
 
 namespace {
 
@@ -40,6 +41,7 @@ const Target targets[] = {
     {"bdat", fuzz_bdat},
     {"proxy", fuzz_proxy},
     {"dns", fuzz_dns},
+    {"reply", fuzz_reply},
 };
 
 // replay_one - run one input in a child process; true when it returned normally.
