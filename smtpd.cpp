@@ -6632,8 +6632,19 @@ struct Client::Impl {
       reset_quietly();
       return result;
     }
-    result.data = transfer(message).replies;
+    DataReplies data = transfer(message);
+    result.data = data.replies;
+    if (data.command_refused) end_transaction(result.data[0]);
     return result;
+  }
+
+  // end_transaction - after a refused DATA or BDAT the transaction may still be open at the
+  // server: RSET it (RFC 3030 §2 asks so after a failed chunk), unless the 421 closed it all.
+  void end_transaction(const Reply& refusal) {
+    if (refusal.code == 421)
+      close();
+    else
+      reset_quietly();
   }
 
   // pipelined_data - the reply to the DATA sent in the burst. Without a recipient a 354 is
@@ -6655,7 +6666,7 @@ struct Client::Impl {
     }
     if (reply.code != 354) {
       result.data = {reply};
-      reset_quietly();
+      end_transaction(reply);
       return result;
     }
     send_dot_content(message);
