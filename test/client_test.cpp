@@ -1031,6 +1031,47 @@ TEST_SUITE("client") {
     }
   }
 
+  TEST_CASE("RFC 3207 §4.2: what the server sent after its 220 is dropped, not read in TLS") {
+    const Certs& certs = test::certs();
+    REQUIRE_MESSAGE(certs.ok(), certs.error);
+    ScriptedServer server([&certs](int fd) {
+      std::string in;
+      say(fd, "220 inject.test ESMTP\r\n");
+      if (hear(fd, in) != "EHLO client.test") return;
+      say(fd, "250-inject.test\r\n250 STARTTLS\r\n");
+      if (hear(fd, in) != "STARTTLS") return;
+      // A man in the middle's addition: a fake EHLO reply, in the clear, after the 220.
+      say(fd, "220 Go ahead\r\n250-injected\r\n250 AUTH PLAIN\r\n");
+      SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+      SSL_CTX_use_certificate_chain_file(ctx, certs.server_cert.c_str());
+      SSL_CTX_use_PrivateKey_file(ctx, certs.server_key.c_str(), SSL_FILETYPE_PEM);
+      SSL* ssl = SSL_new(ctx);
+      SSL_set_fd(ssl, fd);
+      if (SSL_accept(ssl) == 1) {
+        std::string got;
+        char buf[512];
+        for (int i = 0; i < 100 && got.find("\r\n") == std::string::npos; ++i) {
+          int n = SSL_read(ssl, buf, sizeof buf);
+          if (n <= 0) break;
+          got.append(buf, std::size_t(n));
+        }
+        const std::string reply = "250-inside.test\r\n250 SIZE 1000\r\n";
+        if (got == "EHLO client.test\r\n") SSL_write(ssl, reply.data(), int(reply.size()));
+        SSL_read(ssl, buf, sizeof buf); // until the client goes
+      }
+      SSL_free(ssl);
+      SSL_CTX_free(ctx);
+    });
+    smtpd::ClientOptions o = plain();
+    o.tls_ca_file = certs.ca;
+    smtpd::Client c(server.address(), o);
+    c.hello();
+    smtpd::Reply again = c.starttls();
+    CHECK(again.text == "inside.test\nSIZE 1000");
+    CHECK_FALSE(c.has_extension("AUTH"));
+    CHECK(c.extension("SIZE") == std::optional<std::string>("1000"));
+  }
+
   TEST_CASE("RFC 8314: implicit TLS, and a greeting that comes inside it") {
     const Certs& certs = test::certs();
     REQUIRE_MESSAGE(certs.ok(), certs.error);
