@@ -6043,8 +6043,7 @@ std::string checked_path(std::string_view address, bool sender) {
   if (address.size() >= 2 && address.front() == '<' && address.back() == '>')
     address = address.substr(1, address.size() - 2);
   bool special = sender ? address.empty() : iequals(address, "postmaster");
-  if (!has_line_break(address) && (special || parse_mailbox(address)))
-    return std::string(address);
+  if (!has_line_break(address) && (special || parse_mailbox(address))) return std::string(address);
   throw std::invalid_argument("smtpd: Client: not a valid " +
                               std::string(sender ? "sender" : "recipient") + " address: \"" +
                               sanitize_for_header(address, 100) + "\"");
@@ -6303,8 +6302,8 @@ struct Client::Impl {
   ReplyParser parser;
   Reply greeting;
   std::map<std::string, std::string> extensions; // EHLO keyword (upper case) -> parameters
-  std::size_t accepted = 0;  // recipients accepted since MAIL: LMTP's replies after the data
-  bool binarymime = false;   // the transaction's MAIL said BODY=BINARYMIME
+  std::size_t accepted = 0; // recipients accepted since MAIL: LMTP's replies after the data
+  bool binarymime = false;  // the transaction's MAIL said BODY=BINARYMIME
   std::string data_verb = "DATA";
 
   ~Impl() { close(); }
@@ -6371,11 +6370,9 @@ struct Client::Impl {
       }
       if (parsed.status == ReplyParse::Status::invalid)
         fail(what + ": malformed reply: " + parsed.error);
-      auto left =
-          std::chrono::duration_cast<ms>(deadline - std::chrono::steady_clock::now());
+      auto left = std::chrono::duration_cast<ms>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0)
-        fail(what + ": no complete reply within " + std::to_string(timeout.count()) + " ms",
-             true);
+        fail(what + ": no complete reply within " + std::to_string(timeout.count()) + " ms", true);
       char buf[16384];
       std::size_t got = 0;
       ReadResult result;
@@ -6505,8 +6502,8 @@ struct Client::Impl {
       line += " NOTIFY=" + words;
     }
     if (!o.orcpt.empty()) {
-      std::string value = (o.orcpt_type.empty() ? "rfc822" : o.orcpt_type) + ";" +
-                          encode_xtext(o.orcpt);
+      std::string value =
+          (o.orcpt_type.empty() ? "rfc822" : o.orcpt_type) + ";" + encode_xtext(o.orcpt);
       std::string type, address;
       if (!parse_orcpt(value, type, address))
         throw std::invalid_argument("smtpd: Client: bad ORCPT (type or length)");
@@ -6515,9 +6512,7 @@ struct Client::Impl {
     return line;
   }
 
-  bool use_bdat() const {
-    return binarymime || (options.prefer_chunking && has("CHUNKING"));
-  }
+  bool use_bdat() const { return binarymime || (options.prefer_chunking && has("CHUNKING")); }
 
   // read_replies - `count` replies, each within `timeout`.
   std::vector<Reply> read_replies(const std::string& what, std::size_t count, ms timeout) {
@@ -6695,8 +6690,7 @@ Client::Client(const std::string& addr, ClientOptions options) : impl_(std::make
     if (s.greeting.code != 421) {
       try {
         s.write("QUIT\r\n", s.options.command_timeout, "QUIT");
-      } catch (const ClientIOError&) {
-      }
+      } catch (const ClientIOError&) {}
     }
     s.close();
     throw ClientError("greeting", s.greeting);
@@ -6870,15 +6864,13 @@ SendResult Client::send_all_or_nothing(const std::string& from, const std::vecto
 
 // SendMail - the one call: each step's refusal is thrown, and the QUIT that ends a session is
 // sent whatever happened (quietly: after a delivered message its failure changes nothing).
-Reply SendMail(const std::string& addr, const std::string& from,
-               const std::vector<std::string>& to, std::string_view message,
-               const ClientOptions& options) {
+Reply SendMail(const std::string& addr, const std::string& from, const std::vector<std::string>& to,
+               std::string_view message, const ClientOptions& options) {
   Client client(addr, options);
   auto quit_quietly = [&] {
     try {
       client.quit();
-    } catch (const std::exception&) {
-    }
+    } catch (const std::exception&) {}
   };
   SendResult result;
   try {

@@ -51,18 +51,30 @@ Args parse(int argc, char** argv) {
       if (i + 1 >= argc) throw std::invalid_argument(arg + " needs a value");
       return argv[++i];
     };
-    if (arg == "--sendmail") a.sendmail = true;
-    else if (arg == "--starttls") a.starttls = a.options.starttls = true;
-    else if (arg == "--implicit-tls") a.options.implicit_tls = true;
-    else if (arg == "--ca") a.options.tls_ca_file = value();
-    else if (arg == "--name") a.options.tls_server_name = value();
-    else if (arg == "--no-verify") a.options.tls_verify = false;
-    else if (arg == "--lmtp") a.options.lmtp = true;
-    else if (arg == "--user") a.options.username = value();
-    else if (arg == "--pass") a.options.password = value();
-    else if (arg == "--mech") a.mech = a.options.auth_mechanism = value();
-    else if (arg == "--ret") a.options.mail.ret = value();
-    else if (arg == "--envid") a.options.mail.envid = value();
+    if (arg == "--sendmail")
+      a.sendmail = true;
+    else if (arg == "--starttls")
+      a.starttls = a.options.starttls = true;
+    else if (arg == "--implicit-tls")
+      a.options.implicit_tls = true;
+    else if (arg == "--ca")
+      a.options.tls_ca_file = value();
+    else if (arg == "--name")
+      a.options.tls_server_name = value();
+    else if (arg == "--no-verify")
+      a.options.tls_verify = false;
+    else if (arg == "--lmtp")
+      a.options.lmtp = true;
+    else if (arg == "--user")
+      a.options.username = value();
+    else if (arg == "--pass")
+      a.options.password = value();
+    else if (arg == "--mech")
+      a.mech = a.options.auth_mechanism = value();
+    else if (arg == "--ret")
+      a.options.mail.ret = value();
+    else if (arg == "--envid")
+      a.options.mail.envid = value();
     else if (arg == "--notify") {
       std::string list = value();
       for (std::size_t at = 0; at <= list.size();) {
@@ -71,13 +83,20 @@ Args parse(int argc, char** argv) {
         a.rcpt.notify.push_back(list.substr(at, comma - at));
         at = comma + 1;
       }
-    } else if (arg == "--orcpt") a.rcpt.orcpt = value();
-    else if (arg == "--smtputf8") a.options.mail.smtputf8 = true;
-    else if (arg == "--8bitmime") a.options.mail.body_8bit = true;
-    else if (arg == "--binarymime") a.options.mail.binarymime = true;
-    else if (arg == "--chunking") a.options.prefer_chunking = true;
-    else if (arg.rfind("--", 0) == 0) throw std::invalid_argument("unknown option " + arg);
-    else words.push_back(arg);
+    } else if (arg == "--orcpt")
+      a.rcpt.orcpt = value();
+    else if (arg == "--smtputf8")
+      a.options.mail.smtputf8 = true;
+    else if (arg == "--8bitmime")
+      a.options.mail.body_8bit = true;
+    else if (arg == "--binarymime")
+      a.options.mail.binarymime = true;
+    else if (arg == "--chunking")
+      a.options.prefer_chunking = true;
+    else if (arg.rfind("--", 0) == 0)
+      throw std::invalid_argument("unknown option " + arg);
+    else
+      words.push_back(arg);
   }
   if (words.size() < 3) throw std::invalid_argument("want ADDR FROM TO...");
   a.addr = words[0];

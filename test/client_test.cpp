@@ -64,8 +64,11 @@ struct Trace {
 class RecordingTracer : public smtpd::Tracer {
 public:
   explicit RecordingTracer(std::shared_ptr<Trace> trace) : trace_(std::move(trace)) {}
+
   void client(std::string_view bytes) override { trace_->add("C" + std::string(bytes)); }
+
   void server(std::string_view bytes) override { trace_->add("S" + std::string(bytes)); }
+
   void flush() override { trace_->add("F"); }
 
 private:
@@ -210,6 +213,7 @@ TEST_SUITE("client") {
       int code;
       std::string enhanced, text;
     };
+
     const Row rows[] = {
         {"220 mx.test ESMTP\r\n", 220, "", "mx.test ESMTP"},
         {"250 2.1.0 Ok\r\n", 250, "2.1.0", "Ok"},
@@ -369,9 +373,9 @@ TEST_SUITE("client") {
       CHECK(e.reply().code == 554);
       CHECK(std::string(e.what()) == "greeting: 554 Go away");
     }
-    CHECK_THROWS_AS(smtpd::SendMail(server.address(), "a@example.org", {"b@example.net"}, probe,
-                                    plain()),
-                    smtpd::ClientError);
+    CHECK_THROWS_AS(
+        smtpd::SendMail(server.address(), "a@example.org", {"b@example.net"}, probe, plain()),
+        smtpd::ClientError);
   }
 
   TEST_CASE("RFC 5321 §3.2: EHLO refused, HELO refused: ClientError \"HELO\"") {
@@ -545,8 +549,7 @@ TEST_SUITE("client") {
     const char raw[] = "\x00\x01\r\n.\r\nbare\nLF and bare\rCR\xff";
     const std::string binary(raw, sizeof raw - 1);
     smtpd::SendResult r =
-        c.send("alice@example.org", {"bob@example.net", "jöran@example.net"}, binary, mail,
-               {rcpt});
+        c.send("alice@example.org", {"bob@example.net", "jöran@example.net"}, binary, mail, {rcpt});
     CHECK(r.accepted(0));
     CHECK(r.accepted(1));
     REQUIRE(server.wait_for(1, 5s));
@@ -571,7 +574,8 @@ TEST_SUITE("client") {
     o.prefer_chunking = true;
     o.bdat_chunk_bytes = 10;
     const std::string message = "line one\nline two\r\n.dot\n";
-    smtpd::Reply r = smtpd::SendMail(server.address(), "a@example.org", {"b@example.net"}, message, o);
+    smtpd::Reply r =
+        smtpd::SendMail(server.address(), "a@example.org", {"b@example.net"}, message, o);
     CHECK(r.code == 250);
     REQUIRE(server.wait_for(1, 5s));
     CHECK(server.messages()[0].envelope.chunked);
@@ -776,9 +780,7 @@ TEST_SUITE("client") {
     for (const std::string& address : to) {
       try {
         c.rcpt(address);
-      } catch (const smtpd::ClientError&) {
-        CHECK(address == "nobody@t.test");
-      }
+      } catch (const smtpd::ClientError&) { CHECK(address == "nobody@t.test"); }
     }
     CHECK_THROWS_AS(c.data("Hi\n"), std::logic_error); // LMTP: lmtp_data
     std::vector<smtpd::Reply> replies = c.lmtp_data("Hi\n");
@@ -796,7 +798,8 @@ TEST_SUITE("client") {
       if (hear(fd, in) != "HELO client.test") return;
       say(fd, "250 old.test\r\n");
       // Lock-step: each command alone (no PIPELINING was offered).
-      for (const char* expected : {"MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA"}) {
+      for (const char* expected :
+           {"MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA"}) {
         if (hear(fd, in) != expected || !in.empty()) return;
         say(fd, std::string(expected) == "DATA" ? "354 Go\r\n" : "250 Ok\r\n");
       }
@@ -829,17 +832,13 @@ TEST_SUITE("client") {
     try {
       smtpd::SendMail(server.address(), "a@example.org", {"b@example.net"}, big, quick(5s));
       FAIL("SendMail should have thrown");
-    } catch (const smtpd::ClientIOError& e) {
-      CHECK_FALSE(e.timed_out());
-    }
+    } catch (const smtpd::ClientIOError& e) { CHECK_FALSE(e.timed_out()); }
   }
 
   // ---- hostile servers ------------------------------------------------------------------------
 
   TEST_CASE("Hostile: an over-long reply line is a ClientIOError, not a growing buffer") {
-    ScriptedServer server([](int fd) {
-      say(fd, "220 " + std::string(100000, 'A') + "\r\n");
-    });
+    ScriptedServer server([](int fd) { say(fd, "220 " + std::string(100000, 'A') + "\r\n"); });
     try {
       smtpd::Client c(server.address(), quick(5s));
       FAIL("the client should have thrown");
@@ -861,9 +860,7 @@ TEST_SUITE("client") {
     try {
       c.hello();
       FAIL("hello should have thrown");
-    } catch (const smtpd::ClientIOError& e) {
-      CHECK(contains(e.what(), "1000 lines"));
-    }
+    } catch (const smtpd::ClientIOError& e) { CHECK(contains(e.what(), "1000 lines")); }
     CHECK_THROWS_AS(c.noop(), smtpd::ClientIOError); // the connection is closed now
   }
 
@@ -888,9 +885,7 @@ TEST_SUITE("client") {
     try {
       smtpd::Client c(server.address(), quick(300ms));
       FAIL("the client should have timed out");
-    } catch (const smtpd::ClientIOError& e) {
-      CHECK(e.timed_out());
-    }
+    } catch (const smtpd::ClientIOError& e) { CHECK(e.timed_out()); }
     stop = true;
   }
 
@@ -909,9 +904,7 @@ TEST_SUITE("client") {
       try {
         c.hello();
         FAIL("hello should have thrown");
-      } catch (const smtpd::ClientIOError& e) {
-        CHECK(contains(e.what(), "closed"));
-      }
+      } catch (const smtpd::ClientIOError& e) { CHECK(contains(e.what(), "closed")); }
     }
     {
       ScriptedServer server([](int fd) {
@@ -924,9 +917,7 @@ TEST_SUITE("client") {
       try {
         c.hello();
         FAIL("hello should have timed out");
-      } catch (const smtpd::ClientIOError& e) {
-        CHECK(e.timed_out());
-      }
+      } catch (const smtpd::ClientIOError& e) { CHECK(e.timed_out()); }
     }
   }
 
@@ -1084,7 +1075,8 @@ TEST_SUITE("client") {
     o.implicit_tls = true;
     o.tls_ca_file = certs.ca;
     o.tls_min_version = "TLSv1.3";
-    smtpd::Reply r = smtpd::SendMail(server.address(), "a@example.org", {"b@example.net"}, probe, o);
+    smtpd::Reply r =
+        smtpd::SendMail(server.address(), "a@example.org", {"b@example.net"}, probe, o);
     CHECK(r.code == 250);
     REQUIRE(server.wait_for(1, 5s));
     CHECK(server.messages()[0].session.tls_version == "TLSv1.3");
