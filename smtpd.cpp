@@ -6616,8 +6616,8 @@ struct Client::Impl {
     if (!mail_taken && !pipelined) return result;
     for (std::size_t i = 0; i < to.size(); ++i) {
       Reply r = next(i + 1, "RCPT", options.rcpt_timeout);
-      if (r.code == 421) return closed(result);
       if (mail_taken) result.rcpt.push_back(r);
+      if (r.code == 421) return closed(result); // the rest never comes
       accepted += mail_taken && r.code / 100 == 2;
     }
     bool go = accepted > 0 && (!all_or_nothing || accepted == to.size());

@@ -812,6 +812,26 @@ TEST_SUITE("client") {
     CHECK(r.code == 250);
   }
 
+  TEST_CASE("RFC 5321 §3.8: a 421 inside a pipelined group ends send() without an exception") {
+    ScriptedServer server([](int fd) {
+      std::string in;
+      say(fd, "220 busy.test ESMTP\r\n");
+      if (hear(fd, in) != "EHLO client.test") return;
+      say(fd, "250-busy.test\r\n250 PIPELINING\r\n");
+      hear(fd, in); // MAIL, then the first RCPT: the server gives up there
+      hear(fd, in);
+      say(fd, "250 2.1.0 Ok\r\n421 4.3.2 Shutting down\r\n");
+    });
+    smtpd::Client c(server.address(), plain());
+    c.hello();
+    smtpd::SendResult r = c.send("a@example.org", {"b@example.net", "c@example.net"}, probe);
+    CHECK(r.mail.code == 250);
+    REQUIRE(r.rcpt.size() == 1);
+    CHECK(r.rcpt[0].code == 421);
+    CHECK(r.data.empty());
+    CHECK_THROWS_AS(c.noop(), smtpd::ClientIOError); // closed after the 421
+  }
+
   TEST_CASE("A server that drops the connection mid-DATA: ClientIOError") {
     ScriptedServer server([](int fd) {
       std::string in;
