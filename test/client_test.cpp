@@ -722,21 +722,23 @@ TEST_SUITE("client") {
     REQUIRE(::mkdtemp(name) != nullptr);
     std::string dir = name;
     std::string path = dir + "/lmtp.sock";
-    ScriptedServer server(
-        [](int fd) {
-          std::string in;
-          say(fd, "220 unix.test ESMTP\r\n");
-          if (hear(fd, in) != "EHLO client.test") return;
-          say(fd, "250 unix.test\r\n");
-          if (hear(fd, in) == "QUIT") say(fd, "221 Bye\r\n");
-        },
-        path);
-    smtpd::Client c("unix:" + path, plain());
-    CHECK(c.greeting().text == "unix.test ESMTP");
-    CHECK(c.hello().code == 250);
-    CHECK(c.quit().code == 221);
-    ::rmdir(dir.c_str());
+    { // the server goes (and unlinks its socket) before the directory is removed
+      ScriptedServer server(
+          [](int fd) {
+            std::string in;
+            say(fd, "220 unix.test ESMTP\r\n");
+            if (hear(fd, in) != "EHLO client.test") return;
+            say(fd, "250 unix.test\r\n");
+            if (hear(fd, in) == "QUIT") say(fd, "221 Bye\r\n");
+          },
+          path);
+      smtpd::Client c("unix:" + path, plain());
+      CHECK(c.greeting().text == "unix.test ESMTP");
+      CHECK(c.hello().code == 250);
+      CHECK(c.quit().code == 221);
+    }
     CHECK_THROWS_AS(smtpd::Client("unix:" + dir + "/none.sock", plain()), smtpd::ClientIOError);
+    CHECK(::rmdir(dir.c_str()) == 0);
   }
 
   TEST_CASE("RFC 2033 §4.2: LMTP gives one reply per accepted recipient, in order") {
