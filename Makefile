@@ -48,7 +48,7 @@ EXAMPLES := $(BUILD)/hello $(BUILD)/mailsink
 EXAMPLE_OBJS := $(BUILD)/example/hello.o $(BUILD)/example/mailsink.o
 TEST_SRCS := test/main.cpp test/header_check.cpp $(sort $(wildcard test/*_test.cpp))
 TEST_OBJS := $(TEST_SRCS:%.cpp=$(BUILD)/%.o)
-OBJS := $(LIB_OBJ) $(EXAMPLE_OBJS) $(TEST_OBJS)
+OBJS := $(LIB_OBJ) $(EXAMPLE_OBJS) $(TEST_OBJS) $(BUILD)/test/client_driver.o
 FMT_SRCS = $(wildcard smtpd.hpp smtpd.cpp example/*.cpp example/*.hpp test/*.cpp test/*.hpp)
 
 ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -O1
@@ -82,7 +82,9 @@ $(BUILD)/%.o: %.cpp $(BUILD)/flags
 $(BUILD)/hello: $(BUILD)/example/hello.o $(LIB_OBJ)
 $(BUILD)/mailsink: $(BUILD)/example/mailsink.o $(LIB_OBJ)
 $(BUILD)/tests: $(TEST_OBJS) $(LIB_OBJ)
-$(EXAMPLES) $(BUILD)/tests: $(BUILD)/flags
+# test/interop_client.sh drives smtpd::Client against real servers through this program.
+$(BUILD)/client_driver: $(BUILD)/test/client_driver.o $(LIB_OBJ)
+$(EXAMPLES) $(BUILD)/tests $(BUILD)/client_driver: $(BUILD)/flags
 	$(CXX) $(ALL_CXXFLAGS) $(LDFLAGS) $(filter %.o,$^) $(ALL_LDLIBS) -o $@
 
 -include $(OBJS:.o=.d)
@@ -100,7 +102,7 @@ run: $(BUILD)/mailsink
 
 # test/run-all.sh runs $(BUILD)/tests, then test/interop.sh $(BUILD)/mailsink, and prints
 # "N passed, N failed" last.
-test: all $(BUILD)/tests $(BUILD)/fuzz-replay | deps
+test: all $(BUILD)/tests $(BUILD)/fuzz-replay $(BUILD)/client_driver | deps
 	bash test/run-all.sh $(BUILD)
 
 # Sanitizer and no-TLS builds: the same Makefile, one level down, in their own build directory.

@@ -6367,8 +6367,7 @@ std::string checked_path(std::string_view address, bool sender) {
   if (address.size() >= 2 && address.front() == '<' && address.back() == '>')
     address = address.substr(1, address.size() - 2);
   bool special = sender ? address.empty() : iequals(address, "postmaster");
-  if (!has_line_break(address) && (special || parse_mailbox(address)))
-    return std::string(address);
+  if (!has_line_break(address) && (special || parse_mailbox(address))) return std::string(address);
   throw std::invalid_argument("smtpd: Client: not a valid " +
                               std::string(sender ? "sender" : "recipient") + " address: \"" +
                               sanitize_for_header(address, 100) + "\"");
@@ -6627,8 +6626,8 @@ struct Client::Impl {
   ReplyParser parser;
   Reply greeting;
   std::map<std::string, std::string> extensions; // EHLO keyword (upper case) -> parameters
-  std::size_t accepted = 0;  // recipients accepted since MAIL: LMTP's replies after the data
-  bool binarymime = false;   // the transaction's MAIL said BODY=BINARYMIME
+  std::size_t accepted = 0; // recipients accepted since MAIL: LMTP's replies after the data
+  bool binarymime = false;  // the transaction's MAIL said BODY=BINARYMIME
   std::string data_verb = "DATA";
 
   ~Impl() { close(); }
@@ -6695,11 +6694,9 @@ struct Client::Impl {
       }
       if (parsed.status == ReplyParse::Status::invalid)
         fail(what + ": malformed reply: " + parsed.error);
-      auto left =
-          std::chrono::duration_cast<ms>(deadline - std::chrono::steady_clock::now());
+      auto left = std::chrono::duration_cast<ms>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0)
-        fail(what + ": no complete reply within " + std::to_string(timeout.count()) + " ms",
-             true);
+        fail(what + ": no complete reply within " + std::to_string(timeout.count()) + " ms", true);
       char buf[16384];
       std::size_t got = 0;
       ReadResult result;
@@ -6829,8 +6826,8 @@ struct Client::Impl {
       line += " NOTIFY=" + words;
     }
     if (!o.orcpt.empty()) {
-      std::string value = (o.orcpt_type.empty() ? "rfc822" : o.orcpt_type) + ";" +
-                          encode_xtext(o.orcpt);
+      std::string value =
+          (o.orcpt_type.empty() ? "rfc822" : o.orcpt_type) + ";" + encode_xtext(o.orcpt);
       std::string type, address;
       if (!parse_orcpt(value, type, address))
         throw std::invalid_argument("smtpd: Client: bad ORCPT (type or length)");
@@ -6839,9 +6836,7 @@ struct Client::Impl {
     return line;
   }
 
-  bool use_bdat() const {
-    return binarymime || (options.prefer_chunking && has("CHUNKING"));
-  }
+  bool use_bdat() const { return binarymime || (options.prefer_chunking && has("CHUNKING")); }
 
   // read_replies - `count` replies, each within `timeout`.
   std::vector<Reply> read_replies(const std::string& what, std::size_t count, ms timeout) {
@@ -6945,8 +6940,8 @@ struct Client::Impl {
     if (!mail_taken && !pipelined) return result;
     for (std::size_t i = 0; i < to.size(); ++i) {
       Reply r = next(i + 1, "RCPT", options.rcpt_timeout);
-      if (r.code == 421) return closed(result);
       if (mail_taken) result.rcpt.push_back(r);
+      if (r.code == 421) return closed(result); // the rest never comes
       accepted += mail_taken && r.code / 100 == 2;
     }
     bool go = accepted > 0 && (!all_or_nothing || accepted == to.size());
@@ -6956,8 +6951,19 @@ struct Client::Impl {
       reset_quietly();
       return result;
     }
-    result.data = transfer(message).replies;
+    DataReplies data = transfer(message);
+    result.data = data.replies;
+    if (data.command_refused) end_transaction(result.data[0]);
     return result;
+  }
+
+  // end_transaction - after a refused DATA or BDAT the transaction may still be open at the
+  // server: RSET it (RFC 3030 §2 asks so after a failed chunk), unless the 421 closed it all.
+  void end_transaction(const Reply& refusal) {
+    if (refusal.code == 421)
+      close();
+    else
+      reset_quietly();
   }
 
   // pipelined_data - the reply to the DATA sent in the burst. Without a recipient a 354 is
@@ -6979,7 +6985,7 @@ struct Client::Impl {
     }
     if (reply.code != 354) {
       result.data = {reply};
-      reset_quietly();
+      end_transaction(reply);
       return result;
     }
     send_dot_content(message);
@@ -7008,8 +7014,7 @@ Client::Client(const std::string& addr, ClientOptions options) : impl_(std::make
     if (s.greeting.code != 421) {
       try {
         s.write("QUIT\r\n", s.options.command_timeout, "QUIT");
-      } catch (const ClientIOError&) {
-      }
+      } catch (const ClientIOError&) {}
     }
     s.close();
     throw ClientError("greeting", s.greeting);
@@ -7183,15 +7188,13 @@ SendResult Client::send_all_or_nothing(const std::string& from, const std::vecto
 
 // SendMail - the one call: each step's refusal is thrown, and the QUIT that ends a session is
 // sent whatever happened (quietly: after a delivered message its failure changes nothing).
-Reply SendMail(const std::string& addr, const std::string& from,
-               const std::vector<std::string>& to, std::string_view message,
-               const ClientOptions& options) {
+Reply SendMail(const std::string& addr, const std::string& from, const std::vector<std::string>& to,
+               std::string_view message, const ClientOptions& options) {
   Client client(addr, options);
   auto quit_quietly = [&] {
     try {
       client.quit();
-    } catch (const std::exception&) {
-    }
+    } catch (const std::exception&) {}
   };
   SendResult result;
   try {

@@ -989,7 +989,9 @@ void ListenAndServeTLS(const std::string& addr, const std::string& cert_file,
 class ClientError : public std::runtime_error {
 public:
   ClientError(std::string command, Reply reply);
+
   const Reply& reply() const { return reply_; }
+
   const std::string& command() const { return command_; } // "MAIL", "RCPT", "greeting", ...
 
 private:
@@ -1003,6 +1005,7 @@ private:
 class ClientIOError : public std::runtime_error {
 public:
   ClientIOError(const std::string& what, bool timed_out = false);
+
   bool timed_out() const { return timed_out_; }
 
 private:
@@ -1013,20 +1016,20 @@ private:
 // §4.5.3.2's; each is an overall deadline for one reply (a server that drips bytes still hits
 // it), or for one write of content (block_timeout).
 struct ClientOptions {
-  std::string helo_name;          // EHLO/LHLO argument; "" = the system host name
-  bool lmtp = false;              // LHLO, and one reply per recipient after the data (RFC 2033)
-  bool implicit_tls = false;      // TLS from the first byte (RFC 8314, port 465)
-  bool starttls = true;           // SendMail: STARTTLS when the server offers it
-  bool require_tls = false;       // SendMail: a server without STARTTLS is an error (530)
-  bool tls_verify = true;         // verify the certificate chain and the host name
-  std::string tls_ca_file;        // PEM CAs; "" = the system store
-  std::string tls_server_name;    // SNI and the name checked; "" = the host from addr
+  std::string helo_name;       // EHLO/LHLO argument; "" = the system host name
+  bool lmtp = false;           // LHLO, and one reply per recipient after the data (RFC 2033)
+  bool implicit_tls = false;   // TLS from the first byte (RFC 8314, port 465)
+  bool starttls = true;        // SendMail: STARTTLS when the server offers it
+  bool require_tls = false;    // SendMail: a server without STARTTLS is an error (530)
+  bool tls_verify = true;      // verify the certificate chain and the host name
+  std::string tls_ca_file;     // PEM CAs; "" = the system store
+  std::string tls_server_name; // SNI and the name checked; "" = the host from addr
   std::string tls_min_version = "TLSv1.2"; // or "TLSv1.3"
-  std::string username, password; // SendMail: AUTH when username is not ""
-  std::string auth_mechanism;     // "" = the best offered: CRAM-MD5, then PLAIN, then LOGIN
-  MailOptions mail;               // SendMail: MAIL parameters (SIZE is filled in)
-  bool prefer_chunking = false;   // BDAT (RFC 3030) whenever CHUNKING is offered; without it
-                                  // BDAT is used only for BODY=BINARYMIME, which needs it
+  std::string username, password;          // SendMail: AUTH when username is not ""
+  std::string auth_mechanism;   // "" = the best offered: CRAM-MD5, then PLAIN, then LOGIN
+  MailOptions mail;             // SendMail: MAIL parameters (SIZE is filled in)
+  bool prefer_chunking = false; // BDAT (RFC 3030) whenever CHUNKING is offered; without it
+                                // BDAT is used only for BODY=BINARYMIME, which needs it
   std::size_t bdat_chunk_bytes = 1024 * 1024; // the largest BDAT chunk
   // RFC 5321 §4.5.3.2 defaults
   std::chrono::milliseconds connect_timeout = std::chrono::seconds(30); // each address tried
@@ -1034,8 +1037,8 @@ struct ClientOptions {
   std::chrono::milliseconds command_timeout = std::chrono::minutes(5); // EHLO, AUTH, RSET, ...
   std::chrono::milliseconds mail_timeout = std::chrono::minutes(5);
   std::chrono::milliseconds rcpt_timeout = std::chrono::minutes(5);
-  std::chrono::milliseconds data_timeout = std::chrono::minutes(2);  // DATA's 354, BDAT's 250
-  std::chrono::milliseconds block_timeout = std::chrono::minutes(3); // each write of content
+  std::chrono::milliseconds data_timeout = std::chrono::minutes(2);   // DATA's 354, BDAT's 250
+  std::chrono::milliseconds block_timeout = std::chrono::minutes(3);  // each write of content
   std::chrono::milliseconds final_timeout = std::chrono::minutes(10); // after the final dot
 };
 
@@ -1078,6 +1081,7 @@ constexpr std::size_t max_client_reply_lines = 1000;
 class ReplyParser {
 public:
   ReplyParse parse(std::string_view bytes);
+
   void reset() { *this = ReplyParser(); }
 
 private:
@@ -1103,7 +1107,7 @@ public:
   Client& operator=(const Client&) = delete;
 
   const Reply& greeting() const;
-  Reply hello(); // EHLO (HELO after a 5xx, RFC 5321 §3.2) or LHLO (RFC 2033 §4.1)
+  Reply hello();    // EHLO (HELO after a 5xx, RFC 5321 §3.2) or LHLO (RFC 2033 §4.1)
   Reply starttls(); // STARTTLS, the handshake (verified unless tls_verify is off), EHLO again
   // auth - AUTH (RFC 4954) with `mechanism` ("" = the best offered: CRAM-MD5, PLAIN, LOGIN).
   // A mechanism the server did not offer: ClientError 504, nothing sent.
@@ -1153,9 +1157,8 @@ private:
 // send, QUIT. Returns the final reply (LMTP: the last recipient's); throws ClientError at the
 // first refusal (MAIL, any RCPT: then no data is sent; the data) and ClientIOError when the
 // connection fails. `message` may have CRLF or LF line ends.
-Reply SendMail(const std::string& addr, const std::string& from,
-               const std::vector<std::string>& to, std::string_view message,
-               const ClientOptions& options = {});
+Reply SendMail(const std::string& addr, const std::string& from, const std::vector<std::string>& to,
+               std::string_view message, const ClientOptions& options = {});
 
 } // namespace smtpd
 

@@ -18,7 +18,7 @@
 FUZZ_SECONDS ?= 60
 FUZZ_CXX ?= clang++
 FUZZ_MAX_LEN ?= 16384
-FUZZ_TARGETS := protocol parsers auth bdat proxy dns lmtp
+FUZZ_TARGETS := protocol parsers auth bdat proxy dns lmtp reply
 FUZZ_SANITIZERS := address,undefined
 FUZZ_CXXFLAGS = $(ALL_CXXFLAGS) -fno-omit-frame-pointer -fno-sanitize-recover=all
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/%)

@@ -26,6 +26,7 @@ int fuzz_bdat(const uint8_t* data, size_t size);
 int fuzz_proxy(const uint8_t* data, size_t size);
 int fuzz_dns(const uint8_t* data, size_t size);
 int fuzz_lmtp(const uint8_t* data, size_t size);
+int fuzz_reply(const uint8_t* data, size_t size);
 
 namespace {
 
@@ -42,6 +43,7 @@ const Target targets[] = {
     {"proxy", fuzz_proxy},
     {"dns", fuzz_dns},
     {"lmtp", fuzz_lmtp},
+    {"reply", fuzz_reply},
 };
 
 // replay_one - run one input in a child process; true when it returned normally.

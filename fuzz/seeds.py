@@ -639,4 +639,26 @@ lmtp_seed("helo-refused", "HELO c.example\r\nEHLO c.example\r\nLHLO c.example\r\
 lmtp_seed("stream", LMTP_TX + "RCPT TO:<ok@d.example>\r\nRCPT TO:<no@d.example>\r\n"
           "DATA\r\n" + "y" * 50 + "\r\n.\r\n", LMTP | 16 | 6)
 
+
+# ---- reply: 1 byte (how the bytes are fed: bits 0-1 the Chunker mode, bits 2-7 n), then what
+# a server sent the client -------------------------------------------------------------------
+def reply(name, data, mode=0):
+    write("reply", name, bytes([mode]) + b(data))
+
+
+reply("greeting", "220 mx.example.org ESMTP ready\r\n")
+reply("ehlo", "250-mx.example.org\r\n250-PIPELINING\r\n250-SIZE 52428800\r\n250-8BITMIME\r\n"
+      "250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250-AUTH PLAIN LOGIN CRAM-MD5\r\n250 CHUNKING\r\n",
+      3)
+reply("pipelined-burst", "250 2.1.0 Ok\r\n550 5.1.1 No such user\r\n250 2.1.5 Ok\r\n354 Go\r\n",
+      1 | 4 << 2)
+reply("enhanced-multiline", "550-5.7.1 first\r\n550-5.7.1 second\r\n550 5.7.1 third\r\n", 2)
+reply("code-only", "250\r\n221 \r\n", 1)
+reply("bare-lf", "220 lenient\n250-a\n250 b\n")
+reply("mixed-codes", "250-one\r\n251 two\r\n")
+reply("garbage", "HTTP/1.1 400 Bad Request\r\n\r\n")
+reply("long-line", "250 " + "x" * 5000 + "\r\n", 2)
+reply("endless", "250-more\r\n" * 1100, 2)
+reply("lmtp-per-recipient", "250 2.0.0 a ok\r\n452 4.2.2 b full\r\n250 2.0.0 c ok\r\n", 3 | 9 << 2)
+
 print("seeds.py: wrote %d seeds under %s" % (len(written), ROOT), file=sys.stderr)

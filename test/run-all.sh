@@ -91,9 +91,8 @@ run_suite readme-build \
 # --- interop: real SMTP clients against the mail catcher, one script per theme ---
 # Each test/interop*.sh takes the mailsink path and ends with "NAME: N passed, N failed".
 interop_scripts=(test/mailsink_cli.sh test/interop.sh test/interop_tls.sh test/interop_auth.sh test/interop_clients.sh
-  test/interop_ext.sh test/interop_proxy.sh test/interop_dns.sh)
-interop_scripts+=(test/interop_lmtp.sh)
-interop_scripts+=(test/interop_relay.sh)
+  test/interop_ext.sh test/interop_proxy.sh test/interop_dns.sh test/interop_client.sh
+  test/interop_lmtp.sh test/interop_relay.sh)
 if [ ! -x "$build/mailsink" ]; then
   missing interop "$build/mailsink (build it with: make $build/mailsink)"
 else
