@@ -36,6 +36,8 @@ DEB_PACKAGES := g++ make libssl-dev openssl doctest-dev python3 swaks libnet-ssl
 # Real components in front of and beside the server: HAProxy (PROXY protocol), nginx's mail
 # proxy (XCLIENT), dnsmasq (the DNS checks).
 DEB_PACKAGES += haproxy nginx libnginx-mod-mail dnsmasq
+# A real server for the client's interop tests (test/interop_client.sh: AUTH, LMTP).
+DEB_PACKAGES += python3-aiosmtpd
 # test/consumer.sh builds a program against smtpd with CMake and with pkg-config.
 DEB_PACKAGES += cmake pkgconf
 # test/interop_ext.sh runs Exim's binary, unpacked by .ci/exim.sh into $(BUILD)/exim (never
