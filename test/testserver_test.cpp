@@ -23,18 +23,15 @@ using test::starts_with;
 
 namespace {
 
-// send_mail - one whole SMTP transaction to 127.0.0.1:`port`, as an application would.
+// send_mail - one whole SMTP transaction to 127.0.0.1:`port`, as an application would: with
+// the library's own client (the README's "Testing your code" case). Throws when refused.
 void send_mail(uint16_t port, const std::string& from, const std::string& to,
                const std::string& content) {
-  test::Client c(port);
-  REQUIRE(c.connected());
-  c.expect(220);
-  c.command("EHLO app.test");
-  CHECK(c.command("MAIL FROM:<" + from + ">").rfind("250", 0) == 0);
-  CHECK(c.command("RCPT TO:<" + to + ">").rfind("250", 0) == 0);
-  CHECK(c.command("DATA").rfind("354", 0) == 0);
-  CHECK(c.command(content + "\r\n.").rfind("250", 0) == 0);
-  CHECK(c.command("QUIT").rfind("221", 0) == 0);
+  smtpd::ClientOptions client;
+  client.helo_name = "app.test";
+  smtpd::Reply r =
+      smtpd::SendMail("127.0.0.1:" + std::to_string(port), from, {to}, content, client);
+  CHECK(r.code == 250);
 }
 
 // session - a connected Client past the greeting and EHLO (both REQUIREd).
@@ -282,6 +279,48 @@ TEST_SUITE("testserver") {
     CHECK(seen->abandoned == 0);
   }
 
+  TEST_CASE("TestServer with a PerRecipientHandler, over LMTP (RFC 2033 §4.2): kept with the "
+            "recipients it was delivered to; smtpd::Client reads one reply per recipient") {
+    smtpd::Options options;
+    options.hostname = "mx.test";
+    options.lmtp = true;
+    options.per_recipient_handler = [](const smtpd::SessionInfo&, const smtpd::Envelope& e,
+                                       const std::string&) {
+      smtpd::RecipientReplies verdicts;
+      for (const std::string& to : e.to)
+        verdicts.push_back(starts_with(to, "full")
+                               ? std::optional<smtpd::Reply>({452, "4.2.2", "Mailbox full"})
+                               : std::nullopt);
+      return verdicts;
+    };
+    smtpd::TestServer lmtp(options);
+    smtpd::ClientOptions client_options;
+    client_options.lmtp = true;
+    smtpd::Client client(lmtp.address(), client_options);
+    client.hello();
+    smtpd::SendResult r =
+        client.send("a@example.test", {"b@example.test", "full@example.test", "c@example.test"},
+                    "Subject: lmtp\n\nhi\n");
+    REQUIRE(r.data.size() == 3);
+    CHECK(starts_with(r.data[0].text, "Ok: queued as "));
+    CHECK(r.data[1].code == 452);
+    CHECK(r.data[1].text == "Mailbox full");
+    CHECK(r.data[2].code == 250);
+    CHECK(r.accepted(0));
+    CHECK_FALSE(r.accepted(1));
+    // Delivered to nobody: not kept.
+    r = client.send("a@example.test", {"full@example.test"}, "Subject: none\n\nx\n");
+    REQUIRE(r.data.size() == 1);
+    CHECK(r.data[0].code == 452);
+    client.quit();
+
+    std::vector<smtpd::TestServer::Message> got = lmtp.messages();
+    REQUIRE(got.size() == 1);
+    CHECK(got[0].envelope.to.size() == 3);
+    CHECK(got[0].delivered_to == std::vector<std::string>{"b@example.test", "c@example.test"});
+    CHECK(ends_with(got[0].data, "\r\nSubject: lmtp\r\n\r\nhi\r\n"));
+  }
+
   TEST_CASE("TestServer with a StreamHandler: an abandoned sink keeps nothing") {
     auto seen = std::make_shared<Seen>();
     smtpd::Options options;
@@ -389,6 +428,13 @@ TEST_SUITE("testserver") {
         return note("message");
       }
 
+      smtpd::RecipientReplies message_per_recipient(const smtpd::SessionInfo& s,
+                                                    const smtpd::Envelope& e,
+                                                    const std::string& data) override {
+        note("message_per_recipient");
+        return Session::message_per_recipient(s, e, data); // asks message()
+      }
+
       void reset(const smtpd::SessionInfo&) override { note("reset"); }
 
       void close(const smtpd::SessionInfo&, smtpd::SessionEnd) override { note("close"); }
@@ -454,8 +500,8 @@ TEST_SUITE("testserver") {
         5s));
     std::lock_guard<std::mutex> lock(calls.mu);
     CHECK(calls.seen == std::set<std::string>{"command", "hello", "mail", "rcpt", "data", "message",
-                                              "reset", "close", "auth_mechanisms", "check_password",
-                                              "secret"});
+                                              "message_per_recipient", "reset", "close",
+                                              "auth_mechanisms", "check_password", "secret"});
   }
 
   // --- stopping --------------------------------------------------------------------------------
