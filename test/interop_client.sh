@@ -37,14 +37,7 @@ AIO_PIDS=()
 # aiosmtpd servers this script started (by pid).
 cleanup_hook() {
   local pid
-  if [ -n "$PFX_STARTED" ]; then
-    timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" stop > /dev/null 2>&1
-    if ! pfx_wait_stopped 15; then
-      timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" abort > /dev/null 2>&1
-      pfx_wait_stopped 5
-    fi
-  fi
-  [ -z "$PFX" ] || rm -rf "$PFX"
+  pfx_cleanup
   for pid in "${AIO_PIDS[@]}"; do
     kill -TERM "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
@@ -56,9 +49,7 @@ if ! PFX=$(mktemp -d "${TMPDIR:-/tmp}/interop-client-postfix.XXXXXX") || ! chmod
 fi
 
 find_clients
-POSTFIX=$(find_sbin postfix)
-POSTCONF=$(find_sbin postconf)
-POSTQUEUE=$(find_sbin postqueue)
+pfx_find
 
 cd "$WORK" || exit 1
 make_certificate "Postfix's STARTTLS needs one"
@@ -136,14 +127,6 @@ PFX_CHECKS=(postfix-plain-sendmail postfix-lf-normalised postfix-starttls-verifi
   postfix-starttls-wrong-name postfix-pipelined-one-refused postfix-sendmail-refused-rcpt
   postfix-dsn-parameters postfix-smtputf8 postfix-bdat postfix-binarymime-not-offered
   postfix-lockstep-without-pipelining)
-PFX_MISSING=
-if [ -z "$POSTFIX" ] || [ -z "$POSTCONF" ] || [ -z "$POSTQUEUE" ] ||
-   [ ! -f /etc/postfix/master.cf ]; then
-  PFX_MISSING="Postfix is not installed (apt-get install postfix, preseeded 'No configuration')"
-elif [ "$(id -u)" -ne 0 ]; then
-  PFX_MISSING="the Postfix checks must run as root (postfix start needs it)"
-fi
-
 # pfx_listen - the instance's own smtpd on 127.0.0.1:PORT[pfx], and one without PIPELINING on
 # 127.0.0.1:PORT[lockstep]; a 550 for refused@example.test; the test certificate for STARTTLS.
 pfx_listen() {
@@ -159,24 +142,6 @@ pfx_listen() {
       "127.0.0.1:${PORT[lockstep]}/inet=127.0.0.1:${PORT[lockstep]} inet n - n - - smtpd -o smtpd_discard_ehlo_keywords=pipelining"
 }
 
-pfx_start() {
-  local deadline
-  "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" check > postfix-start.log 2>&1 || return 1
-  PFX_STARTED=yes
-  "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" start >> postfix-start.log 2>&1 || return 1
-  deadline=$(( $(millis) + 10000 ))
-  until pfx_running; do
-    [ "$(millis)" -lt "$deadline" ] || return 1
-    sleep 0.1
-  done
-  # The listener answers once master has started it; wait for its greeting (at most 10 s).
-  for _ in $(seq 100); do
-    timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/${PORT[pfx]}" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
-
 R=(alice@example.test bob@example.test)
 if [ -n "$PFX_MISSING" ]; then
   for name in "${PFX_CHECKS[@]}"; do fail "$name" "$PFX_MISSING"; done
@@ -184,7 +149,7 @@ elif ! pfx_setup "${PORT[relay]}" interop-client > postfix-setup.log 2>&1 ||
      ! pfx_listen >> postfix-setup.log 2>&1; then
   for name in "${PFX_CHECKS[@]}"; do fail "$name" "setting up the Postfix instance failed"; done
   details postfix-setup.log
-elif ! pfx_start; then
+elif ! pfx_launch postfix-start.log "${PORT[pfx]}"; then
   for name in "${PFX_CHECKS[@]}"; do fail "$name" "the Postfix instance did not start"; done
   details postfix-start.log "$PFX/maillog"
 else

@@ -47,17 +47,7 @@ PFX=
 PFX_STARTED=
 POSTFIX=
 # cleanup_hook: run first by the library's cleanup on exit; stops the instance, removes $PFX.
-cleanup_hook() {
-  if [ -n "$PFX_STARTED" ]; then
-    # Never by name: this instance only, through its own config directory.
-    timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" stop > /dev/null 2>&1
-    if ! pfx_wait_stopped 15; then
-      timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" abort > /dev/null 2>&1
-      pfx_wait_stopped 5
-    fi
-  fi
-  [ -z "$PFX" ] || rm -rf "$PFX"
-}
+cleanup_hook() { pfx_cleanup; }
 if ! PFX=$(mktemp -d "${TMPDIR:-/tmp}/interop-clients-postfix.XXXXXX") || ! chmod 755 "$PFX"; then
   echo "interop-clients: mktemp failed" >&2
   exit 1
@@ -69,28 +59,13 @@ MSMTP=$(command -v msmtp || true)
 GO=$(command -v go || true)
 NODE=$(command -v node || true)
 NPM=$(command -v npm || true)
-POSTFIX=$(find_sbin postfix)
-POSTCONF=$(find_sbin postconf)
-POSTQUEUE=$(find_sbin postqueue)
-SENDMAIL=$(find_sbin sendmail)
 NO_MSMTP="msmtp not found on PATH (apt-get install msmtp)"
 NO_GO="go not found on PATH (apt-get install golang-go)"
 NO_NODE="node not found on PATH (nodemailer 10.6.0 needs node >= 20: NodeSource's nodejs 20)"
 NO_NPM="npm not found on PATH (it comes with NodeSource's nodejs 20; not Debian's npm package)"
 
 # Postfix: every piece the instance needs, else the reason (the same for each Postfix check).
-PFX_MISSING=
-if [ -z "$POSTFIX" ] || [ -z "$POSTCONF" ] || [ -z "$POSTQUEUE" ] || [ -z "$SENDMAIL" ] ||
-   [ ! -f /etc/postfix/master.cf ]; then
-  PFX_MISSING="Postfix is not installed (no postfix, postconf, postqueue, sendmail or"
-  PFX_MISSING+=" /etc/postfix/master.cf): echo 'postfix postfix/main_mailer_type select No"
-  PFX_MISSING+=" configuration' | debconf-set-selections; apt-get install postfix"
-elif ! getent passwd postfix > /dev/null || ! getent group postdrop > /dev/null; then
-  PFX_MISSING="the postfix user or the postdrop group is missing (reinstall the postfix package)"
-elif [ "$(id -u)" != 0 ]; then
-  PFX_MISSING="the Postfix checks must run as root (postfix start and a sendmail -C submission"
-  PFX_MISSING+=" need it)"
-fi
+pfx_find
 # The SASL client of the second Postfix check needs Cyrus SASL's PLAIN plugin.
 PFX_NO_SASL=
 if ! compgen -G '/usr/lib/*/sasl2/libplain.so*' > /dev/null &&
@@ -288,51 +263,6 @@ pfx_to_secure() {
     "smtp_sasl_tls_security_options = noanonymous" \
     "smtp_sasl_mechanism_filter = plain"
 }
-# pfx_start NAME: "postfix check" and "postfix start" for the instance ("NAME"), then wait
-# until "postfix status" says it runs. Errors go to syslog or a tty only, so on a failure the
-# check is rerun under script(1) for its messages.
-pfx_start() {
-  local name=$1 deadline
-  if "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" check > "$name.log" 2>&1 &&
-     { PFX_STARTED=yes; "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" start >> "$name.log" 2>&1; }; then
-    deadline=$(( $(millis) + 10000 ))
-    until pfx_running; do
-      if [ "$(millis)" -ge "$deadline" ]; then
-        fail "$name" "postfix start succeeded, but postfix status does not say it runs after 10 s"
-        details "$name.log" "$PFX/maillog"
-        return 1
-      fi
-      sleep 0.1
-    done
-    ok "$name"
-    return 0
-  fi
-  fail "$name" "postfix -c $PFX/etc check/start failed"
-  pfx_running || PFX_STARTED=
-  details "$name.log"
-  if command -v script > /dev/null; then
-    "${LIMIT[@]}" script -qec "$(printf '%q ' "$POSTFIX" -c "$PFX/etc" check)" /dev/null 2>&1 |
-      tail -n 25 | sed 's/^/#   /'
-  fi
-  details "$PFX/maillog"
-  return 1
-}
-# pfx_stop NAME: "postfix stop"; the instance must be gone within 15 s ("NAME").
-pfx_stop() {
-  local name=$1
-  if ! "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" stop > "$name.log" 2>&1; then
-    fail "$name" "postfix -c $PFX/etc stop failed"
-    details "$name.log" "$PFX/maillog"
-    return 1
-  fi
-  if ! pfx_wait_stopped 15; then
-    fail "$name" "postfix status still says it runs 15 s after postfix stop"
-    details "$PFX/maillog"
-    return 1
-  fi
-  PFX_STARTED=
-  ok "$name"
-}
 # The submission: Postfix's sendmail with the instance's config (as root, so postdrop honours
 # it), -i so that a line holding only "." does not end the message.
 PFX_SUBMIT=("${LIMIT[@]}" "$SENDMAIL" -C "$PFX/etc" -i -f "$FROM" -- "$RCPT")
@@ -349,9 +279,9 @@ elif ! pfx_setup "$P1" interop-clients > postfix-setup.log 2>&1; then
 else
   ok postfix-setup
   # (8) Through Postfix in clear to the plain server: 2 Received fields.
-  if pfx_start postfix-start-relay-plain; then
+  if pfx_start_check postfix-start-relay-plain; then
     deliver postfix-relay-plain plain 2 ESMTP - "${PFX_SUBMIT[@]}"
-    pfx_stop postfix-stop-relay-plain
+    pfx_stop_check postfix-stop-relay-plain
   else
     fail postfix-relay-plain "the Postfix instance did not start"
     fail postfix-stop-relay-plain "the Postfix instance did not start"
@@ -367,13 +297,13 @@ else
       fail "$name" "postconf for the TLS and SASL relay failed"
     done
     details postfix-to-secure.log
-  elif pfx_start postfix-start-relay-starttls-auth; then
+  elif pfx_start_check postfix-start-relay-starttls-auth; then
     if [ -n "$PFX_NO_SASL" ]; then
       fail postfix-relay-starttls-auth-plain "$PFX_NO_SASL"
     else
       deliver postfix-relay-starttls-auth-plain secure 2 ESMTPSA alice "${PFX_SUBMIT[@]}"
     fi
-    pfx_stop postfix-stop-relay-starttls-auth
+    pfx_stop_check postfix-stop-relay-starttls-auth
   else
     fail postfix-relay-starttls-auth-plain "the Postfix instance did not start"
     fail postfix-stop-relay-starttls-auth "the Postfix instance did not start"

@@ -48,15 +48,7 @@ PFX=
 PFX_STARTED=
 EXIM_WORK=
 cleanup_hook() {
-  if [ -n "$PFX_STARTED" ]; then
-    # This instance only, through its own config directory.
-    timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" stop > /dev/null 2>&1
-    if ! pfx_wait_stopped 15; then
-      timeout -k 5 20 "$POSTFIX" -c "$PFX/etc" abort > /dev/null 2>&1
-      pfx_wait_stopped 5
-    fi
-  fi
-  [ -z "$PFX" ] || rm -rf "$PFX"
+  pfx_cleanup
   [ -z "$EXIM_WORK" ] || rm -rf "$EXIM_WORK"
 }
 if ! PFX=$(mktemp -d "${TMPDIR:-/tmp}/interop-ext-postfix.XXXXXX") || ! chmod 755 "$PFX" ||
@@ -67,10 +59,7 @@ if ! PFX=$(mktemp -d "${TMPDIR:-/tmp}/interop-ext-postfix.XXXXXX") || ! chmod 75
 fi
 
 find_clients
-POSTFIX=$(find_sbin postfix)
-POSTCONF=$(find_sbin postconf)
-POSTQUEUE=$(find_sbin postqueue)
-SENDMAIL=$(find_sbin sendmail)
+pfx_find
 
 cd "$WORK" || exit 1
 make_certificate "the tls server needs a certificate"
@@ -324,24 +313,6 @@ fi
 # and without chroot, queue and log under $PFX; relayhost is the relay server. Postfix passes
 # the submission's -N, -R and -V on as NOTIFY, RET and ENVID (xtext), and adds
 # ORCPT=rfc822;RECIPIENT, since the relay offers DSN.
-PFX_MISSING=
-if [ -z "$POSTFIX" ] || [ -z "$POSTCONF" ] || [ -z "$POSTQUEUE" ] || [ -z "$SENDMAIL" ] ||
-   [ ! -f /etc/postfix/master.cf ]; then
-  PFX_MISSING="Postfix is not installed (apt-get install postfix, preseeded 'No configuration')"
-elif [ "$(id -u)" != 0 ]; then
-  PFX_MISSING="the Postfix checks must run as root (postfix start and sendmail -C need it)"
-fi
-pfx_start() {
-  local deadline
-  "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" check > postfix-start.log 2>&1 || return 1
-  PFX_STARTED=yes
-  "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" start >> postfix-start.log 2>&1 || return 1
-  deadline=$(( $(millis) + 10000 ))
-  until pfx_running; do
-    [ "$(millis)" -lt "$deadline" ] || return 1
-    sleep 0.1
-  done
-}
 # wait_new NAME SERVER SECONDS: until a file appears in SERVER's Maildir (flushing the Postfix
 # queue every 5 s), at most SECONDS.
 wait_new() {
@@ -363,7 +334,7 @@ if [ -n "$PFX_MISSING" ]; then
   fail "$name" "$PFX_MISSING"
 elif ! pfx_setup "${PORT[relay]}" interop-ext > postfix-setup.log 2>&1; then
   fail "$name" "setting up the Postfix instance in $PFX failed"; details postfix-setup.log
-elif ! pfx_start; then
+elif ! pfx_launch postfix-start.log; then
   fail "$name" "postfix -c $PFX/etc check/start failed"; details postfix-start.log "$PFX/maillog"
 elif server_running "$name" relay &&
      run_client "$name" relay "${LIMIT[@]}" "$SENDMAIL" -C "$PFX/etc" -i -f alice@example.test \

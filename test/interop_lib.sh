@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # test/interop_lib.sh - the helpers shared by the interop scripts (interop.sh, interop_tls.sh,
 # interop_auth.sh, interop_clients.sh, interop_ext.sh, interop_proxy.sh, interop_dns.sh,
-# interop_lmtp.sh, interop_relay.sh, and mailsink_cli.sh). Sourced, not executed:
+# interop_lmtp.sh, interop_relay.sh, interop_client.sh, and mailsink_cli.sh). Sourced, not executed:
 #   . "$(dirname "$0")/interop_lib.sh"
 #
 # Reporting (a check prints "ok - NAME" or "FAIL - NAME: reason", details on "#" lines)
@@ -547,6 +547,17 @@ received_lacks() {
   echo "mailsink's Received field $3"; dump "$1.received"; return 1
 }
 
+# replies_are NAME FILE WANT: the lines of FILE starting with RCPT or DATA (a client helper's
+# transcript, e.g. interop_lmtp.py's), cut to "WHAT CODE" and joined with " | ", are WANT.
+replies_are() {
+  local got
+  got=$(grep -E '^(RCPT|DATA) ' "$2" | cut -d' ' -f1-3 | paste -sd'|' | sed 's/|/ | /g')
+  [ "$got" = "$3" ] && return 0
+  fail "$1" "replies: '$got', not '$3'"
+  details "$2"
+  return 1
+}
+
 # --- a throwaway Postfix instance --------------------------------------------------------------
 find_sbin() {
   command -v "$1" 2>/dev/null && return 0
@@ -585,29 +596,68 @@ pfx_setup() {
   "$POSTCONF" -c "$PFX/etc" -F '*/*/chroot = n' || return 1
 }
 
+# pfx_find - the Postfix programs (POSTFIX, POSTCONF, POSTQUEUE, SENDMAIL), and in PFX_MISSING
+# why the Postfix checks cannot run here, or "" when they can.
+pfx_find() {
+  POSTFIX=$(find_sbin postfix)
+  POSTCONF=$(find_sbin postconf)
+  POSTQUEUE=$(find_sbin postqueue)
+  SENDMAIL=$(find_sbin sendmail)
+  PFX_MISSING=
+  if [ -z "$POSTFIX" ] || [ -z "$POSTCONF" ] || [ -z "$POSTQUEUE" ] || [ -z "$SENDMAIL" ] ||
+     [ ! -f /etc/postfix/master.cf ]; then
+    PFX_MISSING="Postfix is not installed (no postfix, postconf, postqueue, sendmail or"
+    PFX_MISSING+=" /etc/postfix/master.cf): echo 'postfix postfix/main_mailer_type select No"
+    PFX_MISSING+=" configuration' | debconf-set-selections; apt-get install postfix"
+  elif ! getent passwd postfix > /dev/null || ! getent group postdrop > /dev/null; then
+    PFX_MISSING="the postfix user or the postdrop group is missing (reinstall the postfix package)"
+  elif [ "$(id -u)" != 0 ]; then
+    PFX_MISSING="the Postfix checks must run as root (postfix start and a sendmail -C submission"
+    PFX_MISSING+=" need it)"
+  fi
+}
+
+# pfx_launch LOG [PORT] - "postfix check" and "postfix start" for the instance (their output in
+# LOG), then wait until "postfix status" says it runs and, with PORT, 127.0.0.1:PORT accepts
+# (master starts a listener's smtpd a moment later); at most 10 s. Status 0 when it runs.
+pfx_launch() {
+  local log=$1 port=${2:-} deadline
+  "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" check > "$log" 2>&1 || return 1
+  PFX_STARTED=yes
+  if ! "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" start >> "$log" 2>&1; then
+    pfx_running || PFX_STARTED=
+    return 1
+  fi
+  deadline=$(( $(millis) + 10000 ))
+  until pfx_running &&
+        { [ -z "$port" ] || timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; }; do
+    if [ "$(millis)" -ge "$deadline" ]; then
+      echo "Postfix does not run${port:+ or listen on $port} 10 s after postfix start" >> "$log"
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
+# pfx_start_check NAME [PORT] - pfx_launch as the check NAME. Postfix reports a bad
+# configuration to syslog or a tty only, so on a failure the check is rerun under script(1).
 pfx_start_check() {
-  local name=$1 port=${2:-} deadline
-  if "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" check > "$name.log" 2>&1 &&
-     { PFX_STARTED=yes; "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" start >> "$name.log" 2>&1; }; then
-    deadline=$(( $(millis) + 10000 ))
-    until pfx_running &&
-          { [ -z "$port" ] || timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; }; do
-      if [ "$(millis)" -ge "$deadline" ]; then
-        fail "$name" "Postfix does not run${port:+ or listen on $port} 10 s after postfix start"
-        details "$name.log" "$PFX/maillog"
-        return 1
-      fi
-      sleep 0.1
-    done
+  local name=$1 port=${2:-}
+  if pfx_launch "$name.log" "$port"; then
     ok "$name"
     return 0
   fi
-  fail "$name" "postfix -c $PFX/etc check/start failed"
-  pfx_running || PFX_STARTED=
-  details "$name.log" "$PFX/maillog"
+  fail "$name" "postfix -c $PFX/etc check/start failed, or it did not come up"
+  details "$name.log"
+  if command -v script > /dev/null; then
+    "${LIMIT[@]}" script -qec "$(printf '%q ' "$POSTFIX" -c "$PFX/etc" check)" /dev/null 2>&1 |
+      tail -n 25 | sed 's/^/#   /'
+  fi
+  details "$PFX/maillog"
   return 1
 }
 
+# pfx_stop_check NAME - "postfix stop" as the check NAME: the instance gone within 15 s.
 pfx_stop_check() {
   if "${LIMIT[@]}" "$POSTFIX" -c "$PFX/etc" stop > "$1.log" 2>&1 && pfx_wait_stopped 15; then
     PFX_STARTED=
@@ -618,6 +668,7 @@ pfx_stop_check() {
   fi
 }
 
+# pfx_cleanup - for a suite's cleanup_hook: stop the instance if it runs, remove $PFX.
 pfx_cleanup() {
   if [ -n "${PFX_STARTED:-}" ]; then
     # Never by name: this instance only, through its own config directory.

@@ -53,22 +53,7 @@ fi
 cd "$WORK" || exit 1
 
 find_clients
-POSTFIX=$(find_sbin postfix)
-POSTCONF=$(find_sbin postconf)
-POSTQUEUE=$(find_sbin postqueue)
-SENDMAIL=$(find_sbin sendmail)
-PFX_MISSING=
-if [ -z "$POSTFIX" ] || [ -z "$POSTCONF" ] || [ -z "$POSTQUEUE" ] || [ -z "$SENDMAIL" ] ||
-   [ ! -f /etc/postfix/master.cf ]; then
-  PFX_MISSING="Postfix is not installed (no postfix, postconf, postqueue, sendmail or"
-  PFX_MISSING+=" /etc/postfix/master.cf): echo 'postfix postfix/main_mailer_type select No"
-  PFX_MISSING+=" configuration' | debconf-set-selections; apt-get install postfix"
-elif ! getent passwd postfix > /dev/null || ! getent group postdrop > /dev/null; then
-  PFX_MISSING="the postfix user or the postdrop group is missing (reinstall the postfix package)"
-elif [ "$(id -u)" != 0 ]; then
-  PFX_MISSING="the Postfix checks must run as root (postfix start and a sendmail -C submission"
-  PFX_MISSING+=" need it)"
-fi
+pfx_find
 
 write_probe_message
 SOCK=$SOCKDIR/lmtp.sock
@@ -106,17 +91,6 @@ json_ok() {
   "${LIMIT[@]}" "$PY" "$HELPER" json "$WORK/$2.out" "$STORED" "$3" > "$1.json" 2>&1 && return 0
   fail "$1" "$(tail -n 1 "$1.json")"
   details "$WORK/$2.out"
-  return 1
-}
-
-# replies_are NAME FILE WANT: the lines of FILE starting with RCPT or DATA, joined with " | "
-# and cut to "WHAT CODE", are WANT.
-replies_are() {
-  local got
-  got=$(grep -E '^(RCPT|DATA) ' "$2" | cut -d' ' -f1-3 | paste -sd'|' | sed 's/|/ | /g')
-  [ "$got" = "$3" ] && return 0
-  fail "$1" "replies: '$got', not '$3'"
-  details "$2"
   return 1
 }
 

@@ -45,17 +45,7 @@ fi
 cd "$WORK" || exit 1
 
 find_clients
-POSTFIX=$(find_sbin postfix)
-POSTCONF=$(find_sbin postconf)
-POSTQUEUE=$(find_sbin postqueue)
-PFX_MISSING=
-if [ -z "$POSTFIX" ] || [ -z "$POSTCONF" ] || [ -z "$POSTQUEUE" ] ||
-   [ ! -f /etc/postfix/master.cf ]; then
-  PFX_MISSING="Postfix is not installed: echo 'postfix postfix/main_mailer_type select No"
-  PFX_MISSING+=" configuration' | debconf-set-selections; apt-get install postfix"
-elif [ "$(id -u)" != 0 ]; then
-  PFX_MISSING="the Postfix checks must run as root (postfix start needs it)"
-fi
+pfx_find
 if [ -z "$PY" ]; then fail python3 "$NO_PY"; finish; exit; fi
 
 write_probe_message
@@ -88,17 +78,6 @@ start_server a-down --json --relay "127.0.0.1:${PORT[down]}"
 start_server a-pfx --lmtp --json --relay "127.0.0.1:${PORT[pfx]}"
 
 # --- helpers ---------------------------------------------------------------------------------
-# replies_are NAME FILE WANT: the lines of FILE starting with RCPT or DATA, cut to "WHAT CODE"
-# and joined with " | ", are WANT.
-replies_are() {
-  local got
-  got=$(grep -E '^(RCPT|DATA) ' "$2" | cut -d' ' -f1-3 | paste -sd'|' | sed 's/|/ | /g')
-  [ "$got" = "$3" ] && return 0
-  fail "$1" "replies: '$got', not '$3'"
-  details "$2"
-  return 1
-}
-
 # send NAME SERVER MODE ADDR TO...: interop_lmtp.py MODE (smtp or steps) to ADDR; snapshots of
 # SERVER's and every upstream's Maildir are taken first (NAME.before, NAME-UPSTREAM.before).
 send() {
