@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # test/interop_lib.sh - the helpers shared by the interop scripts (interop.sh, interop_tls.sh,
 # interop_auth.sh, interop_clients.sh, interop_ext.sh, interop_proxy.sh, interop_dns.sh,
-# interop_lmtp.sh, interop_relay.sh, interop_client.sh, and mailsink_cli.sh). Sourced, not executed:
+# interop_lmtp.sh, interop_relay.sh, interop_client.sh, and mailsink_cli.sh). Sourced, not
+# executed:
 #   . "$(dirname "$0")/interop_lib.sh"
 #
 # Reporting (a check prints "ok - NAME" or "FAIL - NAME: reason", details on "#" lines)
