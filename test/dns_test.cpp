@@ -178,6 +178,21 @@ smtpd::Options with(std::function<void(smtpd::Options&)> set) {
   return o;
 }
 
+// udp_socket - a UDP socket bound to 127.0.0.1 and a free port (set in `port`), for the tests
+// of the C library resolver to stand in for a DNS server.
+int udp_socket(uint16_t& port) {
+  int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof a;
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &length) == 0);
+  port = ntohs(a.sin_port);
+  return fd;
+}
+
 } // namespace
 
 TEST_SUITE("dns") {
@@ -605,16 +620,10 @@ TEST_SUITE("dns") {
 
   TEST_CASE("the C library resolver: a server that never answers is a temp_error in time") {
     // A bound UDP socket that nobody reads: the questions go out and get nothing back.
-    int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t length = sizeof a;
-    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &length) == 0);
+    uint16_t port = 0;
+    int fd = udp_socket(port);
     smtpd::Options o;
-    o.dns_servers = {"127.0.0.1:" + std::to_string(ntohs(a.sin_port))};
+    o.dns_servers = {"127.0.0.1:" + std::to_string(port)};
     o.dns_timeout = 200ms;
     auto resolver = smtpd::make_dns_resolver(o);
     auto start = std::chrono::steady_clock::now();
@@ -630,14 +639,8 @@ TEST_SUITE("dns") {
 
   TEST_CASE("the C library resolver: parallel questions to a real UDP server, then the cache") {
     // A tiny DNS server: answers every question with A 127.0.0.2 (TTL 60), counts questions.
-    int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t length = sizeof a;
-    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &length) == 0);
+    uint16_t port = 0;
+    int fd = udp_socket(port);
     std::atomic<int> questions{0};
     std::atomic<bool> stop{false};
     std::thread server([&] {
@@ -661,7 +664,7 @@ TEST_SUITE("dns") {
       }
     });
     smtpd::Options o;
-    o.dns_servers = {"127.0.0.1:" + std::to_string(ntohs(a.sin_port))};
+    o.dns_servers = {"127.0.0.1:" + std::to_string(port)};
     o.dns_timeout = 5s;
     auto resolver = smtpd::make_dns_resolver(o);
     std::vector<DnsQuery> queries{{"a.example", DnsType::a}, {"b.example", DnsType::a}};
