@@ -821,14 +821,13 @@ namespace {
 
 namespace replies {
 
+// help - the verbs this server knows (BDAT with CHUNKING, RFC 3030), under the session's own
+// greeting verbs: LHLO in LMTP (RFC 2033 §4.1), HELO and EHLO in SMTP.
 Reply help(bool lmtp) {
-  if (lmtp)
-    return {214, "2.0.0",
-            "Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\n"
-            "See RFC 2033"};
+  std::string hello = lmtp ? "LHLO" : "HELO EHLO";
   return {214, "2.0.0",
-          "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP\n"
-          "See RFC 5321"};
+          "Commands: " + hello + " MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP\nSee RFC " +
+              (lmtp ? "2033" : "5321")};
 }
 
 Reply ready_to_start_tls() {

@@ -250,8 +250,8 @@ struct Verb {
 };
 
 const std::string vrfy_text = "Cannot VRFY user, but will accept message and attempt delivery";
-const std::string help_lines[] = {"Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
-                                  "See RFC 5321"};
+const std::string help_lines[] = {
+    "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP", "See RFC 5321"};
 
 const std::vector<Verb> verbs = {
     // Before HELO/EHLO: no enhanced codes; MAIL, RCPT and DATA need HELO first; RSET, NOOP,
@@ -1124,7 +1124,8 @@ TEST_SUITE("protocol") {
     std::vector<std::string> expected = {greeting_line};
     expected.insert(expected.end(), ehlo_reply_lines.begin(), ehlo_reply_lines.end());
     for (const char* l :
-         {"250 2.1.0 Ok", "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+         {"250 2.1.0 Ok",
+          "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
           "214 2.0.0 See RFC 5321", "500 5.5.2 Command not recognized", "221 2.0.0 Bye"})
       expected.emplace_back(l);
     CHECK(written == expected);
