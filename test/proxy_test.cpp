@@ -98,8 +98,9 @@ struct Session {
   }
 };
 
-// script - "C: " lines are sent, the "S: " lines after them are exactly the replies. An entry
-// may hold several lines separated by '\n' (the EHLO replies below).
+// script - "C: " lines are sent, the "S: " lines after them are exactly the replies. An "S: "
+// entry may hold several reply lines separated by '\n' (the EHLO replies below); a "C: " entry
+// is one command line as it stands (message content may hold CRLFs).
 void script(Session& s, std::initializer_list<std::string_view> dialogue) {
   std::string sent, got, expected;
   auto compare = [&] {
@@ -118,8 +119,8 @@ void script(Session& s, std::initializer_list<std::string_view> dialogue) {
     }
   };
   for (std::string_view entry : dialogue)
-    for (;;) {
-      std::size_t end = entry.find('\n');
+    for (bool replies = entry.substr(0, 3) == "S: ";;) {
+      std::size_t end = replies ? entry.find('\n') : std::string_view::npos;
       step(entry.substr(0, end));
       if (end == std::string_view::npos) break;
       entry.remove_prefix(end + 1);
